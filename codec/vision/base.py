@@ -1,0 +1,135 @@
+"""The split-network interface: NN part 1 (image -> multi-scale features) and
+NN part 2 (features -> detections), with the preprocessing record that the
+container carries so the decoder can map boxes back without the image."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+
+class NetworkId(enum.IntEnum):
+    """Network ids written into the container (bitstream_spec.md, table "network_id")."""
+
+    NANODET = 1
+    CENTERNET_MBV3 = 2
+    FASTER_RCNN_R50_FPN = 16
+    FASTER_RCNN_R50_FPN_V2 = 17
+    MASK_RCNN_R50_FPN = 18
+    MASK_RCNN_R50_FPN_V2 = 19
+    KEYPOINT_RCNN_R50_FPN = 20
+
+
+class ResizeMode(enum.IntEnum):
+    """How the image is brought to the network's input size (table "resize_mode")."""
+
+    STRETCH = 0  # resize each axis independently to (input_h, input_w)
+    LETTERBOX = 1  # keep aspect ratio, scale to fit, pad bottom/right
+    SHORT_SIDE = 2  # keep aspect ratio, short side to min_size, long side <= max_size (R-CNN)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything the decoder needs to map network-input coordinates back to
+    original-image pixels. Written into the container header."""
+
+    orig_w: int
+    orig_h: int
+    input_w: int  # width of the tensor fed to NN part 1 (after resize and padding)
+    input_h: int
+    resize_mode: ResizeMode
+    scale_x: float  # input pixels per original pixel along x
+    scale_y: float
+    pad_x: int = 0  # padding added on the left / top, in input pixels
+    pad_y: int = 0
+
+    def boxes_to_original(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Map boxes from network-input pixels to original-image pixels, clipped."""
+        b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4).copy()
+        b[:, [0, 2]] = (b[:, [0, 2]] - self.pad_x) / self.scale_x
+        b[:, [1, 3]] = (b[:, [1, 3]] - self.pad_y) / self.scale_y
+        b[:, [0, 2]] = b[:, [0, 2]].clip(0, self.orig_w)
+        b[:, [1, 3]] = b[:, [1, 3]].clip(0, self.orig_h)
+        return b
+
+
+@dataclass(frozen=True)
+class ScaleInfo:
+    name: str  # e.g. "p3"
+    channels: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class SplitPoint:
+    name: str  # e.g. "neck"
+    split_id: int  # written into the container
+    scales: tuple[ScaleInfo, ...]  # ordered, finest first
+
+    def scale_names(self) -> list[str]:
+        return [s.name for s in self.scales]
+
+    def shapes(self, input_h: int, input_w: int) -> dict[str, tuple[int, int, int]]:
+        """(C, H, W) per scale for a given network-input size (ceil division by stride)."""
+        return {
+            s.name: (s.channels, -(-input_h // s.stride), -(-input_w // s.stride)) for s in self.scales
+        }
+
+
+@dataclass
+class Detections:
+    """Detections in original-image pixels: boxes as (x1, y1, x2, y2)."""
+
+    boxes: np.ndarray  # (N, 4) float
+    scores: np.ndarray  # (N,) float
+    category_ids: np.ndarray  # (N,) int, COCO category ids (1..90)
+    extra: dict = field(default_factory=dict)  # masks, keypoints (R-CNN variants)
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def to_coco(self, image_id: int) -> list[dict]:
+        out = []
+        for (x1, y1, x2, y2), s, c in zip(self.boxes, self.scores, self.category_ids):
+            out.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(c),
+                    "bbox": [round(float(x1), 3), round(float(y1), 3),
+                             round(float(x2 - x1), 3), round(float(y2 - y1), 3)],
+                    "score": round(float(s), 5),
+                }
+            )
+        return out
+
+
+Features = dict[str, torch.Tensor]  # scale name -> (1, C, H, W) float32
+
+
+class SplitNetwork(Protocol):
+    """A vision network cut in two at a named split point."""
+
+    name: str  # e.g. "nanodet"
+    network_id: NetworkId
+    split_points: dict[str, SplitPoint]
+    default_split: str
+
+    def weights_sha256(self) -> str:
+        """sha256 (hex) of the weights in use; the container records it."""
+        ...
+
+    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, Preprocessing]:
+        """RGB uint8 (H, W, 3) -> (1, 3, h, w) network input and its record."""
+        ...
+
+    def part1(self, x: torch.Tensor, split: str) -> Features:
+        """NN part 1: network input -> ordered multi-scale features."""
+        ...
+
+    def part2(self, features: Features, split: str, meta: Preprocessing) -> Detections:
+        """NN part 2: features -> detections in original-image pixels."""
+        ...
