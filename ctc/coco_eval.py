@@ -1,0 +1,118 @@
+"""COCO box mAP of detection results, through pycocotools (quiet).
+
+Results use the COCO results format: one dict per detection with ``image_id``, ``category_id``
+(COCO category id, not a 0-based class index), ``bbox`` = [x, y, w, h] in original-image pixels and
+``score``; ``codec.vision.base.Detections.to_coco(image_id)`` produces it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CocoEvalError", "METRIC_KEYS", "evaluate_detections"]
+
+# Keys returned by evaluate_detections, in COCOeval.stats order (indices 0..5).
+METRIC_KEYS: tuple[str, ...] = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
+
+
+class CocoEvalError(ValueError):
+    """Detection results or image ids that do not fit the annotation file."""
+
+
+@functools.lru_cache(maxsize=4)
+def _load_ground_truth(path: str, _mtime_ns: int, _size: int) -> Any:
+    # mtime and size are part of the cache key so an edited file is reloaded.
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(path)
+
+
+def _ground_truth(annotation_file: str | os.PathLike) -> Any:
+    path = Path(annotation_file)
+    if not path.is_file():
+        raise CocoEvalError(f"annotation file not found: {path}")
+    st = path.stat()
+    try:
+        return _load_ground_truth(str(path.resolve()), st.st_mtime_ns, st.st_size)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CocoEvalError(f"cannot read COCO annotations from {path}: {exc}") from exc
+
+
+def _clean_result(r: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """A fresh, plain-python copy of one result (pycocotools mutates the dicts it is given)."""
+    try:
+        image_id = int(r["image_id"])
+        category_id = int(r["category_id"])
+        bbox = [float(v) for v in r["bbox"]]
+        score = float(r["score"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CocoEvalError(
+            f"result {index}: need image_id, category_id, bbox [x, y, w, h] and score ({exc})"
+        ) from exc
+    if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox) or bbox[2] < 0 or bbox[3] < 0:
+        raise CocoEvalError(f"result {index}: bbox must be 4 finite numbers [x, y, w, h] with w, h >= 0")
+    if not math.isfinite(score):
+        raise CocoEvalError(f"result {index}: score must be finite")
+    return {"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score}
+
+
+def evaluate_detections(
+    results: list[dict],
+    annotation_file: str | os.PathLike,
+    image_ids: list[int] | None = None,
+) -> dict[str, float]:
+    """Box AP of ``results`` against the annotation file, restricted to ``image_ids`` if given
+    (default: every image of the annotation file; results for other images are dropped).
+
+    Returns {"map": AP@[.5:.95], "map50", "map75", "map_small", "map_medium", "map_large",
+    "n_images"}, AP in [0, 1] with 100 detections per image, as COCOeval.stats. As in pycocotools, a
+    value is -1.0 when the evaluated images have no ground truth in that area range. Empty results
+    give 0.0 for every AP.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    gt = _ground_truth(annotation_file)
+    known_images = set(gt.getImgIds())
+    if image_ids is None:
+        eval_ids = sorted(known_images)
+    else:
+        eval_ids = sorted({int(i) for i in image_ids})
+        if not eval_ids:
+            raise CocoEvalError("image_ids is empty")
+        unknown = [i for i in eval_ids if i not in known_images]
+        if unknown:
+            raise CocoEvalError(f"{len(unknown)} image ids not in {annotation_file}: {unknown[:5]}")
+
+    cleaned = [_clean_result(r, k) for k, r in enumerate(results)]
+    not_in_file = sorted({r["image_id"] for r in cleaned} - known_images)
+    if not_in_file:
+        raise CocoEvalError(f"results for image ids not in {annotation_file}: {not_in_file[:5]}")
+    known_cats = set(gt.getCatIds())
+    bad_cats = sorted({r["category_id"] for r in cleaned} - known_cats)
+    if bad_cats:
+        raise CocoEvalError(f"results use category ids not in {annotation_file}: {bad_cats[:5]}")
+    wanted = set(eval_ids)
+    cleaned = [r for r in cleaned if r["image_id"] in wanted]
+
+    out: dict[str, float] = {}
+    if not cleaned:
+        out.update({k: 0.0 for k in METRIC_KEYS})
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):
+            dt = gt.loadRes(cleaned)
+            ev = COCOeval(gt, dt, iouType="bbox")
+            ev.params.imgIds = eval_ids
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        out.update({k: float(v) for k, v in zip(METRIC_KEYS, ev.stats[: len(METRIC_KEYS)], strict=True)})
+    out["n_images"] = len(eval_ids)
+    return out

@@ -1,0 +1,144 @@
+"""evaluate_detections on real COCO val2017 annotations (a handful of images)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ctc.coco_eval import METRIC_KEYS, CocoEvalError, evaluate_detections
+
+ASSETS = Path(os.environ.get("FCM_ASSETS", Path(__file__).resolve().parents[3] / "shared" / "assets"))
+ANNOTATIONS = ASSETS / "coco" / "val2017-103" / "annotations" / "instances_val2017_103.json"
+
+pytestmark = [
+    pytest.mark.needs_assets,
+    pytest.mark.skipif(not ANNOTATIONS.is_file(), reason=f"COCO annotations not found at {ANNOTATIONS}"),
+]
+
+IMAGE_IDS = [1000, 1268, 1584, 1761, 2006]  # 57 boxes over many categories and all three sizes
+
+
+@pytest.fixture(scope="module")
+def dataset() -> dict:
+    return json.loads(ANNOTATIONS.read_text())
+
+
+@pytest.fixture(scope="module")
+def gt_results(dataset) -> list[dict]:
+    """Ground truth of IMAGE_IDS turned into detections with score 1.0."""
+    return [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": 1.0}
+        for a in dataset["annotations"]
+        if a["image_id"] in IMAGE_IDS
+    ]
+
+
+def test_ground_truth_as_results_gives_map_1(gt_results):
+    assert len(gt_results) > 20
+    out = evaluate_detections(gt_results, ANNOTATIONS, image_ids=IMAGE_IDS)
+    for key in METRIC_KEYS:
+        assert out[key] == pytest.approx(1.0), key
+    assert out["n_images"] == len(IMAGE_IDS)
+
+
+def test_shifted_boxes_lower_map_as_iou_predicts(gt_results):
+    # Shifting every box right by 20 % of its width gives IoU = 0.8 / 1.2 = 2/3 for every box:
+    # a true positive at IoU thresholds 0.50 ... 0.65 (4 of 10), a miss at 0.70 ... 0.95.
+    shifted = [
+        dict(r, bbox=[r["bbox"][0] + 0.2 * r["bbox"][2], r["bbox"][1], r["bbox"][2], r["bbox"][3]]) for r in gt_results
+    ]
+    out = evaluate_detections(shifted, ANNOTATIONS, image_ids=IMAGE_IDS)
+    assert out["map"] == pytest.approx(0.4)
+    assert out["map50"] == pytest.approx(1.0)
+    assert out["map75"] == pytest.approx(0.0)
+
+
+def test_category_mismatch_gives_zero(dataset, gt_results):
+    present = {r["category_id"] for r in gt_results}
+    absent = sorted({c["id"] for c in dataset["categories"]} - present)
+    wrong = [dict(r, category_id=absent[0]) for r in gt_results]
+    out = evaluate_detections(wrong, ANNOTATIONS, image_ids=IMAGE_IDS)
+    for key in METRIC_KEYS:
+        assert out[key] == 0.0, key
+
+
+def test_default_is_all_images_of_the_file(dataset, gt_results):
+    # Perfect on 5 images, nothing on the other 98: recall, and so AP, drops well below 1.
+    out = evaluate_detections(gt_results, ANNOTATIONS)
+    assert out["n_images"] == len(dataset["images"]) == 103
+    assert 0.0 < out["map"] < 0.2
+
+
+def test_image_ids_restrict_evaluation_and_drop_other_results(gt_results):
+    first, rest = IMAGE_IDS[:2], IMAGE_IDS[2:]
+    # results for all five images, but the rest are shifted (worse): restricted to the first two,
+    # only their perfect results count.
+    mixed = [
+        r if r["image_id"] in first else dict(r, bbox=[r["bbox"][0] + 0.2 * r["bbox"][2], *r["bbox"][1:]])
+        for r in gt_results
+    ]
+    assert evaluate_detections(mixed, ANNOTATIONS, image_ids=first)["map"] == pytest.approx(1.0)
+    assert evaluate_detections(mixed, ANNOTATIONS, image_ids=rest)["map"] == pytest.approx(0.4)
+    both = evaluate_detections(mixed, ANNOTATIONS, image_ids=IMAGE_IDS)["map"]
+    assert 0.4 < both < 1.0
+
+
+def test_missing_detections_lower_recall(gt_results):
+    # Dropping every other box of the ground truth halves recall: AP must fall but stay > 0.
+    half = gt_results[::2]
+    out = evaluate_detections(half, ANNOTATIONS, image_ids=IMAGE_IDS)
+    assert 0.2 < out["map"] < 0.9
+    assert out["map"] == pytest.approx(out["map50"])  # the boxes that are there are exact
+
+
+def test_empty_results_give_zeros():
+    out = evaluate_detections([], ANNOTATIONS, image_ids=IMAGE_IDS)
+    assert {k: out[k] for k in METRIC_KEYS} == {k: 0.0 for k in METRIC_KEYS}
+    assert out["n_images"] == len(IMAGE_IDS)
+
+
+def test_results_are_not_mutated(gt_results):
+    before = json.dumps(gt_results)
+    evaluate_detections(gt_results, ANNOTATIONS, image_ids=IMAGE_IDS)
+    assert json.dumps(gt_results) == before
+
+
+def test_evaluation_is_quiet(gt_results, capsys):
+    evaluate_detections(gt_results, ANNOTATIONS, image_ids=IMAGE_IDS)
+    assert capsys.readouterr().out == ""
+
+
+def test_unknown_image_ids_are_rejected(gt_results):
+    with pytest.raises(CocoEvalError, match="image ids not in"):
+        evaluate_detections(gt_results, ANNOTATIONS, image_ids=[1000, 123456789])
+    bad = [dict(gt_results[0], image_id=123456789)]
+    with pytest.raises(CocoEvalError, match="results for image ids not in"):
+        evaluate_detections(bad, ANNOTATIONS)
+
+
+def test_unknown_category_id_is_rejected(gt_results):
+    # 0 is a typical 0-based class index, not a COCO category id
+    with pytest.raises(CocoEvalError, match=r"category ids not in .*\[0\]"):
+        evaluate_detections([dict(gt_results[0], category_id=0)], ANNOTATIONS)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"image_id": 1000, "category_id": 1, "bbox": [0, 0, 10], "score": 0.5},
+        {"image_id": 1000, "category_id": 1, "bbox": [0, 0, -1, 10], "score": 0.5},
+        {"image_id": 1000, "category_id": 1, "bbox": [0, 0, 10, 10]},
+    ],
+    ids=["three-numbers", "negative-width", "no-score"],
+)
+def test_malformed_results_are_rejected(bad):
+    with pytest.raises(CocoEvalError, match="result 0"):
+        evaluate_detections([bad], ANNOTATIONS)
+
+
+def test_missing_annotation_file(tmp_path):
+    with pytest.raises(CocoEvalError, match="annotation file not found"):
+        evaluate_detections([], tmp_path / "missing.json")
