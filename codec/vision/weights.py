@@ -66,12 +66,8 @@ def cache_dir() -> Path:
 def assets_dir() -> Path | None:
     """The shared assets folder, if there is one (CI and developer machines)."""
     env = os.environ.get("FCM_ASSETS")
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO_ROOT.parent / "shared" / "assets")
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return None
+    candidate = Path(env) if env else REPO_ROOT.parent / "shared" / "assets"  # FCM_ASSETS, when set, is the only place
+    return candidate if candidate.is_dir() else None
 
 
 @dataclass(frozen=True)

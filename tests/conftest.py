@@ -1,0 +1,30 @@
+"""Shared fixtures: the assets folder and one NanoDet instance per session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from codec.vision.weights import assets_dir
+
+
+@pytest.fixture(scope="session")
+def assets():
+    root = assets_dir()
+    if root is None:
+        pytest.skip("no shared assets folder (set FCM_ASSETS); CI always has ../shared/assets")
+    return root
+
+
+@pytest.fixture(scope="session")
+def nanodet(assets):
+    from codec.vision.nanodet import load_nanodet
+
+    return load_nanodet()
+
+
+@pytest.fixture(scope="session")
+def val_image(assets) -> np.ndarray:
+    """A real COCO val2017 image (640x480) as RGB uint8."""
+    return np.asarray(Image.open(assets / "coco/val2017-103/images/000000001000.jpg").convert("RGB"))

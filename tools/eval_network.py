@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Uncompressed task accuracy of a split network on a COCO-format set:
+image -> NN part 1 -> NN part 2 -> detections -> pycocotools mAP.
+
+  python tools/eval_network.py --dataset coco128
+  python tools/eval_network.py --dataset val2017-103
+  python tools/eval_network.py --images DIR --annotations instances.json [--limit N]
+
+Prints mAP@[.5:.95] and mAP@0.5 (the numbers in README.md come from this)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from codec.vision import DEFAULT_NETWORK, available_networks, get_network
+from codec.vision.weights import assets_dir
+
+DATASETS = {
+    "coco128": ("coco/coco128/images", "coco/coco128/annotations/instances_train2017.json"),
+    "val2017-103": ("coco/val2017-103/images", "coco/val2017-103/annotations/instances_val2017_103.json"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--network", default=DEFAULT_NETWORK, choices=available_networks())
+    ap.add_argument("--weights", help="local weights file instead of the default source")
+    ap.add_argument("--split", help="split point (default: the network's default)")
+    ap.add_argument("--dataset", choices=sorted(DATASETS), help="a set from the shared assets")
+    ap.add_argument("--images", type=Path, help="image folder (with --annotations)")
+    ap.add_argument("--annotations", type=Path, help="COCO instances json")
+    ap.add_argument("--limit", type=int, help="first N images only")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--save", type=Path, help="write the detections (COCO results json)")
+    args = ap.parse_args(argv)
+
+    from codec.pipeline import load_image
+    from ctc.coco_eval import evaluate_detections
+
+    if args.dataset:
+        root = assets_dir()
+        if root is None:
+            print("error: no shared assets folder (set FCM_ASSETS) for --dataset", file=sys.stderr)
+            return 2
+        images, annotations = (root / p for p in DATASETS[args.dataset])
+    elif args.images and args.annotations:
+        images, annotations = args.images, args.annotations
+    else:
+        ap.error("give --dataset or both --images and --annotations")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    net = get_network(args.network, weights=args.weights)
+    split = args.split or net.default_split
+    meta = json.loads(Path(annotations).read_text())
+    infos = sorted(meta["images"], key=lambda i: i["id"])[: args.limit]
+    results: list[dict] = []
+    t1 = t2 = 0.0
+    for info in tqdm(infos, desc=f"{net.name}/{split}", unit="img", file=sys.stderr):
+        image = load_image(Path(images) / info["file_name"])
+        start = time.perf_counter()
+        x, pre = net.preprocess(image)
+        feats = net.part1(x, split)
+        mid = time.perf_counter()
+        dets = net.part2(feats, split, pre)
+        t1 += mid - start
+        t2 += time.perf_counter() - mid
+        results += dets.to_coco(info["id"])
+    m = evaluate_detections(results, annotations, [i["id"] for i in infos])
+    if args.save:
+        args.save.write_text(json.dumps(results))
+    n = len(infos)
+    print(f"network {net.name}  split {split}  weights sha256 {net.weights_sha256()[:16]}...")
+    print(f"images {n} from {images}")
+    print(f"mAP@[.5:.95] {m['map']:.4f}   mAP@0.5 {m['map50']:.4f}   mAP@0.75 {m['map75']:.4f}")
+    print(f"NN part 1 {1000 * t1 / n:.1f} ms/img   NN part 2 {1000 * t2 / n:.1f} ms/img (incl. preprocessing)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
