@@ -1,0 +1,92 @@
+"""fcm_ctc: run the FCM common test conditions and report.
+
+Examples::
+
+    fcm_ctc run ctc/configs/quick.yaml --out runs/quick
+    fcm_ctc run ctc/configs/coco128.yaml --out runs/coco128 --workers 2
+    fcm_ctc run ctc/configs/val2017-103.yaml --out runs/val --codecs image_anchor,feature_anchor --limit 20
+    fcm_ctc run ctc/configs/coco128.yaml --out runs/coco128 --dask tcp://scheduler:8786
+    fcm_ctc report runs/quick          # rebuild the csv files and report.html from the cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .errors import CtcError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fcm_ctc", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run (or resume) a CTC configuration into DIR and write the report")
+    r.add_argument("config", help="CTC configuration (YAML), e.g. ctc/configs/quick.yaml")
+    r.add_argument("--out", required=True, help="run directory (cache.sqlite, csv files, report.html)")
+    r.add_argument("--assets", help="assets directory for ${assets} in the config "
+                                    "(default: $FCM_ASSETS, else <repo>/../shared/assets)")
+    r.add_argument("--images", help="image directory (overrides the config's dataset)")
+    r.add_argument("--annotations", help="COCO instances json (overrides the config's dataset)")
+    r.add_argument("--limit", type=int, help="use only the first N images")
+    r.add_argument("--codecs", help="comma-separated subset of the config's codecs")
+    r.add_argument("--workers", type=int, default=1, help="local worker processes (default 1: in this process)")
+    r.add_argument("--dask", metavar="ADDRESS", help="submit the jobs to this Dask scheduler instead")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rep = sub.add_parser("report", help="rebuild the outputs of DIR from its cache (runs nothing)")
+    rep.add_argument("dir", help="run directory of an earlier `fcm_ctc run`")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .config import load_config, with_overrides
+    from .report import build_report, run_environment
+    from .runner import run_ctc
+
+    if args.workers < 1:
+        raise CtcError(f"--workers must be >= 1, got {args.workers}")
+    if (args.images is None) != (args.annotations is None):
+        raise CtcError("--images and --annotations go together")
+    config = load_config(args.config, args.assets)
+    codecs = [c.strip() for c in args.codecs.split(",") if c.strip()] if args.codecs is not None else None
+    config = with_overrides(config, args.images, args.annotations, args.limit, codecs)
+    t0 = time.perf_counter()
+    info = run_ctc(config, args.out, workers=args.workers, dask_address=args.dask,
+                   progress=not args.no_progress and sys.stderr.isatty())
+    s = info.stats
+    print(f"{config.name}: {len(info.images)} images, {s.planned} jobs: {s.cached} cached, {s.computed} computed "
+          f"in {s.seconds:.1f} s")
+    report = build_report(args.out, run_environment())
+    print(report.table())
+    print(f"wall time {time.perf_counter() - t0:.1f} s; outputs in {Path(args.out)} (report.html)")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    if not (Path(args.dir) / "cache.sqlite").is_file():
+        raise CtcError(f"{args.dir}: no cache.sqlite (not a run directory)")
+    report = build_report(args.dir)
+    print(report.table())
+    if report.missing_jobs:
+        print(f"{report.missing_jobs} planned jobs have no result yet; rerun `fcm_ctc run` to complete")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args) if args.command == "run" else _report(args)
+    except CtcError as e:
+        print(f"fcm_ctc: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fcm_ctc: interrupted; finished jobs are kept in the cache, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,381 @@
+"""The CTC runner: plan (codec, rate point, image) jobs, skip those already in the
+cache, run the rest in local worker processes or on a Dask cluster, and commit
+each result as it arrives.
+
+A job is a picklable :class:`Job`; :func:`execute_job` is the one job function for
+every backend (in-process, ``ProcessPoolExecutor`` workers, Dask workers). Each
+worker process builds the network once (:func:`worker_network`) and runs torch
+with one thread, so N workers use N cores without oversubscription.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cache import ResultCache
+from .config import CtcConfig, NetworkConfig, config_to_dict
+from .errors import DatasetError, JobError
+
+HARNESS_VERSION = "1"  # bump when a change of this package changes job results
+
+
+# -- dataset ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    image_id: int
+    file_name: str
+    path: str
+    sha256: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def select_images(images_dir: str | os.PathLike, annotation_file: str | os.PathLike, limit: int | None = None,
+                  image_ids: Iterable[int] | None = None) -> list[ImageItem]:
+    """The images of a COCO annotation file that exist in `images_dir`, by image id;
+    an explicit `image_ids` subset must all exist; then the first `limit`."""
+    images_dir, annotation_file = Path(images_dir), Path(annotation_file)
+    if not images_dir.is_dir():
+        raise DatasetError(f"image directory not found: {images_dir}")
+    if not annotation_file.is_file():
+        raise DatasetError(f"annotation file not found: {annotation_file}")
+    try:
+        data = json.loads(annotation_file.read_text(encoding="utf-8"))
+        entries = sorted(data["images"], key=lambda e: int(e["id"]))
+        by_id = {int(e["id"]): e for e in entries}
+    except (ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"{annotation_file}: not a COCO instances file ({type(e).__name__}: {e})") from None
+    if image_ids is not None:
+        wanted = list(image_ids)
+        missing = [i for i in wanted if i not in by_id]
+        if missing:
+            raise DatasetError(f"image ids not in {annotation_file.name}: {missing[:5]}")
+        chosen = [by_id[i] for i in wanted]
+        absent = [e["file_name"] for e in chosen if not (images_dir / e["file_name"]).is_file()]
+        if absent:
+            raise DatasetError(f"images missing from {images_dir}: {absent[:5]}")
+    else:
+        chosen = [e for e in entries if (images_dir / e["file_name"]).is_file()]
+    if limit is not None:
+        chosen = chosen[:limit]
+    if not chosen:
+        raise DatasetError(f"no image of {annotation_file.name} found in {images_dir}")
+    return [
+        ImageItem(int(e["id"]), e["file_name"], str(images_dir / e["file_name"]),
+                  sha256_file(images_dir / e["file_name"]), int(e["width"]), int(e["height"]))
+        for e in chosen
+    ]
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An image file as RGB uint8 (H, W, 3), pixels as stored (no EXIF rotation, as COCO annotates)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}") from None
+
+
+# -- network ---------------------------------------------------------------------------
+
+_NETWORKS: dict[NetworkConfig, Any] = {}  # per-process: each worker builds its network once
+
+
+def load_network(cfg: NetworkConfig):
+    """Build the SplitNetwork a config names (registry name, or a "module:function" factory)."""
+    weights = str(cfg.weights) if cfg.weights is not None else None
+    if cfg.factory:
+        module_name, attr = cfg.factory.split(":", 1)
+        factory = getattr(importlib.import_module(module_name), attr)
+        return factory(name=cfg.name, weights=weights)
+    from codec.vision import get_network
+
+    return get_network(cfg.name, weights)
+
+
+def worker_network(cfg: NetworkConfig):
+    net = _NETWORKS.get(cfg)
+    if net is None:
+        net = _NETWORKS[cfg] = load_network(cfg)
+    return net
+
+
+def _init_worker(cfg: NetworkConfig, torch_threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    worker_network(cfg)
+
+
+# -- jobs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    codec: str  # codec name in the config
+    codec_type: str
+    mode: str | None
+    point: str
+    params: dict[str, Any] = field(hash=False)
+    image: ImageItem = field(hash=False)
+    network: NetworkConfig = field(hash=False)
+    split: str = ""
+    torch_threads: int | None = None
+
+
+def code_version() -> dict[str, str]:
+    """Versions of this repository's code that change job results (git-independent)."""
+    import codec
+    from codec import bitstream
+
+    return {
+        "codec": codec.__version__,
+        "container": f"{bitstream.VERSION_MAJOR}.{bitstream.VERSION_MINOR}",
+        "ctc": HARNESS_VERSION,
+    }
+
+
+def job_key(codec_type: str, mode: str | None, params: dict[str, Any], codec_version: str, network: NetworkConfig,
+            weights_sha256: str, split: str, image_sha256: str, versions: dict[str, str]) -> str:
+    """sha256 of everything that affects a job's result (not the codec's display name,
+    not the image id or path: renaming or moving files keeps the cache valid)."""
+    record = {
+        "codec_type": codec_type, "mode": mode, "params": params, "codec_version": codec_version,
+        "network": network.name, "network_factory": network.factory, "weights_sha256": weights_sha256,
+        "split": split, "image_sha256": image_sha256, "code_version": versions,
+    }
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def plan_jobs(config: CtcConfig, images: list[ImageItem], weights_sha256: str, split: str,
+              torch_threads: int | None = None) -> list[Job]:
+    from .codecs import get_codec_type
+
+    versions = code_version()
+    jobs = []
+    for c in config.codecs:
+        plugin = get_codec_type(c.type, c.mode if c.type == "container" else None)
+        cversion = plugin.version()
+        for p in c.points:
+            for im in images:
+                key = job_key(c.type, c.mode, p.params, cversion, config.network, weights_sha256, split,
+                              im.sha256, versions)
+                jobs.append(Job(key, c.name, c.type, c.mode, p.name, p.params, im, config.network, split,
+                                torch_threads))
+    return jobs
+
+
+def execute_job(job: Job) -> dict[str, Any]:
+    """Run one job; the result is JSON-able (stored in the cache as is)."""
+    from .codecs import STAGES, get_codec_type
+    from .complexity import MacCounter
+
+    try:
+        if job.torch_threads is not None:
+            import torch
+
+            if torch.get_num_threads() != job.torch_threads:
+                torch.set_num_threads(job.torch_threads)
+        network = worker_network(job.network)
+        plugin = get_codec_type(job.codec_type, job.mode if job.codec_type == "container" else None)
+        image = load_rgb(job.image.path)
+        h, w = image.shape[:2]
+        if (w, h) != (job.image.width, job.image.height):
+            raise DatasetError(f"{job.image.file_name} is {w}x{h}, the annotations say "
+                               f"{job.image.width}x{job.image.height}")
+        counter = MacCounter()
+        t0 = time.perf_counter()
+        with counter.active():
+            out = plugin.run(image, network, job.split, dict(job.params))
+        wall = time.perf_counter() - t0
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        raise JobError(f"{job.codec}/{job.point}/image {job.image.image_id}: {type(e).__name__}: {first} "
+                       f"({Path(where.filename).name}:{where.lineno})") from None
+    det = out.detections
+    return {
+        "bits": int(out.bits),
+        "pixels": int(w * h),
+        "raw_feature_bits": int(out.raw_feature_bits),
+        # [x, y, w, h, score, category_id]; the image id is attached when results are gathered
+        "detections": [[*d["bbox"], d["score"], d["category_id"]] for d in det.to_coco(0)],
+        "timings": {s: float(out.timings.get(s, 0.0)) for s in STAGES},
+        "macs": {s: int(counter.macs.get(s, 0)) for s in STAGES},
+        "wall": wall,
+    }
+
+
+def detections_to_coco(result: dict[str, Any], image_id: int) -> list[dict[str, Any]]:
+    return [{"image_id": int(image_id), "category_id": int(d[5]), "bbox": [float(v) for v in d[:4]],
+             "score": float(d[4])} for d in result["detections"]]
+
+
+# -- execution -------------------------------------------------------------------------
+
+
+@dataclass
+class RunStats:
+    planned: int = 0
+    cached: int = 0
+    computed: int = 0
+    seconds: float = 0.0
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled or total == 0, desc="ctc jobs", unit="job", dynamic_ncols=True)
+
+
+def run_jobs(jobs: list[Job], cache: ResultCache, workers: int = 1, dask_address: str | None = None,
+             progress: bool = False, on_result: Callable[[Job, dict], None] | None = None) -> RunStats:
+    """Run the jobs that are not in the cache; store each result as it completes.
+
+    workers == 1 and no dask_address: in this process (the network is built once here).
+    workers > 1: that many spawned worker processes, one torch thread each.
+    dask_address: the same job function submitted to a Dask distributed scheduler.
+    `on_result(job, result)` is called after each result is committed (progress hooks, tests)."""
+    t0 = time.perf_counter()
+    done = cache.done_keys([j.key for j in jobs])
+    todo, seen = [], set()
+    for j in jobs:
+        if j.key not in done and j.key not in seen:  # identical jobs (same key) run once
+            seen.add(j.key)
+            todo.append(j)
+    stats = RunStats(planned=len(jobs), cached=len(jobs) - len(todo))
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+
+    def store(job: Job, result: dict) -> None:
+        cache.put(job.key, job.codec, job.point, job.image.image_id, result)
+        stats.computed += 1
+        bar.update(1)
+        if on_result is not None:
+            on_result(job, result)
+
+    with _progress(len(todo), progress) as bar:
+        if not todo:
+            pass
+        elif dask_address is not None:
+            _run_dask(todo, dask_address, store)
+        elif workers == 1:
+            for job in todo:
+                store(job, execute_job(job))
+        else:
+            _run_pool(todo, workers, store)
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def _run_pool(todo: list[Job], workers: int, store: Callable[[Job, dict], None]) -> None:
+    # spawn, not fork: forking a process that has started torch's thread pools can deadlock
+    ctx = get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_init_worker,
+                               initargs=(todo[0].network, 1))
+    try:
+        pending = {pool.submit(execute_job, j): j for j in todo}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                job = pending.pop(fut)
+                store(job, fut.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_dask(todo: list[Job], address: str, store: Callable[[Job, dict], None]) -> None:
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise JobError("--dask needs the 'distributed' package (pip install 'fcm-codec[dask]')") from None
+    from dataclasses import replace
+
+    todo = [replace(j, torch_threads=1) for j in todo]
+    with Client(address, timeout=30) as client:
+        futures = client.map(execute_job, todo, pure=False)
+        by_key = {f.key: j for f, j in zip(futures, todo)}
+        try:
+            for fut in as_completed(futures):
+                store(by_key[fut.key], fut.result())
+        finally:
+            client.cancel(futures)
+
+
+# -- the whole run ---------------------------------------------------------------------
+
+
+@dataclass
+class RunInfo:
+    config: CtcConfig
+    images: list[ImageItem]
+    jobs: list[Job]
+    split: str
+    weights_sha256: str
+    stats: RunStats
+
+
+def prepare_run(config: CtcConfig) -> tuple[list[ImageItem], list[Job], str, str]:
+    """Select the images, build the network once (weights hash, split) and plan the jobs."""
+    images = select_images(config.dataset.images, config.dataset.annotations, config.dataset.limit,
+                           config.dataset.image_ids)
+    network = worker_network(config.network)
+    split = config.network.split or network.default_split
+    if split not in network.split_points:
+        raise JobError(f"network {config.network.name!r} has no split point {split!r} "
+                       f"({', '.join(network.split_points)})")
+    weights = network.weights_sha256()
+    return images, plan_jobs(config, images, weights, split), split, weights
+
+
+def run_ctc(config: CtcConfig, out_dir: str | os.PathLike, workers: int = 1, dask_address: str | None = None,
+            progress: bool = False, on_result: Callable[[Job, dict], None] | None = None) -> RunInfo:
+    """Run (or resume) every job of a config into out_dir/cache.sqlite and record the run."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images, jobs, split, weights = prepare_run(config)
+    with ResultCache(out / "cache.sqlite") as cache:
+        cache.set_meta("run", {
+            "config": config_to_dict(config),
+            "images": [asdict(im) for im in images],
+            "split": split,
+            "weights_sha256": weights,
+            "jobs": [{"key": j.key, "codec": j.codec, "point": j.point, "image_id": j.image.image_id}
+                     for j in jobs],
+            "code_version": code_version(),
+        })
+        stats = run_jobs(jobs, cache, workers=workers, dask_address=dask_address, progress=progress,
+                         on_result=on_result)
+        cache.set_meta("last_stats", asdict(stats) | {"workers": workers, "dask": dask_address})
+    return RunInfo(config, images, jobs, split, weights, stats)

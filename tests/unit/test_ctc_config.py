@@ -1,0 +1,174 @@
+"""CTC configuration parsing and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ctc.config import config_from_dict, config_to_dict, load_config, parse_config, with_overrides
+from ctc.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "ctc" / "configs"
+
+BASE = {
+    "name": "t",
+    "dataset": {"images": "${assets}/coco/coco128/images", "annotations": "ann/instances.json", "limit": 3},
+    "network": {"name": "nanodet", "split": "neck"},
+    "anchors": ["image_anchor"],
+    "codecs": [
+        {"name": "image_anchor", "type": "image_anchor", "values": [47, 42, 37, 32]},
+        {"name": "feature_anchor", "type": "feature_anchor", "param": "qp", "values": [40, 35],
+         "options": {"preset": "fast"}},
+        {"name": "bypass", "type": "bypass", "values": ["float16", "float32"]},
+        {"name": "uncompressed", "type": "uncompressed"},
+    ],
+}
+
+
+def _parse(data: dict, tmp_path: Path):
+    return parse_config(data, tmp_path, tmp_path / "assets")
+
+
+def _modified(path: list, value) -> dict:
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    if value is _DELETE:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return data
+
+
+_DELETE = object()
+
+
+def test_valid_config_resolves_paths_points_and_defaults(tmp_path: Path) -> None:
+    cfg = _parse(BASE, tmp_path)
+    assert cfg.dataset.images == tmp_path / "assets" / "coco/coco128/images"
+    assert cfg.dataset.annotations == tmp_path / "ann" / "instances.json"
+    assert cfg.dataset.limit == 3
+    ia = cfg.codec("image_anchor")
+    assert [p.name for p in ia.points] == ["qp47", "qp42", "qp37", "qp32"]
+    assert ia.points[0].params == {"qp": 47, "preset": "faster"}
+    fa = cfg.codec("feature_anchor")
+    assert fa.mode == "anchor"
+    assert fa.points[1].params == {"qp": 35, "preset": "fast", "bypass_dtype": "float16"}
+    bp = cfg.codec("bypass")
+    assert [p.name for p in bp.points] == ["float16", "float32"]
+    assert bp.points[1].params["bypass_dtype"] == "float32"
+    un = cfg.codec("uncompressed")
+    assert len(un.points) == 1 and un.points[0].params == {} and un.points[0].name == "ref"
+    assert cfg.reference == "uncompressed"  # default: the uncompressed codec
+    assert cfg.primary_metric == "map50" and cfg.report_metrics == ("map50", "map")
+    assert cfg.near_lossless_max_rel_loss == 0.01
+    again = config_from_dict(config_to_dict(cfg))
+    assert again.codecs == cfg.codecs and again.dataset == cfg.dataset and again.anchors == cfg.anchors
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (["dataset", "images"], "/abs/images", "absolute paths are not allowed"),
+        (["dataset", "images"], "~/images", "absolute paths are not allowed"),
+        (["dataset", "images"], "${HOME}/x", "only ${assets}"),
+        (["dataset", "limit"], 0, "dataset.limit: expected a positive integer"),
+        (["dataset", "colour"], "red", "dataset: unknown key(s) colour"),
+        (["dataset", "annotations"], _DELETE, "dataset: missing required key(s) annotations"),
+        (["network", "name"], "resnet9000", "unknown network 'resnet9000'"),
+        (["network", "factory"], "no_colon", "expected 'module:function'"),
+        (["anchors"], ["nope"], "anchors: 'nope' is not a codec"),
+        (["anchors"], ["uncompressed"], "fewer than 2 rate points"),
+        (["metric"], {"primary": "psnr"}, "metric.primary: 'psnr'"),
+        (["reference"], "nope", "reference: 'nope'"),
+        (["near_lossless"], {"max_rel_loss": 2}, "near_lossless.max_rel_loss"),
+        (["codecs"], [], "codecs: expected a non-empty list"),
+        (["codecs", 0, "values"], [47, 47], "duplicate rate points"),
+        (["codecs", 0, "values"], [64, 30], "qp must be an integer in 0..63"),
+        (["codecs", 0, "values"], _DELETE, "missing 'values'"),
+        (["codecs", 0, "values"], list(range(13)), "at most 12"),
+        (["codecs", 0, "options"], {"preset": "ludicrous"}, "preset 'ludicrous' is not one of"),
+        (["codecs", 0, "options"], {"crf": 3}, "unknown parameter(s) crf"),
+        (["codecs", 0, "type"], "jpeg2000", "unknown codec type 'jpeg2000'"),
+        (["codecs", 1, "name"], "image_anchor", "duplicate codec name(s) image_anchor"),
+        (["codecs", 1, "name"], "bad name!", "is not a valid name"),
+        (["codecs", 2, "values"], [16, 32], "bypass_dtype must be of type str"),
+        (["codecs", 3, "values"], [1, 2], "'values' given but the codec has no rate parameter"),
+        (["codecs", 0, "mode"], "anchor", "'mode' is only allowed with type 'container'"),
+    ],
+)
+def test_invalid_configs_are_refused_with_a_clear_message(tmp_path: Path, path, value, message) -> None:
+    with pytest.raises(ConfigError) as e:
+        _parse(_modified(path, value), tmp_path)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_container_type_needs_a_known_mode(tmp_path: Path) -> None:
+    data = _modified(["codecs", 1], {"name": "x", "type": "container", "mode": "warp", "values": [30, 35]})
+    with pytest.raises(ConfigError, match="unknown container mode 'warp'"):
+        _parse(data, tmp_path)
+    data = _modified(["codecs", 1], {"name": "x", "type": "container", "mode": "anchor", "values": [30, 35]})
+    assert _parse(data, tmp_path).codec("x").mode == "anchor"
+    data = _modified(["codecs", 1], {"name": "x", "type": "anchor", "values": [30, 35]})  # a mode name as type
+    assert _parse(data, tmp_path).codec("x").points[0].params["qp"] == 30
+
+
+def test_load_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="empty config"):
+        load_config(empty)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump({**BASE, "codec": []}))
+    with pytest.raises(ConfigError, match=r"typo.yaml: config: unknown key\(s\) codec"):
+        load_config(typo)
+
+
+def test_assets_dir_from_argument_and_environment(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    assert load_config(path, tmp_path / "A").dataset.images == tmp_path / "A" / "coco/coco128/images"
+    monkeypatch.setenv("FCM_ASSETS", str(tmp_path / "E"))
+    assert load_config(path).dataset.images == tmp_path / "E" / "coco/coco128/images"
+
+
+def test_overrides(tmp_path: Path) -> None:
+    cfg = _parse(BASE, tmp_path)
+    o = with_overrides(cfg, images=tmp_path / "i", annotations=tmp_path / "a.json", limit=2,
+                       codecs=["feature_anchor", "uncompressed"])
+    assert o.dataset.images == tmp_path / "i" and o.dataset.limit == 2
+    assert [c.name for c in o.codecs] == ["feature_anchor", "uncompressed"]
+    assert o.anchors == () and o.reference == "uncompressed"
+    with pytest.raises(ConfigError, match="unknown codec"):
+        with_overrides(cfg, codecs=["jpeg"])
+    with pytest.raises(ConfigError, match="--limit"):
+        with_overrides(cfg, limit=0)
+
+
+@pytest.mark.parametrize("name", ["quick", "coco128", "val2017-103", "mpeg_openimages_det",
+                                  "mpeg_openimages_seg", "mpeg_sfu_hw"])
+def test_shipped_configs_are_valid(name: str, tmp_path: Path) -> None:
+    cfg = load_config(CONFIGS / f"{name}.yaml", tmp_path)
+    assert cfg.anchors == ("image_anchor", "feature_anchor")
+    assert cfg.reference == "uncompressed"
+    assert cfg.primary_metric == "map50"
+    for c in cfg.codecs:
+        if c.name in cfg.anchors:
+            assert 4 <= len(c.points) <= 6, c.name
+    assert str(cfg.dataset.annotations).startswith(str(tmp_path))  # every path through ${assets}
+    assert "/" not in (cfg.source.split("images:")[1].split("${assets}")[0])  # no absolute paths
+    if name == "quick":
+        assert cfg.dataset.limit is not None and cfg.dataset.limit <= 8
+        assert all(len(c.points) == 4 for c in cfg.codecs if c.name in cfg.anchors)
+        assert cfg.network.name == "nanodet" and cfg.network.split == "neck"
