@@ -1,0 +1,63 @@
+"""The FCM container v1 (bitstream_spec.md): syntax (construct), ids, and
+build / parse / inspect entry points."""
+
+from .container import (
+    ContainerHeader,
+    InnerCodecParams,
+    InspectReport,
+    ModeHeader,
+    ParsedContainer,
+    PayloadUnit,
+    ScaleHeader,
+    UnitReport,
+    build_container,
+    inspect_container,
+    parse_container,
+    validate_header,
+)
+from .ids import (
+    ALL_SCALES,
+    UNIT_FLAG_REQUIRED,
+    CodecModelId,
+    EntropyCoderId,
+    InnerCodecId,
+    ModeId,
+    NetworkId,
+    PresetId,
+    ResizeMode,
+    SampleFormat,
+    UnitType,
+    preset_id,
+)
+from .syntax import MAGIC, SYNTAX_STRUCTURES, VERSION_MAJOR, VERSION_MINOR
+
+__all__ = [
+    "ALL_SCALES",
+    "CodecModelId",
+    "ContainerHeader",
+    "EntropyCoderId",
+    "InnerCodecId",
+    "InnerCodecParams",
+    "InspectReport",
+    "MAGIC",
+    "ModeHeader",
+    "ModeId",
+    "NetworkId",
+    "ParsedContainer",
+    "PayloadUnit",
+    "PresetId",
+    "ResizeMode",
+    "SYNTAX_STRUCTURES",
+    "SampleFormat",
+    "ScaleHeader",
+    "UNIT_FLAG_REQUIRED",
+    "UnitReport",
+    "UnitType",
+    "VERSION_MAJOR",
+    "VERSION_MINOR",
+    "build_container",
+    "inspect_container",
+    "parse_container",
+    "preset_id",
+    "validate_header",
+]

@@ -1,0 +1,43 @@
+"""Coding modes, one module each, shared by encoder and decoder. The registry
+maps the ModeId written into the container to the module that implements it."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from codec.bitstream import ModeId
+from codec.errors import EncodeError, UnsupportedModeError
+
+from . import anchor, bypass
+from .base import EncodeParams
+
+# ModeId -> implementing module. VVC_MSFF and LEARNED_E2E are reserved ids
+# without an implementation here yet.
+MODES: dict[ModeId, ModuleType] = {
+    ModeId.BYPASS: bypass,
+    ModeId.ANCHOR: anchor,
+}
+
+
+def available_modes() -> list[str]:
+    return sorted(m.NAME for m in MODES.values())
+
+
+def mode_by_id(mode_id: ModeId) -> ModuleType:
+    try:
+        mid = ModeId(mode_id)
+    except ValueError:
+        raise UnsupportedModeError(f"coding mode id {int(mode_id)} is reserved") from None
+    if mid not in MODES:
+        raise UnsupportedModeError(f"coding mode {mid.name} ({int(mid)}) is not implemented by this decoder")
+    return MODES[mid]
+
+
+def mode_by_name(name: str) -> ModuleType:
+    for m in MODES.values():
+        if m.NAME == name:
+            return m
+    raise EncodeError(f"unknown coding mode {name!r}; choose one of {', '.join(available_modes())}")
+
+
+__all__ = ["EncodeParams", "MODES", "available_modes", "mode_by_id", "mode_by_name"]

@@ -1,0 +1,190 @@
+"""fcm_inspect: print every field of an FCM container, its payload units with
+their CRC status, the header overhead, and the NAL units of VVC payloads."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+from typing import Any
+
+from codec.apps import _cli
+from codec.bitstream import (
+    CodecModelId,
+    EntropyCoderId,
+    InnerCodecId,
+    InspectReport,
+    ModeId,
+    NetworkId,
+    PresetId,
+    ResizeMode,
+    SampleFormat,
+    UnitType,
+    inspect_container,
+)
+
+EXAMPLES = """\
+examples:
+  fcm_inspect baseball.bin
+  fcm_inspect baseball.bin --json | python -m json.tool
+
+A damaged file is still shown as far as it parses; the error is printed last.
+exit status: 0 a valid container, 2 an invalid one (or bad arguments / input).
+"""
+
+_ENUM_FIELDS: dict[str, type[enum.IntEnum]] = {
+    "network_id": NetworkId,
+    "resize_mode": ResizeMode,
+    "mode_id": ModeId,
+    "sample_format": SampleFormat,
+    "inner_codec_id": InnerCodecId,
+    "inner_preset_id": PresetId,
+    "codec_model_id": CodecModelId,
+    "entropy_coder_id": EntropyCoderId,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fcm_inspect",
+        description="Show the header fields, payload units (type, size, CRC) and VVC NAL units of an FCM container.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", metavar="IN.bin", help="FCM container file")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    return p
+
+
+def _enum_name(field: str, value: Any) -> str | None:
+    cls = _ENUM_FIELDS.get(field)
+    if cls is None:
+        return None
+    try:
+        return cls(int(value)).name
+    except ValueError:
+        return "RESERVED"
+
+
+def _jsonable(field: str, value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, enum.IntEnum):
+        return int(value)
+    if isinstance(value, list):
+        return [{k: _jsonable(k, v) for k, v in item.items()} if isinstance(item, dict) else item for item in value]
+    return value
+
+
+def _nal_units(data: bytes) -> tuple[list[dict[str, Any]], str | None]:
+    from codec.inner.vvc import parse_nal_units
+
+    try:
+        nals = parse_nal_units(data)
+    except ValueError as e:
+        return [], _cli.one_line(e)
+    return [
+        {
+            "offset": n.offset,
+            "size": n.size,
+            "nal_unit_type": n.nal_unit_type,
+            "type_name": n.type_name,
+            "layer_id": n.layer_id,
+            "temporal_id": n.temporal_id,
+        }
+        for n in nals
+    ], None
+
+
+def report_dict(path: str, report: InspectReport) -> dict[str, Any]:
+    out: dict[str, Any] = {"file": path, "size": report.total_size}
+    if report.version is not None:
+        out["version"] = f"{report.version[0]}.{report.version[1]}"
+        out["header_size"] = report.header_size
+        out["header_crc_ok"] = report.header_crc_ok
+        fields = {k: _jsonable(k, v) for k, v in (report.header_fields or {}).items()}
+        out["header"] = fields
+        out["header_names"] = {k: n for k in fields if (n := _enum_name(k, fields[k])) is not None}
+    units = []
+    for u in report.units:
+        item = {
+            "index": u.index,
+            "offset": u.offset,
+            "unit_type": u.unit_type,
+            "type_name": u.type_name,
+            "flags": u.flags,
+            "scale_index": u.scale_index,
+            "size": u.size,
+            "crc32": f"0x{u.crc_stored:08x}",
+            "crc_ok": u.crc_ok,
+        }
+        if u.unit_type == UnitType.VVC_NAL_STREAM:
+            item["nal_units"], err = _nal_units(u.data)
+            if err:
+                item["nal_error"] = err
+        units.append(item)
+    out["payload_units"] = units
+    out["payload_bytes"] = report.payload_bytes
+    out["overhead_bytes"] = report.overhead_bytes
+    out["valid"] = report.error is None
+    if report.error is not None:
+        out["error"] = {"class": type(report.error).__name__, "message": _cli.one_line(report.error)}
+    return out
+
+
+def print_text(d: dict[str, Any]) -> None:
+    print(f"file {d['file']}: {d['size']} bytes")
+    if "version" not in d:
+        print("  (no container header could be parsed)")
+    else:
+        crc = "ok" if d["header_crc_ok"] else "MISMATCH"
+        print(f"container version {d['version']}, header {d['header_size']} bytes, header_crc32 {crc}")
+        names = d["header_names"]
+        for k, v in d["header"].items():
+            if k == "scales":
+                continue
+            suffix = f" ({names[k]})" if k in names else ""
+            print(f"  {k:<22} {v}{suffix}")
+        for i, s in enumerate(d["header"].get("scales", [])):
+            print(f"  scales[{i}]: " + ", ".join(f"{k} {v}" for k, v in s.items()))
+    for u in d["payload_units"]:
+        scale = "all" if u["scale_index"] == 255 else u["scale_index"]
+        crc = "ok" if u["crc_ok"] else "MISMATCH"
+        req = "required" if u["flags"] & 1 else "optional"
+        print(
+            f"payload unit {u['index']}: {u['type_name']} ({u['unit_type']}), {u['size']} bytes at offset "
+            f"{u['offset']}, {req}, scale {scale}, crc32 {u['crc32']} {crc}"
+        )
+        for n in u.get("nal_units", []):
+            print(
+                f"    NAL {n['type_name']:<12} type {n['nal_unit_type']:>2}  {n['size']:>8} bytes  "
+                f"layer {n['layer_id']} tid {n['temporal_id']}"
+            )
+        if "nal_error" in u:
+            print(f"    NAL units: {u['nal_error']}")
+    total = d["size"]
+    share = 100.0 * d["overhead_bytes"] / total if total else 0.0
+    print(f"payload {d['payload_bytes']} bytes; header overhead {d['overhead_bytes']} bytes ({share:.2f}%)")
+    if not d["valid"]:
+        print(f"INVALID: {d['error']['class']}: {d['error']['message']}")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    data = _cli.read_input_file(args.input, "bitstream")
+    report = inspect_container(data)
+    d = report_dict(args.input, report)
+    if args.json:
+        print(json.dumps(d, indent=2))
+    else:
+        print_text(d)
+    if report.error is not None:
+        raise report.error  # one line on stderr and exit 2, via run_app
+    return _cli.EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    return _cli.run_app("fcm_inspect", build_parser(), _inspect, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

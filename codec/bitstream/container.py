@@ -1,0 +1,457 @@
+"""Container v1 in Python terms: header and payload-unit dataclasses, and the
+three entry points `build_container`, `parse_container` (strict, for decoding)
+and `inspect_container` (lenient, for fcm_inspect). The bytes are defined only
+by the construct objects in `syntax.py`."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from construct import ConstructError, StreamError, Struct, TerminatedError
+
+from codec.errors import (
+    BitstreamError,
+    MalformedError,
+    SizeLimitError,
+    TrailingDataError,
+    TruncatedError,
+    UnknownUnitError,
+)
+from codec.vision.base import Preprocessing
+
+from . import syntax
+from .ids import (
+    ALL_SCALES,
+    UNIT_FLAG_REQUIRED,
+    CodecModelId,
+    EntropyCoderId,
+    InnerCodecId,
+    ModeId,
+    NetworkId,
+    PresetId,
+    ResizeMode,
+    SampleFormat,
+    UnitType,
+)
+
+UNIT_OVERHEAD = 1 + 1 + 1 + 4 + 4  # unit_type, unit_flags, unit_scale_index, unit_data_size, unit_crc32
+
+
+@dataclass(frozen=True)
+class ScaleHeader:
+    """One scale_info( ): the tensor shape and the mode's per-scale parameters."""
+
+    name: str
+    channels: int
+    height: int
+    width: int
+    phi_index: int = 0
+    kept_channels: int = 0
+    quant_min: float = 0.0
+    quant_max: float = 0.0
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+
+@dataclass(frozen=True)
+class InnerCodecParams:
+    codec_id: InnerCodecId = InnerCodecId.NONE
+    qp: int = 0
+    preset_id: PresetId = PresetId.NONE
+    bit_depth: int = 0
+
+
+@dataclass(frozen=True)
+class ModeHeader:
+    """The header fields that a coding mode sets (the rest come from the network)."""
+
+    scales: tuple[ScaleHeader, ...]
+    sample_format: SampleFormat = SampleFormat.NONE
+    inner: InnerCodecParams = InnerCodecParams()
+    codec_model_id: CodecModelId = CodecModelId.NONE
+    codec_model_hash: bytes = bytes(32)
+    entropy_coder_id: EntropyCoderId = EntropyCoderId.NONE
+    entropy_precision: int = 0
+
+
+@dataclass(frozen=True)
+class ContainerHeader:
+    network_id: NetworkId
+    network_weights_hash: bytes  # 32 bytes, sha256 of the network weights
+    split_point_id: int
+    split_point_name: str
+    preprocessing: Preprocessing
+    mode_id: ModeId
+    mode: ModeHeader
+    version_major: int = syntax.VERSION_MAJOR
+    version_minor: int = syntax.VERSION_MINOR
+
+    @property
+    def scales(self) -> tuple[ScaleHeader, ...]:
+        return self.mode.scales
+
+    def scale_names(self) -> list[str]:
+        return [s.name for s in self.mode.scales]
+
+
+@dataclass(frozen=True)
+class PayloadUnit:
+    unit_type: int  # a UnitType value, or an unknown value of a skipped optional unit
+    data: bytes
+    scale_index: int = ALL_SCALES
+    required: bool = True
+    flags: int | None = None  # None: derived from `required`
+
+    @property
+    def type_name(self) -> str:
+        try:
+            return UnitType(self.unit_type).name
+        except ValueError:
+            return f"RESERVED_{self.unit_type}"
+
+    @property
+    def unit_flags(self) -> int:
+        return (UNIT_FLAG_REQUIRED if self.required else 0) if self.flags is None else self.flags
+
+
+@dataclass
+class ParsedContainer:
+    header: ContainerHeader
+    units: list[PayloadUnit]  # units of known types, in bitstream order
+    skipped_units: list[PayloadUnit]  # optional units of unknown type
+    head_size: int  # bytes from magic to header_crc32 inclusive
+    total_size: int
+
+
+# --- build ---------------------------------------------------------------------
+
+
+def _scale_dict(s: ScaleHeader) -> dict[str, Any]:
+    return dict(
+        scale_name=s.name,
+        scale_channels=s.channels,
+        scale_height=s.height,
+        scale_width=s.width,
+        phi_index=s.phi_index,
+        kept_channels=s.kept_channels,
+        quant_min=float(s.quant_min),
+        quant_max=float(s.quant_max),
+    )
+
+
+def header_to_dict(header: ContainerHeader, num_payload_units: int) -> dict[str, Any]:
+    """ContainerHeader -> the value of header_body( ) for construct."""
+    p, m = header.preprocessing, header.mode
+    return dict(
+        network_id=int(header.network_id),
+        network_weights_hash=bytes(header.network_weights_hash),
+        split_point_id=header.split_point_id,
+        split_point_name=header.split_point_name,
+        orig_width=p.orig_w,
+        orig_height=p.orig_h,
+        input_width=p.input_w,
+        input_height=p.input_h,
+        resize_mode=int(p.resize_mode),
+        scale_x=float(p.scale_x),
+        scale_y=float(p.scale_y),
+        pad_x=p.pad_x,
+        pad_y=p.pad_y,
+        mode_id=int(header.mode_id),
+        sample_format=int(m.sample_format),
+        inner_codec_id=int(m.inner.codec_id),
+        inner_qp=m.inner.qp,
+        inner_preset_id=int(m.inner.preset_id),
+        inner_bit_depth=m.inner.bit_depth,
+        codec_model_id=int(m.codec_model_id),
+        codec_model_hash=bytes(m.codec_model_hash),
+        entropy_coder_id=int(m.entropy_coder_id),
+        entropy_precision=m.entropy_precision,
+        num_scales=len(m.scales),
+        scales=[_scale_dict(s) for s in m.scales],
+        num_payload_units=num_payload_units,
+    )
+
+
+def unit_to_dict(unit: PayloadUnit) -> dict[str, Any]:
+    return dict(
+        unit=dict(
+            value=dict(
+                unit_type=int(unit.unit_type),
+                unit_flags=unit.unit_flags,
+                unit_scale_index=unit.scale_index,
+                unit_data=bytes(unit.data),
+            )
+        ),
+        unit_crc32=None,
+    )
+
+
+def build_container(header: ContainerHeader, units: list[PayloadUnit], version_major: int | None = None) -> bytes:
+    """Serialise a header and its payload units. Building does not validate
+    (see syntax.py); `version_major` overrides the version for test vectors."""
+    value = dict(
+        version_major=header.version_major if version_major is None else version_major,
+        version_minor=header.version_minor,
+        header=dict(value=header_to_dict(header, len(units))),
+        header_crc32=None,
+        payload_units=[unit_to_dict(u) for u in units],
+    )
+    return syntax.fcm_container.build(value)
+
+
+# --- parse ---------------------------------------------------------------------
+
+
+def _one_line(e: ConstructError) -> str:
+    text = str(e).splitlines()
+    return text[-1] if text else type(e).__name__
+
+
+def _where(e: ConstructError) -> str:
+    path = getattr(e, "path", None) or ""
+    parts = [p.strip() for p in path.split("->") if p.strip() and p.strip() != "(parsing)"]
+    return parts[-1] if parts else "the container"
+
+
+_open_container = Struct(*syntax._HEAD, "payload_units" / syntax.fcm_container.payload_units.subcon)
+
+
+def _parse(struct: Struct, data: bytes, **params: Any) -> Any:
+    """construct parse with construct's exceptions mapped to one-line BitstreamErrors."""
+    try:
+        return struct.parse(data, **params)
+    except BitstreamError:
+        raise
+    except TerminatedError:
+        extra = len(data) - _end_of_container(data, **params)
+        raise TrailingDataError(f"{extra} bytes of trailing data after the last payload unit") from None
+    except StreamError as e:
+        raise TruncatedError(f"truncated bitstream: data ends inside {_where(e)} ({len(data)} bytes)") from None
+    except ConstructError as e:
+        raise MalformedError(f"malformed container at {_where(e)}: {_one_line(e)}") from None
+
+
+def _end_of_container(data: bytes, **params: Any) -> int:
+    """Offset just after the last payload unit (data parsed fine up to there)."""
+    parsed = _open_container.parse(data, **params)
+    units = parsed.payload_units
+    return units[-1].unit.offset2 + 4 if units else parsed.header.offset2 + 4
+
+
+def _scale_from(c: Any) -> ScaleHeader:
+    return ScaleHeader(
+        name=c.scale_name,
+        channels=c.scale_channels,
+        height=c.scale_height,
+        width=c.scale_width,
+        phi_index=c.phi_index,
+        kept_channels=c.kept_channels,
+        quant_min=c.quant_min,
+        quant_max=c.quant_max,
+    )
+
+
+def header_from_parsed(parsed: Any) -> ContainerHeader:
+    h = parsed.header.value
+    prep = Preprocessing(
+        orig_w=h.orig_width,
+        orig_h=h.orig_height,
+        input_w=h.input_width,
+        input_h=h.input_height,
+        resize_mode=ResizeMode(h.resize_mode),
+        scale_x=h.scale_x,
+        scale_y=h.scale_y,
+        pad_x=h.pad_x,
+        pad_y=h.pad_y,
+    )
+    mode = ModeHeader(
+        scales=tuple(_scale_from(s) for s in h.scales),
+        sample_format=SampleFormat(h.sample_format),
+        inner=InnerCodecParams(
+            codec_id=InnerCodecId(h.inner_codec_id),
+            qp=h.inner_qp,
+            preset_id=PresetId(h.inner_preset_id),
+            bit_depth=h.inner_bit_depth,
+        ),
+        codec_model_id=CodecModelId(h.codec_model_id),
+        codec_model_hash=bytes(h.codec_model_hash),
+        entropy_coder_id=EntropyCoderId(h.entropy_coder_id),
+        entropy_precision=h.entropy_precision,
+    )
+    return ContainerHeader(
+        network_id=NetworkId(h.network_id),
+        network_weights_hash=bytes(h.network_weights_hash),
+        split_point_id=h.split_point_id,
+        split_point_name=h.split_point_name,
+        preprocessing=prep,
+        mode_id=ModeId(h.mode_id),
+        mode=mode,
+        version_major=parsed.version_major,
+        version_minor=parsed.version_minor,
+    )
+
+
+def validate_header(header: ContainerHeader) -> None:
+    """Semantic checks across fields (bitstream_spec.md, section 5), before any allocation."""
+    p = header.preprocessing
+    if not (p.scale_x > 0 and p.scale_y > 0):
+        raise MalformedError(f"scale_x and scale_y must be positive (got {p.scale_x}, {p.scale_y})")
+    if p.pad_x >= p.input_w or p.pad_y >= p.input_h:
+        raise MalformedError(f"pad ({p.pad_x}, {p.pad_y}) is not inside the input ({p.input_w}x{p.input_h})")
+    names: set[str] = set()
+    for i, s in enumerate(header.scales):
+        samples = s.channels * s.height * s.width
+        if samples > syntax.MAX_SCALE_SAMPLES:
+            raise SizeLimitError(
+                f"scale {i} ({s.name}) has {samples} samples, more than the limit {syntax.MAX_SCALE_SAMPLES}"
+            )
+        if s.kept_channels > s.channels:
+            raise MalformedError(f"scale {i} ({s.name}): kept_channels {s.kept_channels} > {s.channels}")
+        if not s.quant_min <= s.quant_max:
+            raise MalformedError(f"scale {i} ({s.name}): quant_min {s.quant_min} > quant_max {s.quant_max}")
+        if s.name in names:
+            raise MalformedError(f"scale name {s.name!r} occurs twice")
+        names.add(s.name)
+
+
+def _unit_from(c: Any) -> PayloadUnit:
+    u = c.unit.value
+    return PayloadUnit(
+        unit_type=u.unit_type,
+        data=bytes(u.unit_data),
+        scale_index=u.unit_scale_index,
+        required=bool(u.unit_flags & UNIT_FLAG_REQUIRED),
+        flags=u.unit_flags,
+    )
+
+
+def parse_container(data: bytes) -> ParsedContainer:
+    """Strict parse for decoding: every error is a specific BitstreamError."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError("parse_container expects bytes")
+    data = bytes(data)
+    parsed = _parse(syntax.fcm_container, data)
+    header = header_from_parsed(parsed)
+    validate_header(header)
+    units: list[PayloadUnit] = []
+    skipped: list[PayloadUnit] = []
+    known = {t.value for t in UnitType}
+    for i, c in enumerate(parsed.payload_units):
+        unit = _unit_from(c)
+        if unit.scale_index != ALL_SCALES and unit.scale_index >= len(header.scales):
+            raise MalformedError(
+                f"payload unit {i}: unit_scale_index {unit.scale_index} but there are {len(header.scales)} scales"
+            )
+        if unit.unit_type in known:
+            units.append(unit)
+        elif unit.required:
+            raise UnknownUnitError(f"payload unit {i} has unknown required unit_type {unit.unit_type}")
+        else:
+            skipped.append(unit)
+    return ParsedContainer(
+        header=header,
+        units=units,
+        skipped_units=skipped,
+        head_size=parsed.header.offset2 + 4,
+        total_size=len(data),
+    )
+
+
+# --- inspect -------------------------------------------------------------------
+
+
+@dataclass
+class UnitReport:
+    index: int
+    offset: int
+    unit_type: int
+    type_name: str
+    flags: int
+    scale_index: int
+    size: int
+    crc_stored: int
+    crc_ok: bool
+    data: bytes = field(repr=False, default=b"")
+
+
+@dataclass
+class InspectReport:
+    total_size: int
+    version: tuple[int, int] | None = None
+    header_size: int | None = None
+    header_fields: dict[str, Any] | None = None  # raw values as parsed (ids as ints or IntEnum)
+    header_crc_ok: bool | None = None
+    units: list[UnitReport] = field(default_factory=list)
+    error: BitstreamError | None = None  # what strict parsing raised, if anything
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(u.size for u in self.units)
+
+    @property
+    def overhead_bytes(self) -> int:
+        """Container bytes that are not payload data (header, unit headers, CRCs)."""
+        return self.total_size - self.payload_bytes
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if not k.startswith("_")}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def inspect_container(data: bytes) -> InspectReport:
+    """Parse as much as possible. Strict parsing first; if it fails the error is
+    recorded and the data is parsed again without CRC and id/size checks (magic
+    and version_major are still checked), then only up to header_crc32."""
+    data = bytes(data)
+    report = InspectReport(total_size=len(data))
+    try:
+        parse_container(data)
+    except BitstreamError as e:
+        report.error = e
+    parsed = None
+    head_only = False
+    for struct, is_head in ((syntax.fcm_container, False), (_open_container, False), (syntax.fcm_container_head, True)):
+        try:
+            parsed = struct.parse(data, verify_crc=False, validate=False)
+            head_only = is_head
+            break
+        except (ConstructError, BitstreamError):
+            continue
+    if parsed is None:
+        return report
+    report.version = (parsed.version_major, parsed.version_minor)
+    report.header_size = parsed.header.length - 4
+    fields = _plain(dict(parsed.header.value))
+    report.header_fields = fields
+    report.header_crc_ok = (zlib.crc32(parsed.header.data) & 0xFFFFFFFF) == parsed.header_crc32
+    if not head_only:
+        for i, c in enumerate(parsed.payload_units):
+            u = c.unit.value
+            ok = (zlib.crc32(c.unit.data) & 0xFFFFFFFF) == c.unit_crc32
+            try:
+                name = UnitType(u.unit_type).name
+            except ValueError:
+                name = f"RESERVED_{u.unit_type}"
+            report.units.append(
+                UnitReport(
+                    index=i,
+                    offset=c.unit.offset1,
+                    unit_type=u.unit_type,
+                    type_name=name,
+                    flags=u.unit_flags,
+                    scale_index=u.unit_scale_index,
+                    size=len(u.unit_data),
+                    crc_stored=c.unit_crc32,
+                    crc_ok=ok,
+                    data=bytes(u.unit_data),
+                )
+            )
+    return report

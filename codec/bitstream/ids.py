@@ -1,0 +1,104 @@
+"""Every id written into the container, as an explicit IntEnum that mirrors a
+table of bitstream_spec.md (section 8, "Id tables"). Never derive ids from
+dict order; append new values, never renumber."""
+
+from __future__ import annotations
+
+import enum
+
+from codec.vision.base import NetworkId, ResizeMode
+
+
+class ModeId(enum.IntEnum):
+    """Coding mode (table "mode_id")."""
+
+    BYPASS = 1  # lossless float16 / float32 tensors
+    ANCHOR = 2  # MPEG feature anchor: tiled, 10-bit min-max quantised, VVC
+    VVC_MSFF = 3  # reserved: multi-scale feature fusion + VVC
+    LEARNED_E2E = 4  # reserved: learned end-to-end feature codec
+
+
+class UnitType(enum.IntEnum):
+    """Payload unit type (table "unit_type")."""
+
+    VVC_NAL_STREAM = 1  # Annex-B byte stream of one or more VVC NAL units
+    VVC_NAL_UNIT = 2  # reserved: one VVC NAL unit without start code
+    LATENT_STRING = 3  # reserved: entropy-coded latent string of a learned codec
+    RAW_TENSOR = 4  # one scale's tensor, little-endian, C-order
+    METADATA = 5  # reserved: free-form metadata (optional)
+
+
+class InnerCodecId(enum.IntEnum):
+    """Inner codec (table "inner_codec_id")."""
+
+    NONE = 0
+    VVC_VVENC = 1  # VVC, encoded with VVenC, any conforming VVC decoder
+
+
+class PresetId(enum.IntEnum):
+    """VVenC preset (table "inner_preset_id"); informative for the decoder."""
+
+    NONE = 0
+    FASTER = 1
+    FAST = 2
+    MEDIUM = 3
+    SLOW = 4
+    SLOWER = 5
+
+
+class EntropyCoderId(enum.IntEnum):
+    """Entropy coder outside the inner codec (table "entropy_coder_id")."""
+
+    NONE = 0
+    RANS_COMPRESSAI = 1  # reserved for learned modes
+
+
+class CodecModelId(enum.IntEnum):
+    """Learned codec model (table "codec_model_id")."""
+
+    NONE = 0
+
+
+class SampleFormat(enum.IntEnum):
+    """Sample format of RAW_TENSOR payloads (table "sample_format")."""
+
+    NONE = 0
+    FLOAT16 = 1
+    FLOAT32 = 2
+
+
+UNIT_FLAG_REQUIRED = 0x01  # bit 0 of unit_flags
+ALL_SCALES = 255  # unit_scale_index of a unit that carries all scales
+
+PRESET_NAMES: dict[PresetId, str] = {
+    PresetId.FASTER: "faster",
+    PresetId.FAST: "fast",
+    PresetId.MEDIUM: "medium",
+    PresetId.SLOW: "slow",
+    PresetId.SLOWER: "slower",
+}
+
+
+def preset_id(name: str) -> PresetId:
+    """VVenC preset name -> PresetId (ValueError for names without an id)."""
+    for pid, pname in PRESET_NAMES.items():
+        if pname == name:
+            return pid
+    raise ValueError(f"VVenC preset {name!r} has no preset id; choose one of {', '.join(PRESET_NAMES.values())}")
+
+
+__all__ = [
+    "ALL_SCALES",
+    "CodecModelId",
+    "EntropyCoderId",
+    "InnerCodecId",
+    "ModeId",
+    "NetworkId",
+    "PRESET_NAMES",
+    "PresetId",
+    "ResizeMode",
+    "SampleFormat",
+    "UNIT_FLAG_REQUIRED",
+    "UnitType",
+    "preset_id",
+]

@@ -1,0 +1,76 @@
+"""Mode "bypass": the lossless reference. Each scale is one RAW_TENSOR unit
+holding the tensor as IEEE float16 or float32, little-endian, C-order (C, H, W)
+(bitstream_spec.md, section 7.2). float32 is lossless; float16 rounds to nearest."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from codec.bitstream import (
+    ContainerHeader,
+    InnerCodecParams,
+    ModeHeader,
+    ModeId,
+    PayloadUnit,
+    SampleFormat,
+    ScaleHeader,
+    UnitType,
+)
+from codec.errors import EncodeError, MalformedError
+from codec.vision.base import Features, SplitPoint
+
+from .base import EncodeParams, check_scale, scale_arrays, to_features, units_of_type
+
+MODE_ID = ModeId.BYPASS
+NAME = "bypass"
+
+DTYPES: dict[SampleFormat, np.dtype] = {
+    SampleFormat.FLOAT16: np.dtype("<f2"),
+    SampleFormat.FLOAT32: np.dtype("<f4"),
+}
+SAMPLE_FORMATS: dict[str, SampleFormat] = {"float16": SampleFormat.FLOAT16, "float32": SampleFormat.FLOAT32}
+
+
+def encode(features: Features, split_point: SplitPoint, params: EncodeParams) -> tuple[ModeHeader, list[PayloadUnit]]:
+    if params.bypass_dtype not in SAMPLE_FORMATS:
+        raise EncodeError(f"bypass_dtype must be one of {', '.join(SAMPLE_FORMATS)}, got {params.bypass_dtype!r}")
+    fmt = SAMPLE_FORMATS[params.bypass_dtype]
+    scales, units = [], []
+    for i, (name, arr) in enumerate(scale_arrays(features, split_point)):
+        c, h, w = arr.shape
+        scales.append(ScaleHeader(name=name, channels=c, height=h, width=w, kept_channels=c))
+        data = np.ascontiguousarray(arr.astype(DTYPES[fmt])).tobytes()
+        units.append(PayloadUnit(UnitType.RAW_TENSOR, data, scale_index=i))
+    return ModeHeader(scales=tuple(scales), sample_format=fmt, inner=InnerCodecParams()), units
+
+
+def decode_symbols(header: ContainerHeader, units: list[PayloadUnit]) -> dict[str, np.ndarray]:
+    """The raw tensors, (C, H, W) in their coded sample format."""
+    fmt = header.mode.sample_format
+    if fmt not in DTYPES:
+        raise MalformedError(f"bypass mode needs sample_format FLOAT16 or FLOAT32, got {fmt.name}")
+    raw = units_of_type(units, UnitType.RAW_TENSOR)
+    out: dict[str, np.ndarray] = {}
+    for i, scale in enumerate(header.scales):
+        check_scale(scale, i)
+        mine = [u for u in raw if u.scale_index == i]
+        if len(mine) != 1:
+            raise MalformedError(f"scale {i} ({scale.name}) has {len(mine)} RAW_TENSOR units, expected 1")
+        dtype = DTYPES[fmt]
+        expected = scale.channels * scale.height * scale.width * dtype.itemsize
+        if len(mine[0].data) != expected:
+            raise MalformedError(
+                f"RAW_TENSOR of scale {i} ({scale.name}) has {len(mine[0].data)} bytes, expected {expected}"
+            )
+        out[scale.name] = np.frombuffer(mine[0].data, dtype=dtype).reshape(scale.shape)
+    if len(raw) != len(header.scales):
+        raise MalformedError(f"{len(raw)} RAW_TENSOR units for {len(header.scales)} scales")
+    return out
+
+
+def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray]) -> Features:
+    return to_features(header, [symbols[s.name].astype(np.float32) for s in header.scales])
+
+
+def decode(header: ContainerHeader, units: list[PayloadUnit]) -> Features:
+    return reconstruct(header, decode_symbols(header, units))

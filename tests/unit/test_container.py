@@ -1,0 +1,294 @@
+"""Container v1: round trips of every syntax structure and every error class."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+from construct import SizeofError
+
+from codec.bitstream import (
+    ALL_SCALES,
+    ContainerHeader,
+    InnerCodecId,
+    InnerCodecParams,
+    ModeHeader,
+    ModeId,
+    NetworkId,
+    PayloadUnit,
+    PresetId,
+    ResizeMode,
+    SampleFormat,
+    ScaleHeader,
+    UnitType,
+    build_container,
+    inspect_container,
+    parse_container,
+    syntax,
+)
+from codec.bitstream.container import header_to_dict
+from codec.errors import (
+    BadMagicError,
+    BitstreamError,
+    HeaderCrcError,
+    MalformedError,
+    PayloadCrcError,
+    SizeLimitError,
+    TrailingDataError,
+    TruncatedError,
+    UnknownIdError,
+    UnknownModeError,
+    UnknownUnitError,
+    UnsupportedVersionError,
+)
+from codec.vision.base import Preprocessing
+
+PREP = Preprocessing(640, 427, 416, 416, ResizeMode.STRETCH, 0.65, 416 / 427)
+
+
+def make_header(mode_id: ModeId = ModeId.ANCHOR, scales=None, **kw) -> ContainerHeader:
+    scales = scales or (
+        ScaleHeader("p3", 4, 8, 8, kept_channels=4, quant_min=-1.5, quant_max=2.25),
+        ScaleHeader("p4", 4, 4, 4, kept_channels=4, quant_min=0.0, quant_max=0.0),
+    )
+    mode = ModeHeader(scales=tuple(scales), inner=InnerCodecParams(InnerCodecId.VVC_VVENC, 37, PresetId.FAST, 10))
+    args = dict(
+        network_id=NetworkId.NANODET,
+        network_weights_hash=bytes(range(32)),
+        split_point_id=1,
+        split_point_name="neck",
+        preprocessing=PREP,
+        mode_id=mode_id,
+        mode=mode,
+    )
+    args.update(kw)
+    return ContainerHeader(**args)
+
+
+UNITS = [PayloadUnit(UnitType.VVC_NAL_STREAM, b"\x00\x00\x01" + bytes(range(200)), ALL_SCALES)]
+
+
+def test_container_round_trip_and_layout():
+    header = make_header()
+    data = build_container(header, UNITS)
+    assert data[:4] == b"FCMB" and data[4:6] == b"\x01\x00"
+    parsed = parse_container(data)
+    assert parsed.header == header
+    assert parsed.units == [PayloadUnit(UnitType.VVC_NAL_STREAM, UNITS[0].data, ALL_SCALES, True, 1)]
+    header_size = struct.unpack(">I", data[6:10])[0]
+    assert parsed.head_size == 4 + 2 + 4 + header_size + 4
+    assert parsed.total_size == len(data) == parsed.head_size + 11 + len(UNITS[0].data)
+    # header_crc32 is the CRC of header_size and the header bytes
+    crc = struct.unpack(">I", data[10 + header_size : 14 + header_size])[0]
+    assert crc == zlib.crc32(data[6 : 10 + header_size])
+    # and the same bytes come back when the parsed value is built again
+    assert build_container(parsed.header, parsed.units) == data
+
+
+def test_scale_info_round_trip_and_size():
+    value = dict(
+        scale_name="p3",
+        scale_channels=128,
+        scale_height=52,
+        scale_width=52,
+        phi_index=3,
+        kept_channels=96,
+        quant_min=-0.5,
+        quant_max=1.25,
+    )
+    data = syntax.scale_info.build(value)
+    assert len(data) == 1 + 2 + 2 * 3 + 1 + 2 + 4 + 4
+    back = syntax.scale_info.parse(data)
+    assert {k: back[k] for k in value} == value
+    assert syntax.scale_info.build(back) == data
+    with pytest.raises(SizeofError):  # variable size (the name): no static sizeof
+        syntax.scale_info.sizeof()
+
+
+def test_header_body_round_trip_and_size():
+    header = make_header()
+    value = header_to_dict(header, num_payload_units=3)
+    data = syntax.header_body.build(value)
+    # network 1+32, split 1+1+4, sizes 4*2, resize 1, scale_x/y 2*8, pad 2*2, mode 1, sample_format 1,
+    # inner 4, codec model 2+32, entropy 2, num_scales 1, num_payload_units 2
+    fixed = 33 + 6 + 8 + 1 + 16 + 4 + 1 + 1 + 4 + 34 + 2 + 1 + 2
+    per_scale = 1 + 2 + 3 * 2 + 1 + 2 + 2 * 4  # name size + "pN", C/H/W, phi, kept, min/max
+    assert len(data) == fixed + 2 * per_scale == 153
+    back = syntax.header_body.parse(data)
+    assert back.num_payload_units == 3 and back.mode_id is ModeId.ANCHOR and back.network_id is NetworkId.NANODET
+    assert back.scale_x == 0.65 and back.scales[0].quant_max == 2.25
+    assert syntax.header_body.build(back) == data
+
+
+def test_payload_unit_round_trip_and_size():
+    body = dict(unit_type=4, unit_flags=1, unit_scale_index=2, unit_data=b"abcdef")
+    data = syntax.payload_unit_body.build(body)
+    assert data == bytes([4, 1, 2]) + (6).to_bytes(4, "big") + b"abcdef"
+    unit = syntax.payload_unit.build(dict(unit=dict(value=body), unit_crc32=None))
+    assert unit == data + zlib.crc32(data).to_bytes(4, "big")
+    back = syntax.payload_unit.parse(unit)
+    assert back.unit.value.unit_data == b"abcdef" and back.unit_crc32 == zlib.crc32(data)
+    assert syntax.payload_unit.build(back) == unit
+
+
+def test_bypass_header_fields_take_defined_values():
+    scales = (ScaleHeader("p3", 2, 2, 2, kept_channels=2),)
+    header = make_header(
+        ModeId.BYPASS, scales=scales, mode=ModeHeader(scales=scales, sample_format=SampleFormat.FLOAT16)
+    )
+    fields = syntax.fcm_container.parse(build_container(header, [])).header.value
+    assert (fields.inner_codec_id, fields.inner_qp, fields.inner_preset_id, fields.inner_bit_depth) == (0, 0, 0, 0)
+    assert fields.codec_model_hash == bytes(32) and fields.entropy_coder_id == 0
+    assert fields.sample_format is SampleFormat.FLOAT16
+
+
+def _corrupt(data: bytes, offset: int) -> bytes:
+    return data[:offset] + bytes([data[offset] ^ 0x40]) + data[offset + 1 :]
+
+
+def _rebuild_with(field: str, value, header: ContainerHeader | None = None, units=UNITS) -> bytes:
+    """A container whose header field `field` is `value`, with correct CRCs."""
+    header = header or make_header()
+    d = header_to_dict(header, len(units))
+    d[field] = value
+    from codec.bitstream.container import unit_to_dict
+
+    return syntax.fcm_container.build(
+        dict(
+            version_major=1,
+            version_minor=0,
+            header=dict(value=d),
+            header_crc32=None,
+            payload_units=[unit_to_dict(u) for u in units],
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda d: b"RIFF" + d[4:], BadMagicError, "not an FCM container"),
+        (lambda d: d[:4] + b"\x02" + d[5:], UnsupportedVersionError, "version_major 2"),
+        (lambda d: d[:-1], TruncatedError, "truncated"),
+        (lambda d: d[:8], TruncatedError, "truncated"),
+        (lambda d: d + b"\x00\x00\x00", TrailingDataError, "3 bytes of trailing data"),
+        (lambda d: _corrupt(d, 20), HeaderCrcError, "header_crc32 mismatch"),
+        (lambda d: _corrupt(d, len(d) - 20), PayloadCrcError, "unit_crc32 of payload unit 0 mismatch"),
+    ],
+)
+def test_corruptions_raise_specific_errors(make, error, message):
+    data = build_container(make_header(), UNITS)
+    with pytest.raises(error, match=message) as info:
+        parse_container(make(data))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error", "message"),
+    [
+        ("mode_id", 99, UnknownModeError, "mode_id 99 is a reserved value"),
+        ("network_id", 200, UnknownIdError, "network_id 200"),
+        ("inner_codec_id", 7, UnknownIdError, "inner_codec_id 7"),
+        ("resize_mode", 9, UnknownIdError, "resize_mode 9"),
+        ("split_point_name", "bad name!", MalformedError, "name 'bad name!'"),
+        ("scale_x", float("nan"), MalformedError, "scale_x is not finite"),
+        ("scale_x", -1.0, MalformedError, "scale_x and scale_y must be positive"),
+        ("pad_x", 416, MalformedError, "pad"),
+    ],
+)
+def test_header_field_errors(field, value, error, message):
+    with pytest.raises(error, match=message):
+        parse_container(_rebuild_with(field, value))
+
+
+@pytest.mark.parametrize(
+    ("scale", "error", "message"),
+    [
+        (ScaleHeader("p3", 5000, 1, 1), SizeLimitError, "scale_channels = 5000"),
+        (ScaleHeader("p3", 1, 60000, 1), SizeLimitError, "scale_height = 60000"),
+        (ScaleHeader("p3", 4096, 4096, 4096, kept_channels=1), SizeLimitError, "samples, more than the limit"),
+        (ScaleHeader("p3", 4, 2, 2, kept_channels=5), MalformedError, "kept_channels 5 > 4"),
+        (ScaleHeader("p3", 4, 2, 2, quant_min=2.0, quant_max=1.0), MalformedError, "quant_min 2.0 > quant_max"),
+        (ScaleHeader("p3", 4, 2, 2, quant_min=float("inf")), MalformedError, "quant_min is not finite"),
+    ],
+)
+def test_scale_errors_before_allocation(scale, error, message):
+    header = make_header(scales=(scale,))
+    with pytest.raises(error, match=message):
+        parse_container(build_container(header, UNITS))
+
+
+@pytest.mark.parametrize("n", [0, 17])
+def test_number_of_scales_limit(n):
+    scales = tuple(ScaleHeader(f"s{i}", 1, 1, 1, kept_channels=1) for i in range(n))
+    header = make_header(mode=ModeHeader(scales=scales))
+    with pytest.raises(SizeLimitError, match=f"num_scales = {n} is outside"):
+        parse_container(build_container(header, UNITS))
+
+
+def test_duplicate_scale_names_rejected():
+    s = ScaleHeader("p3", 4, 2, 2, kept_channels=4)
+    with pytest.raises(MalformedError, match="occurs twice"):
+        parse_container(build_container(make_header(scales=(s, s)), UNITS))
+
+
+def test_unknown_optional_unit_is_skipped_and_required_one_rejected():
+    optional = PayloadUnit(200, b"future metadata", ALL_SCALES, required=False)
+    parsed = parse_container(build_container(make_header(), [optional, *UNITS]))
+    assert [u.unit_type for u in parsed.units] == [UnitType.VVC_NAL_STREAM]
+    assert [u.data for u in parsed.skipped_units] == [b"future metadata"]
+    required = PayloadUnit(200, b"x", ALL_SCALES, required=True)
+    with pytest.raises(UnknownUnitError, match="unknown required unit_type 200"):
+        parse_container(build_container(make_header(), [*UNITS, required]))
+
+
+def test_unit_scale_index_out_of_range():
+    with pytest.raises(MalformedError, match="unit_scale_index 2 but there are 2 scales"):
+        parse_container(build_container(make_header(), [PayloadUnit(UnitType.RAW_TENSOR, b"", 2)]))
+
+
+def test_minor_version_header_extension_is_ignored():
+    """A 1.x header may append bytes; header_size and header_crc32 cover them."""
+    header = make_header()
+    data = build_container(header, UNITS)
+    size = struct.unpack(">I", data[6:10])[0]
+    ext = b"\x07\x07\x07"
+    body = data[10 : 10 + size] + ext
+    head = data[:5] + b"\x03" + (size + 3).to_bytes(4, "big") + body
+    crc = zlib.crc32(head[6:]).to_bytes(4, "big")
+    newer = head + crc + data[14 + size :]
+    parsed = parse_container(newer)
+    assert parsed.header.version_minor == 3 and parsed.header.scales == header.scales
+
+
+def test_inspect_reports_crc_status_of_damaged_file():
+    data = build_container(make_header(), [*UNITS, PayloadUnit(UnitType.METADATA, b"m" * 10, required=False)])
+    bad = _corrupt(data, len(data) - 8)  # inside the last unit's data
+    report = inspect_container(bad)
+    assert isinstance(report.error, PayloadCrcError)
+    assert report.header_crc_ok is True
+    assert [u.crc_ok for u in report.units] == [True, False]
+    assert report.header_fields["split_point_name"] == "neck"
+    assert report.overhead_bytes == len(data) - len(UNITS[0].data) - 10
+    bad_header = _rebuild_with("mode_id", 99)
+    report = inspect_container(bad_header)
+    assert isinstance(report.error, UnknownModeError) and report.header_fields["mode_id"] == 99
+    assert inspect_container(b"nothing").version is None
+
+
+def test_errors_are_bitstream_errors():
+    for cls in (
+        BadMagicError,
+        UnsupportedVersionError,
+        TruncatedError,
+        TrailingDataError,
+        HeaderCrcError,
+        PayloadCrcError,
+        SizeLimitError,
+        UnknownIdError,
+        UnknownModeError,
+        UnknownUnitError,
+        MalformedError,
+    ):
+        assert issubclass(cls, BitstreamError)
