@@ -29,6 +29,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .base import Detections, Features, NetworkId, Preprocessing, ResizeMode, ScaleInfo, SplitPoint
+from .weights import WeightsUnavailableError
 
 FPN_SPLIT = "fpn"
 FPN_SPLIT_ID = 1  # split_id of "fpn" for every R-CNN network id (bitstream_spec.md, table "split_id")
@@ -47,7 +48,7 @@ FPN_SPLIT_POINT = SplitPoint(
 )
 
 
-class RcnnWeightsError(RuntimeError):
+class RcnnWeightsError(WeightsUnavailableError):
     """The weights of an R-CNN network cannot be obtained or do not fit the network."""
 
 

@@ -297,3 +297,37 @@ def test_get_network_builds_rcnn() -> None:
     assert net.split_points["fpn"].split_id == 1
     with pytest.raises(ValueError, match="unknown R-CNN network"):
         load_rcnn("retinanet_resnet50_fpn", pretrained=False)
+
+
+def test_bench_split_tool_times_an_rcnn(tmp_path, capsys) -> None:
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_split", os.path.join(os.path.dirname(__file__), "..", "..", "tools", "bench_split.py")
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_net_args(["min_size=64", "box_score_thresh=0.5", "fixed_size=[64, 96]"]) == {
+        "min_size": 64,
+        "box_score_thresh": 0.5,
+        "fixed_size": [64, 96],
+    }
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        bench.parse_net_args(["min_size"])
+
+    image = tmp_path / "im.png"
+    Image.fromarray(_image(64, 128)).save(image)
+    # 64x128 -> scale min(64/64, 96/128) = 0.75 -> 48x96 -> padded 64x96
+    argv = ["--network", "fasterrcnn_resnet50_fpn", "--random-weights", "--image", str(image),
+            "--net-arg", "min_size=64", "--net-arg", "max_size=96", "--runs", "2", "--warmup", "1",
+            "--threads", "1"]  # fmt: skip
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "-> network input 96x64" in out
+    assert "features: 0 (256, 16, 24), 1 (256, 8, 12), 2 (256, 4, 6), 3 (256, 2, 3), pool (256, 1, 2)" in out
+    assert "torch threads 1  runs 2 after 1 warm-up" in out
+    part1_ms = float(out.split("NN part 1")[1].split("ms")[0])
+    part2_ms = float(out.split("NN part 2")[1].split("ms")[0])
+    assert part1_ms > 0 and part2_ms > 0
