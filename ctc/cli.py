@@ -77,10 +77,13 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .bd_rate import BDError
+    from .coco_eval import CocoEvalError
+
     args = _parser().parse_args(argv)
     try:
         return _run(args) if args.command == "run" else _report(args)
-    except CtcError as e:
+    except (CtcError, CocoEvalError, BDError) as e:
         print(f"fcm_ctc: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

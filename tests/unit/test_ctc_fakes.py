@@ -148,7 +148,7 @@ codecs:
     values: [0.8, 0.4, 0.2, 0.1]
   - name: fine
     type: "test_ctc_fakes:FakeQuantCodec"
-    values: [0.3, 0.1, 0.03, 0.01]
+    values: [0.3, 0.15, 0.03, 0.01]
   - name: uncompressed
     type: uncompressed
 """
