@@ -1,0 +1,614 @@
+"""VVC (H.266) inner codec through the ffmpeg binary of imageio-ffmpeg.
+
+Encoder: ``libvvenc`` (Fraunhofer VVenC); decoder: FFmpeg's native ``vvc`` decoder.
+Every picture is coded as one intra (IDR) frame in 4:2:0 10-bit (``yuv420p10le``), fixed QP,
+perceptual QP adaptation (``PerceptQPA``) off so that the QP means the same everywhere in the
+picture, which is what feature coding needs (features are not watched by humans).
+
+Two uses:
+
+* features: ``encode_luma10`` / ``decode_luma10`` code a (H, W) uint16 plane of 10-bit samples
+  in the luma channel; both chroma planes are constant mid-grey (512) and cost almost nothing.
+* image anchor: ``encode_rgb_image`` / ``decode_rgb_image`` convert RGB uint8 to and from
+  ``yuv420p10le`` with ffmpeg's own converter (swscale) using an explicit matrix and limited
+  range, the same in both directions.
+
+Sizes vvenc cannot take (not a multiple of 8, or below 16 samples in a dimension) are padded by
+edge replication to ``coded_size(width, height)`` before encoding and cropped after decoding.
+
+Argument lists are built by pure functions (``vvenc_encode_args``, ``vvc_decode_args``,
+``rgb_encode_args``, ``rgb_decode_args``) and run by the single runner ``run_ffmpeg``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "FfmpegError",
+    "NalParseError",
+    "NalUnit",
+    "VvcNalUnitType",
+    "VVENC_PRESETS",
+    "RGB_MATRICES",
+    "MAX_DIMENSION",
+    "MAX_LUMA_SAMPLES",
+    "ffmpeg_exe",
+    "ffmpeg_supports_vvc",
+    "run_ffmpeg",
+    "coded_size",
+    "vvenc_encode_args",
+    "vvc_decode_args",
+    "rgb_encode_args",
+    "rgb_decode_args",
+    "encode_luma10",
+    "decode_luma10",
+    "encode_rgb_image",
+    "decode_rgb_image",
+    "parse_nal_units",
+]
+
+# Order follows libvvenc's AVOption values 0..4 (``ffmpeg -h encoder=libvvenc``).
+VVENC_PRESETS: tuple[str, ...] = ("faster", "fast", "medium", "slow", "slower")
+
+# RGB <-> Y'CbCr matrices accepted by the image anchor (swscale / ffmpeg colorspace names).
+RGB_MATRICES: tuple[str, ...] = ("bt709", "bt601")
+DEFAULT_RGB_MATRIX = "bt709"
+
+QP_MIN = 0
+QP_MAX = 63
+BIT_DEPTH = 10
+SAMPLE_MAX = (1 << BIT_DEPTH) - 1
+CHROMA_MID = 1 << (BIT_DEPTH - 1)  # 512: "no colour" for 10-bit chroma
+
+# vvenc needs dimensions that are multiples of the minimum CU size (8) and refuses pictures
+# with a dimension below 16 (measured with vvenc 1.15: 16x8 and 8x8 fail, 16x16 works).
+_ALIGN = 8
+_MIN_CODED = 16
+# Largest accepted picture: 16384 in either dimension and at most VVC level 6.2's
+# MaxLumaPs (35,651,584 luma samples, H.266 Table A.1).
+MAX_DIMENSION = 16384
+MAX_LUMA_SAMPLES = 35_651_584
+
+_LOG_ARGS = ["-hide_banner", "-nostdin", "-loglevel", "error"]
+
+
+# --------------------------------------------------------------------------------------------
+# Errors and the runner
+# --------------------------------------------------------------------------------------------
+
+
+class FfmpegError(RuntimeError):
+    """ffmpeg could not be run, failed, timed out, or produced no usable output.
+
+    ``cmd`` is the argument list, ``stderr`` ffmpeg's full error output (str), ``returncode``
+    the exit status (None if ffmpeg never ran to completion). ``str()`` is one line.
+    """
+
+    def __init__(self, message: str, cmd: list[str], stderr: str = "", returncode: int | None = None):
+        self.message = message
+        self.cmd = list(cmd)
+        self.stderr = stderr
+        self.returncode = returncode
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        detail = _stderr_summary(self.stderr)
+        return f"{self.message}: {detail}" if detail else self.message
+
+
+def _stderr_summary(stderr: str, limit: int = 300) -> str:
+    """The first line of ffmpeg's stderr: at ``-loglevel error`` it names the root cause."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    chosen = lines[0]
+    return chosen if len(chosen) <= limit else chosen[: limit - 3] + "..."
+
+
+class NalParseError(ValueError):
+    """The bytes are not a well-formed Annex-B VVC NAL unit stream."""
+
+
+@functools.lru_cache(maxsize=1)
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary (imageio-ffmpeg's, or ``IMAGEIO_FFMPEG_EXE`` if set)."""
+    try:
+        import imageio_ffmpeg
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise FfmpegError("imageio-ffmpeg is not installed", cmd=[]) from exc
+    try:
+        return str(imageio_ffmpeg.get_ffmpeg_exe())
+    except RuntimeError as exc:
+        raise FfmpegError(f"no ffmpeg binary found ({exc})", cmd=[]) from exc
+
+
+def run_ffmpeg(args: list[str], timeout: float = 300.0) -> subprocess.CompletedProcess:
+    """Run ffmpeg with ``args`` (without the program name); raise FfmpegError on any failure."""
+    cmd = [ffmpeg_exe(), *args]
+    try:
+        return subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
+    except FileNotFoundError as exc:
+        raise FfmpegError(f"ffmpeg not found at {cmd[0]}", cmd=cmd) from exc
+    except PermissionError as exc:
+        raise FfmpegError(f"ffmpeg at {cmd[0]} is not executable", cmd=cmd) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise FfmpegError(f"ffmpeg timed out after {timeout:g} s", cmd=cmd, stderr=_decode(exc.stderr)) from exc
+    except subprocess.CalledProcessError as exc:
+        raise FfmpegError(
+            f"ffmpeg exited with status {exc.returncode}",
+            cmd=cmd,
+            stderr=_decode(exc.stderr),
+            returncode=exc.returncode,
+        ) from exc
+
+
+def _decode(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, str):
+        return data
+    return data.decode("utf-8", errors="replace")
+
+
+@functools.lru_cache(maxsize=1)
+def ffmpeg_supports_vvc() -> bool:
+    """True if the ffmpeg binary exists and has both the libvvenc encoder and the vvc decoder."""
+    try:
+        enc = run_ffmpeg([*_LOG_ARGS, "-h", "encoder=libvvenc"], timeout=30.0).stdout
+        dec = run_ffmpeg([*_LOG_ARGS, "-h", "decoder=vvc"], timeout=30.0).stdout
+    except FfmpegError:
+        return False
+    return b"Encoder libvvenc" in enc and b"Decoder vvc" in dec
+
+
+# --------------------------------------------------------------------------------------------
+# Validation and padding
+# --------------------------------------------------------------------------------------------
+
+
+def _check_size(width: int, height: int) -> None:
+    if not (isinstance(width, (int, np.integer)) and isinstance(height, (int, np.integer))):
+        raise TypeError(f"width and height must be integers, got {type(width).__name__}, {type(height).__name__}")
+    if width < 1 or height < 1:
+        raise ValueError(f"picture size must be positive, got {width}x{height}")
+    if width > MAX_DIMENSION or height > MAX_DIMENSION:
+        raise ValueError(f"picture size {width}x{height} exceeds {MAX_DIMENSION} in a dimension")
+    if width * height > MAX_LUMA_SAMPLES:
+        raise ValueError(f"picture size {width}x{height} exceeds {MAX_LUMA_SAMPLES} luma samples")
+
+
+def _check_qp(qp: int) -> None:
+    if isinstance(qp, bool) or not isinstance(qp, (int, np.integer)):
+        raise TypeError(f"qp must be an integer, got {type(qp).__name__}")
+    if not QP_MIN <= qp <= QP_MAX:
+        raise ValueError(f"qp must be in {QP_MIN}..{QP_MAX}, got {qp}")
+
+
+def _check_preset(preset: str) -> None:
+    if preset not in VVENC_PRESETS:
+        raise ValueError(f"unknown vvenc preset {preset!r}; expected one of {', '.join(VVENC_PRESETS)}")
+
+
+def _check_matrix(matrix: str) -> None:
+    if matrix not in RGB_MATRICES:
+        raise ValueError(f"unknown colour matrix {matrix!r}; expected one of {', '.join(RGB_MATRICES)}")
+
+
+def coded_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) of the picture actually given to vvenc: padded to a multiple of 8, at least 16."""
+    _check_size(width, height)
+
+    def up(n: int) -> int:
+        return max(_MIN_CODED, -(-n // _ALIGN) * _ALIGN)
+
+    return up(int(width)), up(int(height))
+
+
+def _pad_edge(array: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Pad the first two axes (H, W) to (height, width) by repeating the last row / column."""
+    h, w = array.shape[:2]
+    if (w, h) == (width, height):
+        return array
+    pad = [(0, height - h), (0, width - w)] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, pad, mode="edge")
+
+
+def _yuv420_nbytes(width: int, height: int, bytes_per_sample: int = 2) -> int:
+    chroma = ((width + 1) // 2) * ((height + 1) // 2)
+    return (width * height + 2 * chroma) * bytes_per_sample
+
+
+# --------------------------------------------------------------------------------------------
+# Argument builders (pure)
+# --------------------------------------------------------------------------------------------
+
+
+def vvenc_encode_args(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    width: int,
+    height: int,
+    qp: int,
+    preset: str = "faster",
+) -> list[str]:
+    """ffmpeg arguments: one raw ``yuv420p10le`` frame -> one intra VVC picture, Annex-B output."""
+    _check_size(width, height)
+    _check_qp(qp)
+    _check_preset(preset)
+    return [
+        *_LOG_ARGS,
+        "-y",
+        "-f", "rawvideo",
+        "-pix_fmt", "yuv420p10le",
+        "-s", f"{width}x{height}",
+        "-i", os.fspath(input_path),
+        "-frames:v", "1",
+        "-c:v", "libvvenc",
+        "-preset", preset,
+        "-qp", str(int(qp)),
+        # PerceptQPA off: constant QP over the picture (the default "qpa" is for human viewers).
+        "-qpa", "0",
+        # Raw Annex-B elementary stream (start codes + NAL units), no container.
+        "-f", "vvc",
+        os.fspath(output_path),
+    ]  # fmt: skip
+
+
+def vvc_decode_args(input_path: str | os.PathLike, output_path: str | os.PathLike) -> list[str]:
+    """ffmpeg arguments: Annex-B VVC -> first picture as raw ``yuv420p10le``.
+
+    ``-xerror`` makes ffmpeg fail on a decoding error instead of writing a concealed picture.
+    """
+    return [
+        *_LOG_ARGS,
+        "-y",
+        "-xerror",
+        "-f", "vvc",
+        "-c:v", "vvc",
+        "-i", os.fspath(input_path),
+        "-frames:v", "1",
+        "-f", "rawvideo",
+        "-pix_fmt", "yuv420p10le",
+        os.fspath(output_path),
+    ]  # fmt: skip
+
+
+# Y'CbCr in "limited" (a.k.a. tv / studio) range: Y' 64..940, Cb/Cr 64..960 at 10 bits, the range
+# that video codecs and their test conditions assume; the matrix (BT.709 by default, BT.601 on
+# request) is set explicitly on both sides so that no default of swscale decides it, and it is
+# also signalled in the VUI of the bitstream.
+_SWS_FLAGS = "bicubic+accurate_rnd+full_chroma_int"
+
+
+def rgb_encode_args(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    width: int,
+    height: int,
+    qp: int,
+    preset: str = "faster",
+    matrix: str = DEFAULT_RGB_MATRIX,
+) -> list[str]:
+    """ffmpeg arguments: one raw ``rgb24`` frame -> limited-range Y'CbCr 4:2:0 10-bit -> VVC."""
+    _check_size(width, height)
+    _check_qp(qp)
+    _check_preset(preset)
+    _check_matrix(matrix)
+    tag = "bt470bg" if matrix == "bt601" else "bt709"  # ffmpeg's name for the BT.601 matrix tag
+    return [
+        *_LOG_ARGS,
+        "-y",
+        "-f", "rawvideo",
+        "-pix_fmt", "rgb24",
+        "-s", f"{width}x{height}",
+        "-i", os.fspath(input_path),
+        "-frames:v", "1",
+        "-vf", f"scale=out_color_matrix={matrix}:out_range=tv:flags={_SWS_FLAGS},format=yuv420p10le",
+        "-colorspace", tag,
+        "-color_range", "tv",
+        "-c:v", "libvvenc",
+        "-preset", preset,
+        "-qp", str(int(qp)),
+        "-qpa", "0",
+        "-f", "vvc",
+        os.fspath(output_path),
+    ]  # fmt: skip
+
+
+def rgb_decode_args(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    matrix: str = DEFAULT_RGB_MATRIX,
+) -> list[str]:
+    """ffmpeg arguments: VVC -> first picture -> ``rgb24`` with the same matrix and range as encoding."""
+    _check_matrix(matrix)
+    return [
+        *_LOG_ARGS,
+        "-y",
+        "-xerror",
+        "-f", "vvc",
+        "-c:v", "vvc",
+        "-i", os.fspath(input_path),
+        "-frames:v", "1",
+        "-vf", f"scale=in_color_matrix={matrix}:in_range=tv:flags={_SWS_FLAGS},format=rgb24",
+        "-f", "rawvideo",
+        "-pix_fmt", "rgb24",
+        os.fspath(output_path),
+    ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Luma (feature) coding
+# --------------------------------------------------------------------------------------------
+
+
+def _check_bitstream(bitstream: bytes) -> bytes:
+    if not isinstance(bitstream, (bytes, bytearray, memoryview)):
+        raise TypeError(f"bitstream must be bytes, got {type(bitstream).__name__}")
+    data = bytes(bitstream)
+    if not data:
+        raise ValueError("empty VVC bitstream")
+    return data
+
+
+def _read_output(path: Path, args: list[str], stderr: str) -> bytes:
+    data = path.read_bytes() if path.exists() else b""
+    if not data:
+        raise FfmpegError("ffmpeg wrote no output", cmd=args, stderr=stderr, returncode=0)
+    return data
+
+
+def encode_luma10(frame: np.ndarray, qp: int, preset: str = "faster", timeout: float = 300.0) -> bytes:
+    """Code a (H, W) plane of 10-bit samples (0..1023) as one VVC intra picture.
+
+    The plane goes in the luma channel of a 4:2:0 10-bit picture whose chroma planes are 512.
+    Returns the raw Annex-B bitstream (start codes + NAL units).
+    """
+    frame = np.asarray(frame)
+    if frame.ndim != 2:
+        raise ValueError(f"frame must be 2-D (H, W), got shape {frame.shape}")
+    if not np.issubdtype(frame.dtype, np.integer):
+        raise TypeError(f"frame must hold integers, got dtype {frame.dtype}")
+    height, width = frame.shape
+    _check_size(width, height)
+    _check_qp(qp)
+    _check_preset(preset)
+    if frame.size and (int(frame.min()) < 0 or int(frame.max()) > SAMPLE_MAX):
+        raise ValueError(f"frame samples must be in 0..{SAMPLE_MAX}, got {int(frame.min())}..{int(frame.max())}")
+
+    cw, ch = coded_size(width, height)
+    luma = _pad_edge(frame.astype("<u2", copy=False), cw, ch)
+    chroma = np.full((ch // 2, cw // 2), CHROMA_MID, dtype="<u2")
+    with tempfile.TemporaryDirectory(prefix="fcm_vvc_") as tmp:
+        src, dst = Path(tmp, "in.yuv"), Path(tmp, "out.vvc")
+        with open(src, "wb") as f:
+            f.write(np.ascontiguousarray(luma).tobytes())
+            f.write(chroma.tobytes())
+            f.write(chroma.tobytes())
+        args = vvenc_encode_args(src, dst, cw, ch, qp, preset)
+        proc = run_ffmpeg(args, timeout=timeout)
+        return _read_output(dst, args, _decode(proc.stderr))
+
+
+def _decode_to_raw(
+    bitstream: bytes, args_for: Callable[[Path, Path], list[str]], timeout: float
+) -> tuple[bytes, list[str], str]:
+    with tempfile.TemporaryDirectory(prefix="fcm_vvc_") as tmp:
+        src, dst = Path(tmp, "in.vvc"), Path(tmp, "out.raw")
+        src.write_bytes(bitstream)
+        args = args_for(src, dst)
+        proc = run_ffmpeg(args, timeout=timeout)
+        stderr = _decode(proc.stderr)
+        return _read_output(dst, args, stderr), args, stderr
+
+
+def decode_luma10(bitstream: bytes, width: int, height: int, timeout: float = 300.0) -> np.ndarray:
+    """Decode the first picture of an Annex-B VVC stream; return its (height, width) luma as uint16.
+
+    The stream may be coded at ``coded_size(width, height)`` (as ``encode_luma10`` does) or at
+    exactly width x height; anything else raises FfmpegError.
+    """
+    data = _check_bitstream(bitstream)
+    _check_size(width, height)
+    raw, args, stderr = _decode_to_raw(data, vvc_decode_args, timeout)
+    for w, h in (coded_size(width, height), (width, height)):
+        if len(raw) == _yuv420_nbytes(w, h):
+            luma = np.frombuffer(raw, dtype="<u2", count=w * h).reshape(h, w)
+            return luma[:height, :width].astype(np.uint16)
+    cw, ch = coded_size(width, height)
+    raise FfmpegError(
+        f"decoded picture has {len(raw)} bytes, not a 4:2:0 10-bit picture of {cw}x{ch} or {width}x{height}",
+        cmd=args,
+        stderr=stderr,
+        returncode=0,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# RGB image anchor
+# --------------------------------------------------------------------------------------------
+
+
+def encode_rgb_image(
+    image: np.ndarray,
+    qp: int,
+    preset: str = "faster",
+    timeout: float = 300.0,
+    *,
+    matrix: str = DEFAULT_RGB_MATRIX,
+) -> bytes:
+    """Code an (H, W, 3) uint8 RGB image as one VVC intra picture (limited-range 4:2:0 10-bit)."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must have shape (H, W, 3), got {image.shape}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"image must be uint8, got dtype {image.dtype}")
+    height, width = image.shape[:2]
+    _check_size(width, height)
+    _check_qp(qp)
+    _check_preset(preset)
+    _check_matrix(matrix)
+    cw, ch = coded_size(width, height)
+    padded = np.ascontiguousarray(_pad_edge(image, cw, ch))
+    with tempfile.TemporaryDirectory(prefix="fcm_vvc_") as tmp:
+        src, dst = Path(tmp, "in.rgb"), Path(tmp, "out.vvc")
+        src.write_bytes(padded.tobytes())
+        args = rgb_encode_args(src, dst, cw, ch, qp, preset, matrix)
+        proc = run_ffmpeg(args, timeout=timeout)
+        return _read_output(dst, args, _decode(proc.stderr))
+
+
+def decode_rgb_image(
+    bitstream: bytes,
+    width: int,
+    height: int,
+    timeout: float = 300.0,
+    *,
+    matrix: str = DEFAULT_RGB_MATRIX,
+) -> np.ndarray:
+    """Decode the first picture of a VVC stream to an (height, width, 3) uint8 RGB image."""
+    data = _check_bitstream(bitstream)
+    _check_size(width, height)
+    _check_matrix(matrix)
+    raw, args, stderr = _decode_to_raw(data, functools.partial(rgb_decode_args, matrix=matrix), timeout)
+    for w, h in (coded_size(width, height), (width, height)):
+        if len(raw) == 3 * w * h:
+            rgb = np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
+            return rgb[:height, :width].copy()
+    cw, ch = coded_size(width, height)
+    raise FfmpegError(
+        f"decoded picture has {len(raw)} bytes, not an RGB picture of {cw}x{ch} or {width}x{height}",
+        cmd=args,
+        stderr=stderr,
+        returncode=0,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# NAL units (H.266 clause 7.3.1.2 and Annex B)
+# --------------------------------------------------------------------------------------------
+
+
+class VvcNalUnitType(IntEnum):
+    """nal_unit_type values with a name in H.266 Table 5 (others are reserved or unspecified)."""
+
+    TRAIL = 0
+    STSA = 1
+    RADL = 2
+    RASL = 3
+    IDR_W_RADL = 7
+    IDR_N_LP = 8
+    CRA = 9
+    GDR = 10
+    OPI = 12
+    DCI = 13
+    VPS = 14
+    SPS = 15
+    PPS = 16
+    PREFIX_APS = 17
+    SUFFIX_APS = 18
+    PH = 19
+    AUD = 20
+    EOS = 21
+    EOB = 22
+    PREFIX_SEI = 23
+    SUFFIX_SEI = 24
+    FD = 25
+
+
+def nal_unit_type_name(nal_unit_type: int) -> str:
+    """Name of a VVC nal_unit_type (0..31) as in H.266 Table 5, without the ``_NUT`` suffix."""
+    if not 0 <= nal_unit_type <= 31:
+        raise ValueError(f"nal_unit_type must be in 0..31, got {nal_unit_type}")
+    try:
+        return VvcNalUnitType(nal_unit_type).name
+    except ValueError:
+        pass
+    if 4 <= nal_unit_type <= 6:
+        return f"RSV_VCL_{nal_unit_type}"
+    if nal_unit_type == 11:
+        return "RSV_IRAP_11"
+    if nal_unit_type in (26, 27):
+        return f"RSV_NVCL_{nal_unit_type}"
+    return f"UNSPEC_{nal_unit_type}"
+
+
+@dataclass
+class NalUnit:
+    """One NAL unit of an Annex-B stream.
+
+    ``offset`` is the position of its first header byte (after the start code) and ``size`` its
+    length in bytes including the 2-byte header, excluding start codes and trailing zero bytes.
+    """
+
+    offset: int
+    size: int
+    nal_unit_type: int
+    type_name: str
+    layer_id: int
+    temporal_id: int
+
+    @property
+    def is_vcl(self) -> bool:
+        """True for coded slice NAL units (nal_unit_type 0..11)."""
+        return self.nal_unit_type <= 11
+
+
+_START_CODE = re.compile(b"\x00\x00\x01")
+
+
+def parse_nal_units(bitstream: bytes) -> list[NalUnit]:
+    """Split an Annex-B VVC byte stream on start codes and decode each 2-byte NAL unit header.
+
+    Header: forbidden_zero_bit f(1), nuh_reserved_zero_bit u(1), nuh_layer_id u(6),
+    nal_unit_type u(5), nuh_temporal_id_plus1 u(3). Raises NalParseError on bytes that are not
+    such a stream (data before the first start code, a NAL unit shorter than its header,
+    forbidden_zero_bit set, nuh_temporal_id_plus1 equal to 0).
+    """
+    data = bytes(bitstream)
+    if not data:
+        return []
+    starts = [m.end() for m in _START_CODE.finditer(data)]
+    if not starts:
+        raise NalParseError("no Annex-B start code (00 00 01) found")
+    if data[: starts[0] - 3].strip(b"\x00"):
+        raise NalParseError(f"{starts[0] - 3} bytes of non-zero data before the first start code")
+    units: list[NalUnit] = []
+    for i, begin in enumerate(starts):
+        end = starts[i + 1] - 3 if i + 1 < len(starts) else len(data)
+        # Zero bytes before the next start code are trailing_zero_8bits / zero_byte, not payload:
+        # a NAL unit never ends in 0x00 (rbsp_trailing_bits, or cabac_zero_word 0x0000 03).
+        while end > begin and data[end - 1] == 0:
+            end -= 1
+        size = end - begin
+        if size < 2:
+            raise NalParseError(f"NAL unit at byte {begin} has {size} bytes, shorter than its 2-byte header")
+        b0, b1 = data[begin], data[begin + 1]
+        if b0 & 0x80:
+            raise NalParseError(f"forbidden_zero_bit is 1 in the NAL unit at byte {begin}")
+        tid_plus1 = b1 & 0x07
+        if tid_plus1 == 0:
+            raise NalParseError(f"nuh_temporal_id_plus1 is 0 in the NAL unit at byte {begin}")
+        nut = b1 >> 3
+        units.append(
+            NalUnit(
+                offset=begin,
+                size=size,
+                nal_unit_type=nut,
+                type_name=nal_unit_type_name(nut),
+                layer_id=b0 & 0x3F,
+                temporal_id=tid_plus1 - 1,
+            )
+        )
+    return units
