@@ -57,6 +57,7 @@ class CodecModelId(enum.IntEnum):
     """Learned codec model (table "codec_model_id")."""
 
     NONE = 0
+    FENET_NANODET_NECK = 1  # learned_e2e: FENet/DRNet for NanoDet "neck" (codec/models/weights/fenet_nanodet_neck.pt)
 
 
 class SampleFormat(enum.IntEnum):

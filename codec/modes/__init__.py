@@ -8,7 +8,7 @@ from types import ModuleType
 from codec.bitstream import ModeId
 from codec.errors import EncodeError, UnsupportedModeError
 
-from . import anchor, bypass
+from . import anchor, bypass, learned_e2e
 from .base import EncodeParams
 
 # ModeId -> implementing module. VVC_MSFF and LEARNED_E2E are reserved ids
@@ -16,6 +16,7 @@ from .base import EncodeParams
 MODES: dict[ModeId, ModuleType] = {
     ModeId.BYPASS: bypass,
     ModeId.ANCHOR: anchor,
+    ModeId.LEARNED_E2E: learned_e2e,
 }
 
 

@@ -29,6 +29,7 @@ class EncodeParams:
     qp: int = 32
     preset: str = "faster"
     bypass_dtype: str = "float16"
+    phi: int | None = None  # quality index of learned modes (learned_e2e: gain-unit row; None: use qp)
 
 
 def scale_arrays(features: Features, split_point: SplitPoint) -> list[tuple[str, np.ndarray]]:

@@ -1,0 +1,672 @@
+"""End-to-end learned multi-scale feature codec: FENet (fusion + encoding) and
+DRNet (decoding + reconstruction) with a hyperprior, a checkerboard context
+model and gain units (one model for every rate).
+
+Data path (finest scale first, strides two apart, e.g. NanoDet neck p3/p4/p5):
+
+    FENet:  h = enc_0(p3 / s_3);  h = enc_1(cat(h, p4 / s_4));  y = enc_2(cat(h, p5 / s_5))
+            each enc_i halves the resolution, so y lies at twice the coarsest stride
+            (416x416 input: 52^2, 26^2, 13^2 -> y: M x 7 x 7).
+    gain:   y_g = y * |g[phi]|                       (per-channel gain of quality index phi)
+    hyper:  z = h_a(y_g);  z_g = z * |hg[phi]|  ->  EntropyBottleneck  ->  z_hat = z_hat_g * |ihg[phi]|
+            hp = h_s(z_hat)
+    context (checkerboard, two passes): anchors ((i + j) even) use ep(cat(hp, 0));
+            non-anchors use ep(cat(hp, ctx(y_hat_g at anchors))), ctx a 5x5 masked conv.
+            ep gives (scale, mean) of a GaussianConditional for y_g.
+    DRNet:  y_hat = y_hat_g * |ig[phi]|; top-down branches r_i = up_i(r_{i+1}) rebuild
+            every scale's resolution, bottom-up mixing m_i = r_i + down_i(m_{i-1}),
+            heads give each scale's tensor (times its normalisation s_i).
+
+Bit-exact decoding: h_s, ctx and ep run in fixed point at inference
+(codec/models/fixed_point.py); scale indices come from an integer comparison
+of the fixed-point scales with the scale table stored in the weights, means
+lie on a 2^-MEAN_BITS grid. The rANS CDF tables are stored in the weights file
+(built once by `update()` after training), so no float math selects a table
+at the decoder. FENet, h_a and DRNet stay in float: they do not select tables.
+
+Integrity: `compress` also returns a CRC32 of the decoded integer symbols (and,
+for y, of the scale indices); `decompress` recomputes it and raises
+`LatentChecksumError` if a decoder derived different tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from compressai.ans import BufferedRansEncoder, RansDecoder
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.layers import GDN
+from torch import nn
+
+from codec.errors import BitstreamError
+from codec.vision.base import Features, ScaleInfo, SplitPoint
+
+from .fixed_point import ACT_BITS, ACT_LIMIT, FixedConv2d, fixed_leaky_relu, fixed_relu, quantize_activation
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+MEAN_BITS = 6  # means of the GaussianConditional lie on a 2^-MEAN_BITS grid
+SCALE_TABLE = (0.11, 64.0, 48)  # 48 log-spaced scales in [0.11, 64] (CompressAI uses 64 in [0.11, 256]; smaller tables)
+ENTROPY_PRECISION = 16  # CompressAI's rANS: 16-bit CDF precision
+
+
+class FenetConfigError(ValueError):
+    """A split point or configuration FENet/DRNet cannot be built for."""
+
+
+class FenetWeightsError(RuntimeError):
+    """Weights file missing, unreadable or not matching its recorded sha256."""
+
+
+class LatentChecksumError(BitstreamError):
+    """The decoded latent symbols do not match the check value written by the encoder."""
+
+
+@dataclass(frozen=True)
+class FenetConfig:
+    """Hyper-parameters (stored in the weights file and its json record)."""
+
+    scales: tuple[ScaleInfo, ...]
+    width: int = 56  # N: channels inside FENet / DRNet
+    latent_channels: int = 64  # M: channels of y
+    hyper_channels: int = 48  # channels of z
+    num_qualities: int = 6  # gain-unit rows: quality index phi = 0 (lowest rate) .. num_qualities-1
+    lambdas: tuple[float, ...] = field(default=(0.004, 0.012, 0.036, 0.11, 0.33, 1.0))  # training only
+
+    @classmethod
+    def for_split_point(cls, split_point: SplitPoint, **kwargs) -> FenetConfig:
+        return cls(scales=tuple(split_point.scales), **kwargs)
+
+    def __post_init__(self) -> None:
+        if not self.scales:
+            raise FenetConfigError("FENet needs at least one scale")
+        strides = [s.stride for s in self.scales]
+        for a, b in zip(strides, strides[1:]):
+            if b != 2 * a:
+                raise FenetConfigError(f"scales must be ordered finest first with strides two apart, got {strides}")
+        if len(self.lambdas) != self.num_qualities:
+            raise FenetConfigError(f"{len(self.lambdas)} lambdas for {self.num_qualities} quality indices")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["scales"] = [asdict(s) for s in self.scales]
+        d["lambdas"] = list(self.lambdas)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> FenetConfig:
+        d = dict(d)
+        d["scales"] = tuple(ScaleInfo(**s) for s in d["scales"])
+        d["lambdas"] = tuple(d["lambdas"])
+        return cls(**d)
+
+
+def _fit(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Crop (bottom/right) or zero-pad a map to (h, w)."""
+    x = x[..., :h, :w]
+    ph, pw = h - x.shape[-2], w - x.shape[-1]
+    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+
+def _half(n: int) -> int:
+    return -(-n // 2)
+
+
+def conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride, k // 2)
+
+
+class SubpelUp(nn.Module):
+    """x2 upsampling: conv to 4x channels + pixel shuffle (exact in fixed point)."""
+
+    def __init__(self, cin: int, cout: int, k: int = 3) -> None:
+        super().__init__()
+        self.conv = conv(cin, 4 * cout, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(self.conv(x), 2)
+
+
+class FENet(nn.Module):
+    """Interleaved fusion and encoding: finest scale -> latent, concatenated with
+    the next scale, encoded again, ... -> y."""
+
+    def __init__(self, cfg: FenetConfig) -> None:
+        super().__init__()
+        n, m = cfg.width, cfg.latent_channels
+        blocks = []
+        for i, s in enumerate(cfg.scales):
+            cin = s.channels + (n if i else 0)
+            last = i == len(cfg.scales) - 1
+            layers: list[nn.Module] = [conv(cin, n, 3, 2), GDN(n), conv(n, m if last else n)]
+            if not last:
+                layers.append(GDN(n))
+            blocks.append(nn.Sequential(*layers))
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        h = None
+        for i, x in enumerate(xs):
+            inp = x if h is None else torch.cat([_fit(h, x.shape[-2], x.shape[-1]), x], dim=1)
+            h = self.blocks[i](inp)
+        return h
+
+
+class DRNet(nn.Module):
+    """Latent -> every scale: top-down branches, bottom-up feature mixing, per-scale heads.
+
+    Only stride-1/stride-2 convs, LeakyReLU(1/8), pixel shuffle, crop/pad and sums, so
+    that `forward_fixed` (the decoder's path) is integer-exact: the reconstructed
+    features are bit-identical on every platform."""
+
+    SLOPE = 0.125
+
+    def __init__(self, cfg: FenetConfig) -> None:
+        super().__init__()
+        n, m = cfg.width, cfg.latent_channels
+        k = len(cfg.scales)
+        self.up = nn.ModuleList([SubpelUp(m if i == k - 1 else n, n, 1) for i in range(k)])
+        self.refine = nn.ModuleList([conv(n, n) for _ in range(k)])
+        self.down = nn.ModuleList([conv(n, n, 3, 2) for _ in range(k - 1)])
+        self.head_mid = nn.ModuleList([conv(n, n) for _ in cfg.scales])
+        self.head_out = nn.ModuleList([conv(n, s.channels, 1) for s in cfg.scales])
+        self._fixed: nn.ModuleDict | None = None
+
+    def forward(self, y_hat: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        def act(x: torch.Tensor) -> torch.Tensor:
+            return F.leaky_relu(x, self.SLOPE)
+
+        k = len(sizes)
+        r: list[torch.Tensor] = [y_hat] * k
+        t = y_hat
+        for i in reversed(range(k)):
+            t = act(_fit(self.up[i](t), *sizes[i]))
+            t = act(self.refine[i](t))
+            r[i] = t
+        out = []
+        m = None
+        for i in range(k):
+            m = r[i] if m is None else r[i] + act(_fit(self.down[i - 1](m), *sizes[i]))
+            out.append(self.head_out[i](act(self.head_mid[i](m))))
+        return out
+
+    def fixed(self) -> nn.ModuleDict:
+        if self._fixed is None:
+            dev = self.refine[0].weight.device
+            self._fixed = nn.ModuleDict(
+                {
+                    "up": nn.ModuleList([FixedConv2d(u.conv) for u in self.up]),
+                    "refine": nn.ModuleList([FixedConv2d(c) for c in self.refine]),
+                    "down": nn.ModuleList([FixedConv2d(c) for c in self.down]),
+                    "head_mid": nn.ModuleList([FixedConv2d(c) for c in self.head_mid]),
+                    "head_out": nn.ModuleList([FixedConv2d(c) for c in self.head_out]),
+                }
+            ).to(dev)
+        return self._fixed
+
+    def forward_fixed(self, y_hat_int: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Integer activations (units 2^-ACT_BITS, float64) -> integer reconstructions."""
+        fx = self.fixed()
+        act = fixed_leaky_relu
+        k = len(sizes)
+        r: list[torch.Tensor] = [y_hat_int] * k
+        t = y_hat_int
+        for i in reversed(range(k)):
+            t = act(_fit(F.pixel_shuffle(fx["up"][i](t), 2), *sizes[i]))
+            t = act(fx["refine"][i](t))
+            r[i] = t
+        out = []
+        m = None
+        for i in range(k):
+            if m is None:
+                m = r[i]
+            else:
+                m = (r[i] + act(_fit(fx["down"][i - 1](m), *sizes[i]))).clamp_(-ACT_LIMIT, ACT_LIMIT)
+            out.append(fx["head_out"][i](act(fx["head_mid"][i](m))))
+        return out
+
+
+def checkerboard_anchor(h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
+    """(1, 1, h, w) bool, True at anchors ((i + j) even): decoded first, from the hyperprior only."""
+    i = torch.arange(h, device=device).view(-1, 1)
+    j = torch.arange(w, device=device).view(1, -1)
+    return ((i + j) % 2 == 0).view(1, 1, h, w)
+
+
+def checkerboard_mask(k: int = 5) -> torch.Tensor:
+    """(k, k) taps that see anchors from a non-anchor position: (dy + dx) odd."""
+    d = torch.arange(k) - k // 2
+    return ((d.view(-1, 1) + d.view(1, -1)) % 2 != 0).float()
+
+
+def _ste_round(x: torch.Tensor) -> torch.Tensor:
+    return (torch.round(x) - x).detach() + x
+
+
+def _crc32(*arrays: np.ndarray) -> int:
+    crc = 0
+    for a in arrays:
+        crc = zlib.crc32(np.ascontiguousarray(a, dtype="<i4").tobytes(), crc)
+    return crc & 0xFFFFFFFF
+
+
+@dataclass
+class CompressedLatents:
+    """Output of `FenetCodec.compress`: the two rANS strings and their check values."""
+
+    z_string: bytes
+    y_string: bytes
+    z_crc32: int
+    y_crc32: int
+    phi: int
+    sizes: list[tuple[int, int]]  # (H, W) per scale; everything else derives from these
+
+
+@dataclass
+class DecodedLatents:
+    z_symbols: np.ndarray  # int32 (Nh, hz, wz)
+    y_symbols: np.ndarray  # int32 (M, hy, wy)
+    y_indexes: np.ndarray  # int32 scale-table indices (M, hy, wy)
+    y_hat_g: np.ndarray  # int64 (M, hy, wy): symbols + means before the inverse gain, units of 2^-ACT_BITS
+    y_hat: torch.Tensor  # (1, M, hy, wy) after the inverse gain
+
+
+class FenetCodec(nn.Module):
+    """FENet + hyperprior + checkerboard context + gain units + DRNet."""
+
+    def __init__(self, cfg: FenetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n_h, m, q = cfg.hyper_channels, cfg.latent_channels, cfg.num_qualities
+        self.fenet = FENet(cfg)
+        self.drnet = DRNet(cfg)
+        self.h_a = nn.Sequential(
+            conv(m, n_h), nn.LeakyReLU(0.1), conv(n_h, n_h, 3, 2), nn.LeakyReLU(0.1), conv(n_h, n_h)
+        )
+        # h_s, ctx and ep use only stride-1 convs, ReLU, pixel shuffle and cropping: fixed-point exact.
+        self.h_s_in = conv(n_h, n_h)
+        self.h_s_up = SubpelUp(n_h, n_h)
+        self.h_s_out = conv(n_h, 2 * m)
+        self.ctx = conv(m, m, 5)
+        self.register_buffer("ctx_mask", checkerboard_mask(5).view(1, 1, 5, 5), persistent=False)
+        self.ep1 = conv(3 * m, 2 * m, 1)
+        self.ep2 = conv(2 * m, 2 * m, 1)
+        self.entropy_bottleneck = EntropyBottleneck(n_h)
+        self.gaussian_conditional = GaussianConditional(None)
+        # gain units: rows are quality indices; larger gain -> finer quantisation -> more bits
+        g = torch.exp(torch.linspace(math.log(0.5), math.log(4.0), q)).view(q, 1)
+        self.gain = nn.Parameter(g.repeat(1, m))
+        self.inv_gain = nn.Parameter((1.0 / g).repeat(1, m))
+        self.hyper_gain = nn.Parameter(torch.ones(q, n_h))
+        self.hyper_inv_gain = nn.Parameter(torch.ones(q, n_h))
+        self.register_buffer("feature_scale", torch.ones(len(cfg.scales)))
+        self._fixed: dict[str, FixedConv2d] | None = None
+
+    # -- helpers ---------------------------------------------------------------
+
+    def set_feature_scale(self, scale: torch.Tensor) -> None:
+        self.feature_scale.copy_(scale.to(self.feature_scale))
+
+    def _gains(self, phi: torch.Tensor, which: str) -> torch.Tensor:
+        return getattr(self, which).abs()[phi].unsqueeze(-1).unsqueeze(-1)  # (B, C, 1, 1)
+
+    def _check_phi(self, phi: int) -> None:
+        if not 0 <= int(phi) < self.cfg.num_qualities:
+            raise ValueError(f"quality index phi must be in 0..{self.cfg.num_qualities - 1}, got {phi}")
+
+    def latent_sizes(self, sizes: list[tuple[int, int]]) -> tuple[tuple[int, int], tuple[int, int]]:
+        hy, wy = _half(sizes[-1][0]), _half(sizes[-1][1])
+        return (hy, wy), (_half(hy), _half(wy))
+
+    def _normalised(self, features: Features | list[torch.Tensor]) -> list[torch.Tensor]:
+        xs = [features[s.name] for s in self.cfg.scales] if isinstance(features, dict) else list(features)
+        if len(xs) != len(self.cfg.scales):
+            raise FenetConfigError(f"expected {len(self.cfg.scales)} scales, got {len(xs)}")
+        return [x / self.feature_scale[i] for i, x in enumerate(xs)]
+
+    def _h_s(self, z_hat: torch.Tensor, hy: int, wy: int) -> torch.Tensor:
+        t = F.relu(self.h_s_in(z_hat))
+        t = F.relu(_fit(self.h_s_up(t), hy, wy))
+        return self.h_s_out(t)
+
+    def _ep(self, hp: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.ep2(F.relu(self.ep1(torch.cat([hp, ctx], dim=1))))
+        scales, means = out.chunk(2, dim=1)
+        return scales, means
+
+    # -- training forward (float, noise / straight-through quantisation) -----------
+
+    def forward(self, features: Features | list[torch.Tensor], phi: torch.Tensor) -> dict:
+        """Returns reconstructions (de-normalised), normalised targets and likelihoods.
+        `phi`: (B,) int64 quality index per sample."""
+        xs = self._normalised(features)
+        y = self.fenet(xs)
+        y_g = y * self._gains(phi, "gain")
+        z = self.h_a(y_g) * self._gains(phi, "hyper_gain")
+        _, z_lik = self.entropy_bottleneck(z)
+        med = self.entropy_bottleneck._get_medians()
+        z_hat = (_ste_round(z - med) + med) * self._gains(phi, "hyper_inv_gain")
+        hy, wy = y.shape[-2:]
+        hp = self._h_s(z_hat, hy, wy)
+        anchor = checkerboard_anchor(hy, wy, y.device)
+        s_a, mu_a = self._ep(hp, hp.new_zeros(hp.shape[0], self.cfg.latent_channels, hy, wy))
+        y_hat_a = (_ste_round(y_g - mu_a) + mu_a) * anchor
+        ctx = F.conv2d(y_hat_a, self.ctx.weight * self.ctx_mask, self.ctx.bias, padding=2)
+        s_n, mu_n = self._ep(hp, ctx)
+        scales = torch.where(anchor, s_a, s_n)
+        means = torch.where(anchor, mu_a, mu_n)
+        _, y_lik = self.gaussian_conditional(y_g, scales, means)
+        y_hat = (_ste_round(y_g - means) + means) * self._gains(phi, "inv_gain")
+        rec = self.drnet(y_hat, [tuple(x.shape[-2:]) for x in xs])
+        return {"rec_norm": rec, "target_norm": xs, "likelihoods": {"y": y_lik, "z": z_lik}}
+
+    def aux_loss(self) -> torch.Tensor:
+        return self.entropy_bottleneck.loss()
+
+    # -- inference: fixed-point entropy parameters ------------------------------------
+
+    def update(self, force: bool = True) -> None:
+        """Build the CDF tables (after training). They are stored in the state dict,
+        so a decoder never rebuilds them with its own float math."""
+        self.gaussian_conditional.update_scale_table(
+            torch.exp(torch.linspace(math.log(SCALE_TABLE[0]), math.log(SCALE_TABLE[1]), SCALE_TABLE[2])).tolist(),
+            force=force,
+        )
+        self.entropy_bottleneck.update(force=force)
+        self.invalidate_fixed()
+
+    def fixed_layers(self) -> dict[str, FixedConv2d]:
+        if self._fixed is None:
+            dev = self.ep1.weight.device
+            self._fixed = {
+                "h_s_in": FixedConv2d(self.h_s_in).to(dev),
+                "h_s_up": FixedConv2d(self.h_s_up.conv).to(dev),
+                "h_s_out": FixedConv2d(self.h_s_out).to(dev),
+                "ctx": FixedConv2d(self.ctx, self.ctx_mask.expand_as(self.ctx.weight)).to(dev),
+                "ep1": FixedConv2d(self.ep1).to(dev),
+                "ep2": FixedConv2d(self.ep2).to(dev),
+            }
+        return self._fixed
+
+    def invalidate_fixed(self) -> None:
+        self._fixed = None
+        self.drnet._fixed = None
+
+    def _scale_thresholds(self) -> torch.Tensor:
+        """floor(table_k * 2^ACT_BITS) for all table entries but the last (int64):
+        index = #{k : scale_int > threshold_k}, CompressAI's build_indexes in integers."""
+        t = self.gaussian_conditional.scale_table
+        if t.numel() == 0:
+            raise FenetWeightsError("entropy model tables missing: call update() after training")
+        return torch.floor(t[:-1].to(torch.float64) * float(1 << ACT_BITS)).to(torch.int64)
+
+    def hyper_params_fixed(self, z_hat: torch.Tensor, hy: int, wy: int) -> torch.Tensor:
+        """z_hat (after inverse gain) -> hyperprior parameters, integers in units of 2^-ACT_BITS."""
+        fx = self.fixed_layers()
+        t = fixed_relu(fx["h_s_in"](quantize_activation(z_hat)))
+        t = F.pixel_shuffle(fx["h_s_up"](t), 2)
+        t = fixed_relu(_fit(t, hy, wy))
+        return fx["h_s_out"](t)
+
+    def entropy_params_fixed(
+        self, hp_int: torch.Tensor, y_hat_g_int: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (scale indices int64, means int64 in units of 2^-ACT_BITS on the 2^-MEAN_BITS grid)."""
+        fx = self.fixed_layers()
+        if y_hat_g_int is None:
+            ctx = hp_int.new_zeros(hp_int.shape[0], self.cfg.latent_channels, *hp_int.shape[-2:])
+        else:
+            ctx = fx["ctx"](y_hat_g_int)
+        out = fx["ep2"](fixed_relu(fx["ep1"](torch.cat([hp_int, ctx], dim=1))))
+        s_int, mu_int = out.to(torch.int64).chunk(2, dim=1)
+        thr = self._scale_thresholds().to(s_int.device)
+        idx = (s_int.unsqueeze(-1) > thr).sum(dim=-1)
+        step = 1 << (ACT_BITS - MEAN_BITS)
+        mu_q = torch.div(mu_int + step // 2, step, rounding_mode="floor") * step
+        return idx, mu_q
+
+    def _cdf_lists(self) -> tuple[list, list, list]:
+        gc = self.gaussian_conditional
+        return (
+            gc._quantized_cdf.tolist(),
+            gc._cdf_length.reshape(-1).int().tolist(),
+            gc._offset.reshape(-1).int().tolist(),
+        )
+
+    def _z_hat(self, z_symbols_string: bytes, zshape: tuple[int, int], phi: int) -> tuple[torch.Tensor, np.ndarray]:
+        eb = self.entropy_bottleneck
+        dev = self.feature_scale.device
+        z_hat_g = eb.decompress([z_symbols_string], zshape)  # symbols + medians, element-wise
+        med = eb._get_medians().detach().view(1, -1, 1, 1)
+        z_sym = torch.round(z_hat_g - med).to(torch.int32)
+        return z_hat_g.to(dev) * self.hyper_inv_gain.abs()[phi].view(1, -1, 1, 1), z_sym[0].cpu().numpy()
+
+    @torch.no_grad()
+    def compress(self, features: Features | list[torch.Tensor], phi: int) -> CompressedLatents:
+        """One image (batch 1) -> rANS strings of z and y at quality index `phi`."""
+        self._check_phi(phi)
+        xs = self._normalised(features)
+        if xs[0].shape[0] != 1:
+            raise ValueError("compress() takes one image (batch size 1)")
+        sizes = [tuple(int(v) for v in x.shape[-2:]) for x in xs]
+        y = self.fenet(xs)
+        phi_t = torch.tensor([phi], device=y.device)
+        y_g = y * self._gains(phi_t, "gain")
+        z_g = self.h_a(y_g) * self._gains(phi_t, "hyper_gain")
+        eb = self.entropy_bottleneck
+        z_string = eb.compress(z_g)[0]
+        (hy, wy), (hz, wz) = self.latent_sizes(sizes)
+        z_hat, z_sym = self._z_hat(z_string, (hz, wz), phi)
+        hp = self.hyper_params_fixed(z_hat, hy, wy)
+        anchor = checkerboard_anchor(hy, wy, y.device)
+        y_g64 = y_g.to(torch.float64)
+        scale = float(1 << ACT_BITS)
+
+        idx_a, mu_a = self.entropy_params_fixed(hp, None)
+        sym_a = torch.round(y_g64 - mu_a / scale).to(torch.int64)
+        y_hat_a = ((sym_a * (1 << ACT_BITS) + mu_a) * anchor).clamp(-ACT_LIMIT, ACT_LIMIT).to(torch.float64)
+        idx_n, mu_n = self.entropy_params_fixed(hp, y_hat_a)
+        sym_n = torch.round(y_g64 - mu_n / scale).to(torch.int64)
+
+        a = anchor.expand_as(sym_a)
+        enc = BufferedRansEncoder()
+        cdf, cdf_len, offs = self._cdf_lists()
+        enc.encode_with_indexes(sym_a[a].int().tolist(), idx_a[a].int().tolist(), cdf, cdf_len, offs)
+        enc.encode_with_indexes(sym_n[~a].int().tolist(), idx_n[~a].int().tolist(), cdf, cdf_len, offs)
+        y_string = enc.flush()
+        y_sym = torch.where(a, sym_a, sym_n)[0].cpu().numpy().astype(np.int32)
+        y_idx = torch.where(a, idx_a, idx_n)[0].cpu().numpy().astype(np.int32)
+        return CompressedLatents(
+            z_string=z_string,
+            y_string=y_string,
+            z_crc32=_crc32(z_sym),
+            y_crc32=_crc32(y_sym, y_idx),
+            phi=int(phi),
+            sizes=sizes,
+        )
+
+    @torch.no_grad()
+    def decode_latents(
+        self,
+        z_string: bytes,
+        y_string: bytes,
+        phi: int,
+        sizes: list[tuple[int, int]],
+        z_crc32: int | None = None,
+        y_crc32: int | None = None,
+    ) -> DecodedLatents:
+        """rANS strings -> integer symbols, scale indices and y_hat; checks the CRCs when given."""
+        self._check_phi(phi)
+        (hy, wy), (hz, wz) = self.latent_sizes(sizes)
+        z_hat, z_sym = self._z_hat(z_string, (hz, wz), phi)
+        if z_crc32 is not None and _crc32(z_sym) != z_crc32:
+            raise LatentChecksumError(
+                f"hyper-latent symbols CRC32 0x{_crc32(z_sym):08x} != 0x{z_crc32:08x}: different entropy model"
+            )
+        hp = self.hyper_params_fixed(z_hat, hy, wy)
+        m = self.cfg.latent_channels
+        anchor = checkerboard_anchor(hy, wy, hp.device).expand(1, m, hy, wy)
+        dec = RansDecoder()
+        dec.set_stream(y_string)
+        cdf, cdf_len, offs = self._cdf_lists()
+
+        idx_a, mu_a = self.entropy_params_fixed(hp, None)
+        sym = torch.zeros(1, m, hy, wy, dtype=torch.int64, device=hp.device)
+        vals = dec.decode_stream(idx_a[anchor].int().tolist(), cdf, cdf_len, offs)
+        sym[anchor] = torch.tensor(vals, dtype=torch.int64, device=hp.device)
+        y_hat_a = ((sym * (1 << ACT_BITS) + mu_a) * anchor).clamp(-ACT_LIMIT, ACT_LIMIT).to(torch.float64)
+        idx_n, mu_n = self.entropy_params_fixed(hp, y_hat_a)
+        vals = dec.decode_stream(idx_n[~anchor].int().tolist(), cdf, cdf_len, offs)
+        sym[~anchor] = torch.tensor(vals, dtype=torch.int64, device=hp.device)
+        idx = torch.where(anchor, idx_a, idx_n)
+        mu = torch.where(anchor, mu_a, mu_n)
+        y_sym = sym[0].cpu().numpy().astype(np.int32)
+        y_idx = idx[0].cpu().numpy().astype(np.int32)
+        if y_crc32 is not None and _crc32(y_sym, y_idx) != y_crc32:
+            raise LatentChecksumError(
+                f"latent symbols CRC32 0x{_crc32(y_sym, y_idx):08x} != 0x{y_crc32:08x}: "
+                "the decoder derived different entropy parameters (model or platform mismatch)"
+            )
+        y_hat_g = sym * (1 << ACT_BITS) + mu
+        return DecodedLatents(
+            z_symbols=z_sym,
+            y_symbols=y_sym,
+            y_indexes=y_idx,
+            y_hat_g=y_hat_g[0].cpu().numpy(),
+            y_hat=self.dequantize_latent(y_hat_g, phi),
+        )
+
+    def dequantize_latent(self, y_hat_g_int: torch.Tensor, phi: int) -> torch.Tensor:
+        """Integer latent (units 2^-ACT_BITS, gained domain) -> y_hat after the inverse gain (float32)."""
+        y = (y_hat_g_int.to(torch.float64) / float(1 << ACT_BITS)).float()
+        return y * self.inv_gain.abs()[phi].view(1, -1, 1, 1).to(y.device)
+
+    @torch.no_grad()
+    def reconstruct(self, y_hat: torch.Tensor, sizes: list[tuple[int, int]]) -> Features:
+        """DRNet in fixed point (bit-exact everywhere), then de-normalisation (element-wise)."""
+        rec = self.drnet.forward_fixed(quantize_activation(y_hat), [tuple(s) for s in sizes])
+        return {
+            s.name: (r / float(1 << ACT_BITS)).float() * self.feature_scale[i]
+            for i, (s, r) in enumerate(zip(self.cfg.scales, rec))
+        }
+
+    def decompress(self, c: CompressedLatents) -> Features:
+        d = self.decode_latents(c.z_string, c.y_string, c.phi, c.sizes, c.z_crc32, c.y_crc32)
+        return self.reconstruct(d.y_hat, c.sizes)
+
+    @torch.no_grad()
+    def forward_quantised(self, features: Features | list[torch.Tensor], phi: int) -> tuple[torch.Tensor, Features]:
+        """Inference forward pass without entropy coding: the same hard quantisation
+        and fixed-point entropy parameters as compress(). Returns (y_hat, reconstruction)."""
+        self._check_phi(phi)
+        xs = self._normalised(features)
+        sizes = [tuple(int(v) for v in x.shape[-2:]) for x in xs]
+        y = self.fenet(xs)
+        phi_t = torch.tensor([phi], device=y.device)
+        y_g = y * self._gains(phi_t, "gain")
+        z_g = self.h_a(y_g) * self._gains(phi_t, "hyper_gain")
+        med = self.entropy_bottleneck._get_medians().detach()
+        z_hat = (torch.round(z_g - med) + med) * self.hyper_inv_gain.abs()[phi].view(1, -1, 1, 1)
+        hy, wy = y.shape[-2:]
+        hp = self.hyper_params_fixed(z_hat, hy, wy)
+        anchor = checkerboard_anchor(hy, wy, y.device)
+        y_g64 = y_g.to(torch.float64)
+        _, mu_a = self.entropy_params_fixed(hp, None)
+        sym_a = torch.round(y_g64 - mu_a / float(1 << ACT_BITS)).to(torch.int64)
+        y_hat_a = ((sym_a * (1 << ACT_BITS) + mu_a) * anchor).clamp(-ACT_LIMIT, ACT_LIMIT).to(torch.float64)
+        _, mu_n = self.entropy_params_fixed(hp, y_hat_a)
+        mu = torch.where(anchor, mu_a, mu_n)
+        sym = torch.round(y_g64 - mu / float(1 << ACT_BITS)).to(torch.int64)
+        y_hat = self.dequantize_latent(sym * (1 << ACT_BITS) + mu, phi)
+        return y_hat, self.reconstruct(y_hat, sizes)
+
+
+# -- weights files ------------------------------------------------------------------
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_fenet(model: FenetCodec, path: str | Path) -> str:
+    """Write {"config", "state_dict"} (float32 weights + CDF tables); returns the sha256."""
+    sd = {k: (v.float() if v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": model.cfg.to_json(), "state_dict": sd}, path)
+    return file_sha256(path)
+
+
+def load_fenet_state(model: FenetCodec, state_dict: dict) -> None:
+    """Load a state dict including the (variable-size) CDF buffers of the entropy models."""
+    for mod_name in ("entropy_bottleneck", "gaussian_conditional"):
+        mod = getattr(model, mod_name)
+        for buf in ("_quantized_cdf", "_offset", "_cdf_length", "scale_table"):
+            key = f"{mod_name}.{buf}"
+            if key in state_dict and hasattr(mod, buf):
+                setattr(mod, buf, torch.empty_like(state_dict[key]))
+    model.load_state_dict(state_dict)
+    model.invalidate_fixed()
+
+
+def shipped_weights_paths(name: str = "fenet_nanodet_neck") -> tuple[Path, Path]:
+    return WEIGHTS_DIR / f"{name}.pt", WEIGHTS_DIR / f"{name}.json"
+
+
+def load_fenet(path: str | Path | None = None, verify: bool = True) -> tuple[FenetCodec, str]:
+    """Load a FENet/DRNet codec; returns (model in eval mode, weights sha256 hex).
+    With `verify`, the file's sha256 must match `weights_sha256` of the json beside it."""
+    pt = Path(path) if path is not None else shipped_weights_paths()[0]
+    if not pt.is_file():
+        raise FenetWeightsError(f"FENet weights not found: {pt}")
+    digest = file_sha256(pt)
+    record = pt.with_suffix(".json")
+    if verify and record.is_file():
+        expected = json.loads(record.read_text()).get("weights_sha256")
+        if expected and expected != digest:
+            raise FenetWeightsError(f"{pt.name}: sha256 {digest[:12]}... does not match the record {expected[:12]}...")
+    try:
+        blob = torch.load(pt, map_location="cpu", weights_only=True)
+        model = FenetCodec(FenetConfig.from_json(blob["config"]))
+        load_fenet_state(model, blob["state_dict"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise FenetWeightsError(f"cannot load FENet weights {pt}: {str(exc).splitlines()[0]}") from None
+    return model.eval(), digest
+
+
+__all__ = [
+    "CompressedLatents",
+    "DRNet",
+    "DecodedLatents",
+    "ENTROPY_PRECISION",
+    "FENet",
+    "FenetCodec",
+    "FenetConfig",
+    "FenetConfigError",
+    "FenetWeightsError",
+    "LatentChecksumError",
+    "MEAN_BITS",
+    "checkerboard_anchor",
+    "checkerboard_mask",
+    "count_parameters",
+    "file_sha256",
+    "load_fenet",
+    "load_fenet_state",
+    "save_fenet",
+    "shipped_weights_paths",
+]

@@ -1,0 +1,224 @@
+"""Mode "learned_e2e": the end-to-end learned multi-scale feature codec
+(FENet/DRNet of codec/models/fenet.py; bitstream_spec.md, section 7.5).
+
+All scales are fused into one latent y with a hyper-latent z; both are coded
+with CompressAI's rANS (16-bit precision) into two LATENT_STRING units
+(unit_scale_index 255). The quality index phi (gain-unit row) is written as
+**phi_index** of every scale. The header records the codec model id and the
+sha256 of its weights file; a decoder whose weights differ refuses the stream.
+Each unit starts with the CRC-32 of the integer symbols it decodes to (for y
+also of the scale-table indices), so that a decoder that derived different
+entropy parameters reports it instead of returning garbage.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+from construct import ConstructError, GreedyBytes, Int8ub, Int32ub, Struct
+
+from codec.bitstream import (
+    ALL_SCALES,
+    CodecModelId,
+    ContainerHeader,
+    EntropyCoderId,
+    InnerCodecParams,
+    ModeHeader,
+    ModeId,
+    PayloadUnit,
+    SampleFormat,
+    ScaleHeader,
+    UnitType,
+)
+from codec.errors import EncodeError, MalformedError, WeightsMismatchError
+from codec.models.fenet import (
+    ENTROPY_PRECISION,
+    CompressedLatents,
+    FenetCodec,
+    load_fenet,
+    shipped_weights_paths,
+)
+from codec.vision.base import Features, SplitPoint
+
+from .base import EncodeParams, scale_arrays, units_of_type
+
+MODE_ID = ModeId.LEARNED_E2E
+NAME = "learned_e2e"
+
+# codec model id -> weights file name in codec/models/weights (without .pt)
+MODEL_FILES: dict[CodecModelId, str] = {
+    CodecModelId.FENET_NANODET_NECK: "fenet_nanodet_neck",
+}
+LATENT_Z = 0  # latent_index of the hyper-latent string
+LATENT_Y = 1  # latent_index of the latent string
+
+# unit_data of a LATENT_STRING unit (bitstream_spec.md, section 7.5, latent_string( ) syntax)
+latent_string = Struct(
+    "latent_index" / Int8ub,
+    "symbols_crc32" / Int32ub,
+    "latent_data" / GreedyBytes,
+)
+
+
+class CodecModelMismatchError(WeightsMismatchError):
+    """The decoder's learned codec weights differ from the encoder's (codec_model_hash)."""
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str) -> tuple[FenetCodec, bytes]:
+    model, digest = load_fenet(path)
+    return model, bytes.fromhex(digest)
+
+
+def model_for(model_id: CodecModelId, weights: str | Path | None = None) -> tuple[FenetCodec, bytes]:
+    """(model, sha256 of its weights file) for a codec model id; `weights` overrides the shipped file."""
+    if weights is None:
+        if model_id not in MODEL_FILES:
+            raise MalformedError(f"codec_model_id {int(model_id)} has no learned_e2e model")
+        weights = shipped_weights_paths(MODEL_FILES[model_id])[0]
+    return _load(str(weights))
+
+
+def model_id_for(split_point: SplitPoint) -> CodecModelId:
+    """The codec model trained for a split point (matched on scale names, channels, strides)."""
+    for mid in MODEL_FILES:
+        model, _ = model_for(mid)
+        if tuple(model.cfg.scales) == tuple(split_point.scales):
+            return mid
+    raise EncodeError(f"no learned_e2e model for split point {split_point.name!r} ({split_point.scale_names()})")
+
+
+def quality_index(params: EncodeParams, num_qualities: int) -> int:
+    """phi from EncodeParams.phi if the field exists and is set, else from qp (0..num_qualities-1)."""
+    phi = getattr(params, "phi", None)
+    phi = params.qp if phi is None else phi
+    if isinstance(phi, bool) or not isinstance(phi, (int, np.integer)) or not 0 <= int(phi) < num_qualities:
+        raise EncodeError(f"learned_e2e quality index phi must be an integer in 0..{num_qualities - 1}, got {phi!r}")
+    return int(phi)
+
+
+def encode_with_model(
+    features: Features, split_point: SplitPoint, phi: int, model: FenetCodec, model_id: CodecModelId, digest: bytes
+) -> tuple[ModeHeader, list[PayloadUnit]]:
+    arrays = scale_arrays(features, split_point)  # validates names, batch 1, channels
+    for name, a in arrays:
+        if not np.isfinite(a).all():
+            raise EncodeError(f"scale {name}: features contain NaN or infinite values")
+    c: CompressedLatents = model.compress({s.name: features[s.name] for s in split_point.scales}, phi)
+    scales = tuple(
+        ScaleHeader(name=name, channels=a.shape[0], height=a.shape[1], width=a.shape[2], phi_index=phi,
+                    kept_channels=a.shape[0])
+        for name, a in arrays
+    )  # fmt: skip
+    header = ModeHeader(
+        scales=scales,
+        sample_format=SampleFormat.NONE,
+        inner=InnerCodecParams(),
+        codec_model_id=model_id,
+        codec_model_hash=digest,
+        entropy_coder_id=EntropyCoderId.RANS_COMPRESSAI,
+        entropy_precision=ENTROPY_PRECISION,
+    )
+    units = [
+        PayloadUnit(
+            UnitType.LATENT_STRING,
+            latent_string.build(dict(latent_index=LATENT_Z, symbols_crc32=c.z_crc32, latent_data=c.z_string)),
+            scale_index=ALL_SCALES,
+        ),
+        PayloadUnit(
+            UnitType.LATENT_STRING,
+            latent_string.build(dict(latent_index=LATENT_Y, symbols_crc32=c.y_crc32, latent_data=c.y_string)),
+            scale_index=ALL_SCALES,
+        ),
+    ]
+    return header, units
+
+
+def encode(features: Features, split_point: SplitPoint, params: EncodeParams) -> tuple[ModeHeader, list[PayloadUnit]]:
+    model_id = model_id_for(split_point)
+    model, digest = model_for(model_id)
+    return encode_with_model(
+        features, split_point, quality_index(params, model.cfg.num_qualities), model, model_id, digest
+    )
+
+
+def _check_header(header: ContainerHeader, model: FenetCodec, digest: bytes) -> int:
+    m = header.mode
+    if m.entropy_coder_id != EntropyCoderId.RANS_COMPRESSAI or m.entropy_precision != ENTROPY_PRECISION:
+        raise MalformedError(
+            f"learned_e2e needs entropy_coder_id RANS_COMPRESSAI with precision {ENTROPY_PRECISION}, "
+            f"got {m.entropy_coder_id.name} / {m.entropy_precision}"
+        )
+    if bytes(m.codec_model_hash) != digest:
+        raise CodecModelMismatchError(
+            f"codec model weights differ: bitstream {bytes(m.codec_model_hash).hex()[:12]}..., "
+            f"decoder {digest.hex()[:12]}..."
+        )
+    if m.sample_format != SampleFormat.NONE or m.inner.codec_id != 0:
+        raise MalformedError("learned_e2e needs sample_format NONE and inner_codec_id NONE")
+    want = [(s.name, s.channels) for s in model.cfg.scales]
+    got = [(s.name, s.channels) for s in header.scales]
+    if got != want:
+        raise MalformedError(f"learned_e2e model has scales {want}, header has {got}")
+    phis = {s.phi_index for s in header.scales}
+    if len(phis) != 1:
+        raise MalformedError(f"learned_e2e needs the same phi_index for every scale, got {sorted(phis)}")
+    phi = phis.pop()
+    if phi >= model.cfg.num_qualities:
+        raise MalformedError(f"phi_index {phi} exceeds the model's {model.cfg.num_qualities} quality indices")
+    for i, s in enumerate(header.scales):
+        if s.kept_channels != s.channels or s.quant_min != 0.0 or s.quant_max != 0.0:
+            raise MalformedError(f"scale {i} ({s.name}): kept_channels must equal scale_channels, quant_* 0.0")
+        if i and (s.height, s.width) != (-(-header.scales[i - 1].height // 2), -(-header.scales[i - 1].width // 2)):
+            raise MalformedError(f"scale {i} ({s.name}) is not half the size of scale {i - 1}")
+    return phi
+
+
+def _latents(units: list[PayloadUnit]) -> dict[int, dict]:
+    strings = units_of_type(units, UnitType.LATENT_STRING)
+    out: dict[int, dict] = {}
+    for u in strings:
+        if u.scale_index != ALL_SCALES:
+            raise MalformedError(f"LATENT_STRING unit_scale_index must be {ALL_SCALES}, got {u.scale_index}")
+        try:
+            v = latent_string.parse(u.data)
+        except ConstructError:
+            raise MalformedError("LATENT_STRING unit_data is shorter than 5 bytes") from None
+        if v.latent_index in out or v.latent_index not in (LATENT_Z, LATENT_Y):
+            raise MalformedError(f"unexpected or repeated latent_index {v.latent_index}")
+        out[v.latent_index] = v
+    if len(units) != len(strings) or set(out) != {LATENT_Z, LATENT_Y}:
+        raise MalformedError("learned_e2e needs exactly two LATENT_STRING units (latent_index 0 and 1)")
+    return out
+
+
+def decode_symbols(
+    header: ContainerHeader, units: list[PayloadUnit], weights: str | Path | None = None
+) -> dict[str, np.ndarray]:
+    """-> {"z": hyper-latent symbols, "y": latent symbols, "y_indexes": scale-table indices
+    (int32, C order (channel, row, column)), "y_hat_g": symbols plus means in units of
+    2^-10 before the inverse gain (int64)}: the decoded integer data of the mode."""
+    model, digest = model_for(header.mode.codec_model_id, weights)
+    phi = _check_header(header, model, digest)
+    lat = _latents(units)
+    sizes = [(s.height, s.width) for s in header.scales]
+    d = model.decode_latents(
+        bytes(lat[LATENT_Z].latent_data), bytes(lat[LATENT_Y].latent_data), phi, sizes,
+        lat[LATENT_Z].symbols_crc32, lat[LATENT_Y].symbols_crc32,
+    )  # fmt: skip
+    return {"z": d.z_symbols, "y": d.y_symbols, "y_indexes": d.y_indexes, "y_hat_g": d.y_hat_g}
+
+
+def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights: str | Path | None = None) -> Features:
+    import torch
+
+    model, digest = model_for(header.mode.codec_model_id, weights)
+    phi = _check_header(header, model, digest)
+    y_hat_g = torch.from_numpy(np.ascontiguousarray(symbols["y_hat_g"], dtype=np.int64)).unsqueeze(0)
+    return model.reconstruct(model.dequantize_latent(y_hat_g, phi), [(s.height, s.width) for s in header.scales])
+
+
+def decode(header: ContainerHeader, units: list[PayloadUnit]) -> Features:
+    return reconstruct(header, decode_symbols(header, units))

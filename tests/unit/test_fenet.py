@@ -1,0 +1,267 @@
+"""FENet/DRNet learned codec (codec/models/fenet.py) and its coding mode
+(codec/modes/learned_e2e.py): shapes, exact round trip, bit-exact decoding across
+runs and thread counts, detectable mismatches, and the trained model's rates."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from codec.bitstream import (
+    CodecModelId,
+    ContainerHeader,
+    NetworkId,
+    ResizeMode,
+    build_container,
+    parse_container,
+)
+from codec.errors import EncodeError
+from codec.models.fenet import (
+    FenetCodec,
+    FenetConfig,
+    FenetConfigError,
+    LatentChecksumError,
+    checkerboard_anchor,
+    load_fenet,
+    save_fenet,
+    shipped_weights_paths,
+)
+from codec.modes import EncodeParams, learned_e2e
+from codec.vision.base import Preprocessing, ScaleInfo, SplitPoint
+
+NECK = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32)))
+FPN5 = SplitPoint("fpn", 1, tuple(ScaleInfo(f"p{i + 2}", 256, 4 << i) for i in range(5)))
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_model(split: SplitPoint = NECK, seed: int = 0) -> FenetCodec:
+    """A small randomly initialised model with built entropy tables (no training needed)."""
+    torch.manual_seed(seed)
+    cfg = FenetConfig.for_split_point(
+        split, width=16, latent_channels=16, hyper_channels=8, num_qualities=3, lambdas=(0.01, 0.1, 1.0)
+    )
+    model = FenetCodec(cfg)
+    with torch.no_grad():
+        model.gain.mul_(torch.tensor([4.0, 16.0, 64.0]).view(3, 1))  # non-trivial symbols
+        model.inv_gain.div_(torch.tensor([4.0, 16.0, 64.0]).view(3, 1))
+    model.eval()
+    model.update()
+    return model
+
+
+def smooth_features(split: SplitPoint, input_size: int, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for s in split.scales:
+        n = -(-input_size // s.stride)
+        base = torch.randn(1, s.channels, max(1, n // 4 + 1), max(1, n // 4 + 1), generator=g)
+        f = torch.nn.functional.interpolate(base, size=(n, n), mode="bilinear", align_corners=False)
+        out[s.name] = torch.relu(f * 2 + 0.3 * torch.randn(1, s.channels, n, n, generator=g))
+    return out
+
+
+def _md5(*arrays) -> str:
+    h = hashlib.md5()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+# -- shapes ---------------------------------------------------------------------------
+
+
+def test_shapes_nanodet_neck():
+    model = FenetCodec(FenetConfig.for_split_point(NECK))
+    feats = [torch.randn(2, 128, 52, 52), torch.randn(2, 128, 26, 26), torch.randn(2, 128, 13, 13)]
+    out = model(feats, torch.tensor([0, 5]))
+    assert [tuple(r.shape) for r in out["rec_norm"]] == [(2, 128, 52, 52), (2, 128, 26, 26), (2, 128, 13, 13)]
+    assert tuple(out["likelihoods"]["y"].shape) == (2, 64, 7, 7)  # latent at stride 64: 416 / 64 -> 7
+    assert tuple(out["likelihoods"]["z"].shape) == (2, 48, 4, 4)
+    assert sum(p.numel() for p in model.parameters()) * 4 < 5_000_000  # < 5 MB of float32 weights
+
+
+def test_shapes_fpn_like_five_scales():
+    model = FenetCodec(FenetConfig.for_split_point(FPN5, width=16, latent_channels=16, hyper_channels=8))
+    sizes = [(25, 38), (13, 19), (7, 10), (4, 5), (2, 3)]  # an R-CNN-like 100 x 150 input
+    feats = [torch.randn(1, 256, h, w) for h, w in sizes]
+    out = model(feats, torch.tensor([2]))
+    assert [tuple(r.shape[-2:]) for r in out["rec_norm"]] == sizes
+    assert all(r.shape[1] == 256 for r in out["rec_norm"])
+    assert tuple(out["likelihoods"]["y"].shape[-2:]) == (1, 2)
+
+
+def test_config_rejects_bad_scales():
+    with pytest.raises(FenetConfigError, match="two apart"):
+        FenetConfig(scales=(ScaleInfo("a", 8, 8), ScaleInfo("b", 8, 32)))
+    with pytest.raises(FenetConfigError, match="lambdas"):
+        FenetConfig.for_split_point(NECK, num_qualities=2)
+
+
+def test_checkerboard_anchor_pattern():
+    a = checkerboard_anchor(3, 4)[0, 0]
+    assert a.tolist() == [[True, False, True, False], [False, True, False, True], [True, False, True, False]]
+
+
+# -- entropy coding -----------------------------------------------------------------------
+
+
+def test_round_trip_equals_forward_pass_quantised_reconstruction():
+    model = tiny_model()
+    feats = smooth_features(NECK, 128)
+    for phi in (0, 2):
+        c = model.compress(feats, phi)
+        rec = model.decompress(c)
+        y_hat, ref = model.forward_quantised(feats, phi)
+        d = model.decode_latents(c.z_string, c.y_string, phi, c.sizes)
+        assert torch.equal(d.y_hat, y_hat)
+        for name in ref:
+            assert rec[name].shape == feats[name].shape
+            assert torch.equal(rec[name], ref[name])
+        assert np.count_nonzero(d.y_symbols) > 10  # a real test: many non-zero symbols
+    bits = [8 * (len(c.z_string) + len(c.y_string)) for c in (model.compress(feats, p) for p in range(3))]
+    assert bits[0] < bits[1] < bits[2]  # larger gain, more bits (even untrained)
+
+
+def test_decoding_is_bit_exact_across_runs_and_thread_counts():
+    model = tiny_model()
+    feats = smooth_features(NECK, 128, seed=5)
+    c = model.compress(feats, 1)
+    threads = torch.get_num_threads()
+    digests = set()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for _ in range(3):
+                d = model.decode_latents(c.z_string, c.y_string, c.phi, c.sizes, c.z_crc32, c.y_crc32)
+                rec = model.reconstruct(d.y_hat, c.sizes)
+                digests.add(_md5(d.y_symbols, d.y_indexes, d.y_hat_g, *[rec[k].numpy() for k in rec]))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(digests) == 1
+
+
+def test_mismatched_entropy_parameters_are_detected():
+    model = tiny_model()
+    feats = smooth_features(NECK, 128, seed=2)
+    c = model.compress(feats, 2)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.ep2.weight.mul_(1.5)  # a decoder that derives different scales / means
+    other.invalidate_fixed()
+    with pytest.raises(LatentChecksumError, match="CRC32"):
+        other.decode_latents(c.z_string, c.y_string, c.phi, c.sizes, c.z_crc32, c.y_crc32)
+    with pytest.raises(LatentChecksumError, match="CRC32"):
+        model.decode_latents(c.z_string, c.y_string, c.phi, c.sizes, c.z_crc32, c.y_crc32 ^ 1)
+
+
+def test_weights_file_round_trip_keeps_cdf_tables(tmp_path):
+    model = tiny_model()
+    path = tmp_path / "tiny.pt"
+    digest = save_fenet(model, path)
+    loaded, digest2 = load_fenet(path)
+    assert digest == digest2
+    assert torch.equal(loaded.gaussian_conditional._quantized_cdf, model.gaussian_conditional._quantized_cdf)
+    c = model.compress(smooth_features(NECK, 128), 1)
+    assert torch.equal(loaded.decompress(c)["p3"], model.decompress(c)["p3"])
+
+
+# -- the coding mode ------------------------------------------------------------------------
+
+
+def _header(mode_header) -> ContainerHeader:
+    prep = Preprocessing(160, 120, 128, 128, ResizeMode.STRETCH, 128 / 160, 128 / 120)
+    return ContainerHeader(NetworkId.NANODET, bytes(32), 1, "neck", prep, learned_e2e.MODE_ID, mode_header)
+
+
+def test_mode_container_round_trip_and_refusals(tmp_path):
+    model = tiny_model()
+    path = tmp_path / "tiny.pt"
+    digest = bytes.fromhex(save_fenet(model, path))
+    feats = smooth_features(NECK, 128)
+    mh, units = learned_e2e.encode_with_model(feats, NECK, 1, model, CodecModelId.FENET_NANODET_NECK, digest)
+    assert [s.phi_index for s in mh.scales] == [1, 1, 1] and mh.entropy_precision == 16
+    data = build_container(_header(mh), units)
+    parsed = parse_container(data)
+    symbols = learned_e2e.decode_symbols(parsed.header, parsed.units, weights=path)
+    rec = learned_e2e.reconstruct(parsed.header, symbols, weights=path)
+    _, ref = model.forward_quantised(feats, 1)
+    assert all(torch.equal(rec[k], ref[k]) for k in ref)
+    assert set(symbols) == {"z", "y", "y_indexes", "y_hat_g"}
+    assert all(np.issubdtype(v.dtype, np.integer) for v in symbols.values())
+
+    other = tiny_model(seed=7)  # other weights: refused by hash before anything is decoded
+    other_path = tmp_path / "other.pt"
+    save_fenet(other, other_path)
+    with pytest.raises(learned_e2e.CodecModelMismatchError, match="codec model weights differ"):
+        learned_e2e.decode_symbols(parsed.header, parsed.units, weights=other_path)
+    with pytest.raises(EncodeError, match="phi"):
+        learned_e2e.quality_index(EncodeParams(mode="learned_e2e", phi=3), 3)
+    assert learned_e2e.quality_index(EncodeParams(mode="learned_e2e", phi=2), 3) == 2
+
+
+# -- the shipped, trained model -------------------------------------------------------------
+
+
+def _assets() -> Path:
+    return Path(os.environ.get("FCM_ASSETS") or REPO.parent / "shared" / "assets")
+
+
+@pytest.fixture(scope="module")
+def shipped_and_features():
+    pt, _ = shipped_weights_paths()
+    if not pt.is_file():
+        pytest.skip("shipped FENet weights not present (tools/train_fenet.py)")
+    sample = sorted((REPO / "samples").glob("*.jpg"))
+    if not sample:
+        pytest.skip("no sample image in samples/")
+    try:
+        from codec.vision import get_network
+
+        net = get_network("nanodet")
+    except Exception as e:  # network weights unavailable offline
+        pytest.skip(f"NanoDet unavailable: {e}")
+    from codec.pipeline import load_image
+
+    x, _ = net.preprocess(load_image(sample[0]))
+    with torch.no_grad():
+        feats = net.part1(x, "neck")
+    model, digest = load_fenet(pt)
+    return model, feats
+
+
+@pytest.mark.needs_assets
+def test_trained_model_rate_is_monotone_in_phi_and_quality_improves(shipped_and_features):
+    model, feats = shipped_and_features
+    bits, mse = [], []
+    for phi in range(model.cfg.num_qualities):
+        c = model.compress(feats, phi)
+        bits.append(8 * (len(c.z_string) + len(c.y_string)))
+        rec = model.decompress(c)
+        mse.append(sum(float(((rec[k] - feats[k]) ** 2).mean()) for k in feats))
+    assert all(a < b for a, b in zip(bits, bits[1:])), bits
+    assert mse[-1] < mse[0], mse
+    raw = sum(f.numel() for f in feats.values()) * 32
+    assert bits[-1] < raw / 100 and math.isfinite(mse[-1])
+
+
+@pytest.mark.gpu
+def test_cpu_and_gpu_decode_identically(shipped_and_features):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    model, feats = shipped_and_features
+    c = model.compress(feats, 2)
+    d_cpu = model.decode_latents(c.z_string, c.y_string, c.phi, c.sizes, c.z_crc32, c.y_crc32)
+    rec_cpu = model.reconstruct(d_cpu.y_hat, c.sizes)
+    gpu = copy.deepcopy(model).cuda()
+    gpu.invalidate_fixed()
+    d_gpu = gpu.decode_latents(c.z_string, c.y_string, c.phi, c.sizes, c.z_crc32, c.y_crc32)
+    rec_gpu = gpu.reconstruct(d_gpu.y_hat, c.sizes)
+    assert _md5(d_cpu.y_symbols, d_cpu.y_indexes, d_cpu.y_hat_g) == _md5(d_gpu.y_symbols, d_gpu.y_indexes, d_gpu.y_hat_g)
+    assert all(torch.equal(rec_cpu[k], rec_gpu[k].cpu()) for k in rec_cpu)
