@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"network {net.name}  split {split}  weights sha256 {net.weights_sha256()[:16]}...")
     print(f"images {n} from {images}")
     print(f"mAP@[.5:.95] {m['map']:.4f}   mAP@0.5 {m['map50']:.4f}   mAP@0.75 {m['map75']:.4f}")
-    print(f"NN part 1 {1000 * t1 / n:.1f} ms/img   NN part 2 {1000 * t2 / n:.1f} ms/img (incl. preprocessing)")
+    print(f"NN part 1 {1000 * t1 / n:.1f} ms/img (incl. preprocessing)   NN part 2 {1000 * t2 / n:.1f} ms/img (incl. NMS)")
     return 0
 
 
