@@ -21,7 +21,10 @@ from codec.bitstream import (
     SampleFormat,
     UnitType,
     inspect_container,
+    parse_container,
 )
+from codec.errors import BitstreamError
+from codec.modes import mode_by_id
 
 EXAMPLES = """\
 examples:
@@ -172,6 +175,12 @@ def print_text(d: dict[str, Any]) -> None:
 def _inspect(args: argparse.Namespace) -> int:
     data = _cli.read_input_file(args.input, "bitstream")
     report = inspect_container(data)
+    if report.error is None:  # container-level valid: also check the mode's payload structure
+        parsed = parse_container(data)
+        try:
+            mode_by_id(parsed.header.mode_id).validate(parsed.header, parsed.units)
+        except BitstreamError as e:
+            report.error = e
     d = report_dict(args.input, report)
     if args.json:
         print(json.dumps(d, indent=2))

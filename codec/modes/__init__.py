@@ -41,4 +41,27 @@ def mode_by_name(name: str) -> ModuleType:
     raise EncodeError(f"unknown coding mode {name!r}; choose one of {', '.join(available_modes())}")
 
 
-__all__ = ["EncodeParams", "MODES", "available_modes", "mode_by_id", "mode_by_name"]
+__all__ = ["EncodeParams", "MODES", "available_modes", "conformance_digest", "mode_by_id", "mode_by_name"]
+
+
+def conformance_digest(data: bytes) -> str:
+    """Text of a conformance NAME.md5 file (bitstream_spec.md, section 9.1): md5 of
+    the decoded integer data and of each reconstructed float32 scale."""
+    import hashlib
+
+    import numpy as np
+
+    from codec.bitstream import parse_container
+
+    parsed = parse_container(data)
+    mode = mode_by_id(parsed.header.mode_id)
+    symbols = mode.decode_symbols(parsed.header, parsed.units)
+    features = mode.reconstruct(parsed.header, symbols)
+    lines = []
+    for key, arr in symbols.items():
+        le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        lines.append(f"integer {key} {hashlib.md5(le.tobytes()).hexdigest()}")
+    for name, t in features.items():
+        f32 = np.ascontiguousarray(t.numpy()[0], dtype="<f4")
+        lines.append(f"float32 {name} {hashlib.md5(f32.tobytes()).hexdigest()}")
+    return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ features match the split point. A mode is one module with
     decode_symbols(header, units) -> dict[str, np.ndarray]   # decoded integer / raw symbols
     reconstruct(header, symbols) -> Features
     decode(header, units) -> Features                        # reconstruct(decode_symbols(...))
+    validate(header, units) -> None                          # mode-level checks without decoding
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import numpy as np
 
 from codec.bitstream import (
     ContainerHeader,
+    InnerCodecId,
     InnerCodecParams,
     ModeHeader,
     ModeId,
@@ -44,8 +45,15 @@ def encode(features: Features, split_point: SplitPoint, params: EncodeParams) ->
     return ModeHeader(scales=tuple(scales), sample_format=fmt, inner=InnerCodecParams()), units
 
 
+def validate(header: ContainerHeader, units: list[PayloadUnit]) -> None:
+    """Check the header fields and payload units of the mode without decoding."""
+    decode_symbols(header, units)  # views into the unit data: nothing is decoded or copied
+
+
 def decode_symbols(header: ContainerHeader, units: list[PayloadUnit]) -> dict[str, np.ndarray]:
     """The raw tensors, (C, H, W) in their coded sample format."""
+    if header.mode.inner.codec_id != InnerCodecId.NONE:
+        raise MalformedError(f"bypass mode needs inner_codec_id NONE, got {header.mode.inner.codec_id.name}")
     fmt = header.mode.sample_format
     if fmt not in DTYPES:
         raise MalformedError(f"bypass mode needs sample_format FLOAT16 or FLOAT32, got {fmt.name}")

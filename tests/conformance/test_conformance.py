@@ -1,0 +1,84 @@
+"""Conformance vectors (bitstream_spec.md, section 9): every golden vector
+decodes to its md5s on every run and with 1 and 2 torch threads; every invalid
+vector is rejected with its error, by the library and by fcm_dec / fcm_inspect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from codec.apps import fcm_dec, fcm_inspect
+from codec.errors import BitstreamError
+from codec.modes import conformance_digest
+from codec.pipeline import decode_bitstream
+
+HERE = Path(__file__).resolve().parent
+GOLDEN = sorted(p for p in HERE.glob("*.bin") if not p.name.startswith("invalid-"))
+INVALID = sorted(HERE.glob("invalid-*.bin"))
+
+EXPECTED_GOLDEN = {"bypass-f16", "bypass-f32", "bypass-f16-optional-unit", "anchor-qp22", "anchor-qp37"}
+EXPECTED_INVALID = {
+    "invalid-bad-magic", "invalid-version-major", "invalid-unknown-mode", "invalid-header-crc",
+    "invalid-payload-crc", "invalid-truncated", "invalid-absurd-channels", "invalid-absurd-samples",
+    "invalid-trailing-garbage", "invalid-unknown-required-unit", "invalid-payload-size",
+}  # fmt: skip
+
+
+def _vvc_available() -> bool:
+    from codec.inner import vvc
+
+    return vvc.ffmpeg_supports_vvc()
+
+
+def test_the_vector_set_is_complete_and_small():
+    assert {p.stem for p in GOLDEN} == EXPECTED_GOLDEN
+    assert {p.stem for p in INVALID} == EXPECTED_INVALID
+    for p in GOLDEN + INVALID:
+        assert p.stat().st_size < 100_000, p.name
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.stem)
+def test_golden_vector_decodes_to_its_md5(path: Path):
+    if path.stem.startswith("anchor") and not _vvc_available():
+        pytest.skip("ffmpeg lacks the vvc decoder")
+    md5_file = path.with_suffix(".md5")
+    assert md5_file.exists(), f"{md5_file.name} is missing (tools/make_conformance.py --regenerate)"
+    expected = md5_file.read_text()
+    assert expected.count("float32 ") == 3 and "integer " in expected
+    data = path.read_bytes()
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for _ in range(3):
+                assert conformance_digest(data) == expected, (path.name, n)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _expected(path: Path) -> tuple[str, str]:
+    exp = path.with_suffix(".expected")
+    assert exp.exists(), f"{exp.name} is missing (tools/make_conformance.py --regenerate)"
+    cls, message = exp.read_text().splitlines()[:2]
+    return cls, message
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+def test_invalid_vector_is_rejected_with_its_error(path: Path):
+    cls, message = _expected(path)
+    with pytest.raises(BitstreamError) as info:
+        decode_bitstream(path.read_bytes())
+    assert type(info.value).__name__ == cls
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+@pytest.mark.parametrize("app", [fcm_dec, fcm_inspect], ids=["fcm_dec", "fcm_inspect"])
+def test_invalid_vector_through_the_apps_exits_2(path: Path, app, capsys):
+    _, message = _expected(path)
+    assert app.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

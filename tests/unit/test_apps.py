@@ -1,0 +1,214 @@
+"""fcm_enc / fcm_dec / fcm_inspect: end to end with a small fake network (and
+NanoDet when the assets are there), overwrite refusal, atomic writes, exit codes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from codec.apps import _cli, fcm_dec, fcm_enc, fcm_inspect
+from codec.vision.base import Detections, NetworkId, Preprocessing, ResizeMode, ScaleInfo, SplitPoint
+
+
+class FakeNet:
+    """A tiny deterministic split network: 32x32 stretch input, two pooled scales,
+    part 2 turns the mean of each scale into one box."""
+
+    name = "nanodet"
+    network_id = NetworkId.NANODET
+    split_points = {"neck": SplitPoint("neck", 1, (ScaleInfo("p3", 4, 8), ScaleInfo("p4", 4, 16)))}
+    default_split = "neck"
+
+    def __init__(self, tag: bytes = b"fake weights"):
+        self.tag = tag
+
+    def weights_sha256(self) -> str:
+        return hashlib.sha256(self.tag).hexdigest()
+
+    def preprocess(self, image):
+        h, w = image.shape[:2]
+        x = torch.from_numpy(np.asarray(Image.fromarray(image).resize((32, 32)), dtype=np.float32) / 255)
+        return x.permute(2, 0, 1)[None], Preprocessing(w, h, 32, 32, ResizeMode.STRETCH, 32 / w, 32 / h)
+
+    def part1(self, x, split):
+        f = torch.cat([x, x.mean(1, keepdim=True)], 1)
+        return {"p3": torch.nn.functional.avg_pool2d(f, 8), "p4": torch.nn.functional.avg_pool2d(f, 16)}
+
+    def part2(self, features, split, meta):
+        m = float(features["p3"].mean())
+        boxes = meta.boxes_to_original(np.array([[4.0, 4.0, 4 + 20 * m, 4 + 24 * m]]))
+        return Detections(boxes, np.array([0.9]), np.array([1]))
+
+
+@pytest.fixture
+def fake_net(monkeypatch):
+    net = FakeNet()
+    monkeypatch.setattr(_cli, "load_network", lambda name, weights=None: net)
+    return net
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    rng = np.random.default_rng(0)
+    img = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "000000000139.png"
+    Image.fromarray(img).save(path)
+    return path
+
+
+def test_enc_inspect_dec_bypass(fake_net, image_file, tmp_path, capsys):
+    out = tmp_path / "000000000139.bin"
+    assert fcm_enc.main([str(image_file), "-o", str(out), "--mode", "bypass", "--bypass-dtype", "float32"]) == 0
+    text = capsys.readouterr().out
+    nbytes = out.stat().st_size
+    assert f"{nbytes} bytes, {8 * nbytes / (64 * 48):.5f} bpp" in text and "nn_part1" in text and "encode" in text
+
+    assert fcm_inspect.main([str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["valid"] and info["header"]["mode_id"] == 1 and info["header_names"]["mode_id"] == "BYPASS"
+    assert [u["type_name"] for u in info["payload_units"]] == ["RAW_TENSOR", "RAW_TENSOR"]
+    assert [u["size"] for u in info["payload_units"]] == [4 * 4 * 4 * 4, 4 * 2 * 2 * 4]
+    assert all(u["crc_ok"] for u in info["payload_units"])
+    assert info["overhead_bytes"] == nbytes - 16 * 16 - 16 * 4
+
+    npz, dets, png = tmp_path / "f.npz", tmp_path / "d.json", tmp_path / "d.png"
+    args = [str(out), "-o", str(npz), "--detections", str(dets), "--draw", str(image_file), str(png)]
+    assert fcm_dec.main(args) == 0
+    x, _ = fake_net.preprocess(np.asarray(Image.open(image_file)))
+    ref = fake_net.part1(x, "neck")
+    with np.load(npz) as z:
+        assert sorted(z.files) == ["p3", "p4"]
+        assert np.array_equal(z["p3"], ref["p3"].numpy())  # float32 bypass is lossless
+    results = json.loads(dets.read_text())
+    assert len(results) == 1 and results[0]["image_id"] == 139 and results[0]["category_id"] == 1
+    with Image.open(png) as im:
+        assert im.size == (64, 48)
+
+
+@pytest.mark.needs_ffmpeg
+def test_enc_inspect_dec_anchor_lists_nal_units(fake_net, image_file, tmp_path, capsys):
+    out = tmp_path / "a.bin"
+    assert fcm_enc.main([str(image_file), "-o", str(out), "--qp", "30"]) == 0
+    capsys.readouterr()
+    assert fcm_inspect.main([str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "VVC_NAL_STREAM" in text and "NAL SPS" in text and "inner_qp               30" in text
+    assert "header overhead" in text
+    assert fcm_dec.main([str(out), "--detections", str(tmp_path / "d.json"), "--image-id", "7"]) == 0
+    assert json.loads((tmp_path / "d.json").read_text())[0]["image_id"] == 7
+
+
+def test_overwrite_refused_without_force(fake_net, image_file, tmp_path, capsys):
+    out = tmp_path / "x.bin"
+    out.write_bytes(b"precious")
+    assert fcm_enc.main([str(image_file), "-o", str(out), "--mode", "bypass"]) == 2
+    assert "output exists" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious"
+    assert fcm_enc.main([str(image_file), "-o", str(out), "--mode", "bypass", "--force"]) == 0
+    assert out.read_bytes()[:4] == b"FCMB"
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        _cli.atomic_write(target, b"new contents")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]  # no temp file left behind
+    monkeypatch.undo()
+    _cli.atomic_write(target, b"new contents")
+    assert target.read_bytes() == b"new contents"
+
+
+def test_weights_mismatch_is_refused(fake_net, image_file, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "w.bin"
+    assert fcm_enc.main([str(image_file), "-o", str(out), "--mode", "bypass"]) == 0
+    monkeypatch.setattr(_cli, "load_network", lambda name, weights=None: FakeNet(b"other weights"))
+    capsys.readouterr()
+    assert fcm_dec.main([str(out), "--detections", str(tmp_path / "d.json")]) == 2
+    err = capsys.readouterr().err
+    assert "weights differ from the encoder's" in err and "Traceback" not in err
+    assert not (tmp_path / "d.json").exists()
+
+
+def test_inspect_crc_bad_file_prints_header_and_exits_2(fake_net, image_file, tmp_path, capsys):
+    out = tmp_path / "c.bin"
+    assert fcm_enc.main([str(image_file), "-o", str(out), "--mode", "bypass"]) == 0
+    data = bytearray(out.read_bytes())
+    data[-10] ^= 0xFF  # inside the last payload
+    out.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert fcm_inspect.main([str(out)]) == 2
+    cap = capsys.readouterr()
+    assert "split_point_name       neck" in cap.out and "MISMATCH" in cap.out
+    assert "unit_crc32 of payload unit 1 mismatch" in cap.err and len(cap.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("app", "args", "message"),
+    [
+        (fcm_enc, ["{missing}", "-o", "{tmp}/o.bin"], "image not found"),
+        (fcm_enc, ["{text}", "-o", "{tmp}/o.bin"], "not an image file"),
+        (fcm_enc, ["{image}", "-o", "{tmp}/o.bin", "--qp", "99"], "qp must be an integer in 0..63"),
+        (fcm_enc, ["{image}", "-o", "{tmp}/o.bin", "--split", "nowhere"], "no split point 'nowhere'"),
+        (fcm_enc, ["{image}", "-o", "{tmp}/nodir/o.bin", "--mode", "bypass"], "output folder does not exist"),
+        (fcm_enc, ["{image}"], "required: -o"),
+        (fcm_enc, ["{image}", "-o", "x", "--mode", "zip"], "invalid choice"),
+        (fcm_dec, ["{missing}"], "bitstream file not found"),
+        (fcm_dec, ["{text}"], "not an FCM container"),
+        (fcm_dec, ["{tmp}"], "is a directory"),
+        (fcm_inspect, ["{text}"], "not an FCM container"),
+        (fcm_inspect, ["{missing}"], "bitstream file not found"),
+    ],
+)
+def test_exit_code_2_with_one_line_message(fake_net, image_file, tmp_path, capsys, app, args, message):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, not an image and not a container")
+    fill = dict(missing=str(tmp_path / "missing.jpg"), text=str(text), image=str(image_file), tmp=str(tmp_path))
+    assert app.main([a.format(**fill) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("app", [fcm_enc, fcm_dec, fcm_inspect])
+def test_help_has_examples_and_exits_0(app, capsys):
+    assert app.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "exit status" in out
+
+
+@pytest.mark.needs_assets
+@pytest.mark.needs_ffmpeg
+def test_nanodet_end_to_end(nanodet, val_image, tmp_path, monkeypatch, capsys):
+    """Real NanoDet: float32 bypass gives exactly the detections of the uncoded
+    features; the anchor at QP 27 keeps the confident detections."""
+    monkeypatch.setattr(_cli, "load_network", lambda name, weights=None: nanodet)
+    img = tmp_path / "000000001000.png"
+    Image.fromarray(val_image).save(img)
+    with torch.inference_mode():
+        x, prep = nanodet.preprocess(val_image)
+        ref = nanodet.part2(nanodet.part1(x, "neck"), "neck", prep)
+    assert len(ref) > 0
+    for mode, extra in (("bypass", ["--bypass-dtype", "float32"]), ("anchor", ["--qp", "27"])):
+        out = tmp_path / f"000000001000_{mode}.bin"
+        assert fcm_enc.main([str(img), "-o", str(out), "--mode", mode, *extra]) == 0
+        dets_path = tmp_path / f"{mode}.json"
+        assert fcm_dec.main([str(out), "--detections", str(dets_path)]) == 0
+        results = json.loads(dets_path.read_text())
+        assert {r["image_id"] for r in results} == {1000}
+        if mode == "bypass":
+            assert results == ref.to_coco(1000)
+        else:
+            strong = {r["category_id"] for r in ref.to_coco(1000) if r["score"] > 0.5}
+            assert strong <= {r["category_id"] for r in results if r["score"] > 0.3}

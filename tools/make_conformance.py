@@ -1,0 +1,174 @@
+"""Generate the conformance vectors of tests/conformance (bitstream_spec.md, section 9).
+
+Golden vectors are coded from deterministic synthetic features with the scale
+structure of NanoDet "neck" (3 scales, strides 8/16/32, 16 channels each, for a
+128x128 input), through the mode API; they do not need NanoDet. Invalid vectors
+each break one rule and come with NAME.expected (error class, message substring).
+
+Regenerating replaces the checked-in vectors, so it is an explicit opt-in:
+
+    python tools/make_conformance.py --regenerate            # tests/conformance
+    python tools/make_conformance.py --out /tmp/vectors      # a new, empty folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from codec.bitstream import (  # noqa: E402
+    ALL_SCALES,
+    ContainerHeader,
+    ModeHeader,
+    NetworkId,
+    PayloadUnit,
+    ResizeMode,
+    UnitType,
+    build_container,
+    syntax,
+)
+from codec.bitstream.container import header_to_dict, unit_to_dict  # noqa: E402
+from codec.errors import BitstreamError  # noqa: E402
+from codec.modes import EncodeParams, anchor, bypass, conformance_digest  # noqa: E402
+from codec.vision.base import Preprocessing, ScaleInfo, SplitPoint  # noqa: E402
+
+SPLIT = SplitPoint("neck", 1, (ScaleInfo("p3", 16, 8), ScaleInfo("p4", 16, 16), ScaleInfo("p5", 16, 32)))
+INPUT = 128
+PREP = Preprocessing(160, 120, INPUT, INPUT, ResizeMode.STRETCH, INPUT / 160, INPUT / 120)
+WEIGHTS_HASH = hashlib.sha256(b"fcm conformance weights").digest()
+MAX_VECTOR_BYTES = 100_000
+
+
+def synthetic_features(seed: int = 2024) -> dict[str, torch.Tensor]:
+    """Smooth, ReLU-like channels with a different range per scale."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, s in enumerate(SPLIT.scales):
+        n = INPUT // s.stride
+        yy, xx = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n), indexing="ij")
+        chans = []
+        for _ in range(s.channels):
+            fx, fy, ph, amp = rng.uniform(0.2, 1.2), rng.uniform(0.2, 1.2), rng.uniform(0, 6.28), rng.uniform(0.5, 2)
+            c = amp * np.sin(2 * np.pi * fx * xx + ph) * np.cos(2 * np.pi * fy * yy) + 0.05 * rng.standard_normal(
+                (n, n)
+            )
+            chans.append(np.maximum(c, -0.1 * (k + 1)))
+        out[s.name] = torch.from_numpy(np.stack(chans)[None].astype(np.float32))
+    return out
+
+
+def _header(mode, mode_header: ModeHeader) -> ContainerHeader:
+    return ContainerHeader(NetworkId.NANODET, WEIGHTS_HASH, SPLIT.split_id, SPLIT.name, PREP, mode.MODE_ID, mode_header)
+
+
+def golden_vectors() -> dict[str, bytes]:
+    feats = synthetic_features()
+    out = {}
+    for name, dtype in (("bypass-f16", "float16"), ("bypass-f32", "float32")):
+        mh, units = bypass.encode(feats, SPLIT, EncodeParams(mode="bypass", bypass_dtype=dtype))
+        out[name] = build_container(_header(bypass, mh), units)
+    mh, units = bypass.encode(feats, SPLIT, EncodeParams(mode="bypass", bypass_dtype="float16"))
+    optional = PayloadUnit(200, b"an optional unit of a later minor version", ALL_SCALES, required=False)
+    out["bypass-f16-optional-unit"] = build_container(_header(bypass, mh), [units[0], optional, *units[1:]])
+    for qp in (22, 37):
+        mh, units = anchor.encode(feats, SPLIT, EncodeParams(mode="anchor", qp=qp, preset="faster"))
+        out[f"anchor-qp{qp}"] = build_container(_header(anchor, mh), units)
+    return out
+
+
+def _with_field(data_header: ContainerHeader, units: list[PayloadUnit], **fields) -> bytes:
+    d = header_to_dict(data_header, len(units))
+    d.update(fields)
+    value = dict(
+        version_major=1,
+        version_minor=0,
+        header=dict(value=d),
+        header_crc32=None,
+        payload_units=[unit_to_dict(u) for u in units],
+    )
+    return syntax.fcm_container.build(value)
+
+
+def _flip(data: bytes, offset: int) -> bytes:
+    return data[:offset] + bytes([data[offset] ^ 0x01]) + data[offset + 1 :]
+
+
+def invalid_vectors(golden: dict[str, bytes]) -> dict[str, tuple[bytes, str, str]]:
+    """name -> (bytes, error class, message substring)."""
+    feats = synthetic_features()
+    mh, units = bypass.encode(feats, SPLIT, EncodeParams(mode="bypass", bypass_dtype="float16"))
+    header = _header(bypass, mh)
+    good = golden["bypass-f16"]
+    head_end = 4 + 2 + 4 + int.from_bytes(good[6:10], "big") + 4
+    big = list(header_to_dict(header, len(units))["scales"])
+    big[0] = dict(big[0], scale_channels=4096, scale_height=4096, scale_width=4096, kept_channels=4096)
+    huge_c = [dict(big[0], scale_channels=60000)] + big[1:]
+    return {
+        "invalid-bad-magic": (b"FCMX" + good[4:], "BadMagicError", "not an FCM container"),
+        "invalid-version-major": (good[:4] + b"\x02" + good[5:], "UnsupportedVersionError", "version_major 2"),
+        "invalid-unknown-mode": (_with_field(header, units, mode_id=77), "UnknownModeError", "mode_id 77"),
+        "invalid-header-crc": (_flip(good, 20), "HeaderCrcError", "header_crc32 mismatch"),
+        "invalid-payload-crc": (_flip(good, head_end + 100), "PayloadCrcError", "unit_crc32 of payload unit 0"),
+        "invalid-truncated": (good[: len(good) - 1000], "TruncatedError", "truncated bitstream"),
+        "invalid-absurd-channels": (
+            _with_field(header, units, scales=huge_c),
+            "SizeLimitError",
+            "scale_channels = 60000",
+        ),
+        "invalid-absurd-samples": (_with_field(header, units, scales=big), "SizeLimitError", "more than the limit"),
+        "invalid-trailing-garbage": (good + b"\x00garbage", "TrailingDataError", "8 bytes of trailing data"),
+        "invalid-unknown-required-unit": (
+            build_container(header, [*units, PayloadUnit(200, b"?", ALL_SCALES, required=True)]),
+            "UnknownUnitError",
+            "unknown required unit_type 200",
+        ),
+        "invalid-payload-size": (
+            build_container(header, [PayloadUnit(UnitType.RAW_TENSOR, units[0].data[:-2], 0), *units[1:]]),
+            "MalformedError",
+            "has 8190 bytes, expected 8192",
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "tests" / "conformance", help="output folder")
+    p.add_argument("--regenerate", action="store_true", help="replace existing vectors in --out")
+    args = p.parse_args(argv)
+    out: Path = args.out
+    if any(out.glob("*.bin")) and not args.regenerate:
+        print(f"{out} already holds vectors; pass --regenerate to replace them", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    golden = golden_vectors()
+    for name, data in golden.items():
+        (out / f"{name}.bin").write_bytes(data)
+        (out / f"{name}.md5").write_text(conformance_digest(data))
+    for name, (data, cls, message) in invalid_vectors(golden).items():
+        try:
+            conformance_digest(data)
+        except BitstreamError as e:
+            if type(e).__name__ != cls or message not in str(e):
+                raise SystemExit(f"{name}: expected {cls} with {message!r}, got {type(e).__name__}: {e}") from None
+        else:
+            raise SystemExit(f"{name}: decoded without error")
+        (out / f"{name}.bin").write_bytes(data)
+        (out / f"{name}.expected").write_text(f"{cls}\n{message}\n")
+    for f in sorted(out.glob("*.bin")):
+        size = f.stat().st_size
+        if size > MAX_VECTOR_BYTES:
+            raise SystemExit(f"{f.name} is {size} bytes, more than {MAX_VECTOR_BYTES}")
+        print(f"{f.name:40s} {size:7d} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
