@@ -178,7 +178,9 @@ def _inspect(args: argparse.Namespace) -> int:
     if report.error is None:  # container-level valid: also check the mode's payload structure
         parsed = parse_container(data)
         try:
-            mode_by_id(parsed.header.mode_id).validate(parsed.header, parsed.units)
+            validate = getattr(mode_by_id(parsed.header.mode_id), "validate", None)
+            if validate is not None:
+                validate(parsed.header, parsed.units)
         except BitstreamError as e:
             report.error = e
     d = report_dict(args.input, report)
