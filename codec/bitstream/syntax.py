@@ -250,6 +250,15 @@ fcm_container = Struct(
     Terminated,
 )
 
+# unit_data of the LATENT_STRING unit of mode learned_e2e (bitstream_spec.md, section 7.5)
+latent_strings = Struct(
+    "hyper_symbols_crc32" / Int32ub,
+    "latent_symbols_crc32" / Int32ub,
+    "hyper_data" / Prefixed(Int32ub, GreedyBytes),
+    "latent_data" / Prefixed(Int32ub, GreedyBytes),
+    Terminated,
+)
+
 # Everything up to and including header_crc32: what fcm_inspect can still show
 # when the payload units are damaged.
 fcm_container_head = Struct(*_HEAD)
@@ -261,4 +270,5 @@ SYNTAX_STRUCTURES: dict[str, Struct] = {
     "scale_info": scale_info,
     "payload_unit": payload_unit,
     "payload_unit_body": payload_unit_body,
+    "latent_strings": latent_strings,
 }

@@ -2,11 +2,11 @@
 (FENet/DRNet of codec/models/fenet.py; bitstream_spec.md, section 7.5).
 
 All scales are fused into one latent y with a hyper-latent z; both are coded
-with CompressAI's rANS (16-bit precision) into two LATENT_STRING units
-(unit_scale_index 255). The quality index phi (gain-unit row) is written as
+with CompressAI's rANS (16-bit precision) into one LATENT_STRING unit
+(unit_scale_index 255) holding a latent_strings( ) structure. The quality index phi (gain-unit row) is written as
 **phi_index** of every scale. The header records the codec model id and the
 sha256 of its weights file; a decoder whose weights differ refuses the stream.
-Each unit starts with the CRC-32 of the integer symbols it decodes to (for y
+The unit carries the CRC-32 of the integer symbols each string decodes to (for y
 also of the scale-table indices), so that a decoder that derived different
 entropy parameters reports it instead of returning garbage.
 """
@@ -17,7 +17,7 @@ import functools
 from pathlib import Path
 
 import numpy as np
-from construct import ConstructError, GreedyBytes, Int8ub, Int32ub, Struct
+from construct import ConstructError
 
 from codec.bitstream import (
     ALL_SCALES,
@@ -32,6 +32,7 @@ from codec.bitstream import (
     ScaleHeader,
     UnitType,
 )
+from codec.bitstream.syntax import latent_strings
 from codec.errors import EncodeError, MalformedError, WeightsMismatchError
 from codec.models.fenet import (
     ENTROPY_PRECISION,
@@ -51,15 +52,6 @@ NAME = "learned_e2e"
 MODEL_FILES: dict[CodecModelId, str] = {
     CodecModelId.FENET_NANODET_NECK: "fenet_nanodet_neck",
 }
-LATENT_Z = 0  # latent_index of the hyper-latent string
-LATENT_Y = 1  # latent_index of the latent string
-
-# unit_data of a LATENT_STRING unit (bitstream_spec.md, section 7.5, latent_string( ) syntax)
-latent_string = Struct(
-    "latent_index" / Int8ub,
-    "symbols_crc32" / Int32ub,
-    "latent_data" / GreedyBytes,
-)
 
 
 class CodecModelMismatchError(WeightsMismatchError):
@@ -121,18 +113,15 @@ def encode_with_model(
         entropy_coder_id=EntropyCoderId.RANS_COMPRESSAI,
         entropy_precision=ENTROPY_PRECISION,
     )
-    units = [
-        PayloadUnit(
-            UnitType.LATENT_STRING,
-            latent_string.build(dict(latent_index=LATENT_Z, symbols_crc32=c.z_crc32, latent_data=c.z_string)),
-            scale_index=ALL_SCALES,
-        ),
-        PayloadUnit(
-            UnitType.LATENT_STRING,
-            latent_string.build(dict(latent_index=LATENT_Y, symbols_crc32=c.y_crc32, latent_data=c.y_string)),
-            scale_index=ALL_SCALES,
-        ),
-    ]
+    data = latent_strings.build(
+        dict(
+            hyper_symbols_crc32=c.z_crc32,
+            latent_symbols_crc32=c.y_crc32,
+            hyper_data=c.z_string,
+            latent_data=c.y_string,
+        )
+    )
+    units = [PayloadUnit(UnitType.LATENT_STRING, data, scale_index=ALL_SCALES)]
     return header, units
 
 
@@ -144,54 +133,63 @@ def encode(features: Features, split_point: SplitPoint, params: EncodeParams) ->
     )
 
 
-def _check_header(header: ContainerHeader, model: FenetCodec, digest: bytes) -> int:
+def _check_structure(header: ContainerHeader) -> int:
+    """Header checks that need no model; returns phi."""
     m = header.mode
     if m.entropy_coder_id != EntropyCoderId.RANS_COMPRESSAI or m.entropy_precision != ENTROPY_PRECISION:
         raise MalformedError(
             f"learned_e2e needs entropy_coder_id RANS_COMPRESSAI with precision {ENTROPY_PRECISION}, "
             f"got {m.entropy_coder_id.name} / {m.entropy_precision}"
         )
-    if bytes(m.codec_model_hash) != digest:
-        raise CodecModelMismatchError(
-            f"codec model weights differ: bitstream {bytes(m.codec_model_hash).hex()[:12]}..., "
-            f"decoder {digest.hex()[:12]}..."
-        )
+    if m.codec_model_id == CodecModelId.NONE:
+        raise MalformedError("learned_e2e needs a codec_model_id")
     if m.sample_format != SampleFormat.NONE or m.inner.codec_id != 0:
         raise MalformedError("learned_e2e needs sample_format NONE and inner_codec_id NONE")
-    want = [(s.name, s.channels) for s in model.cfg.scales]
-    got = [(s.name, s.channels) for s in header.scales]
-    if got != want:
-        raise MalformedError(f"learned_e2e model has scales {want}, header has {got}")
     phis = {s.phi_index for s in header.scales}
     if len(phis) != 1:
         raise MalformedError(f"learned_e2e needs the same phi_index for every scale, got {sorted(phis)}")
-    phi = phis.pop()
-    if phi >= model.cfg.num_qualities:
-        raise MalformedError(f"phi_index {phi} exceeds the model's {model.cfg.num_qualities} quality indices")
     for i, s in enumerate(header.scales):
         if s.kept_channels != s.channels or s.quant_min != 0.0 or s.quant_max != 0.0:
             raise MalformedError(f"scale {i} ({s.name}): kept_channels must equal scale_channels, quant_* 0.0")
         if i and (s.height, s.width) != (-(-header.scales[i - 1].height // 2), -(-header.scales[i - 1].width // 2)):
             raise MalformedError(f"scale {i} ({s.name}) is not half the size of scale {i - 1}")
+    return phis.pop()
+
+
+def _check_header(header: ContainerHeader, model: FenetCodec, digest: bytes) -> int:
+    phi = _check_structure(header)
+    m = header.mode
+    if bytes(m.codec_model_hash) != digest:
+        raise CodecModelMismatchError(
+            f"codec model weights differ: bitstream {bytes(m.codec_model_hash).hex()[:12]}..., "
+            f"decoder {digest.hex()[:12]}..."
+        )
+    want = [(s.name, s.channels) for s in model.cfg.scales]
+    got = [(s.name, s.channels) for s in header.scales]
+    if got != want:
+        raise MalformedError(f"learned_e2e model has scales {want}, header has {got}")
+    if phi >= model.cfg.num_qualities:
+        raise MalformedError(f"phi_index {phi} exceeds the model's {model.cfg.num_qualities} quality indices")
     return phi
 
 
-def _latents(units: list[PayloadUnit]) -> dict[int, dict]:
+def validate(header: ContainerHeader, units: list[PayloadUnit]) -> None:
+    """Check the header fields and payload units of the mode without entropy decoding
+    (the codec model hash is checked by decoding, which needs the model)."""
+    _check_structure(header)
+    _latents(units)
+
+
+def _latents(units: list[PayloadUnit]):
     strings = units_of_type(units, UnitType.LATENT_STRING)
-    out: dict[int, dict] = {}
-    for u in strings:
-        if u.scale_index != ALL_SCALES:
-            raise MalformedError(f"LATENT_STRING unit_scale_index must be {ALL_SCALES}, got {u.scale_index}")
-        try:
-            v = latent_string.parse(u.data)
-        except ConstructError:
-            raise MalformedError("LATENT_STRING unit_data is shorter than 5 bytes") from None
-        if v.latent_index in out or v.latent_index not in (LATENT_Z, LATENT_Y):
-            raise MalformedError(f"unexpected or repeated latent_index {v.latent_index}")
-        out[v.latent_index] = v
-    if len(units) != len(strings) or set(out) != {LATENT_Z, LATENT_Y}:
-        raise MalformedError("learned_e2e needs exactly two LATENT_STRING units (latent_index 0 and 1)")
-    return out
+    if len(strings) != 1 or len(units) != 1:
+        raise MalformedError(f"learned_e2e needs exactly one LATENT_STRING unit, got {len(strings)} of {len(units)}")
+    if strings[0].scale_index != ALL_SCALES:
+        raise MalformedError(f"LATENT_STRING unit_scale_index must be {ALL_SCALES}, got {strings[0].scale_index}")
+    try:
+        return latent_strings.parse(strings[0].data)
+    except ConstructError:
+        raise MalformedError("LATENT_STRING unit_data is not a latent_strings( ) structure") from None
 
 
 def decode_symbols(
@@ -205,9 +203,8 @@ def decode_symbols(
     lat = _latents(units)
     sizes = [(s.height, s.width) for s in header.scales]
     d = model.decode_latents(
-        bytes(lat[LATENT_Z].latent_data), bytes(lat[LATENT_Y].latent_data), phi, sizes,
-        lat[LATENT_Z].symbols_crc32, lat[LATENT_Y].symbols_crc32,
-    )  # fmt: skip
+        bytes(lat.hyper_data), bytes(lat.latent_data), phi, sizes, lat.hyper_symbols_crc32, lat.latent_symbols_crc32
+    )
     return {"z": d.z_symbols, "y": d.y_symbols, "y_indexes": d.y_indexes, "y_hat_g": d.y_hat_g}
 
 
