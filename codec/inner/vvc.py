@@ -269,6 +269,9 @@ def vvc_decode_args(input_path: str | os.PathLike, output_path: str | os.PathLik
     """ffmpeg arguments: Annex-B VVC -> first picture as raw ``yuv420p10le``.
 
     ``-xerror`` makes ffmpeg fail on a decoding error instead of writing a concealed picture.
+    ``-threads 1``: FFmpeg 9.0's native VVC decoder is not deterministic with its default
+    frame/slice threading (about 1 decode in 4 of the same stream differed, seen by the
+    conformance test); with one thread it is, and a decoder must be.
     """
     return [
         *_LOG_ARGS,
@@ -276,6 +279,7 @@ def vvc_decode_args(input_path: str | os.PathLike, output_path: str | os.PathLik
         "-xerror",
         "-f", "vvc",
         "-c:v", "vvc",
+        "-threads", "1",
         "-i", os.fspath(input_path),
         "-frames:v", "1",
         "-f", "rawvideo",
@@ -339,6 +343,7 @@ def rgb_decode_args(
         "-xerror",
         "-f", "vvc",
         "-c:v", "vvc",
+        "-threads", "1",  # deterministic decoding, see vvc_decode_args
         "-i", os.fspath(input_path),
         "-frames:v", "1",
         "-vf", f"scale=in_color_matrix={matrix}:in_range=tv:flags={_SWS_FLAGS},format=rgb24",

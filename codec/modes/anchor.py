@@ -10,9 +10,7 @@ with round-half-up; the frame is coded as the luma of one VVC intra picture.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -182,34 +180,6 @@ def _layout_of(header: ContainerHeader) -> FrameLayout:
     return layout
 
 
-def single_thread_decode_args(args: list[str]) -> list[str]:
-    """ffmpeg decode arguments with the decoder pinned to one thread (option before -i)."""
-    i = args.index("-i")
-    return [*args[:i], "-threads", "1", *args[i:]]
-
-
-def decode_frame(bitstream: bytes, width: int, height: int, timeout: float = 300.0) -> np.ndarray:
-    """Top-left (height, width) luma of the first picture of a 10-bit 4:2:0 VVC stream.
-
-    FFmpeg's native VVC decoder is not deterministic with its default threading
-    (about 1 in 4 decodes of the same stream differed in our tests); with one
-    thread it is. codec.inner.vvc.decode_luma10 uses the default, so the anchor
-    decodes through the same public argument builder and runner, single-threaded."""
-    from codec.inner import vvc
-
-    with tempfile.TemporaryDirectory(prefix="fcm_anchor_") as tmp:
-        src, dst = Path(tmp, "in.vvc"), Path(tmp, "out.yuv")
-        src.write_bytes(bitstream)
-        args = single_thread_decode_args(vvc.vvc_decode_args(src, dst))
-        vvc.run_ffmpeg(args, timeout=timeout)
-        raw = dst.read_bytes() if dst.exists() else b""
-    for w, h in (vvc.coded_size(width, height), (width, height)):
-        if len(raw) == 2 * (w * h + 2 * ((w + 1) // 2) * ((h + 1) // 2)):
-            luma = np.frombuffer(raw, dtype="<u2", count=w * h).reshape(h, w)
-            return luma[:height, :width].astype(np.uint16)
-    raise InnerCodecError(f"VVC picture ({len(raw)} bytes decoded) is not a 10-bit 4:2:0 picture of {width}x{height}")
-
-
 def _stream_of(units: list[PayloadUnit]) -> PayloadUnit:
     streams = units_of_type(units, UnitType.VVC_NAL_STREAM)
     others = [u for u in units if u.unit_type != UnitType.VVC_NAL_STREAM]
@@ -234,7 +204,7 @@ def decode_symbols(header: ContainerHeader, units: list[PayloadUnit]) -> dict[st
     layout = _layout_of(header)
     stream = _stream_of(units)
     try:
-        frame = decode_frame(stream.data, layout.width, layout.height)
+        frame = vvc.decode_luma10(stream.data, layout.width, layout.height)
     except (vvc.FfmpegError, ValueError) as e:
         raise InnerCodecError(f"VVC payload could not be decoded: {str(e).splitlines()[0]}") from None
     if frame.shape != (layout.height, layout.width) or int(frame.max(initial=0)) > MAX_CODE:

@@ -384,3 +384,11 @@ def test_qpa_off_is_vvenc_percept_qpa_off(tmp_path):
     assert a == b
     assert a != c
     assert a == encode_luma10(frame, 32)
+
+
+def test_decoders_are_pinned_to_one_thread_before_the_input():
+    # FFmpeg 9.0's native VVC decoder gave different pictures for the same stream with
+    # its default threading; the option must precede -i to apply to the decoder.
+    for args in (vvc.vvc_decode_args("in.vvc", "out.yuv"), vvc.rgb_decode_args("in.vvc", "out.rgb")):
+        i = args.index("-threads")
+        assert args[i + 1] == "1" and i < args.index("-i")
