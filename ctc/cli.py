@@ -20,14 +20,17 @@ from .errors import CtcError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fcm_ctc", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="fcm_ctc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run (or resume) a CTC configuration into DIR and write the report")
     r.add_argument("config", help="CTC configuration (YAML), e.g. ctc/configs/quick.yaml")
     r.add_argument("--out", required=True, help="run directory (cache.sqlite, csv files, report.html)")
-    r.add_argument("--assets", help="assets directory for ${assets} in the config "
-                                    "(default: $FCM_ASSETS, else <repo>/../shared/assets)")
+    r.add_argument(
+        "--assets",
+        help="assets directory for ${assets} in the config (default: $FCM_ASSETS, else <repo>/../shared/assets)",
+    )
     r.add_argument("--images", help="image directory (overrides the config's dataset)")
     r.add_argument("--annotations", help="COCO instances json (overrides the config's dataset)")
     r.add_argument("--limit", type=int, help="use only the first N images")
@@ -53,11 +56,18 @@ def _run(args: argparse.Namespace) -> int:
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()] if args.codecs is not None else None
     config = with_overrides(config, args.images, args.annotations, args.limit, codecs)
     t0 = time.perf_counter()
-    info = run_ctc(config, args.out, workers=args.workers, dask_address=args.dask,
-                   progress=not args.no_progress and sys.stderr.isatty())
+    info = run_ctc(
+        config,
+        args.out,
+        workers=args.workers,
+        dask_address=args.dask,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
     s = info.stats
-    print(f"{config.name}: {len(info.images)} images, {s.planned} jobs: {s.cached} cached, {s.computed} computed "
-          f"in {s.seconds:.1f} s")
+    print(
+        f"{config.name}: {len(info.images)} images, {s.planned} jobs: {s.cached} cached, {s.computed} computed "
+        f"in {s.seconds:.1f} s"
+    )
     report = build_report(args.out, run_environment())
     print(report.table())
     print(f"wall time {time.perf_counter() - t0:.1f} s; outputs in {Path(args.out)} (report.html)")

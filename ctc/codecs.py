@@ -173,9 +173,12 @@ class Uncompressed(CodecType):
             detections = network.part2(features, split, meta)
         t2 = time.perf_counter()
         raw = raw_feature_bits(features)
-        return CodecOutput(bits=raw, detections=detections,
-                           timings={"nn_part1": t1 - t0, "encode": 0.0, "decode": 0.0, "nn_part2": t2 - t1},
-                           raw_feature_bits=raw)
+        return CodecOutput(
+            bits=raw,
+            detections=detections,
+            timings={"nn_part1": t1 - t0, "encode": 0.0, "decode": 0.0, "nn_part2": t2 - t1},
+            raw_feature_bits=raw,
+        )
 
 
 class ContainerCodec(CodecType):
@@ -185,7 +188,12 @@ class ContainerCodec(CodecType):
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
-        self.default_param = "bypass_dtype" if mode == "bypass" else "qp"
+        if mode in ("anchor", "bypass"):
+            self.default_param = "bypass_dtype" if mode == "bypass" else "qp"
+        else:  # other modes (learned): their quality index if EncodeParams has one
+            from codec.pipeline import EncodeParams
+
+            self.default_param = "phi" if "phi" in {f.name for f in dataclasses.fields(EncodeParams)} else "qp"
         self.uses_ffmpeg = mode != "bypass"
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -194,16 +202,22 @@ class ContainerCodec(CodecType):
         fields = {f.name: f for f in dataclasses.fields(EncodeParams) if f.name != "mode"}
         unknown = sorted(set(params) - set(fields))
         if unknown:
-            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for mode {self.mode!r} "
-                              f"(EncodeParams fields: {', '.join(fields)})")
+            raise ConfigError(
+                f"unknown parameter(s) {', '.join(unknown)} for mode {self.mode!r} "
+                f"(EncodeParams fields: {', '.join(fields)})"
+            )
         defaults = EncodeParams(mode=self.mode)
         out = {name: getattr(defaults, name) for name in fields}
         for name, value in params.items():
             default = getattr(defaults, name)
             if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
-            if default is not None and (type(value) is not type(default)):
-                raise ConfigError(f"{name} must be of type {type(default).__name__}, got {value!r}")
+            if default is not None:
+                allowed = {type(default).__name__}
+            else:  # an optional field: the simple types its annotation names ("int | None")
+                allowed = {t for t in ("int", "float", "str", "bool") if t in str(fields[name].type)}
+            if value is not None and allowed and type(value).__name__ not in allowed:
+                raise ConfigError(f"{name} must be of type {' or '.join(sorted(allowed))}, got {value!r}")
             out[name] = value
         if "qp" in out:
             _check_qp(out)
@@ -224,9 +238,12 @@ class ContainerCodec(CodecType):
         return CodecOutput(
             bits=len(enc.bitstream) * 8,
             detections=detections,
-            timings={"nn_part1": float(enc.timings.get("nn_part1", 0.0)),
-                     "encode": float(enc.timings.get("encode", 0.0)),
-                     "decode": float(dec.timings.get("decode", 0.0)), "nn_part2": float(t_part2)},
+            timings={
+                "nn_part1": float(enc.timings.get("nn_part1", 0.0)),
+                "encode": float(enc.timings.get("encode", 0.0)),
+                "decode": float(dec.timings.get("decode", 0.0)),
+                "nn_part2": float(t_part2),
+            },
             raw_feature_bits=raw_feature_bits(enc.features),
         )
 

@@ -153,8 +153,10 @@ def resolve_path(section: str, value: Any, base_dir: Path, assets_dir: Path) -> 
     if "${" in text:
         raise ConfigError(f"{section}: only ${{assets}} may be used as a variable, got {text!r}")
     if text.startswith("~") or Path(text).is_absolute():
-        raise ConfigError(f"{section}: absolute paths are not allowed in configs ({text!r}); "
-                          "use a path relative to the config file or ${assets}/...")
+        raise ConfigError(
+            f"{section}: absolute paths are not allowed in configs ({text!r}); "
+            "use a path relative to the config file or ${assets}/..."
+        )
     return base_dir / text
 
 
@@ -173,15 +175,13 @@ def point_name(param: str | None, value: Any) -> str:
 
 
 def _parse_dataset(data: Any, base_dir: Path, assets_dir: Path) -> DatasetConfig:
-    d = _check_keys("dataset", data, {"name", "images", "annotations", "limit", "image_ids"},
-                    {"images", "annotations"})
+    d = _check_keys("dataset", data, {"name", "images", "annotations", "limit", "image_ids"}, {"images", "annotations"})
     limit = d.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"dataset.limit: expected a positive integer, got {limit!r}")
     ids = d.get("image_ids")
     if ids is not None:
-        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool)
-                                                            for i in ids):
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise ConfigError("dataset.image_ids: expected a non-empty list of integer image ids")
         if len(set(ids)) != len(ids):
             raise ConfigError("dataset.image_ids: duplicate image ids")
@@ -205,8 +205,9 @@ def _parse_network(data: Any, base_dir: Path, assets_dir: Path) -> NetworkConfig
         from codec.vision import available_networks
 
         if name not in available_networks():
-            raise ConfigError(f"network.name: unknown network {name!r}; choose one of "
-                              f"{', '.join(available_networks())}")
+            raise ConfigError(
+                f"network.name: unknown network {name!r}; choose one of {', '.join(available_networks())}"
+            )
     split = d.get("split")
     weights = d.get("weights")
     return NetworkConfig(
@@ -263,12 +264,17 @@ def _parse_codec(i: int, data: Any) -> CodecConfig:
     return CodecConfig(name=name, type=ctype, points=tuple(points), mode=plugin.mode)
 
 
-def parse_config(data: Any, base_dir: Path, assets_dir: Path | None = None, source: str = "",
-                 source_path: str | None = None) -> CtcConfig:
+def parse_config(
+    data: Any, base_dir: Path, assets_dir: Path | None = None, source: str = "", source_path: str | None = None
+) -> CtcConfig:
     """Validate a parsed YAML document and build the CtcConfig."""
     assets_dir = Path(assets_dir) if assets_dir is not None else default_assets_dir()
-    d = _check_keys("config", data, {"name", "dataset", "network", "metric", "anchors", "reference",
-                                     "near_lossless", "codecs"}, {"dataset", "network", "codecs"})
+    d = _check_keys(
+        "config",
+        data,
+        {"name", "dataset", "network", "metric", "anchors", "reference", "near_lossless", "codecs"},
+        {"dataset", "network", "codecs"},
+    )
     name = _name("name", d.get("name", "ctc"))
     dataset = _parse_dataset(d["dataset"], base_dir, assets_dir)
     network = _parse_network(d["network"], base_dir, assets_dir)
@@ -311,9 +317,18 @@ def parse_config(data: Any, base_dir: Path, assets_dir: Path | None = None, sour
         raise ConfigError(f"near_lossless.max_rel_loss: expected a number in (0, 1), got {max_rel!r}")
 
     return CtcConfig(
-        name=name, dataset=dataset, network=network, codecs=codecs, anchors=tuple(anchors),
-        primary_metric=primary, report_metrics=tuple(dict.fromkeys(report)), reference=reference,
-        near_lossless_max_rel_loss=float(max_rel), source=source, source_path=source_path, raw=d,
+        name=name,
+        dataset=dataset,
+        network=network,
+        codecs=codecs,
+        anchors=tuple(anchors),
+        primary_metric=primary,
+        report_metrics=tuple(dict.fromkeys(report)),
+        reference=reference,
+        near_lossless_max_rel_loss=float(max_rel),
+        source=source,
+        source_path=source_path,
+        raw=d,
     )
 
 
@@ -337,9 +352,13 @@ def load_config(path: str | os.PathLike, assets_dir: str | os.PathLike | None = 
         raise ConfigError(f"{p.name}: {e}") from None
 
 
-def with_overrides(config: CtcConfig, images: str | os.PathLike | None = None,
-                   annotations: str | os.PathLike | None = None, limit: int | None = None,
-                   codecs: list[str] | None = None) -> CtcConfig:
+def with_overrides(
+    config: CtcConfig,
+    images: str | os.PathLike | None = None,
+    annotations: str | os.PathLike | None = None,
+    limit: int | None = None,
+    codecs: list[str] | None = None,
+) -> CtcConfig:
     """Command-line overrides: another dataset, fewer images, a subset of the codecs."""
     from dataclasses import replace
 
@@ -362,8 +381,7 @@ def with_overrides(config: CtcConfig, images: str | os.PathLike | None = None,
             raise ConfigError("--codecs: empty list")
         keep = tuple(c for c in config.codecs if c.name in codecs)
         reference = config.reference if config.reference in codecs else None
-        out = replace(out, codecs=keep, anchors=tuple(a for a in config.anchors if a in codecs),
-                      reference=reference)
+        out = replace(out, codecs=keep, anchors=tuple(a for a in config.anchors if a in codecs), reference=reference)
     return out
 
 
@@ -394,15 +412,24 @@ def config_from_dict(d: dict[str, Any]) -> CtcConfig:
     net = dict(d["network"])
     net["weights"] = Path(net["weights"]) if net.get("weights") else None
     codecs = tuple(
-        CodecConfig(name=c["name"], type=c["type"], mode=c.get("mode"),
-                    points=tuple(RatePoint(p["name"], p["param"], p["value"], dict(p["params"]))
-                                 for p in c["points"]))
+        CodecConfig(
+            name=c["name"],
+            type=c["type"],
+            mode=c.get("mode"),
+            points=tuple(RatePoint(p["name"], p["param"], p["value"], dict(p["params"])) for p in c["points"]),
+        )
         for c in d["codecs"]
     )
     return CtcConfig(
-        name=d["name"], dataset=DatasetConfig(**ds), network=NetworkConfig(**net), codecs=codecs,
-        anchors=tuple(d["anchors"]), primary_metric=d["primary_metric"],
-        report_metrics=tuple(d["report_metrics"]), reference=d.get("reference"),
-        near_lossless_max_rel_loss=float(d["near_lossless_max_rel_loss"]), source=d.get("source", ""),
+        name=d["name"],
+        dataset=DatasetConfig(**ds),
+        network=NetworkConfig(**net),
+        codecs=codecs,
+        anchors=tuple(d["anchors"]),
+        primary_metric=d["primary_metric"],
+        report_metrics=tuple(d["report_metrics"]),
+        reference=d.get("reference"),
+        near_lossless_max_rel_loss=float(d["near_lossless_max_rel_loss"]),
+        source=d.get("source", ""),
         source_path=d.get("source_path"),
     )

@@ -45,9 +45,15 @@ class PointResult:
         return float(getattr(self, name))
 
 
-def aggregate_point(codec: str, codec_type: str, point: str, param: str | None, value: Any,
-                    results: list[tuple[int, dict[str, Any]]], annotation_file: str | os.PathLike,
-                    ) -> tuple[PointResult, list[dict[str, Any]]]:
+def aggregate_point(
+    codec: str,
+    codec_type: str,
+    point: str,
+    param: str | None,
+    value: Any,
+    results: list[tuple[int, dict[str, Any]]],
+    annotation_file: str | os.PathLike,
+) -> tuple[PointResult, list[dict[str, Any]]]:
     """One rate point from its per-image results [(image_id, result)]; also returns the COCO detections."""
     from .runner import detections_to_coco
 
@@ -62,11 +68,21 @@ def aggregate_point(codec: str, codec_type: str, point: str, param: str | None, 
     pixels = sum(r["pixels"] for _, r in results)
     n = len(results)
     pr = PointResult(
-        codec=codec, codec_type=codec_type, point=point, param=param, value=value, n_images=n,
-        total_bits=int(bits), total_pixels=int(pixels), bpp=bits / pixels,
+        codec=codec,
+        codec_type=codec_type,
+        point=point,
+        param=param,
+        value=value,
+        n_images=n,
+        total_bits=int(bits),
+        total_pixels=int(pixels),
+        bpp=bits / pixels,
         bpp_mean=sum(r["bits"] / r["pixels"] for _, r in results) / n,
         raw_feature_bpp=sum(r["raw_feature_bits"] for _, r in results) / pixels,
-        map=float(ev["map"]), map50=float(ev["map50"]), map75=float(ev["map75"]), n_detections=len(dets),
+        map=float(ev["map"]),
+        map50=float(ev["map50"]),
+        map75=float(ev["map75"]),
+        n_detections=len(dets),
         time_s={s: sum(r["timings"][s] for _, r in results) / n for s in STAGES},
         kmac_per_pixel={s: sum(r["macs"][s] for _, r in results) / pixels / 1000.0 for s in STAGES},
     )
@@ -91,8 +107,8 @@ def bd_rows(config: CtcConfig, points: list[PointResult]) -> list[dict[str, Any]
             continue
         a = by_codec[anchor]
         for c in config.codecs:
-            if c.name == anchor or c.name not in by_codec or c.type == "uncompressed":
-                continue
+            if c.name == anchor or c.name not in by_codec or len(by_codec[c.name]) < 2:
+                continue  # single points (uncompressed, one-point bypass) are reference lines, not curves
             t = by_codec[c.name]
             for metric in config.report_metrics:
                 row: dict[str, Any] = {"codec": c.name, "anchor": anchor, "metric": metric}
@@ -100,9 +116,13 @@ def bd_rows(config: CtcConfig, points: list[PointResult]) -> list[dict[str, Any]
                 for method in METHODS:
                     for kind, fn in (("bd_rate", bd_rate), ("bd_metric", bd_metric)):
                         try:
-                            row[f"{kind}_{method}"] = fn([p.bpp for p in a], [p.metric(metric) for p in a],
-                                                         [p.bpp for p in t], [p.metric(metric) for p in t],
-                                                         method=method)
+                            row[f"{kind}_{method}"] = fn(
+                                [p.bpp for p in a],
+                                [p.metric(metric) for p in a],
+                                [p.bpp for p in t],
+                                [p.metric(metric) for p in t],
+                                method=method,
+                            )
                         except BDError as e:
                             row[f"{kind}_{method}"] = math.nan
                             if str(e) not in notes:
@@ -126,13 +146,23 @@ def near_lossless_rows(config: CtcConfig, points: list[PointResult]) -> list[dic
         curve = by_codec[c.name]
         raw_bpp = ref.raw_feature_bpp
         for metric in config.report_metrics:
-            row: dict[str, Any] = {"codec": c.name, "metric": metric, "reference_map": ref.metric(metric),
-                                   "max_rel_loss": config.near_lossless_max_rel_loss,
-                                   "raw_feature_bpp": raw_bpp, "near_lossless_bpp": math.nan,
-                                   "compression_ratio": math.nan, "note": ""}
+            row: dict[str, Any] = {
+                "codec": c.name,
+                "metric": metric,
+                "reference_map": ref.metric(metric),
+                "max_rel_loss": config.near_lossless_max_rel_loss,
+                "raw_feature_bpp": raw_bpp,
+                "near_lossless_bpp": math.nan,
+                "compression_ratio": math.nan,
+                "note": "",
+            }
             try:
-                r = near_lossless_rate([p.bpp for p in curve], [p.metric(metric) for p in curve],
-                                       ref.metric(metric), config.near_lossless_max_rel_loss)
+                r = near_lossless_rate(
+                    [p.bpp for p in curve],
+                    [p.metric(metric) for p in curve],
+                    ref.metric(metric),
+                    config.near_lossless_max_rel_loss,
+                )
             except BDError as e:
                 row["note"] = str(e)
             else:
@@ -141,5 +171,7 @@ def near_lossless_rows(config: CtcConfig, points: list[PointResult]) -> list[dic
                 else:
                     row["near_lossless_bpp"] = r
                     row["compression_ratio"] = raw_bpp / r
+                    if len(curve) > 1 and r == curve[0].bpp:
+                        row["note"] = "reached at the lowest rate point: the near-lossless rate may be lower"
             rows.append(row)
     return rows

@@ -57,8 +57,12 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def select_images(images_dir: str | os.PathLike, annotation_file: str | os.PathLike, limit: int | None = None,
-                  image_ids: Iterable[int] | None = None) -> list[ImageItem]:
+def select_images(
+    images_dir: str | os.PathLike,
+    annotation_file: str | os.PathLike,
+    limit: int | None = None,
+    image_ids: Iterable[int] | None = None,
+) -> list[ImageItem]:
     """The images of a COCO annotation file that exist in `images_dir`, by image id;
     an explicit `image_ids` subset must all exist; then the first `limit`."""
     images_dir, annotation_file = Path(images_dir), Path(annotation_file)
@@ -88,8 +92,14 @@ def select_images(images_dir: str | os.PathLike, annotation_file: str | os.PathL
     if not chosen:
         raise DatasetError(f"no image of {annotation_file.name} found in {images_dir}")
     return [
-        ImageItem(int(e["id"]), e["file_name"], str(images_dir / e["file_name"]),
-                  sha256_file(images_dir / e["file_name"]), int(e["width"]), int(e["height"]))
+        ImageItem(
+            int(e["id"]),
+            e["file_name"],
+            str(images_dir / e["file_name"]),
+            sha256_file(images_dir / e["file_name"]),
+            int(e["width"]),
+            int(e["height"]),
+        )
         for e in chosen
     ]
 
@@ -165,21 +175,38 @@ def code_version() -> dict[str, str]:
     }
 
 
-def job_key(codec_type: str, mode: str | None, params: dict[str, Any], codec_version: str, network: NetworkConfig,
-            weights_sha256: str, split: str, image_sha256: str, versions: dict[str, str]) -> str:
+def job_key(
+    codec_type: str,
+    mode: str | None,
+    params: dict[str, Any],
+    codec_version: str,
+    network: NetworkConfig,
+    weights_sha256: str,
+    split: str,
+    image_sha256: str,
+    versions: dict[str, str],
+) -> str:
     """sha256 of everything that affects a job's result (not the codec's display name,
     not the image id or path: renaming or moving files keeps the cache valid)."""
     record = {
-        "codec_type": codec_type, "mode": mode, "params": params, "codec_version": codec_version,
-        "network": network.name, "network_factory": network.factory, "weights_sha256": weights_sha256,
-        "split": split, "image_sha256": image_sha256, "code_version": versions,
+        "codec_type": codec_type,
+        "mode": mode,
+        "params": params,
+        "codec_version": codec_version,
+        "network": network.name,
+        "network_factory": network.factory,
+        "weights_sha256": weights_sha256,
+        "split": split,
+        "image_sha256": image_sha256,
+        "code_version": versions,
     }
     text = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def plan_jobs(config: CtcConfig, images: list[ImageItem], weights_sha256: str, split: str,
-              torch_threads: int | None = None) -> list[Job]:
+def plan_jobs(
+    config: CtcConfig, images: list[ImageItem], weights_sha256: str, split: str, torch_threads: int | None = None
+) -> list[Job]:
     from .codecs import get_codec_type
 
     versions = code_version()
@@ -189,10 +216,12 @@ def plan_jobs(config: CtcConfig, images: list[ImageItem], weights_sha256: str, s
         cversion = plugin.version()
         for p in c.points:
             for im in images:
-                key = job_key(c.type, c.mode, p.params, cversion, config.network, weights_sha256, split,
-                              im.sha256, versions)
-                jobs.append(Job(key, c.name, c.type, c.mode, p.name, p.params, im, config.network, split,
-                                torch_threads))
+                key = job_key(
+                    c.type, c.mode, p.params, cversion, config.network, weights_sha256, split, im.sha256, versions
+                )
+                jobs.append(
+                    Job(key, c.name, c.type, c.mode, p.name, p.params, im, config.network, split, torch_threads)
+                )
     return jobs
 
 
@@ -212,8 +241,9 @@ def execute_job(job: Job) -> dict[str, Any]:
         image = load_rgb(job.image.path)
         h, w = image.shape[:2]
         if (w, h) != (job.image.width, job.image.height):
-            raise DatasetError(f"{job.image.file_name} is {w}x{h}, the annotations say "
-                               f"{job.image.width}x{job.image.height}")
+            raise DatasetError(
+                f"{job.image.file_name} is {w}x{h}, the annotations say {job.image.width}x{job.image.height}"
+            )
         counter = MacCounter()
         t0 = time.perf_counter()
         with counter.active():
@@ -222,8 +252,10 @@ def execute_job(job: Job) -> dict[str, Any]:
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
         where = traceback.extract_tb(e.__traceback__)[-1]
-        raise JobError(f"{job.codec}/{job.point}/image {job.image.image_id}: {type(e).__name__}: {first} "
-                       f"({Path(where.filename).name}:{where.lineno})") from None
+        raise JobError(
+            f"{job.codec}/{job.point}/image {job.image.image_id}: {type(e).__name__}: {first} "
+            f"({Path(where.filename).name}:{where.lineno})"
+        ) from None
     det = out.detections
     return {
         "bits": int(out.bits),
@@ -238,8 +270,10 @@ def execute_job(job: Job) -> dict[str, Any]:
 
 
 def detections_to_coco(result: dict[str, Any], image_id: int) -> list[dict[str, Any]]:
-    return [{"image_id": int(image_id), "category_id": int(d[5]), "bbox": [float(v) for v in d[:4]],
-             "score": float(d[4])} for d in result["detections"]]
+    return [
+        {"image_id": int(image_id), "category_id": int(d[5]), "bbox": [float(v) for v in d[:4]], "score": float(d[4])}
+        for d in result["detections"]
+    ]
 
 
 # -- execution -------------------------------------------------------------------------
@@ -259,8 +293,14 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, disable=not enabled or total == 0, desc="ctc jobs", unit="job", dynamic_ncols=True)
 
 
-def run_jobs(jobs: list[Job], cache: ResultCache, workers: int = 1, dask_address: str | None = None,
-             progress: bool = False, on_result: Callable[[Job, dict], None] | None = None) -> RunStats:
+def run_jobs(
+    jobs: list[Job],
+    cache: ResultCache,
+    workers: int = 1,
+    dask_address: str | None = None,
+    progress: bool = False,
+    on_result: Callable[[Job, dict], None] | None = None,
+) -> RunStats:
     """Run the jobs that are not in the cache; store each result as it completes.
 
     workers == 1 and no dask_address: in this process (the network is built once here).
@@ -302,8 +342,9 @@ def run_jobs(jobs: list[Job], cache: ResultCache, workers: int = 1, dask_address
 def _run_pool(todo: list[Job], workers: int, store: Callable[[Job, dict], None]) -> None:
     # spawn, not fork: forking a process that has started torch's thread pools can deadlock
     ctx = get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_init_worker,
-                               initargs=(todo[0].network, 1))
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_init_worker, initargs=(todo[0].network, 1)
+    )
     try:
         pending = {pool.submit(execute_job, j): j for j in todo}
         while pending:
@@ -348,34 +389,47 @@ class RunInfo:
 
 def prepare_run(config: CtcConfig) -> tuple[list[ImageItem], list[Job], str, str]:
     """Select the images, build the network once (weights hash, split) and plan the jobs."""
-    images = select_images(config.dataset.images, config.dataset.annotations, config.dataset.limit,
-                           config.dataset.image_ids)
+    images = select_images(
+        config.dataset.images, config.dataset.annotations, config.dataset.limit, config.dataset.image_ids
+    )
     network = worker_network(config.network)
     split = config.network.split or network.default_split
     if split not in network.split_points:
-        raise JobError(f"network {config.network.name!r} has no split point {split!r} "
-                       f"({', '.join(network.split_points)})")
+        raise JobError(
+            f"network {config.network.name!r} has no split point {split!r} ({', '.join(network.split_points)})"
+        )
     weights = network.weights_sha256()
     return images, plan_jobs(config, images, weights, split), split, weights
 
 
-def run_ctc(config: CtcConfig, out_dir: str | os.PathLike, workers: int = 1, dask_address: str | None = None,
-            progress: bool = False, on_result: Callable[[Job, dict], None] | None = None) -> RunInfo:
+def run_ctc(
+    config: CtcConfig,
+    out_dir: str | os.PathLike,
+    workers: int = 1,
+    dask_address: str | None = None,
+    progress: bool = False,
+    on_result: Callable[[Job, dict], None] | None = None,
+) -> RunInfo:
     """Run (or resume) every job of a config into out_dir/cache.sqlite and record the run."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images, jobs, split, weights = prepare_run(config)
     with ResultCache(out / "cache.sqlite") as cache:
-        cache.set_meta("run", {
-            "config": config_to_dict(config),
-            "images": [asdict(im) for im in images],
-            "split": split,
-            "weights_sha256": weights,
-            "jobs": [{"key": j.key, "codec": j.codec, "point": j.point, "image_id": j.image.image_id}
-                     for j in jobs],
-            "code_version": code_version(),
-        })
-        stats = run_jobs(jobs, cache, workers=workers, dask_address=dask_address, progress=progress,
-                         on_result=on_result)
+        cache.set_meta(
+            "run",
+            {
+                "config": config_to_dict(config),
+                "images": [asdict(im) for im in images],
+                "split": split,
+                "weights_sha256": weights,
+                "jobs": [
+                    {"key": j.key, "codec": j.codec, "point": j.point, "image_id": j.image.image_id} for j in jobs
+                ],
+                "code_version": code_version(),
+            },
+        )
+        stats = run_jobs(
+            jobs, cache, workers=workers, dask_address=dask_address, progress=progress, on_result=on_result
+        )
         cache.set_meta("last_stats", asdict(stats) | {"workers": workers, "dask": dask_address})
     return RunInfo(config, images, jobs, split, weights, stats)

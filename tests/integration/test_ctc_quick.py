@@ -46,8 +46,14 @@ def test_quick_config_end_to_end(tmp_path: Path, capsys) -> None:
     assert "2 images, 12 jobs: 0 cached, 12 computed" in printed
 
     rows = {(r["codec"], r["point"]): r for r in csv.DictReader((out / "summary.csv").open())}
-    assert set(rows) == {("image_anchor", "qp47"), ("image_anchor", "qp32"), ("feature_anchor", "qp42"),
-                         ("feature_anchor", "qp27"), ("bypass", "float16"), ("uncompressed", "ref")}
+    assert set(rows) == {
+        ("image_anchor", "qp47"),
+        ("image_anchor", "qp32"),
+        ("feature_anchor", "qp42"),
+        ("feature_anchor", "qp27"),
+        ("bypass", "float16"),
+        ("uncompressed", "ref"),
+    }
     for r in rows.values():
         assert 0.0 <= float(r["map"]) <= float(r["map50"]) <= 1.0
         assert int(r["n_images"]) == 2 and float(r["bpp"]) > 0
@@ -69,14 +75,21 @@ def test_quick_config_end_to_end(tmp_path: Path, capsys) -> None:
     total_px = int(rows[("uncompressed", "ref")]["total_pixels"])
     assert kmac[0] * 1000 * total_px / 2 == pytest.approx(2.09008384e9, rel=1e-4)
 
-    for name in ("bd_rate.csv", "near_lossless.csv", "report.html", "cttc/image_anchor.csv",
-                 "cttc/feature_anchor_complexity.csv"):
+    for name in (
+        "bd_rate.csv",
+        "near_lossless.csv",
+        "report.html",
+        "cttc/image_anchor.csv",
+        "cttc/feature_anchor_complexity.csv",
+    ):
         assert (out / name).is_file(), name
     dets = json.loads((out / "detections" / "feature_anchor" / "qp27.json").read_text())
     assert dets and {"image_id", "category_id", "bbox", "score"} <= set(dets[0])
     bd = list(csv.DictReader((out / "bd_rate.csv").open()))
-    assert {(r["codec"], r["anchor"]) for r in bd} >= {("feature_anchor", "image_anchor"),
-                                                      ("image_anchor", "feature_anchor")}
+    assert {(r["codec"], r["anchor"]) for r in bd} >= {
+        ("feature_anchor", "image_anchor"),
+        ("image_anchor", "feature_anchor"),
+    }
     assert all("need 4 to 8" in r["note"] for r in bd)  # 2 rate points: no BD figure, and says why
 
     assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0

@@ -20,8 +20,13 @@ BASE = {
     "anchors": ["image_anchor"],
     "codecs": [
         {"name": "image_anchor", "type": "image_anchor", "values": [47, 42, 37, 32]},
-        {"name": "feature_anchor", "type": "feature_anchor", "param": "qp", "values": [40, 35],
-         "options": {"preset": "fast"}},
+        {
+            "name": "feature_anchor",
+            "type": "feature_anchor",
+            "param": "qp",
+            "values": [40, 35],
+            "options": {"preset": "fast"},
+        },
         {"name": "bypass", "type": "bypass", "values": ["float16", "float32"]},
         {"name": "uncompressed", "type": "uncompressed"},
     ],
@@ -57,7 +62,13 @@ def test_valid_config_resolves_paths_points_and_defaults(tmp_path: Path) -> None
     assert ia.points[0].params == {"qp": 47, "preset": "faster"}
     fa = cfg.codec("feature_anchor")
     assert fa.mode == "anchor"
-    assert fa.points[1].params == {"qp": 35, "preset": "fast", "bypass_dtype": "float16"}
+    # every EncodeParams field but the mode, with its default unless the config sets it
+    from codec.pipeline import EncodeParams
+
+    defaults = EncodeParams()
+    assert set(fa.points[1].params) == set(vars(defaults)) - {"mode"}
+    assert fa.points[1].params["qp"] == 35 and fa.points[1].params["preset"] == "fast"
+    assert fa.points[1].params["bypass_dtype"] == defaults.bypass_dtype
     bp = cfg.codec("bypass")
     assert [p.name for p in bp.points] == ["float16", "float32"]
     assert bp.points[1].params["bypass_dtype"] == "float32"
@@ -118,6 +129,20 @@ def test_container_type_needs_a_known_mode(tmp_path: Path) -> None:
     assert _parse(data, tmp_path).codec("x").points[0].params["qp"] == 30
 
 
+def test_other_container_modes_take_their_rate_parameter(tmp_path: Path) -> None:
+    from codec.pipeline import available_modes
+
+    if "learned_e2e" not in available_modes():
+        pytest.skip("no learned_e2e mode in this checkout")
+    data = _modified(["codecs", 1], {"name": "l", "type": "learned_e2e", "values": [0, 1, 2, 3]})
+    codec = _parse(data, tmp_path).codec("l")
+    assert codec.mode == "learned_e2e" and [p.name for p in codec.points] == ["phi0", "phi1", "phi2", "phi3"]
+    assert codec.points[2].params["phi"] == 2
+    data = _modified(["codecs", 1], {"name": "l", "type": "learned_e2e", "values": ["high", "low"]})
+    with pytest.raises(ConfigError, match="phi must be of type int"):
+        _parse(data, tmp_path)
+
+
 def test_load_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
@@ -145,8 +170,9 @@ def test_assets_dir_from_argument_and_environment(tmp_path: Path, monkeypatch) -
 
 def test_overrides(tmp_path: Path) -> None:
     cfg = _parse(BASE, tmp_path)
-    o = with_overrides(cfg, images=tmp_path / "i", annotations=tmp_path / "a.json", limit=2,
-                       codecs=["feature_anchor", "uncompressed"])
+    o = with_overrides(
+        cfg, images=tmp_path / "i", annotations=tmp_path / "a.json", limit=2, codecs=["feature_anchor", "uncompressed"]
+    )
     assert o.dataset.images == tmp_path / "i" and o.dataset.limit == 2
     assert [c.name for c in o.codecs] == ["feature_anchor", "uncompressed"]
     assert o.anchors == () and o.reference == "uncompressed"
@@ -156,8 +182,9 @@ def test_overrides(tmp_path: Path) -> None:
         with_overrides(cfg, limit=0)
 
 
-@pytest.mark.parametrize("name", ["quick", "coco128", "val2017-103", "mpeg_openimages_det",
-                                  "mpeg_openimages_seg", "mpeg_sfu_hw"])
+@pytest.mark.parametrize(
+    "name", ["quick", "coco128", "val2017-103", "mpeg_openimages_det", "mpeg_openimages_seg", "mpeg_sfu_hw"]
+)
 def test_shipped_configs_are_valid(name: str, tmp_path: Path) -> None:
     cfg = load_config(CONFIGS / f"{name}.yaml", tmp_path)
     assert cfg.anchors == ("image_anchor", "feature_anchor")

@@ -67,8 +67,9 @@ class FakeNet:
         ys, xs = top // cells, top % cells
         cx, cy = (xs.float() + 0.5) * INPUT / cells, (ys.float() + 0.5) * INPUT / cells
         boxes = torch.stack([cx - 6, cy - 6, cx + 6, cy + 6], 1).clamp(0, INPUT).numpy()
-        return Detections(meta.boxes_to_original(boxes), scores[top].double().numpy(),
-                          np.asarray(CATEGORIES)[cls[top].numpy()])
+        return Detections(
+            meta.boxes_to_original(boxes), scores[top].double().numpy(), np.asarray(CATEGORIES)[cls[top].numpy()]
+        )
 
 
 def make_fake_network(name: str = "fake", weights: str | None = None) -> FakeNet:
@@ -102,8 +103,12 @@ class FakeQuantCodec(CodecType):
         with count_stage("nn_part2"):
             dets = network.part2(dec, split, meta)
         t4 = time.perf_counter()
-        return CodecOutput(len(payload) * 8, dets, {"nn_part1": t1 - t0, "encode": t2 - t1, "decode": t3 - t2,
-                                                    "nn_part2": t4 - t3}, raw_feature_bits(feats))
+        return CodecOutput(
+            len(payload) * 8,
+            dets,
+            {"nn_part1": t1 - t0, "encode": t2 - t1, "decode": t3 - t2, "nn_part2": t4 - t3},
+            raw_feature_bits(feats),
+        )
 
 
 def make_dataset(root: Path, n: int = 4) -> tuple[Path, Path]:
@@ -121,14 +126,29 @@ def make_dataset(root: Path, n: int = 4) -> tuple[Path, Path]:
             x0, y0 = int(rng.integers(0, w - 30)), int(rng.integers(0, h - 30))
             bw, bh = int(rng.integers(12, 28)), int(rng.integers(12, 28))
             draw.rectangle([x0, y0, x0 + bw, y0 + bh], fill=tuple(int(c) for c in rng.integers(100, 255, 3)))
-            annotations.append({"id": len(annotations) + 1, "image_id": 100 + i, "category_id": CATEGORIES[k],
-                                "bbox": [x0, y0, bw, bh], "area": bw * bh, "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": 100 + i,
+                    "category_id": CATEGORIES[k],
+                    "bbox": [x0, y0, bw, bh],
+                    "area": bw * bh,
+                    "iscrowd": 0,
+                }
+            )
         name = f"{100 + i:012d}.png"
         im.save(images_dir / name)
         images.append({"id": 100 + i, "file_name": name, "width": w, "height": h})
     ann = root / "instances.json"
-    ann.write_text(json.dumps({"images": images, "annotations": annotations,
-                               "categories": [{"id": c, "name": f"c{c}"} for c in CATEGORIES]}))
+    ann.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": annotations,
+                "categories": [{"id": c, "name": f"c{c}"} for c in CATEGORIES],
+            }
+        )
+    )
     return images_dir, ann
 
 

@@ -28,8 +28,9 @@ def _driver():
     return webdriver.Chrome(service=Service(driver_path), options=options)
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed "
-                    "(apt-get install -y chromium chromium-driver)")
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason="Debian chromium not installed (apt-get install -y chromium chromium-driver)"
+)
 def test_report_loads_in_headless_chromium(tmp_path: Path) -> None:
     cfg = load_config(write_fake_config(tmp_path / "data", n_images=2))
     out = tmp_path / "run"
@@ -40,11 +41,13 @@ def test_report_loads_in_headless_chromium(tmp_path: Path) -> None:
         driver.get((out / "report.html").as_uri())
         assert driver.title == "FCM CTC report: fake"
         widths = driver.execute_script(
-            "return Array.from(document.querySelectorAll('img.rd')).map(i => i.complete ? i.naturalWidth : 0)")
+            "return Array.from(document.querySelectorAll('img.rd')).map(i => i.complete ? i.naturalWidth : 0)"
+        )
         assert len(widths) == 2 and all(w == 700 for w in widths)  # 7 in x 100 dpi
         rows = driver.execute_script(
             "return Object.fromEntries(['bd', 'near_lossless', 'summary', 'meta'].map("
-            "id => [id, document.querySelectorAll('#' + id + ' tbody tr').length]))")
+            "id => [id, document.querySelectorAll('#' + id + ' tbody tr').length]))"
+        )
         assert rows["summary"] == 9 and rows["bd"] == 2 and rows["near_lossless"] == 4 and rows["meta"] > 5
         first = driver.execute_script("return document.querySelector('#summary tbody td').textContent")
         assert first == "coarse"

@@ -34,16 +34,29 @@ def _strip_timing(results: dict) -> dict:
 
 def test_job_key_covers_everything_that_changes_a_result() -> None:
     net = NetworkConfig("nanodet", "neck")
-    base = dict(codec_type="image_anchor", mode=None, params={"qp": 32, "preset": "faster"}, codec_version="ff 7",
-                network=net, weights_sha256="ab" * 32, split="neck", image_sha256="cd" * 32,
-                versions={"codec": "0.1.0", "container": "1.0", "ctc": "1"})
+    base = dict(
+        codec_type="image_anchor",
+        mode=None,
+        params={"qp": 32, "preset": "faster"},
+        codec_version="ff 7",
+        network=net,
+        weights_sha256="ab" * 32,
+        split="neck",
+        image_sha256="cd" * 32,
+        versions={"codec": "0.1.0", "container": "1.0", "ctc": "1"},
+    )
     key = job_key(**base)
     assert len(key) == 64 and key == job_key(**base)
     changes = [
-        {"params": {"qp": 37, "preset": "faster"}}, {"params": {"qp": 32, "preset": "slow"}},
-        {"codec_type": "feature_anchor"}, {"mode": "anchor"}, {"codec_version": "ff 8"},
-        {"network": NetworkConfig("fasterrcnn_resnet50_fpn")}, {"weights_sha256": "ef" * 32},
-        {"split": "backbone"}, {"image_sha256": "00" * 32},
+        {"params": {"qp": 37, "preset": "faster"}},
+        {"params": {"qp": 32, "preset": "slow"}},
+        {"codec_type": "feature_anchor"},
+        {"mode": "anchor"},
+        {"codec_version": "ff 8"},
+        {"network": NetworkConfig("fasterrcnn_resnet50_fpn")},
+        {"weights_sha256": "ef" * 32},
+        {"split": "backbone"},
+        {"image_sha256": "00" * 32},
         {"versions": {"codec": "0.2.0", "container": "1.0", "ctc": "1"}},
         {"versions": {"codec": "0.1.0", "container": "1.1", "ctc": "1"}},
     ]
@@ -84,8 +97,16 @@ def test_run_then_rerun_computes_nothing_and_outputs_are_complete(tmp_path: Path
     assert _results(out) == first
 
     report = build_report(out, {"git_commit": "test"})
-    for name in ("summary.csv", "bd_rate.csv", "near_lossless.csv", "report.html", "cttc/coarse.csv",
-                 "cttc/coarse_complexity.csv", "detections/coarse/step0.8.json", "detections/uncompressed/ref.json"):
+    for name in (
+        "summary.csv",
+        "bd_rate.csv",
+        "near_lossless.csv",
+        "report.html",
+        "cttc/coarse.csv",
+        "cttc/coarse_complexity.csv",
+        "detections/coarse/step0.8.json",
+        "detections/uncompressed/ref.json",
+    ):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert len(rows) == 9
@@ -104,12 +125,15 @@ def test_run_then_rerun_computes_nothing_and_outputs_are_complete(tmp_path: Path
     ref = json.loads((out / "detections/uncompressed/ref.json").read_text())
     fine = json.loads((out / "detections/fine/step0.01.json").read_text())
     assert len(ref) == len(fine) == 40
-    assert float(by[("fine", "step0.01")]["map50"]) == pytest.approx(float(by[("uncompressed", "ref")]["map50"]),
-                                                                      abs=0.02)
+    assert float(by[("fine", "step0.01")]["map50"]) == pytest.approx(
+        float(by[("uncompressed", "ref")]["map50"]), abs=0.02
+    )
 
     bd = list(csv.DictReader((out / "bd_rate.csv").open()))
-    assert {(r["codec"], r["anchor"], r["metric"]) for r in bd} == {("fine", "coarse", "map50"),
-                                                                    ("fine", "coarse", "map")}
+    assert {(r["codec"], r["anchor"], r["metric"]) for r in bd} == {
+        ("fine", "coarse", "map50"),
+        ("fine", "coarse", "map"),
+    }
     for r in bd:  # a value, or NaN with the reason (fake curves may be non-monotonic)
         for col in ("bd_rate_pchip", "bd_rate_cubic", "bd_metric_pchip", "bd_metric_cubic"):
             assert math.isfinite(float(r[col])) or r["note"]
@@ -121,10 +145,18 @@ def test_run_then_rerun_computes_nothing_and_outputs_are_complete(tmp_path: Path
     else:
         assert r["note"]
     cttc = list(csv.DictReader((out / "cttc/coarse.csv").open()))
-    assert list(cttc[0]) == ["Dataset", "qp", "avg_bpp", "end_accuracy", "y_psnr", "nn_part_1", "encode", "decode",
-                             "nn_part_2"]
-    assert float(cttc[0]["end_accuracy"]) == pytest.approx(100 * float(by[("coarse", "step0.8")]["map50"]),
-                                                           rel=1e-4)
+    assert list(cttc[0]) == [
+        "Dataset",
+        "qp",
+        "avg_bpp",
+        "end_accuracy",
+        "y_psnr",
+        "nn_part_1",
+        "encode",
+        "decode",
+        "nn_part_2",
+    ]
+    assert float(cttc[0]["end_accuracy"]) == pytest.approx(100 * float(by[("coarse", "step0.8")]["map50"]), rel=1e-4)
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "<title>FCM CTC report: fake</title>" in html
     assert report.missing_jobs == 0 and len(report.points) == 9
@@ -172,8 +204,9 @@ def test_local_workers_and_dask_give_the_local_results(tmp_path: Path) -> None:
 
     threads = torch.get_num_threads()
     try:
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                      dashboard_address=None) as cluster:
+        with distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster:
             info = run_ctc(cfg, tmp_path / "dask", dask_address=cluster.scheduler_address)
     finally:
         torch.set_num_threads(threads)
