@@ -3,25 +3,45 @@ maps the ModeId written into the container to the module that implements it."""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator, Mapping
 from types import ModuleType
 
 from codec.bitstream import ModeId
 from codec.errors import EncodeError, UnsupportedModeError
 
-from . import anchor, bypass, learned_e2e
 from .base import EncodeParams
 
-# ModeId -> implementing module. VVC_MSFF and LEARNED_E2E are reserved ids
-# without an implementation here yet.
-MODES: dict[ModeId, ModuleType] = {
-    ModeId.BYPASS: bypass,
-    ModeId.ANCHOR: anchor,
-    ModeId.LEARNED_E2E: learned_e2e,
+# ModeId -> (module, mode name). Modules are imported on first use: the learned
+# modes import CompressAI, whose import alone takes seconds (it pulls in
+# torch_geometric), and an app that only reads an anchor stream must not pay it.
+_MODE_TABLE: dict[ModeId, tuple[str, str]] = {
+    ModeId.BYPASS: ("codec.modes.bypass", "bypass"),
+    ModeId.ANCHOR: ("codec.modes.anchor", "anchor"),
+    ModeId.VVC_MSFF: ("codec.modes.vvc_msff", "vvc_msff"),
+    ModeId.LEARNED_E2E: ("codec.modes.learned_e2e", "learned_e2e"),
 }
 
 
+class _LazyModes(Mapping):
+    """ModeId -> implementing module, imported on access."""
+
+    def __getitem__(self, mode_id: ModeId) -> ModuleType:
+        module_name, _ = _MODE_TABLE[mode_id]
+        return importlib.import_module(module_name)
+
+    def __iter__(self) -> Iterator[ModeId]:
+        return iter(_MODE_TABLE)
+
+    def __len__(self) -> int:
+        return len(_MODE_TABLE)
+
+
+MODES: Mapping[ModeId, ModuleType] = _LazyModes()
+
+
 def available_modes() -> list[str]:
-    return sorted(m.NAME for m in MODES.values())
+    return sorted(name for _, name in _MODE_TABLE.values())
 
 
 def mode_by_id(mode_id: ModeId) -> ModuleType:
@@ -35,9 +55,9 @@ def mode_by_id(mode_id: ModeId) -> ModuleType:
 
 
 def mode_by_name(name: str) -> ModuleType:
-    for m in MODES.values():
-        if m.NAME == name:
-            return m
+    for mode_id, (_, mode_name) in _MODE_TABLE.items():
+        if mode_name == name:
+            return MODES[mode_id]
     raise EncodeError(f"unknown coding mode {name!r}; choose one of {', '.join(available_modes())}")
 
 

@@ -243,3 +243,19 @@ def test_anchor_garbage_vvc_payload_is_inner_codec_error():
     garbage = [PayloadUnit(UnitType.VVC_NAL_STREAM, b"\x00\x00\x01" + bytes(range(256)) * 4)]
     with pytest.raises(InnerCodecError, match="VVC payload could not be decoded"):
         anchor.decode(header_for(anchor, mh), garbage)
+
+
+def test_lazy_registry_names_match_the_modules_and_apps_do_not_import_compressai():
+    import subprocess
+    import sys
+
+    from codec.modes import _MODE_TABLE, MODES
+
+    for mode_id, (_, name) in _MODE_TABLE.items():
+        assert MODES[mode_id].NAME == name and MODES[mode_id].MODE_ID == mode_id
+    code = (
+        "import sys, codec.apps.fcm_dec, codec.apps.fcm_enc, codec.apps.fcm_inspect; "
+        "print('compressai' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
