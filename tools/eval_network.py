@@ -5,6 +5,8 @@ image -> NN part 1 -> NN part 2 -> detections -> pycocotools mAP.
   python tools/eval_network.py --dataset coco128
   python tools/eval_network.py --dataset val2017-103
   python tools/eval_network.py --images DIR --annotations instances.json [--limit N]
+  python tools/eval_network.py --dataset coco128 --net-arg normalisation=rgb255     # ablations
+  python tools/eval_network.py --dataset val2017-103 --net-arg resize_mode=letterbox
 
 Prints mAP@[.5:.95] and mAP@0.5 (the numbers in README.md come from this)."""
 
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, help="first N images only")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--save", type=Path, help="write the detections (COCO results json)")
+    ap.add_argument("--net-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra keyword for the network loader (repeatable), e.g. resize_mode=letterbox")
     args = ap.parse_args(argv)
 
     from codec.pipeline import load_image
@@ -56,7 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --dataset or both --images and --annotations")
     if args.threads:
         torch.set_num_threads(args.threads)
-    net = get_network(args.network, weights=args.weights)
+    net_kwargs = {}
+    for item in args.net_arg:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--net-arg needs KEY=VALUE, got {item!r}")
+        net_kwargs[key] = value
+    try:
+        net = get_network(args.network, weights=args.weights, **net_kwargs)
+    except (TypeError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     split = args.split or net.default_split
     meta = json.loads(Path(annotations).read_text())
     infos = sorted(meta["images"], key=lambda i: i["id"])[: args.limit]
@@ -76,10 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.save:
         args.save.write_text(json.dumps(results))
     n = len(infos)
-    print(f"network {net.name}  split {split}  weights sha256 {net.weights_sha256()[:16]}...")
+    extra = "  " + " ".join(args.net_arg) if args.net_arg else ""
+    print(f"network {net.name}  split {split}  weights sha256 {net.weights_sha256()[:16]}...{extra}")
     print(f"images {n} from {images}")
     print(f"mAP@[.5:.95] {m['map']:.4f}   mAP@0.5 {m['map50']:.4f}   mAP@0.75 {m['map75']:.4f}")
-    print(f"NN part 1 {1000 * t1 / n:.1f} ms/img (incl. preprocessing)   NN part 2 {1000 * t2 / n:.1f} ms/img (incl. NMS)")
+    print(f"NN part 1 {1000 * t1 / n:.1f} ms/img (incl. preprocessing)   "
+          f"NN part 2 {1000 * t2 / n:.1f} ms/img (incl. NMS)")
     return 0
 
 

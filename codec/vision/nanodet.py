@@ -242,7 +242,8 @@ class NanoDet:
         self,
         state: dict[str, torch.Tensor],
         input_size: int = INPUT_SIZE,
-        resize_mode: ResizeMode = ResizeMode.STRETCH,
+        resize_mode: ResizeMode | str = ResizeMode.STRETCH,
+        normalisation: str = "nanodet",
         score_thr: float = 0.05,
         nms_iou: float = 0.6,
         max_detections: int = 100,
@@ -253,7 +254,10 @@ class NanoDet:
         self.model.eval().to(device)
         self.device = device
         self.input_size = input_size
-        self.resize_mode = ResizeMode(resize_mode)
+        self.resize_mode = ResizeMode[resize_mode.upper()] if isinstance(resize_mode, str) else ResizeMode(resize_mode)
+        if normalisation not in ("nanodet", "rgb255"):
+            raise ValueError(f"normalisation must be 'nanodet' or 'rgb255', got {normalisation!r}")
+        self.normalisation = normalisation
         self.score_thr = score_thr
         self.nms_iou = nms_iou
         self.max_detections = max_detections
@@ -270,7 +274,8 @@ class NanoDet:
         RGB / 255, but NanoDet was trained on BGR images normalised with
         mean (103.53, 116.28, 123.675) and std (57.375, 57.12, 58.395); measured on
         COCO128 (tools/eval_network.py), RGB / 255 gives mAP 0.166 and the original
-        normalisation 0.302, so the original is used."""
+        normalisation 0.302, so the original is used (``normalisation="rgb255"``
+        reproduces the package's choice for that comparison)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
         h, w = image.shape[:2]
@@ -287,6 +292,9 @@ class NanoDet:
             meta = Preprocessing(w, h, s, s, ResizeMode.LETTERBOX, nw / w, nh / h)
         else:
             raise ValueError(f"resize mode {self.resize_mode.name} is not supported by NanoDet")
+        if self.normalisation == "rgb255":
+            x = torch.from_numpy(resized).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
+            return x.contiguous(), meta
         x = torch.from_numpy(resized[:, :, ::-1].copy()).permute(2, 0, 1).float().unsqueeze(0)
         x = (x - _MEAN_BGR) / _STD_BGR
         return x.contiguous(), meta
