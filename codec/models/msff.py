@@ -1,0 +1,356 @@
+"""Multi-scale feature fusion (MSFF) and reconstruction (MSFR).
+
+MSFF maps the ordered scales of a split point (finest first, strides powers of
+two apart) to one tensor at the coarsest stride with `fused_channels` channels;
+MSFR maps that tensor back to every scale. Both are written over
+`SplitPoint.scales` only, so another network's split point (an R-CNN FPN with
+five 256-channel scales at strides 4..64) needs no code, only its config.
+
+Trained with selective learning (SLS): a random number n of leading fused
+channels is kept and channels n..C-1 are zeroed before MSFR, so low channel
+indices learn to carry the most and one model serves every kept-channel count.
+
+Features are normalised by fixed per-scale factors (`feature_scale`, computed on
+the training set and stored as buffers in the state dict) before fusion, and the
+reconstruction is multiplied back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from codec.vision.base import Features, ScaleInfo, SplitPoint
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+class MsffConfigError(ValueError):
+    """A split point or model configuration that MSFF/MSFR cannot be built for."""
+
+
+class MsffWeightsError(RuntimeError):
+    """Shipped MSFF/MSFR weights are missing or do not match their recorded sha256."""
+
+
+@dataclass(frozen=True)
+class MsffConfig:
+    """Hyper-parameters of an MSFF/MSFR pair (stored beside the weights)."""
+
+    scales: tuple[ScaleInfo, ...]
+    fused_channels: int = 256  # C: channels of the fused single-scale tensor
+    width: int = 80  # internal width of the per-scale branches
+    fuse_blocks: int = 1  # residual blocks after fusion / before reconstruction
+
+    @classmethod
+    def for_split_point(cls, split_point: SplitPoint, **kwargs: int) -> MsffConfig:
+        return cls(scales=tuple(split_point.scales), **kwargs)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["scales"] = [asdict(s) for s in self.scales]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> MsffConfig:
+        d = dict(d)
+        d["scales"] = tuple(ScaleInfo(**s) for s in d["scales"])
+        return cls(**d)
+
+
+def _check_config(cfg: MsffConfig) -> list[int]:
+    """Validate the scales; return log2(coarsest stride / stride) per scale."""
+    if not cfg.scales:
+        raise MsffConfigError("a split point needs at least one scale")
+    if cfg.fused_channels < 1 or cfg.width < 1 or cfg.fuse_blocks < 0:
+        raise MsffConfigError("fused_channels and width must be positive, fuse_blocks non-negative")
+    strides = [s.stride for s in cfg.scales]
+    if strides != sorted(strides) or len(set(strides)) != len(strides):
+        raise MsffConfigError(f"scales must be ordered finest first with distinct strides, got {strides}")
+    coarsest = strides[-1]
+    levels = []
+    for s in cfg.scales:
+        ratio = coarsest // s.stride
+        if coarsest % s.stride or ratio & (ratio - 1):
+            raise MsffConfigError(f"stride {s.stride} of {s.name!r} is not a power-of-two divisor of {coarsest}")
+        levels.append(int(math.log2(ratio)))
+    return levels
+
+
+def _fit(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Crop (or replicate-pad) the last two dims to `size`: with ceil-division
+    sizes, a stride-2 chain followed by 2x upsampling can be one sample off."""
+    h, w = size
+    x = x[..., :h, :w]
+    ph, pw = h - x.shape[-2], w - x.shape[-1]
+    if ph > 0 or pw > 0:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch // 2, 3, padding=1)
+        self.conv2 = nn.Conv2d(ch // 2, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.leaky_relu(self.conv1(x), 0.1))
+
+
+class Msff(nn.Module):
+    """Scales -> one (N, C, H/S, W/S) tensor at the coarsest stride S.
+
+    Each finer scale goes through log2(S / stride) stride-2 3x3 convs (a 1x1 conv
+    for the coarsest); the branches are concatenated and fused to C channels."""
+
+    def __init__(self, cfg: MsffConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        levels = _check_config(cfg)
+        w = cfg.width
+        self.branches = nn.ModuleDict()
+        for s, n_down in zip(cfg.scales, levels):
+            layers: list[nn.Module] = []
+            cin = s.channels
+            for _ in range(n_down):
+                layers += [nn.Conv2d(cin, w, 3, stride=2, padding=1), nn.LeakyReLU(0.1)]
+                cin = w
+            if n_down == 0:
+                layers += [nn.Conv2d(cin, w, 1), nn.LeakyReLU(0.1)]
+            self.branches[s.name] = nn.Sequential(*layers)
+        self.fuse_in = nn.Conv2d(w * len(cfg.scales), w * 2, 1)
+        self.blocks = nn.Sequential(*[ResBlock(w * 2) for _ in range(cfg.fuse_blocks)])
+        self.fuse_out = nn.Conv2d(w * 2, cfg.fused_channels, 1)
+        self.register_buffer("feature_scale", torch.ones(len(cfg.scales)))
+
+    def forward(self, features: Features) -> torch.Tensor:
+        missing = [s.name for s in self.cfg.scales if s.name not in features]
+        if missing:
+            raise MsffConfigError(f"features lack scales {missing}")
+        coarsest = features[self.cfg.scales[-1].name].shape[-2:]
+        outs = []
+        for i, s in enumerate(self.cfg.scales):
+            x = features[s.name].float() / self.feature_scale[i]
+            outs.append(_fit(self.branches[s.name](x), (coarsest[0], coarsest[1])))
+        z = F.leaky_relu(self.fuse_in(torch.cat(outs, 1)), 0.1)
+        return self.fuse_out(self.blocks(z))
+
+
+class Msfr(nn.Module):
+    """One fused tensor -> every scale, coarsest to finest (top-down): each finer
+    level upsamples the previous one (1x1 conv + pixel shuffle) and refines it
+    with a 3x3 conv; a 1x1 head per scale maps to the scale's channels."""
+
+    def __init__(self, cfg: MsffConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        levels = _check_config(cfg)
+        w = cfg.width
+        self.trunk_in = nn.Conv2d(cfg.fused_channels, w * 2, 1)
+        self.blocks = nn.Sequential(*[ResBlock(w * 2) for _ in range(cfg.fuse_blocks)])
+        self.trunk_out = nn.Conv2d(w * 2, w, 1)
+        self.up = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        # scales from coarsest to finest; factor relative to the previous (coarser) one
+        prev = levels[-1]
+        for s, lev in reversed(list(zip(cfg.scales, levels))):
+            r = 1 << (lev - prev)
+            if r > 1:
+                self.up[s.name] = nn.Sequential(
+                    nn.Conv2d(w, w * r * r, 1),
+                    nn.PixelShuffle(r),
+                    nn.LeakyReLU(0.1),
+                    nn.Conv2d(w, w, 3, padding=1),
+                    nn.LeakyReLU(0.1),
+                )
+            self.heads[s.name] = nn.Conv2d(w, s.channels, 1)
+            prev = lev
+        self.register_buffer("feature_scale", torch.ones(len(cfg.scales)))
+
+    def forward(self, z: torch.Tensor, sizes: dict[str, tuple[int, int]]) -> Features:
+        y = F.leaky_relu(self.trunk_out(self.blocks(F.leaky_relu(self.trunk_in(z), 0.1))), 0.1)
+        out: dict[str, torch.Tensor] = {}
+        for i in reversed(range(len(self.cfg.scales))):
+            s = self.cfg.scales[i]
+            if s.name in self.up:
+                y = self.up[s.name](y)
+            y = _fit(y, sizes[s.name])
+            out[s.name] = self.heads[s.name](y) * self.feature_scale[i]
+        return OrderedDict((s.name, out[s.name]) for s in self.cfg.scales)
+
+
+# -- integer-exact MSFR (decoder side) ---------------------------------------------
+# The decoder's reconstruction must be bit-identical across runs, thread counts and
+# machines (conformance md5 of the reconstructed features). Weights are rounded to
+# multiples of 2^-EXACT_WEIGHT_BITS, activations to multiples of 2^-EXACT_ACT_BITS;
+# a convolution is unfold + float64 matmul on these integers, which is exact (and
+# so independent of summation order) while every partial sum stays below 2^53.
+# The bound is checked per layer when the exact decoder is built.
+EXACT_WEIGHT_BITS = 14
+EXACT_ACT_BITS = 16
+EXACT_ACT_LIMIT = 1 << 30
+_EXACT_LIMIT = 1 << 53
+
+
+class _ExactConv(nn.Module):
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        w = torch.round(conv.weight.detach().double() * float(1 << EXACT_WEIGHT_BITS))
+        if conv.bias is not None:
+            b = torch.round(conv.bias.detach().double() * float(1 << (EXACT_WEIGHT_BITS + EXACT_ACT_BITS)))
+        else:
+            b = torch.zeros(w.shape[0], dtype=torch.float64)
+        bound = int((w.abs().flatten(1).sum(1) * EXACT_ACT_LIMIT + b.abs()).max())
+        if bound + (1 << EXACT_WEIGHT_BITS) >= _EXACT_LIMIT:
+            raise MsffWeightsError("MSFR weights too large for exact fixed-point decoding")
+        self.kernel_size, self.padding, self.stride = conv.kernel_size, conv.padding, conv.stride
+        self.register_buffer("w", w.flatten(1), persistent=False)
+        self.register_buffer("b", b.view(1, -1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        (kh, kw), (ph, pw), (sh, sw) = self.kernel_size, self.padding, self.stride
+        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)
+        acc = torch.matmul(self.w, cols) + self.b
+        out = torch.floor((acc + float(1 << (EXACT_WEIGHT_BITS - 1))) / float(1 << EXACT_WEIGHT_BITS))
+        return out.clamp_(-EXACT_ACT_LIMIT, EXACT_ACT_LIMIT).view(n, -1, oh, ow)
+
+
+def _exact_leaky(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x < 0, torch.floor(x * 0.1), x)
+
+
+def to_exact_activation(x: torch.Tensor) -> torch.Tensor:
+    """Real tensor -> integer-valued float64 in units of 2^-EXACT_ACT_BITS (element-wise, exact)."""
+    return torch.round(x.double() * float(1 << EXACT_ACT_BITS)).clamp_(-EXACT_ACT_LIMIT, EXACT_ACT_LIMIT)
+
+
+class ExactMsfr(nn.Module):
+    """The MSFR graph of a trained `Msfr` in integer-exact fixed point."""
+
+    def __init__(self, msfr: Msfr) -> None:
+        super().__init__()
+        self.cfg = msfr.cfg
+        self.trunk_in = _ExactConv(msfr.trunk_in)
+        self.blocks = nn.ModuleList(nn.ModuleList([_ExactConv(b.conv1), _ExactConv(b.conv2)]) for b in msfr.blocks)
+        self.trunk_out = _ExactConv(msfr.trunk_out)
+        self.up = nn.ModuleDict(
+            {k: nn.ModuleList([_ExactConv(u[0]), _ExactConv(u[3])]) for k, u in msfr.up.items()}
+        )
+        self.shuffle = {k: u[1].upscale_factor for k, u in msfr.up.items()}
+        self.heads = nn.ModuleDict({k: _ExactConv(h) for k, h in msfr.heads.items()})
+        self.feature_scale = msfr.feature_scale.detach().double().clone()
+
+    @torch.no_grad()
+    def forward(self, z: torch.Tensor, sizes: dict[str, tuple[int, int]]) -> Features:
+        """z: real (1, C, h, w) tensor (exactly representable values are kept exactly)."""
+        y = _exact_leaky(self.trunk_in(to_exact_activation(z)))
+        for c1, c2 in self.blocks:
+            y = y + c2(_exact_leaky(c1(y)))
+        y = _exact_leaky(self.trunk_out(y))
+        out: dict[str, torch.Tensor] = {}
+        for i in reversed(range(len(self.cfg.scales))):
+            s = self.cfg.scales[i]
+            if s.name in self.up:
+                conv1, conv3 = self.up[s.name]
+                y = _exact_leaky(conv3(_exact_leaky(F.pixel_shuffle(conv1(y), self.shuffle[s.name]))))
+            y = _fit(y, sizes[s.name])
+            real = self.heads[s.name](y) / float(1 << EXACT_ACT_BITS) * self.feature_scale[i]
+            out[s.name] = real.to(torch.float32)
+        return OrderedDict((s.name, out[s.name]) for s in self.cfg.scales)
+
+
+class MsffCodecModel(nn.Module):
+    """MSFF + MSFR pair with the SLS channel mask between them."""
+
+    def __init__(self, cfg: MsffConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.msff = Msff(cfg)
+        self.msfr = Msfr(cfg)
+
+    def set_feature_scale(self, scale: torch.Tensor) -> None:
+        scale = torch.as_tensor(scale, dtype=torch.float32)
+        if scale.shape != (len(self.cfg.scales),) or not bool((scale > 0).all()):
+            raise MsffConfigError("feature_scale needs one positive factor per scale")
+        self.msff.feature_scale.copy_(scale)
+        self.msfr.feature_scale.copy_(scale)
+
+    def forward(self, features: Features, kept_channels: int | torch.Tensor | None = None) -> Features:
+        z = self.msff(features)
+        if kept_channels is not None:
+            z = sls_mask(z, kept_channels)
+        sizes = {s.name: tuple(features[s.name].shape[-2:]) for s in self.cfg.scales}
+        return self.msfr(z, sizes)  # type: ignore[arg-type]
+
+
+def sls_mask(z: torch.Tensor, kept_channels: int | torch.Tensor) -> torch.Tensor:
+    """Zero channels n..C-1 of z (N, C, H, W). `kept_channels` is one n for the
+    batch or a (N,) tensor with one n per sample; 0 <= n <= C."""
+    c = z.shape[1]
+    n = torch.as_tensor(kept_channels, device=z.device).reshape(-1, 1)
+    if bool((n < 0).any()) or bool((n > c).any()):
+        raise ValueError(f"kept_channels must lie in 0..{c}")
+    keep = (torch.arange(c, device=z.device).reshape(1, -1) < n).to(z.dtype)
+    return z * keep[:, :, None, None]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shipped_weights_paths(name: str = "msff_nanodet_neck") -> tuple[Path, Path]:
+    return WEIGHTS_DIR / f"{name}.pt", WEIGHTS_DIR / f"{name}.json"
+
+
+def load_msff(path: str | Path | None = None, verify: bool = True) -> tuple[MsffCodecModel, dict, str]:
+    """Load an MSFF/MSFR pair from `<name>.pt` + `<name>.json` (default: the shipped
+    NanoDet neck model). Returns (model in eval mode, json record, weights sha256).
+    With `verify`, the file's sha256 must equal the one recorded in the json."""
+    pt = Path(path) if path is not None else shipped_weights_paths()[0]
+    js = pt.with_suffix(".json")
+    if not pt.is_file() or not js.is_file():
+        raise MsffWeightsError(f"MSFF weights not found: {pt} (+ .json)")
+    record = json.loads(js.read_text())
+    sha = file_sha256(pt)
+    if verify and record.get("weights_sha256") != sha:
+        raise MsffWeightsError(f"{pt.name}: sha256 {sha[:16]}... differs from the recorded one")
+    model = MsffCodecModel(MsffConfig.from_json(record["config"]))
+    state = torch.load(pt, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.eval()
+    return model, record, sha
+
+
+__all__ = [
+    "ExactMsfr",
+    "Msff",
+    "MsffCodecModel",
+    "MsffConfig",
+    "MsffConfigError",
+    "MsffWeightsError",
+    "Msfr",
+    "count_parameters",
+    "file_sha256",
+    "load_msff",
+    "shipped_weights_paths",
+    "sls_mask",
+]

@@ -1,0 +1,273 @@
+"""Mode "vvc_msff": multi-scale feature fusion + QP-adaptive channel truncation +
+VVC (bitstream_spec.md, section 7.4).
+
+Encoder: MSFF (codec/models/msff.py) fuses the split point's scales into one
+tensor Z of C channels at the coarsest stride, channels ordered by importance
+(selective learning). Only the first KeptChannels channels are coded; the count
+comes from the QP through TRUNCATION_TABLE. They are min-max quantised to 10 bits
+(one range for the whole kept tensor), tiled into a monochrome frame exactly as
+one scale of the anchor mode, and coded as one VVC intra picture.
+
+Decoder: the kept channels are dequantised, channels KeptChannels..C-1 are zero
+filled, and the integer-exact MSFR rebuilds every scale (so the reconstruction is
+bit-identical on every machine). The header records the codec model id and the
+sha256 of the MSFF/MSFR weights file; a decoder with other weights refuses.
+
+KeptChannels is carried in the per-scale **kept_channels** fields, filled greedily
+in scale order (scale i carries min(scale_channels_i, KeptChannels - sum of the
+previous scales' values)), because one field is bounded by its scale's channels
+while C may exceed them. Every scale carries the same quant_min / quant_max.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codec.bitstream import (
+    ALL_SCALES,
+    CodecModelId,
+    ContainerHeader,
+    EntropyCoderId,
+    InnerCodecId,
+    InnerCodecParams,
+    ModeHeader,
+    ModeId,
+    PayloadUnit,
+    SampleFormat,
+    ScaleHeader,
+    UnitType,
+    preset_id,
+)
+from codec.errors import EncodeError, InnerCodecError, MalformedError, SizeLimitError, WeightsMismatchError
+from codec.models.msff import ExactMsfr, MsffCodecModel, load_msff, shipped_weights_paths
+from codec.vision.base import Features, SplitPoint
+
+from . import anchor
+from .base import EncodeParams, scale_arrays, units_of_type
+
+MODE_ID = ModeId.VVC_MSFF
+NAME = "vvc_msff"
+BIT_DEPTH = anchor.BIT_DEPTH
+QP_RANGE = anchor.QP_RANGE
+
+# codec model id -> weights file name in codec/models/weights (without .pt)
+MODEL_FILES: dict[CodecModelId, str] = {
+    CodecModelId.MSFF_NANODET_NECK: "msff_nanodet_neck",
+}
+
+# QP -> kept fused channels, chosen from measurement by tools/tune_truncation.py
+# (held-out train-images, see docs/results_msff.md). A QP between two entries uses
+# the entry of the next lower table QP; below the first, all channels.
+TRUNCATION_TABLE: dict[int, int] = {22: 256, 27: 192, 32: 128, 37: 96, 42: 64, 47: 48}
+
+
+class CodecModelMismatchError(WeightsMismatchError):
+    """The decoder's MSFF/MSFR weights differ from the encoder's (codec_model_hash)."""
+
+
+def kept_channels_for_qp(qp: int, fused_channels: int, table: dict[int, int] | None = None) -> int:
+    """Kept fused channels for a QP (1..fused_channels)."""
+    table = TRUNCATION_TABLE if table is None else table
+    kept = fused_channels
+    for q in sorted(table):
+        if q <= qp:
+            kept = table[q]
+    return max(1, min(fused_channels, kept))
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str) -> tuple[MsffCodecModel, ExactMsfr, bytes]:
+    model, _, sha = load_msff(path)
+    return model, ExactMsfr(model.msfr), bytes.fromhex(sha)
+
+
+def model_for(model_id: CodecModelId, weights: str | Path | None = None) -> tuple[MsffCodecModel, ExactMsfr, bytes]:
+    """(model, exact MSFR, sha256 of its weights file); `weights` overrides the shipped file."""
+    if weights is None:
+        if model_id not in MODEL_FILES:
+            raise MalformedError(f"codec_model_id {int(model_id)} has no vvc_msff model")
+        weights = shipped_weights_paths(MODEL_FILES[model_id])[0]
+    return _load(str(weights))
+
+
+def model_id_for(split_point: SplitPoint) -> CodecModelId:
+    """The MSFF/MSFR model trained for a split point (matched on scale names, channels, strides)."""
+    for mid in MODEL_FILES:
+        model, _, _ = model_for(mid)
+        if tuple(model.cfg.scales) == tuple(split_point.scales):
+            return mid
+    raise EncodeError(f"no vvc_msff model for split point {split_point.name!r} ({split_point.scale_names()})")
+
+
+def split_kept(kept: int, channels: list[int]) -> list[int]:
+    """KeptChannels -> the per-scale kept_channels fields (greedy, in scale order)."""
+    out, rest = [], kept
+    for c in channels:
+        out.append(min(c, rest))
+        rest -= out[-1]
+    if rest:
+        raise EncodeError(f"{kept} kept channels do not fit the scales' {sum(channels)} channels")
+    return out
+
+
+def encode_with_model(
+    features: Features,
+    split_point: SplitPoint,
+    qp: int,
+    preset: str,
+    kept: int,
+    model: MsffCodecModel,
+    model_id: CodecModelId,
+    digest: bytes,
+) -> tuple[ModeHeader, list[PayloadUnit]]:
+    from codec.inner import vvc
+
+    if isinstance(qp, bool) or not isinstance(qp, int) or not QP_RANGE[0] <= qp <= QP_RANGE[1]:
+        raise EncodeError(f"qp must be an integer in {QP_RANGE[0]}..{QP_RANGE[1]}, got {qp!r}")
+    try:
+        pid = preset_id(preset)
+    except ValueError as e:
+        raise EncodeError(str(e)) from None
+    c = model.cfg.fused_channels
+    if not 1 <= kept <= c:
+        raise EncodeError(f"kept channels must be in 1..{c}, got {kept}")
+    arrays = scale_arrays(features, split_point)
+    for name, a in arrays:
+        if not np.isfinite(a).all():
+            raise EncodeError(f"scale {name}: features contain NaN or infinite values")
+    with torch.no_grad():
+        z = model.msff({n: torch.from_numpy(a).unsqueeze(0) for n, a in arrays})[0, :kept].numpy()
+    q, lo, hi = anchor.quantise(z)
+    layout = anchor.frame_layout([q.shape])
+    try:
+        anchor.check_frame_size(layout)
+    except SizeLimitError as e:
+        raise EncodeError(str(e)) from None
+    bitstream = vvc.encode_luma10(anchor.tile([q], layout), qp, preset)
+    per_scale = split_kept(kept, [a.shape[0] for _, a in arrays])
+    scales = tuple(
+        ScaleHeader(name=n, channels=a.shape[0], height=a.shape[1], width=a.shape[2], kept_channels=k,
+                    quant_min=float(lo), quant_max=float(hi))
+        for (n, a), k in zip(arrays, per_scale)
+    )  # fmt: skip
+    header = ModeHeader(
+        scales=scales,
+        sample_format=SampleFormat.NONE,
+        inner=InnerCodecParams(InnerCodecId.VVC_VVENC, qp, pid, BIT_DEPTH),
+        codec_model_id=model_id,
+        codec_model_hash=digest,
+        entropy_coder_id=EntropyCoderId.NONE,
+        entropy_precision=0,
+    )
+    return header, [PayloadUnit(UnitType.VVC_NAL_STREAM, bitstream, scale_index=ALL_SCALES)]
+
+
+def encode(features: Features, split_point: SplitPoint, params: EncodeParams) -> tuple[ModeHeader, list[PayloadUnit]]:
+    model_id = model_id_for(split_point)
+    model, _, digest = model_for(model_id)
+    kept = kept_channels_for_qp(params.qp, model.cfg.fused_channels)
+    return encode_with_model(features, split_point, params.qp, params.preset, kept, model, model_id, digest)
+
+
+def _check_header(header: ContainerHeader, model: MsffCodecModel, digest: bytes) -> tuple[int, anchor.FrameLayout]:
+    """Checks of the mode; returns (KeptChannels, frame layout)."""
+    m = header.mode
+    if bytes(m.codec_model_hash) != digest:
+        raise CodecModelMismatchError(
+            f"codec model weights differ: bitstream {bytes(m.codec_model_hash).hex()[:12]}..., "
+            f"decoder {digest.hex()[:12]}..."
+        )
+    if m.inner.codec_id != InnerCodecId.VVC_VVENC or m.inner.bit_depth != BIT_DEPTH:
+        raise MalformedError(f"vvc_msff needs inner_codec_id VVC_VVENC with inner_bit_depth {BIT_DEPTH}")
+    if m.sample_format != SampleFormat.NONE or m.entropy_coder_id != EntropyCoderId.NONE:
+        raise MalformedError("vvc_msff needs sample_format NONE and entropy_coder_id NONE")
+    want = [(s.name, s.channels) for s in model.cfg.scales]
+    got = [(s.name, s.channels) for s in header.scales]
+    if got != want:
+        raise MalformedError(f"vvc_msff model has scales {want}, header has {got}")
+    kept = sum(s.kept_channels for s in header.scales)
+    if not 1 <= kept <= model.cfg.fused_channels:
+        raise MalformedError(f"KeptChannels {kept} outside 1..{model.cfg.fused_channels}")
+    if [s.kept_channels for s in header.scales] != split_kept(kept, [s.channels for s in header.scales]):
+        raise MalformedError("kept_channels fields are not filled greedily in scale order")
+    if len({(s.quant_min, s.quant_max) for s in header.scales}) != 1:
+        raise MalformedError("vvc_msff needs the same quant_min and quant_max in every scale")
+    coarse = header.scales[-1]
+    top = model.cfg.scales[-1].stride
+    for i, (s, info) in enumerate(zip(header.scales, model.cfg.scales)):
+        r = top // info.stride
+        if not ((coarse.height - 1) * r < s.height <= coarse.height * r and
+                (coarse.width - 1) * r < s.width <= coarse.width * r):  # fmt: skip
+            raise MalformedError(f"scale {i} ({s.name}) size {s.height}x{s.width} does not match the coarsest scale")
+    layout = anchor.frame_layout([(kept, coarse.height, coarse.width)])
+    anchor.check_frame_size(layout)
+    return kept, layout
+
+
+def _stream_of(units: list[PayloadUnit]) -> PayloadUnit:
+    streams = units_of_type(units, UnitType.VVC_NAL_STREAM)
+    if len(streams) != 1 or streams[0].scale_index != ALL_SCALES or len(units) != 1:
+        raise MalformedError("vvc_msff needs exactly one VVC_NAL_STREAM unit for all scales and no other units")
+    return streams[0]
+
+
+def validate(header: ContainerHeader, units: list[PayloadUnit], weights: str | Path | None = None) -> None:
+    model, _, digest = model_for(header.mode.codec_model_id, weights)
+    _check_header(header, model, digest)
+    _stream_of(units)
+
+
+def decode_symbols(
+    header: ContainerHeader, units: list[PayloadUnit], weights: str | Path | None = None
+) -> dict[str, np.ndarray]:
+    """{"frame": the decoded (FrameHeight, FrameWidth) uint16 10-bit frame}."""
+    from codec.inner import vvc
+
+    model, _, digest = model_for(header.mode.codec_model_id, weights)
+    _, layout = _check_header(header, model, digest)
+    stream = _stream_of(units)
+    try:
+        frame = vvc.decode_luma10(stream.data, layout.width, layout.height)
+    except (vvc.FfmpegError, ValueError) as e:
+        raise InnerCodecError(f"VVC payload could not be decoded: {str(e).splitlines()[0]}") from None
+    if frame.shape != (layout.height, layout.width) or int(frame.max(initial=0)) > anchor.MAX_CODE:
+        raise InnerCodecError(f"VVC picture is not a {layout.width}x{layout.height} 10-bit picture")
+    return {"frame": frame.astype(np.uint16)}
+
+
+def fused_tensor(header: ContainerHeader, frame: np.ndarray, fused_channels: int) -> torch.Tensor:
+    """Decoded frame -> (1, C, h, w) fused tensor: kept channels dequantised, the rest zero."""
+    coarse = header.scales[-1]
+    kept = sum(s.kept_channels for s in header.scales)
+    layout = anchor.frame_layout([(kept, coarse.height, coarse.width)])
+    (codes,) = anchor.untile(frame, [(kept, coarse.height, coarse.width)], layout)
+    z = np.zeros((fused_channels, coarse.height, coarse.width), dtype=np.float32)
+    z[:kept] = anchor.dequantise(codes, coarse.quant_min, coarse.quant_max)
+    return torch.from_numpy(z).unsqueeze(0)
+
+
+def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights: str | Path | None = None) -> Features:
+    model, exact, digest = model_for(header.mode.codec_model_id, weights)
+    _check_header(header, model, digest)
+    z = fused_tensor(header, symbols["frame"], model.cfg.fused_channels)
+    return dict(exact(z, {s.name: (s.height, s.width) for s in header.scales}))
+
+
+def decode(header: ContainerHeader, units: list[PayloadUnit]) -> Features:
+    return reconstruct(header, decode_symbols(header, units))
+
+
+__all__ = [
+    "CodecModelMismatchError",
+    "MODEL_FILES",
+    "TRUNCATION_TABLE",
+    "encode_with_model",
+    "fused_tensor",
+    "kept_channels_for_qp",
+    "model_for",
+    "split_kept",
+]

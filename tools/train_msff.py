@@ -1,0 +1,370 @@
+"""Train the MSFF/MSFR pair of codec/models/msff.py with selective learning (SLS).
+
+Training-image features are extracted ONCE with NN part 1 (K augmented views per
+image: random resized crops, flips, fixed seed) and cached as float16 .npy files
+under --cache-dir; training then reads only the cache.
+
+Each step draws n uniformly in 0..C per sample and zeroes fused channels n..C-1
+before MSFR (``--no-sls`` for the ablation: all channels kept). Loss: weighted MSE
+over the reconstructed (normalised) scales, plus an optional task loss through
+NanoDet's head (MSE between head outputs of the original and reconstructed
+features). Gaussian noise relative to the fused tensor's range is added before
+MSFR so that the model tolerates 10-bit quantisation and VVC coding error.
+
+Example (the reduced CPU configuration used for the shipped weights)::
+
+    python tools/train_msff.py --steps 3000 --batch 8 --threads 1 \\
+        --out codec/models/weights/msff_nanodet_neck.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from codec.models.msff import MsffCodecModel, MsffConfig, count_parameters, file_sha256  # noqa: E402
+from codec.vision import get_network  # noqa: E402
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+
+
+def assets_dir() -> Path:
+    env = os.environ.get("FCM_ASSETS")
+    return Path(env) if env else REPO.parent / "shared" / "assets"
+
+
+def list_images(root: str | Path) -> list[str]:
+    """Sorted image paths relative to `root` (posix separators)."""
+    root = Path(root)
+    files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS]
+    return sorted(files)
+
+
+def file_list_sha256(files: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest()
+
+
+def split_train_images(files: list[str], holdout: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Deterministic (train, held-out) split of the sorted file list; the held-out
+    images are for tools/tune_truncation.py and are never trained on."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(files))
+    held = sorted(files[i] for i in order[:holdout])
+    train = sorted(files[i] for i in order[holdout:])
+    return train, held
+
+
+def augment(image: np.ndarray, rng: np.random.Generator, view: int) -> np.ndarray:
+    """View 0: the full image; other views: random resized crop (area 0.25..1,
+    aspect 3/4..4/3). Every view is flipped horizontally with probability 0.5."""
+    h, w = image.shape[:2]
+    if view > 0:
+        for _ in range(10):
+            area = rng.uniform(0.25, 1.0) * h * w
+            ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+            cw, ch = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+            if 16 <= cw <= w and 16 <= ch <= h:
+                x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+                image = image[y0 : y0 + ch, x0 : x0 + cw]
+                break
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(image)
+
+
+def build_cache(net, split: str, root: Path, files: list[str], views: int, seed: int, cache_dir: Path) -> Path:
+    """Extract NN part 1 features of every (image, view) once into float16 .npy
+    memmaps, one per scale; reuse them when the key (files, views, seed) matches."""
+    from PIL import Image
+
+    key = hashlib.sha256(
+        f"{net.name}|{net.weights_sha256()}|{split}|{views}|{seed}|{file_list_sha256(files)}".encode()
+    ).hexdigest()[:16]
+    out = cache_dir / f"{net.name}_{split}_{key}"
+    done = out / "done.json"
+    if done.is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    sp = net.split_points[split]
+    n = len(files) * views
+    s = net.input_size
+    shapes = sp.shapes(s, s)
+    arrays = {
+        name: np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=np.float16, shape=(n, *shape))
+        for name, shape in shapes.items()
+    }
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    for i, rel in enumerate(files):
+        image = np.asarray(Image.open(root / rel).convert("RGB"))
+        for v in range(views):
+            x, _ = net.preprocess(augment(image, rng, v))
+            feats = net.part1(x, split)
+            for name, f in feats.items():
+                arrays[name][i * views + v] = f[0].numpy().astype(np.float16)
+        if i % 100 == 0:
+            print(f"cache {i}/{len(files)} {time.time() - t0:.0f}s", flush=True)
+    for a in arrays.values():
+        a.flush()
+    done.write_text(json.dumps({"files": len(files), "views": views, "seed": seed, "n": n}))
+    return out
+
+
+def load_cache(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    return {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in names}
+
+
+def filled_rows(cache: dict[str, np.ndarray], names: list[str]) -> int:
+    """Number of leading rows already written by a cache build still in progress
+    (rows are written in order; real features are never all zero)."""
+    a = cache[names[-1]]
+    flat = a.reshape(len(a), -1)[:, :256]
+    nz = np.flatnonzero(~np.any(flat != 0, axis=1))
+    return int(nz[0]) if len(nz) else len(a)
+
+
+def random_crop(feats: dict[str, np.ndarray], names: list[str], strides: list[int], crop: int,
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Aligned random crop of every scale: `crop` cells of the coarsest scale."""
+    hc, wc = feats[names[-1]].shape[-2:]
+    if crop <= 0 or crop >= min(hc, wc):
+        return feats
+    y0, x0 = int(rng.integers(0, hc - crop + 1)), int(rng.integers(0, wc - crop + 1))
+    out = {}
+    for n, s in zip(names, strides):
+        r = strides[-1] // s
+        out[n] = feats[n][..., y0 * r : (y0 + crop) * r, x0 * r : (x0 + crop) * r]
+    return out
+
+
+def feature_scales(cache: dict[str, np.ndarray], names: list[str], n_rows: int, samples: int = 200) -> torch.Tensor:
+    """Per-scale RMS over (a fixed subset of) the first n_rows cached views: the normalisation."""
+    idx = np.linspace(0, n_rows - 1, min(samples, n_rows)).astype(int)
+    return torch.tensor([float(np.sqrt(np.mean(np.square(cache[n][idx].astype(np.float32))))) for n in names])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", default=None, help="training images (default: <assets>/train-images)")
+    ap.add_argument("--network", default="nanodet")
+    ap.add_argument("--split", default="neck")
+    ap.add_argument("--cache-dir", default=None, help="feature cache (default: <user cache>/fcm-codec/msff)")
+    ap.add_argument("--views", type=int, default=2, help="augmented views per image")
+    ap.add_argument("--holdout", type=int, default=64, help="images held out for tune_truncation")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fused-channels", type=int, default=256)
+    ap.add_argument("--width", type=int, default=80)
+    ap.add_argument("--fuse-blocks", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--scale-weights", default=None, help="comma-separated loss weight per scale (default 1 each)")
+    ap.add_argument("--task-weight", type=float, default=0.0, help="weight of the head-output MSE (0: off)")
+    ap.add_argument("--task-every", type=int, default=1, help="apply the task loss every N steps")
+    ap.add_argument("--noise", type=float, default=0.01, help="max noise std relative to the fused range")
+    ap.add_argument("--no-sls", action="store_true", help="ablation: keep all fused channels in training")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-minutes", type=float, default=0.0,
+                    help="stop after this much training wall time (LR follows the larger progress)")
+    ap.add_argument("--ckpt-every", type=int, default=250)
+    ap.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
+    ap.add_argument("--out", required=True, help="output weights .pt (json written beside it)")
+    ap.add_argument("--cache-only", action="store_true", help="build the feature cache and stop")
+    ap.add_argument("--partial-cache", default=None,
+                    help="train on the rows already written by a cache build running in this directory")
+    ap.add_argument("--crop", type=int, default=0,
+                    help="train on aligned random crops of this many coarsest-scale cells (0: whole maps)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    images_root = Path(args.images) if args.images else assets_dir() / "train-images"
+    if not images_root.is_dir():
+        print(f"error: training images not found: {images_root}", file=sys.stderr)
+        return 2
+    cache_root = Path(args.cache_dir) if args.cache_dir else Path(
+        __import__("platformdirs").user_cache_dir("fcm-codec")
+    ) / "msff"
+    all_files = list_images(images_root)
+    train_files, held = split_train_images(all_files, args.holdout, args.seed)
+    net = get_network(args.network)
+    sp = net.split_points[args.split]
+    names = sp.scale_names()
+    if args.partial_cache:
+        cache_path = Path(args.partial_cache)
+    else:
+        cache_path = build_cache(net, args.split, images_root, train_files, args.views, args.seed, cache_root)
+    print(f"cache: {cache_path}", flush=True)
+    if args.cache_only:
+        return 0
+    cache = load_cache(cache_path, names)
+    n_samples = filled_rows(cache, names) if args.partial_cache else len(cache[names[0]])
+    strides = [s.stride for s in sp.scales]
+
+    device = torch.device(args.device)
+    cfg = MsffConfig.for_split_point(
+        sp, fused_channels=args.fused_channels, width=args.width, fuse_blocks=args.fuse_blocks
+    )
+    model = MsffCodecModel(cfg)
+    scale = feature_scales(cache, names, n_samples)
+    model.set_feature_scale(scale)
+    model.to(device)
+    weights = (
+        torch.tensor([float(w) for w in args.scale_weights.split(",")])
+        if args.scale_weights
+        else torch.ones(len(names))
+    )
+    if len(weights) != len(names):
+        print(f"error: --scale-weights needs {len(names)} values", file=sys.stderr)
+        return 2
+    head = None
+    if args.task_weight > 0:
+        head = net.model.head.to(device).eval()
+        for p in head.parameters():
+            p.requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+
+    def lr_at(progress: float) -> float:  # cosine to 2 % of --lr; progress in steps or wall time
+        return args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    out = Path(args.out)
+    ckpt = out.with_suffix(".ckpt")
+    step, history, elapsed0 = 0, [], 0.0
+    rng = np.random.default_rng(args.seed + 1)
+    if args.resume and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, history, elapsed0 = state["step"], state["history"], state["elapsed"]
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resumed at step {step}", flush=True)
+    t0 = time.time()
+    c = cfg.fused_channels
+    model.train()
+    limit = args.max_minutes * 60.0
+
+    def progress() -> float:
+        p = step / args.steps
+        return max(p, (elapsed0 + time.time() - t0) / limit) if limit > 0 else p
+
+    while progress() < 1.0:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(progress())
+        if args.partial_cache and step % 100 == 0:
+            n_samples = filled_rows(cache, names)
+        idx = np.sort(rng.choice(n_samples, args.batch, replace=False))
+        crops = random_crop({n: cache[n][idx] for n in names}, names, strides, args.crop, rng)
+        feats = {n: torch.from_numpy(crops[n].astype(np.float32)).to(device) for n in names}
+        z = model.msff(feats)
+        if not args.no_sls:
+            kept = torch.from_numpy(rng.integers(0, c + 1, args.batch)).to(device)
+            from codec.models.msff import sls_mask
+
+            z = sls_mask(z, kept)
+        if args.noise > 0:
+            rngz = (z.amax(dim=(1, 2, 3), keepdim=True) - z.amin(dim=(1, 2, 3), keepdim=True)).detach()
+            sigma = torch.rand(args.batch, 1, 1, 1, device=device) * args.noise * rngz
+            z = z + torch.randn_like(z) * sigma
+        sizes = {n: tuple(feats[n].shape[-2:]) for n in names}
+        rec = model.msfr(z, sizes)
+        per_scale = torch.stack([((rec[n] - feats[n]) / scale[i]).pow(2).mean() for i, n in enumerate(names)])
+        loss = (per_scale * weights.to(device)).sum() / weights.sum()
+        task = torch.zeros(())
+        if head is not None and step % args.task_every == 0:
+            with torch.no_grad():
+                ref = head([feats[n] for n in names])
+            got = head([rec[n] for n in names])
+            task = sum(((a - b) ** 2).mean() + ((da - db) ** 2).mean() for (a, da), (b, db) in zip(got, ref))
+            loss = loss + args.task_weight * task
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        history.append([loss.item(), *per_scale.tolist(), float(task.detach())])
+        if step % 50 == 0:
+            recent = np.mean(history[-50:], axis=0)
+            print(
+                f"step {step} loss {recent[0]:.4f} mse {' '.join(f'{v:.4f}' for v in recent[1:-1])} "
+                f"task {recent[-1]:.4f} lr {opt.param_groups[0]['lr']:.2e} {elapsed0 + time.time() - t0:.0f}s",
+                flush=True,
+            )
+        if step % args.ckpt_every == 0 or progress() >= 1.0:
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "elapsed": elapsed0 + time.time() - t0,
+                    "step": step,
+                    "history": history,
+                    "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                },
+                tmp,
+            )
+            os.replace(tmp, ckpt)
+
+    model.eval().cpu()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.float().contiguous() for k, v in model.state_dict().items()}, out)
+    final = np.mean(history[-100:], axis=0)
+    try:
+        data_folder = images_root.resolve().relative_to(assets_dir().resolve()).as_posix()
+        data_folder = "${assets}/" + data_folder
+    except ValueError:
+        data_folder = images_root.name
+    record = {
+        "model": "msff_msfr",
+        "network": args.network,
+        "split": args.split,
+        "network_weights_sha256": net.weights_sha256(),
+        "config": cfg.to_json(),
+        "feature_scale": [float(v) for v in scale],
+        "parameters": count_parameters(model),
+        "sls": not args.no_sls,
+        "command": "python tools/train_msff.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "data": {
+            "folder": data_folder,
+            "count": len(all_files),
+            "sha256_sorted_file_list": file_list_sha256(all_files),
+            "train_count": len(train_files),
+            "holdout_count": len(held),
+            "holdout_seed": args.seed,
+            "views_per_image": args.views,
+            "cached_views_used": int(n_samples),
+            "augmentation": "view 0 full image, other views random resized crop (area 0.25-1, aspect 3/4-4/3); "
+            "hflip p=0.5; stretch to 416x416",
+        },
+        "steps": step,
+        "train_seconds": round(elapsed0 + time.time() - t0, 1),
+        "batch": args.batch,
+        "final_loss": float(final[0]),
+        "final_mse_per_scale": {n: float(v) for n, v in zip(names, final[1:-1])},
+        "final_task_loss": float(final[-1]),
+        "weights_sha256": file_sha256(out),
+    }
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out} ({out.stat().st_size} bytes) sha256 {record['weights_sha256']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
