@@ -14,7 +14,7 @@ class ModeId(enum.IntEnum):
 
     BYPASS = 1  # lossless float16 / float32 tensors
     ANCHOR = 2  # MPEG feature anchor: tiled, 10-bit min-max quantised, VVC
-    VVC_MSFF = 3  # reserved: multi-scale feature fusion + VVC
+    VVC_MSFF = 3  # multi-scale feature fusion + VVC (codec/modes/vvc_msff.py)
     LEARNED_E2E = 4  # reserved: learned end-to-end feature codec
 
 
