@@ -10,6 +10,7 @@ with one thread, so N workers use N cores without oversubscription.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -163,8 +164,40 @@ class Job:
     torch_threads: int | None = None
 
 
+# Source that produces job results; its content hash is part of the code version, so an
+# edit of a mode or network without a version bump cannot leave stale results in a cache.
+_RESULT_SOURCES = (
+    "codec/bitstream",
+    "codec/inner",
+    "codec/models",
+    "codec/modes",
+    "codec/vision",
+    "codec/pipeline.py",
+    "ctc/codecs.py",
+    "ctc/runner.py",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def source_sha256() -> str:
+    """sha256 over the Python sources and shipped model weights (.pt, e.g. learned codecs)
+    that affect job results; the split network's weights hash is a key field of its own."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for entry in _RESULT_SOURCES:
+        p = root / entry
+        files = (
+            sorted(f for f in p.rglob("*") if f.suffix in (".py", ".pt")) if p.is_dir() else [p] if p.is_file() else []
+        )
+        for f in files:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0")
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def code_version() -> dict[str, str]:
-    """Versions of this repository's code that change job results (git-independent)."""
+    """Versions of this repository's code that change job results (git-independent): package and
+    container versions, the harness version and a hash of the result-producing sources."""
     import codec
     from codec import bitstream
 
@@ -172,6 +205,7 @@ def code_version() -> dict[str, str]:
         "codec": codec.__version__,
         "container": f"{bitstream.VERSION_MAJOR}.{bitstream.VERSION_MINOR}",
         "ctc": HARNESS_VERSION,
+        "source_sha256": source_sha256(),
     }
 
 

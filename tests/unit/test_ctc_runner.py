@@ -62,6 +62,10 @@ def test_job_key_covers_everything_that_changes_a_result() -> None:
     ]
     keys = {job_key(**{**base, **c}) for c in changes}
     assert key not in keys and len(keys) == len(changes)
+    from ctc.runner import code_version
+
+    v = code_version()
+    assert set(v) == {"codec", "container", "ctc", "source_sha256"} and len(v["source_sha256"]) == 64
     # the network's weights file path is not part of the key (its content hash is)
     assert job_key(**{**base, "network": NetworkConfig("nanodet", "neck", Path("/x/w.pt"))}) == key
 
