@@ -97,22 +97,40 @@ def curves(points: list[PointResult]) -> dict[str, list[PointResult]]:
     return {k: sorted(v, key=lambda p: p.bpp) for k, v in out.items()}
 
 
+def rate_accuracy_front(curve: list[PointResult], metric: str) -> list[PointResult]:
+    """The points of a rate-sorted curve that no lower-rate point matches or beats in `metric`.
+
+    Near saturation, task accuracy is not monotonic in rate (a higher-rate point can score
+    a little lower by chance), and the Bjontegaard integral needs a monotonic curve; a
+    dominated point is one an encoder would never choose, so it is left out (and reported)."""
+    front: list[PointResult] = []
+    for p in sorted(curve, key=lambda q: q.bpp):
+        if not front or p.metric(metric) > front[-1].metric(metric):
+            front.append(p)
+    return front
+
+
 def bd_rows(config: CtcConfig, points: list[PointResult]) -> list[dict[str, Any]]:
     """BD-rate (%) and BD-metric (mAP, same units as mAP) of every codec against every anchor,
-    for every reported metric, with both interpolation methods."""
+    for every reported metric, with both interpolation methods, over each curve's
+    rate-accuracy front (see rate_accuracy_front; the dropped points are named in `note`)."""
     by_codec = curves(points)
     rows = []
     for anchor in config.anchors:
         if anchor not in by_codec:
             continue
-        a = by_codec[anchor]
         for c in config.codecs:
             if c.name == anchor or c.name not in by_codec or len(by_codec[c.name]) < 2:
                 continue  # single points (uncompressed, one-point bypass) are reference lines, not curves
-            t = by_codec[c.name]
             for metric in config.report_metrics:
                 row: dict[str, Any] = {"codec": c.name, "anchor": anchor, "metric": metric}
                 notes = []
+                a = rate_accuracy_front(by_codec[anchor], metric)
+                t = rate_accuracy_front(by_codec[c.name], metric)
+                for name, full, front in ((anchor, by_codec[anchor], a), (c.name, by_codec[c.name], t)):
+                    dropped = [p.point for p in full if p not in front]
+                    if dropped:
+                        notes.append(f"{name}: dominated points left out: {', '.join(map(str, dropped))}")
                 for method in METHODS:
                     for kind, fn in (("bd_rate", bd_rate), ("bd_metric", bd_metric)):
                         try:
