@@ -166,25 +166,45 @@ class Job:
 
 # Source that produces job results; its content hash is part of the code version, so an
 # edit of a mode or network without a version bump cannot leave stale results in a cache.
-_RESULT_SOURCES = (
+# Sources whose changes change job results. Every job depends on the core; a container
+# mode also on its own module and model files (so retraining one learned codec, or editing
+# its mode, does not invalidate the cached results of the anchors). A mode missing from
+# _MODE_SOURCES depends on all of codec/modes and codec/models.
+_CORE_SOURCES = (
     "codec/bitstream",
     "codec/inner",
-    "codec/models",
-    "codec/modes",
     "codec/vision",
+    "codec/errors.py",
     "codec/pipeline.py",
+    "codec/modes/__init__.py",
+    "codec/modes/base.py",
     "ctc/codecs.py",
     "ctc/runner.py",
 )
+_MODE_SOURCES: dict[str, tuple[str, ...]] = {
+    "bypass": ("codec/modes/bypass.py",),
+    "anchor": ("codec/modes/anchor.py",),
+    "vvc_msff": ("codec/modes/vvc_msff.py", "codec/modes/anchor.py", "codec/models/msff.py",
+                 "codec/models/weights/msff_nanodet_neck.pt"),
+    "learned_e2e": ("codec/modes/learned_e2e.py", "codec/models/fenet.py", "codec/models/fixed_point.py",
+                    "codec/models/weights/fenet_nanodet_neck.pt"),
+}
 
 
-@functools.lru_cache(maxsize=1)
-def source_sha256() -> str:
-    """sha256 over the Python sources and shipped model weights (.pt, e.g. learned codecs)
-    that affect job results; the split network's weights hash is a key field of its own."""
+def _result_sources(mode: str | None) -> tuple[str, ...]:
+    if mode is None:
+        return _CORE_SOURCES
+    return _CORE_SOURCES + _MODE_SOURCES.get(mode, ("codec/modes", "codec/models"))
+
+
+@functools.lru_cache(maxsize=16)
+def source_sha256(mode: str | None = None) -> str:
+    """sha256 over the Python sources and shipped model weights (.pt) that affect the results
+    of jobs of `mode` (None: no container mode); the split network's weights hash is a key
+    field of its own."""
     root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
-    for entry in _RESULT_SOURCES:
+    for entry in _result_sources(mode):
         p = root / entry
         files = (
             sorted(f for f in p.rglob("*") if f.suffix in (".py", ".pt")) if p.is_dir() else [p] if p.is_file() else []
@@ -195,7 +215,7 @@ def source_sha256() -> str:
     return h.hexdigest()
 
 
-def code_version() -> dict[str, str]:
+def code_version(mode: str | None = None) -> dict[str, str]:
     """Versions of this repository's code that change job results (git-independent): package and
     container versions, the harness version and a hash of the result-producing sources."""
     import codec
@@ -205,7 +225,7 @@ def code_version() -> dict[str, str]:
         "codec": codec.__version__,
         "container": f"{bitstream.VERSION_MAJOR}.{bitstream.VERSION_MINOR}",
         "ctc": HARNESS_VERSION,
-        "source_sha256": source_sha256(),
+        "source_sha256": source_sha256(mode),
     }
 
 
@@ -243,11 +263,11 @@ def plan_jobs(
 ) -> list[Job]:
     from .codecs import get_codec_type
 
-    versions = code_version()
     jobs = []
     for c in config.codecs:
         plugin = get_codec_type(c.type, c.mode if c.type == "container" else None)
         cversion = plugin.version()
+        versions = code_version(plugin.mode)
         for p in c.points:
             for im in images:
                 key = job_key(

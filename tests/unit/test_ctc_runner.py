@@ -260,3 +260,13 @@ def test_job_failure_names_the_job(tmp_path: Path, capsys) -> None:
     assert main(["run", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "coarse/step0.8/image 100" in err and "cannot read image" in err
+
+
+def test_a_mode_s_cache_key_depends_on_its_own_sources_only() -> None:
+    from ctc.runner import _result_sources, code_version
+
+    anchor, e2e = _result_sources("anchor"), _result_sources("learned_e2e")
+    assert "codec/modes/anchor.py" in anchor and not any("fenet" in s for s in anchor)
+    assert "codec/models/fenet.py" in e2e and "codec/pipeline.py" in e2e
+    assert "codec/models" in _result_sources("some_future_mode")  # unknown: depend on everything
+    assert code_version("anchor")["source_sha256"] != code_version("learned_e2e")["source_sha256"]
