@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bd_rate import METHODS, BDError, bd_metric, bd_rate, near_lossless_rate
+from .bd_rate import METHODS, MIN_POINTS, BDError, bd_metric, bd_rate, near_lossless_rate
 from .coco_eval import evaluate_detections
 from .codecs import STAGES
 from .config import CtcConfig
@@ -120,8 +120,10 @@ def bd_rows(config: CtcConfig, points: list[PointResult]) -> list[dict[str, Any]
         if anchor not in by_codec:
             continue
         for c in config.codecs:
-            if c.name == anchor or c.name not in by_codec or len(by_codec[c.name]) < 2:
-                continue  # single points (uncompressed, one-point bypass) are reference lines, not curves
+            if c.name == anchor or c.name not in by_codec or len(by_codec[c.name]) < MIN_POINTS:
+                # fewer points than a Bjontegaard curve needs (uncompressed, the bypass dtypes):
+                # reference points, not rate-accuracy curves
+                continue
             for metric in config.report_metrics:
                 row: dict[str, Any] = {"codec": c.name, "anchor": anchor, "metric": metric}
                 notes = []
