@@ -37,21 +37,22 @@ from codec.bitstream import (  # noqa: E402
 )
 from codec.bitstream.container import header_to_dict, unit_to_dict  # noqa: E402
 from codec.errors import BitstreamError  # noqa: E402
-from codec.modes import EncodeParams, anchor, bypass, conformance_digest  # noqa: E402
+from codec.modes import EncodeParams, anchor, bypass, conformance_digest, vvc_msff  # noqa: E402
 from codec.vision.base import Preprocessing, ScaleInfo, SplitPoint  # noqa: E402
 
 SPLIT = SplitPoint("neck", 1, (ScaleInfo("p3", 16, 8), ScaleInfo("p4", 16, 16), ScaleInfo("p5", 16, 32)))
+MSFF_SPLIT = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32)))
 INPUT = 128
 PREP = Preprocessing(160, 120, INPUT, INPUT, ResizeMode.STRETCH, INPUT / 160, INPUT / 120)
 WEIGHTS_HASH = hashlib.sha256(b"fcm conformance weights").digest()
 MAX_VECTOR_BYTES = 100_000
 
 
-def synthetic_features(seed: int = 2024) -> dict[str, torch.Tensor]:
+def synthetic_features(seed: int = 2024, split: SplitPoint = SPLIT) -> dict[str, torch.Tensor]:
     """Smooth, ReLU-like channels with a different range per scale."""
     rng = np.random.default_rng(seed)
     out = {}
-    for k, s in enumerate(SPLIT.scales):
+    for k, s in enumerate(split.scales):
         n = INPUT // s.stride
         yy, xx = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n), indexing="ij")
         chans = []
@@ -81,6 +82,10 @@ def golden_vectors() -> dict[str, bytes]:
     for qp in (22, 37):
         mh, units = anchor.encode(feats, SPLIT, EncodeParams(mode="anchor", qp=qp, preset="faster"))
         out[f"anchor-qp{qp}"] = build_container(_header(anchor, mh), units)
+    # vvc_msff needs the channel counts its shipped MSFF/MSFR model was trained for (128)
+    msff_feats = {k: v * 0.1 for k, v in synthetic_features(2025, MSFF_SPLIT).items()}
+    mh, units = vvc_msff.encode(msff_feats, MSFF_SPLIT, EncodeParams(mode="vvc_msff", qp=37, preset="faster"))
+    out["vvc_msff-qp37"] = build_container(_header(vvc_msff, mh), units)
     return out
 
 

@@ -18,7 +18,9 @@ HERE = Path(__file__).resolve().parent
 GOLDEN = sorted(p for p in HERE.glob("*.bin") if not p.name.startswith("invalid-"))
 INVALID = sorted(HERE.glob("invalid-*.bin"))
 
-EXPECTED_GOLDEN = {"bypass-f16", "bypass-f32", "bypass-f16-optional-unit", "anchor-qp22", "anchor-qp37"}
+EXPECTED_GOLDEN = {
+    "bypass-f16", "bypass-f32", "bypass-f16-optional-unit", "anchor-qp22", "anchor-qp37", "vvc_msff-qp37"
+}  # fmt: skip
 EXPECTED_INVALID = {
     "invalid-bad-magic", "invalid-version-major", "invalid-unknown-mode", "invalid-header-crc",
     "invalid-payload-crc", "invalid-truncated", "invalid-absurd-channels", "invalid-absurd-samples",
@@ -41,7 +43,7 @@ def test_the_vector_set_is_complete_and_small():
 
 @pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.stem)
 def test_golden_vector_decodes_to_its_md5(path: Path):
-    if path.stem.startswith("anchor") and not _vvc_available():
+    if path.stem.startswith(("anchor", "vvc_msff")) and not _vvc_available():
         pytest.skip("ffmpeg lacks the vvc decoder")
     md5_file = path.with_suffix(".md5")
     assert md5_file.exists(), f"{md5_file.name} is missing (tools/make_conformance.py --regenerate)"

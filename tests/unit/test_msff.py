@@ -1,0 +1,297 @@
+"""MSFF/MSFR (codec/models/msff.py), SLS masking, the exact decoder, the truncation
+table and the vvc_msff mode (codec/modes/vvc_msff.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from codec.bitstream import CodecModelId, ContainerHeader, build_container, parse_container
+from codec.errors import EncodeError, MalformedError
+from codec.models.msff import (
+    ExactMsfr,
+    MsffCodecModel,
+    MsffConfig,
+    MsffConfigError,
+    MsffWeightsError,
+    count_parameters,
+    file_sha256,
+    load_msff,
+    shipped_weights_paths,
+    sls_mask,
+)
+from codec.modes import MODES, available_modes, vvc_msff
+from codec.vision.base import NetworkId, Preprocessing, ResizeMode, ScaleInfo, SplitPoint
+
+REPO = Path(__file__).resolve().parents[2]
+NANODET_NECK = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32)))
+RCNN_FPN = SplitPoint("fpn", 1, tuple(ScaleInfo(f"p{i}", 256, 2**i) for i in range(2, 7)))
+
+
+def _features(sp: SplitPoint, h: int, w: int, seed: int = 0, scale: float = 0.1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        name: torch.randn(1, c, hh, ww, generator=g) * scale for name, (c, hh, ww) in sp.shapes(h, w).items()
+    }
+
+
+def _vvc_available() -> bool:
+    from codec.inner import vvc
+
+    return vvc.ffmpeg_supports_vvc()
+
+
+needs_vvc = pytest.mark.skipif(not _vvc_available(), reason="ffmpeg lacks libvvenc or the vvc decoder")
+
+
+# -- model shapes ---------------------------------------------------------------------
+
+
+def test_nanodet_neck_shapes_and_size():
+    torch.manual_seed(0)
+    model = MsffCodecModel(MsffConfig.for_split_point(NANODET_NECK)).eval()
+    feats = _features(NANODET_NECK, 416, 416)
+    with torch.no_grad():
+        z = model.msff(feats)
+        rec = model(feats)
+    assert tuple(z.shape) == (1, 256, 13, 13)
+    assert {k: tuple(v.shape) for k, v in rec.items()} == {
+        "p3": (1, 128, 52, 52), "p4": (1, 128, 26, 26), "p5": (1, 128, 13, 13)
+    }  # fmt: skip
+    # float32 weights must stay below 5 MB
+    assert 4 * count_parameters(model) < 5_000_000
+
+
+def test_rcnn_fpn_like_config_shapes_with_odd_sizes():
+    torch.manual_seed(0)
+    model = MsffCodecModel(MsffConfig.for_split_point(RCNN_FPN, fused_channels=64, width=32)).eval()
+    feats = _features(RCNN_FPN, 200, 296)  # ceil division: 50x74, 25x37, 13x19, 7x10, 4x5
+    with torch.no_grad():
+        z = model.msff(feats)
+        rec = model(feats, kept_channels=10)
+    assert tuple(z.shape) == (1, 64, 4, 5)
+    assert {k: tuple(v.shape[1:]) for k, v in rec.items()} == {
+        k: v for k, v in RCNN_FPN.shapes(200, 296).items()
+    }
+    assert list(rec) == RCNN_FPN.scale_names()
+
+
+@pytest.mark.parametrize(
+    "scales",
+    [
+        (ScaleInfo("a", 8, 8), ScaleInfo("b", 8, 24)),  # ratio 3
+        (ScaleInfo("a", 8, 16), ScaleInfo("b", 8, 8)),  # coarsest first
+        (),
+    ],
+)
+def test_invalid_split_points_are_refused(scales):
+    with pytest.raises(MsffConfigError):
+        MsffCodecModel(MsffConfig(scales=scales))
+
+
+# -- SLS ----------------------------------------------------------------------------------
+
+
+def test_sls_mask_zeroes_exactly_the_trailing_channels():
+    z = torch.randn(4, 16, 3, 5) + 10.0  # no zeros in the input
+    n = torch.tensor([0, 1, 7, 16])
+    out = sls_mask(z, n)
+    for i, k in enumerate(n.tolist()):
+        assert torch.equal(out[i, :k], z[i, :k])
+        assert bool((out[i, k:] == 0).all())
+    assert torch.equal(sls_mask(z, 16), z)
+    assert int((sls_mask(z, 3) != 0).sum()) == 4 * 3 * 3 * 5
+    with pytest.raises(ValueError):
+        sls_mask(z, 17)
+
+
+# -- exact (fixed-point) MSFR ---------------------------------------------------------------
+
+
+def test_exact_msfr_matches_float_and_is_thread_independent():
+    torch.manual_seed(1)
+    model = MsffCodecModel(MsffConfig.for_split_point(NANODET_NECK)).eval()
+    model.set_feature_scale(torch.tensor([0.1, 0.2, 0.3]))
+    feats = _features(NANODET_NECK, 128, 160)
+    sizes = {k: tuple(v.shape[-2:]) for k, v in feats.items()}
+    with torch.no_grad():
+        z = model.msff(feats)
+        ref = model.msfr(z, sizes)
+    exact = ExactMsfr(model.msfr)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = exact(z, sizes)
+        torch.set_num_threads(2)
+        b = exact(z, sizes)
+    finally:
+        torch.set_num_threads(threads)
+    for k in ref:
+        assert torch.equal(a[k], b[k])
+        assert a[k].dtype == torch.float32
+        err = float((a[k] - ref[k]).abs().max())
+        assert err < 1e-3 * float(ref[k].abs().max()), (k, err)
+
+
+# -- truncation table -------------------------------------------------------------------------
+
+
+def test_truncation_table_is_monotone_and_in_range():
+    table = vvc_msff.TRUNCATION_TABLE
+    qps = sorted(table)
+    kept = [table[q] for q in qps]
+    assert kept == sorted(kept, reverse=True)
+    c = 256
+    assert all(1 <= k <= c for k in kept)
+    by_qp = [vvc_msff.kept_channels_for_qp(q, c) for q in range(0, 64)]
+    assert all(a >= b for a, b in zip(by_qp, by_qp[1:]))
+    assert vvc_msff.kept_channels_for_qp(qps[0], c) == table[qps[0]]
+    assert vvc_msff.kept_channels_for_qp(qps[-1] + 5, c) == table[qps[-1]]
+    assert vvc_msff.kept_channels_for_qp(qps[0] - 1, c) == c
+
+
+def test_split_kept_is_greedy_in_scale_order():
+    assert vvc_msff.split_kept(200, [128, 128, 128]) == [128, 72, 0]
+    assert vvc_msff.split_kept(5, [128, 128]) == [5, 0]
+    with pytest.raises(EncodeError):
+        vvc_msff.split_kept(300, [128, 128])
+
+
+# -- shipped weights ---------------------------------------------------------------------------
+
+
+def test_shipped_weights_match_their_record():
+    pt, js = shipped_weights_paths()
+    assert pt.is_file() and js.is_file()
+    record = json.loads(js.read_text())
+    assert file_sha256(pt) == record["weights_sha256"]
+    assert pt.stat().st_size < 5_000_000
+    assert record["data"]["folder"] == "${assets}/train-images"
+    assert record["data"]["count"] == 909
+    assert "train_msff.py" in record["command"]
+    assert record["steps"] > 0 and np.isfinite(record["final_loss"])
+    model, rec2, sha = load_msff()
+    assert sha == record["weights_sha256"] and rec2 == record
+    assert torch.allclose(model.msff.feature_scale, torch.tensor(record["feature_scale"]))
+    assert vvc_msff.MODEL_FILES[CodecModelId.MSFF_NANODET_NECK] == pt.stem
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    pt, js = shipped_weights_paths()
+    bad = tmp_path / pt.name
+    state = torch.load(pt, weights_only=True)
+    key = sorted(state)[0]
+    state[key] = state[key] + 1e-3
+    torch.save(state, bad)
+    shutil.copy(js, bad.with_suffix(".json"))
+    with pytest.raises(MsffWeightsError):
+        load_msff(bad)
+
+
+def test_mode_is_registered():
+    assert "vvc_msff" in available_modes()
+    assert MODES[vvc_msff.MODE_ID] is vvc_msff
+
+
+# -- mode round trip through the container ----------------------------------------------------
+
+
+def _container(mh, units, h: int, w: int) -> bytes:
+    prep = Preprocessing(w, h, w, h, ResizeMode.STRETCH, 1.0, 1.0)
+    header = ContainerHeader(NetworkId.NANODET, bytes(32), 1, "neck", prep, vvc_msff.MODE_ID, mh)
+    return build_container(header, units)
+
+
+@pytest.mark.needs_ffmpeg
+@needs_vvc
+def test_round_trip_through_the_container_with_shipped_weights(tmp_path):
+    from codec.modes.base import EncodeParams
+
+    feats = _features(NANODET_NECK, 128, 128, seed=3)
+    qp = 32
+    mh, units = vvc_msff.encode(feats, NANODET_NECK, EncodeParams(mode="vvc_msff", qp=qp))
+    data = _container(mh, units, 128, 128)
+    parsed = parse_container(data)
+    h = parsed.header
+    model, _, digest = vvc_msff.model_for(CodecModelId.MSFF_NANODET_NECK)
+    kept = vvc_msff.kept_channels_for_qp(qp, model.cfg.fused_channels)
+    assert h.mode.codec_model_id == CodecModelId.MSFF_NANODET_NECK
+    assert bytes(h.mode.codec_model_hash) == digest
+    assert [s.kept_channels for s in h.scales] == vvc_msff.split_kept(kept, [128, 128, 128])
+    sym = vvc_msff.decode_symbols(h, parsed.units)
+    rows, cols = vvc_msff.anchor.grid_shape(kept)
+    assert sym["frame"].shape == (rows * 4, cols * 4)
+    rec = vvc_msff.reconstruct(h, sym)
+    assert {k: tuple(v.shape) for k, v in rec.items()} == {k: tuple(v.shape) for k, v in feats.items()}
+    again = vvc_msff.decode(h, parsed.units)
+    assert all(torch.equal(rec[k], again[k]) for k in rec)
+    # the decoded fused tensor is close to the encoder's (10-bit + VVC at QP 32)
+    with torch.no_grad():
+        z = model.msff(feats)[0, :kept]
+    zhat = vvc_msff.fused_tensor(h, sym["frame"], model.cfg.fused_channels)[0]
+    assert bool((zhat[kept:] == 0).all())
+    rel = float((zhat[:kept] - z).pow(2).mean() / z.pow(2).mean())
+    assert rel < 0.05, rel
+
+    # a decoder with other MSFF weights refuses the stream
+    pt, _ = shipped_weights_paths()
+    other = tmp_path / "other.pt"
+    state = torch.load(pt, weights_only=True)
+    key = sorted(state)[-1]
+    state[key] = state[key] * 1.01
+    torch.save(state, other)
+    record = json.loads(pt.with_suffix(".json").read_text())
+    record["weights_sha256"] = file_sha256(other)
+    other.with_suffix(".json").write_text(json.dumps(record))
+    with pytest.raises(vvc_msff.CodecModelMismatchError):
+        vvc_msff.decode_symbols(h, parsed.units, weights=other)
+
+
+@pytest.mark.needs_ffmpeg
+@needs_vvc
+def test_inconsistent_kept_fields_are_malformed():
+    from dataclasses import replace
+
+    from codec.modes.base import EncodeParams
+
+    feats = _features(NANODET_NECK, 64, 64, seed=4)
+    mh, units = vvc_msff.encode(feats, NANODET_NECK, EncodeParams(mode="vvc_msff", qp=42))
+    scales = list(mh.scales)
+    scales[1] = replace(scales[1], kept_channels=1)  # not greedy: scale 0 is not full
+    parsed = parse_container(_container(replace(mh, scales=tuple(scales)), units, 64, 64))
+    with pytest.raises(MalformedError):
+        vvc_msff.validate(parsed.header, parsed.units)
+
+
+@pytest.mark.needs_ffmpeg
+@pytest.mark.needs_assets
+@needs_vvc
+def test_nanodet_pipeline_round_trip_keeps_detections():
+    assets = Path(os.environ.get("FCM_ASSETS", REPO.parent / "shared" / "assets"))
+    if not (assets / "models").is_dir():
+        pytest.skip(f"assets not found at {assets}")
+    from codec.pipeline import EncodeParams, decode_bitstream, encode_image, load_image, run_part2
+    from codec.vision import get_network
+
+    net = get_network("nanodet")
+    image = load_image(REPO / "samples" / "baseball.jpg")
+    enc = encode_image(image, net, "neck", EncodeParams(mode="vvc_msff", qp=27))
+    dec = decode_bitstream(enc.bitstream, net)
+    for k, f in enc.features.items():
+        rel = float((dec.features[k] - f).pow(2).mean() / f.pow(2).mean())
+        assert rel < 0.8, (k, rel)  # measured 0.65 (p3) with the shipped weights; 1.0 = all zeros
+    ref = net.part2(enc.features, "neck", enc.preprocessing)
+    got, _ = run_part2(net, dec)
+    assert len(ref) > 0 and len(got) > 0
+    # the best detection of the uncompressed features is found again (IoU > 0.5)
+    from torchvision.ops import box_iou
+
+    best = ref.boxes[np.argmax(ref.scores)][None]
+    iou = box_iou(torch.as_tensor(best), torch.as_tensor(got.boxes)).max()
+    assert float(iou) > 0.5
