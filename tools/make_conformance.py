@@ -70,6 +70,24 @@ def _header(mode, mode_header: ModeHeader) -> ContainerHeader:
     return ContainerHeader(NetworkId.NANODET, WEIGHTS_HASH, SPLIT.split_id, SPLIT.name, PREP, mode.MODE_ID, mode_header)
 
 
+def learned_e2e_vector() -> bytes:
+    """learned_e2e at quality index 3 with its shipped model (codec/models/weights/fenet_nanodet_neck.pt):
+    smooth 128-channel features with NanoDet-neck-like magnitudes (the channels the model was trained for)."""
+    from codec.modes import learned_e2e
+
+    split = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32)))
+    rng = np.random.default_rng(2026)
+    feats = {}
+    for s in split.scales:
+        n = INPUT // s.stride
+        yy, xx = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n), indexing="ij")
+        f = rng.uniform(0.3, 1.5, (s.channels, 1, 1)) * np.sin(2 * np.pi * (xx + rng.uniform(0, 1, (s.channels, 1, 1))))
+        f = 0.15 * f * np.cos(2 * np.pi * yy * rng.uniform(0.2, 1.2, (s.channels, 1, 1)))
+        feats[s.name] = torch.from_numpy(f[None].astype(np.float32))
+    mh, units = learned_e2e.encode(feats, split, EncodeParams(mode="learned_e2e", phi=3))
+    return build_container(_header(learned_e2e, mh), units)
+
+
 def golden_vectors() -> dict[str, bytes]:
     feats = synthetic_features()
     out = {}
@@ -86,6 +104,7 @@ def golden_vectors() -> dict[str, bytes]:
     msff_feats = {k: v * 0.1 for k, v in synthetic_features(2025, MSFF_SPLIT).items()}
     mh, units = vvc_msff.encode(msff_feats, MSFF_SPLIT, EncodeParams(mode="vvc_msff", qp=37, preset="faster"))
     out["vvc_msff-qp37"] = build_container(_header(vvc_msff, mh), units)
+    out["learned_e2e-phi3"] = learned_e2e_vector()
     return out
 
 

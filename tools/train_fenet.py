@@ -139,6 +139,21 @@ def sample_batch(
     return [torch.where(torch.from_numpy(flip).view(-1, 1, 1, 1), t.flip(-1), t) for t in out]
 
 
+def feature_stats(
+    cache: dict[str, np.ndarray], names: list[str], n_rows: int, samples: int = 200
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalisation from a fixed subset of the first n_rows cached views: per-channel
+    means (all scales concatenated) and per-scale RMS after removing them."""
+    idx = np.linspace(0, n_rows - 1, min(samples, n_rows)).astype(int)
+    means, rms = [], []
+    for n in names:
+        a = cache[n][idx].astype(np.float64)
+        m = a.mean(axis=(0, 2, 3))
+        means.append(m)
+        rms.append(float(np.sqrt(np.mean(np.square(a - m.reshape(1, -1, 1, 1))))))
+    return torch.tensor(np.concatenate(means), dtype=torch.float32), torch.tensor(rms, dtype=torch.float32)
+
+
 def rd_loss(
     model: FenetCodec, out: dict, phi: torch.Tensor, lambdas: torch.Tensor, weights: torch.Tensor, input_pixels: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -162,13 +177,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--holdout", type=int, default=64, help="images left out (same split as train_msff)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--width", type=int, default=56)
-    ap.add_argument("--latent-channels", type=int, default=64)
+    ap.add_argument("--latent-channels", type=int, default=80)
     ap.add_argument("--hyper-channels", type=int, default=48)
-    ap.add_argument("--lambdas", default="0.004,0.012,0.036,0.11,0.33,1.0", help="lambda per quality index")
+    ap.add_argument("--latent-stride", type=int, default=1, choices=(1, 2), help="y stride / coarsest stride")
+    ap.add_argument("--lambdas", default="0.03,0.1,0.3,1,3,10", help="lambda per quality index")
     ap.add_argument("--scale-weights", default=None, help="comma-separated distortion weight per scale (default 1)")
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--aux-lr", type=float, default=1e-3)
     ap.add_argument("--time-limit", type=float, default=0.0, help="stop after this many minutes (0: no limit)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
@@ -215,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = msff.load_cache(cache_path, names)
     print(f"cache: {cache_path}", flush=True)
     n_scale = args.grow_start if growing is not None else len(cache[names[0]])
-    feature_scale = msff.feature_scales({k: v[:n_scale] for k, v in cache.items()}, names)
+    feature_mean, feature_scale = feature_stats(cache, names, n_scale)
 
     device = torch.device(args.device)
     lambdas_list = tuple(float(v) for v in args.lambdas.split(","))
@@ -224,11 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         width=args.width,
         latent_channels=args.latent_channels,
         hyper_channels=args.hyper_channels,
+        latent_downsample=args.latent_stride == 2,
         num_qualities=len(lambdas_list),
         lambdas=lambdas_list,
     )
     model = FenetCodec(cfg)
-    model.set_feature_scale(feature_scale)
+    model.set_feature_scale(feature_scale, feature_mean)
     model.to(device)
     lambdas = torch.tensor(lambdas_list, device=device)
     weights = (
@@ -342,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         "network_weights_sha256": net.weights_sha256(),
         "config": cfg.to_json(),
         "feature_scale": [float(v) for v in model.feature_scale],
+        "normalisation": "x_norm = (x - per-channel mean) / per-scale RMS (stored as buffers in the weights)",
         "parameters": count_parameters(model),
         "command": "python tools/train_fenet.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "data": {

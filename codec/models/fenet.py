@@ -77,6 +77,7 @@ class FenetConfig:
     width: int = 56  # N: channels inside FENet / DRNet
     latent_channels: int = 64  # M: channels of y
     hyper_channels: int = 48  # channels of z
+    latent_downsample: bool = True  # y at twice the coarsest stride (True) or at the coarsest stride
     num_qualities: int = 6  # gain-unit rows: quality index phi = 0 (lowest rate) .. num_qualities-1
     lambdas: tuple[float, ...] = field(default=(0.004, 0.012, 0.036, 0.11, 0.33, 1.0))  # training only
 
@@ -124,14 +125,15 @@ def conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:
 
 
 class SubpelUp(nn.Module):
-    """x2 upsampling: conv to 4x channels + pixel shuffle (exact in fixed point)."""
+    """x`factor` upsampling: conv to factor^2 x channels + pixel shuffle (exact in fixed point)."""
 
-    def __init__(self, cin: int, cout: int, k: int = 3) -> None:
+    def __init__(self, cin: int, cout: int, k: int = 3, factor: int = 2) -> None:
         super().__init__()
-        self.conv = conv(cin, 4 * cout, k)
+        self.factor = factor
+        self.conv = conv(cin, factor * factor * cout, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pixel_shuffle(self.conv(x), 2)
+        return F.pixel_shuffle(self.conv(x), self.factor)
 
 
 class FENet(nn.Module):
@@ -145,7 +147,8 @@ class FENet(nn.Module):
         for i, s in enumerate(cfg.scales):
             cin = s.channels + (n if i else 0)
             last = i == len(cfg.scales) - 1
-            layers: list[nn.Module] = [conv(cin, n, 3, 2), GDN(n), conv(n, m if last else n)]
+            stride = 1 if last and not cfg.latent_downsample else 2
+            layers: list[nn.Module] = [conv(cin, n, 3, stride), GDN(n), conv(n, m if last else n)]
             if not last:
                 layers.append(GDN(n))
             blocks.append(nn.Sequential(*layers))
@@ -172,7 +175,12 @@ class DRNet(nn.Module):
         super().__init__()
         n, m = cfg.width, cfg.latent_channels
         k = len(cfg.scales)
-        self.up = nn.ModuleList([SubpelUp(m if i == k - 1 else n, n, 1) for i in range(k)])
+        self.up = nn.ModuleList(
+            [
+                SubpelUp(m, n, 1, 2 if cfg.latent_downsample else 1) if i == k - 1 else SubpelUp(n, n, 1)
+                for i in range(k)
+            ]
+        )
         self.refine = nn.ModuleList([conv(n, n) for _ in range(k)])
         self.down = nn.ModuleList([conv(n, n, 3, 2) for _ in range(k - 1)])
         self.head_mid = nn.ModuleList([conv(n, n) for _ in cfg.scales])
@@ -219,7 +227,7 @@ class DRNet(nn.Module):
         r: list[torch.Tensor] = [y_hat_int] * k
         t = y_hat_int
         for i in reversed(range(k)):
-            t = act(_fit(F.pixel_shuffle(fx["up"][i](t), 2), *sizes[i]))
+            t = act(_fit(F.pixel_shuffle(fx["up"][i](t), self.up[i].factor), *sizes[i]))
             t = act(fx["refine"][i](t))
             r[i] = t
         out = []
@@ -307,12 +315,21 @@ class FenetCodec(nn.Module):
         self.hyper_gain = nn.Parameter(torch.ones(q, n_h))
         self.hyper_inv_gain = nn.Parameter(torch.ones(q, n_h))
         self.register_buffer("feature_scale", torch.ones(len(cfg.scales)))
+        # per-channel means of every scale (concatenated), removed before FENet and added back after DRNet
+        self.register_buffer("feature_mean", torch.zeros(sum(s.channels for s in cfg.scales)))
         self._fixed: dict[str, FixedConv2d] | None = None
 
     # -- helpers ---------------------------------------------------------------
 
-    def set_feature_scale(self, scale: torch.Tensor) -> None:
+    def set_feature_scale(self, scale: torch.Tensor, mean: torch.Tensor | None = None) -> None:
+        """Normalisation: x_norm = (x - mean[c]) / scale[i] for channel c of scale i."""
         self.feature_scale.copy_(scale.to(self.feature_scale))
+        if mean is not None:
+            self.feature_mean.copy_(mean.to(self.feature_mean))
+
+    def _mean(self, i: int) -> torch.Tensor:
+        start = sum(s.channels for s in self.cfg.scales[:i])
+        return self.feature_mean[start : start + self.cfg.scales[i].channels].view(1, -1, 1, 1)
 
     def _gains(self, phi: torch.Tensor, which: str) -> torch.Tensor:
         return getattr(self, which).abs()[phi].unsqueeze(-1).unsqueeze(-1)  # (B, C, 1, 1)
@@ -322,14 +339,16 @@ class FenetCodec(nn.Module):
             raise ValueError(f"quality index phi must be in 0..{self.cfg.num_qualities - 1}, got {phi}")
 
     def latent_sizes(self, sizes: list[tuple[int, int]]) -> tuple[tuple[int, int], tuple[int, int]]:
-        hy, wy = _half(sizes[-1][0]), _half(sizes[-1][1])
+        hy, wy = sizes[-1]
+        if self.cfg.latent_downsample:
+            hy, wy = _half(hy), _half(wy)
         return (hy, wy), (_half(hy), _half(wy))
 
     def _normalised(self, features: Features | list[torch.Tensor]) -> list[torch.Tensor]:
         xs = [features[s.name] for s in self.cfg.scales] if isinstance(features, dict) else list(features)
         if len(xs) != len(self.cfg.scales):
             raise FenetConfigError(f"expected {len(self.cfg.scales)} scales, got {len(xs)}")
-        return [x / self.feature_scale[i] for i, x in enumerate(xs)]
+        return [(x - self._mean(i)) / self.feature_scale[i] for i, x in enumerate(xs)]
 
     def _h_s(self, z_hat: torch.Tensor, hy: int, wy: int) -> torch.Tensor:
         t = F.relu(self.h_s_in(z_hat))
@@ -553,7 +572,7 @@ class FenetCodec(nn.Module):
         """DRNet in fixed point (bit-exact everywhere), then de-normalisation (element-wise)."""
         rec = self.drnet.forward_fixed(quantize_activation(y_hat), [tuple(s) for s in sizes])
         return {
-            s.name: (r / float(1 << ACT_BITS)).float() * self.feature_scale[i]
+            s.name: (r / float(1 << ACT_BITS)).float() * self.feature_scale[i] + self._mean(i)
             for i, (s, r) in enumerate(zip(self.cfg.scales, rec))
         }
 

@@ -19,7 +19,8 @@ GOLDEN = sorted(p for p in HERE.glob("*.bin") if not p.name.startswith("invalid-
 INVALID = sorted(HERE.glob("invalid-*.bin"))
 
 EXPECTED_GOLDEN = {
-    "bypass-f16", "bypass-f32", "bypass-f16-optional-unit", "anchor-qp22", "anchor-qp37", "vvc_msff-qp37"
+    "bypass-f16", "bypass-f32", "bypass-f16-optional-unit", "anchor-qp22", "anchor-qp37", "vvc_msff-qp37",
+    "learned_e2e-phi3",
 }  # fmt: skip
 EXPECTED_INVALID = {
     "invalid-bad-magic", "invalid-version-major", "invalid-unknown-mode", "invalid-header-crc",

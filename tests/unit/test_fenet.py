@@ -263,5 +263,47 @@ def test_cpu_and_gpu_decode_identically(shipped_and_features):
     gpu.invalidate_fixed()
     d_gpu = gpu.decode_latents(c.z_string, c.y_string, c.phi, c.sizes, c.z_crc32, c.y_crc32)
     rec_gpu = gpu.reconstruct(d_gpu.y_hat, c.sizes)
-    assert _md5(d_cpu.y_symbols, d_cpu.y_indexes, d_cpu.y_hat_g) == _md5(d_gpu.y_symbols, d_gpu.y_indexes, d_gpu.y_hat_g)
+    cpu_md5 = _md5(d_cpu.y_symbols, d_cpu.y_indexes, d_cpu.y_hat_g)
+    assert cpu_md5 == _md5(d_gpu.y_symbols, d_gpu.y_indexes, d_gpu.y_hat_g)
     assert all(torch.equal(rec_cpu[k], rec_gpu[k].cpu()) for k in rec_cpu)
+
+
+# -- the golden vector (tests/conformance, tools/make_conformance.py) ------------------------
+
+GOLDEN = REPO / "tests" / "conformance" / "learned_e2e-phi3.bin"
+
+
+def test_golden_vector_is_bit_exact_over_runs_and_thread_counts():
+    from codec.bitstream import CodecModelId
+    from codec.modes import conformance_digest
+
+    assert GOLDEN.is_file(), "golden vector missing (python tools/make_conformance.py --regenerate)"
+    expected = GOLDEN.with_suffix(".md5").read_text()
+    assert [line.split()[1] for line in expected.splitlines()] == ["z", "y", "y_indexes", "y_hat_g", "p3", "p4", "p5"]
+    data = GOLDEN.read_bytes()
+    assert parse_container(data).header.mode.codec_model_id == CodecModelId.FENET_NANODET_NECK
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for _ in range(3):
+                assert conformance_digest(data) == expected, n
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_golden_vector_with_a_foreign_model_hash_is_refused():
+    from codec.bitstream.container import header_to_dict, unit_to_dict
+    from codec.bitstream.syntax import fcm_container
+    from codec.errors import WeightsMismatchError
+
+    parsed = parse_container(GOLDEN.read_bytes())
+    d = header_to_dict(parsed.header, len(parsed.units))
+    d["codec_model_hash"] = hashlib.sha256(b"other weights").digest()
+    data = fcm_container.build(
+        dict(version_major=1, version_minor=0, header=dict(value=d), header_crc32=None,
+             payload_units=[unit_to_dict(u) for u in parsed.units])
+    )  # fmt: skip
+    p2 = parse_container(data)
+    with pytest.raises(WeightsMismatchError, match="codec model weights differ"):
+        learned_e2e.decode_symbols(p2.header, p2.units)
