@@ -56,6 +56,15 @@ def _read_summary(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Rate-accuracy front as in ctc.metrics: by rate, keep points that improve the metric."""
+    out: list[tuple[float, float]] = []
+    for r, m in sorted(points):
+        if not out or m > out[-1][1]:
+            out.append((r, m))
+    return out
+
+
 def bd_main(argv: list[str]) -> int:
     from ctc.bd_rate import bd_metric, bd_rate, near_lossless_rate
 
@@ -91,8 +100,8 @@ def bd_main(argv: list[str]) -> int:
             continue
         pts.sort()
         for a in anchors:
-            ra, ma = zip(*sorted(curves[a]))
-            rt, mt = zip(*pts)
+            ra, ma = zip(*_front(curves[a]))
+            rt, mt = zip(*_front(pts))
             try:
                 br = f"{bd_rate(ra, ma, rt, mt):10.1f}"
             except Exception as e:  # no overlap of the metric ranges, too few points, ...
