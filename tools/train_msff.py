@@ -11,10 +11,12 @@ NanoDet's head (MSE between head outputs of the original and reconstructed
 features). Gaussian noise relative to the fused tensor's range is added before
 MSFR so that the model tolerates 10-bit quantisation and VVC coding error.
 
-Example (the reduced CPU configuration used for the shipped weights)::
+Example (the reduced CPU configuration used for the shipped weights; the exact
+command is recorded in codec/models/weights/msff_nanodet_neck.json)::
 
-    python tools/train_msff.py --steps 3000 --batch 8 --threads 1 \\
-        --out codec/models/weights/msff_nanodet_neck.pt
+    python tools/train_msff.py --cache-only --threads 2 --out x.pt
+    python tools/train_msff.py --steps 5000 --max-minutes 45 --batch 8 --crop 8 --noise 0.02 \\
+        --task-weight 1 --task-every 4 --threads 1 --out codec/models/weights/msff_nanodet_neck.pt
 """
 
 from __future__ import annotations
