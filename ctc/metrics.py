@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bd_rate import METHODS, MIN_POINTS, BDError, bd_metric, bd_rate, near_lossless_rate
+from .bd_rate import METHODS, BDError, bd_metric, bd_rate, near_lossless_rate
 from .coco_eval import evaluate_detections
 from .codecs import STAGES
 from .config import CtcConfig
@@ -110,6 +110,14 @@ def rate_accuracy_front(curve: list[PointResult], metric: str) -> list[PointResu
     return front
 
 
+# codec types whose points are references (lossless or no coding at all), never BD curves
+REFERENCE_POINT_TYPES = frozenset({"uncompressed", "bypass"})
+
+
+def _is_reference_point(c) -> bool:
+    return c.type in REFERENCE_POINT_TYPES or c.mode == "bypass"
+
+
 def bd_rows(config: CtcConfig, points: list[PointResult]) -> list[dict[str, Any]]:
     """BD-rate (%) and BD-metric (mAP, same units as mAP) of every codec against every anchor,
     for every reported metric, with both interpolation methods, over each curve's
@@ -120,9 +128,10 @@ def bd_rows(config: CtcConfig, points: list[PointResult]) -> list[dict[str, Any]
         if anchor not in by_codec:
             continue
         for c in config.codecs:
-            if c.name == anchor or c.name not in by_codec or len(by_codec[c.name]) < MIN_POINTS:
-                # fewer points than a Bjontegaard curve needs (uncompressed, the bypass dtypes):
-                # reference points, not rate-accuracy curves
+            if c.name == anchor or c.name not in by_codec or _is_reference_point(c):
+                # the uncompressed network and the lossless bypass dtypes are reference
+                # points, not rate-accuracy curves; a real curve with too few points still
+                # gets a row whose note says why it has no figure
                 continue
             for metric in config.report_metrics:
                 row: dict[str, Any] = {"codec": c.name, "anchor": anchor, "metric": metric}
