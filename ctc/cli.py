@@ -7,6 +7,7 @@ Examples::
     fcm_ctc run ctc/configs/val2017-103.yaml --out runs/val --codecs image_anchor,feature_anchor --limit 20
     fcm_ctc run ctc/configs/coco128.yaml --out runs/coco128 --dask tcp://scheduler:8786
     fcm_ctc report runs/quick          # rebuild the csv files and report.html from the cache
+    fcm_ctc tables runs/quick          # the run's rate points, BD-rates and near-lossless rates as Markdown
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     rep = sub.add_parser("report", help="rebuild the outputs of DIR from its cache (runs nothing)")
     rep.add_argument("dir", help="run directory of an earlier `fcm_ctc run`")
+    tab = sub.add_parser("tables", help="print DIR's rate points, BD-rates and near-lossless rates as Markdown")
+    tab.add_argument("dir", help="run directory of an earlier `fcm_ctc run`")
     return p
 
 
@@ -92,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
+        if args.command == "tables":
+            from .tables import markdown_tables
+
+            print(markdown_tables(args.dir))
+            return 0
         return _run(args) if args.command == "run" else _report(args)
     except (CtcError, CocoEvalError, BDError) as e:
         print(f"fcm_ctc: error: {e}", file=sys.stderr)

@@ -234,6 +234,15 @@ def test_cli_run_report_and_errors(tmp_path: Path, capsys) -> None:
     assert "10 jobs: 0 cached, 10 computed" in text and "coarse" in text and "step0.8" in text
     assert main(["report", str(out)]) == 0
     assert "uncompressed" in capsys.readouterr().out
+    assert main(["tables", str(out)]) == 0
+    md = capsys.readouterr().out
+    summary = {(r["codec"], r["point"]): r for r in csv.DictReader((out / "summary.csv").open())}
+    step = summary[("coarse", "step0.8")]
+    cell = f"step0.8: {float(step['bpp']):.4g} / {100 * float(step['map50']):.2f} / {100 * float(step['map']):.2f}"
+    assert cell in md and "| coarse | uncompressed |" not in md  # the reference line is not an anchor
+    assert sum(line.startswith("|---|") for line in md.splitlines()) == 3  # points, BD-rate, near-lossless
+    assert main(["tables", str(tmp_path / "empty")]) == 2
+    assert "summary.csv: missing" in capsys.readouterr().err
 
     assert main(["run", str(tmp_path / "nope.yaml"), "--out", str(out)]) == 2
     assert "config file not found" in capsys.readouterr().err
