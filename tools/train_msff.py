@@ -22,6 +22,7 @@ command is recorded in codec/models/weights/msff_nanodet_neck.json)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -38,7 +39,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from codec.models.msff import MsffCodecModel, MsffConfig, count_parameters, file_sha256  # noqa: E402
+from codec.models.msff import (  # noqa: E402
+    MsffCodecModel,
+    MsffConfig,
+    count_parameters,
+    file_sha256,
+    init_linear_path,
+    stacked_channels,
+)
 from codec.vision import get_network  # noqa: E402
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -159,6 +167,46 @@ def feature_scales(cache: dict[str, np.ndarray], names: list[str], n_rows: int, 
     return torch.tensor([float(np.sqrt(np.mean(np.square(cache[n][idx].astype(np.float32))))) for n in names])
 
 
+def _num(v: float) -> float | None:
+    """JSON-safe: None for NaN (no training step was run)."""
+    return None if math.isnan(float(v)) else float(v)
+
+
+def out_ckpt(out: str | Path) -> Path:
+    return Path(out).with_suffix(".ckpt")
+
+
+@torch.no_grad()
+def pca_of_cache(model: MsffCodecModel, cache: dict[str, np.ndarray], names: list[str], n_rows: int,
+                 views: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mean (D,), leading fused_channels principal directions (C, D) and the fraction of the
+    variance they hold, of the normalised space-to-depth stack over `views` cached views
+    spread evenly over the first n_rows (every spatial position is a sample). Covariance
+    accumulated in float64, then torch.linalg.eigh."""
+    idx = np.unique(np.linspace(0, n_rows - 1, min(views, n_rows)).astype(int))
+    d = stacked_channels(model.cfg)
+    total, count = torch.zeros(d, dtype=torch.float64), 0
+    gram = torch.zeros(d, d, dtype=torch.float64)
+    for start in range(0, len(idx), 16):
+        rows = idx[start : start + 16]
+        feats = {n: torch.from_numpy(cache[n][rows].astype(np.float32)) for n in names}
+        x = model.msff.stack(feats).permute(0, 2, 3, 1).reshape(-1, d).double()
+        total += x.sum(0)
+        gram += x.t() @ x
+        count += len(x)
+    mean = total / count
+    cov = gram / count - torch.outer(mean, mean)
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    order = torch.argsort(evals, descending=True)
+    c = model.cfg.fused_channels
+    comp = evecs[:, order[:c]].t().contiguous()
+    # a deterministic sign per component: its largest-magnitude entry positive
+    sign = torch.sign(comp.gather(1, comp.abs().argmax(1, keepdim=True)))
+    comp = comp * sign
+    explained = float(evals[order[:c]].clamp(min=0).sum() / evals.clamp(min=0).sum())
+    return mean, comp, explained
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", default=None, help="training images (default: <assets>/train-images)")
@@ -171,6 +219,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--fused-channels", type=int, default=256)
     ap.add_argument("--width", type=int, default=80)
     ap.add_argument("--fuse-blocks", type=int, default=1)
+    ap.add_argument("--linear-path", action="store_true",
+                    help="add the linear (space-to-depth + 1x1) path, initialised from PCA of the cache")
+    ap.add_argument("--pca-views", type=int, default=400, help="cached views the PCA is computed from")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -225,9 +276,18 @@ def main(argv: list[str] | None = None) -> int:
     cfg = MsffConfig.for_split_point(
         sp, fused_channels=args.fused_channels, width=args.width, fuse_blocks=args.fuse_blocks
     )
+    if args.linear_path:
+        cfg = dataclasses.replace(cfg, linear_path=True)
     model = MsffCodecModel(cfg)
     scale = feature_scales(cache, names, n_samples)
     model.set_feature_scale(scale)
+    pca_record = None
+    if args.linear_path and not (args.resume and out_ckpt(args.out).is_file()):
+        mean, comp, explained = pca_of_cache(model, cache, names, n_samples, args.pca_views)
+        init_linear_path(model, mean, comp)
+        pca_record = {"views": min(args.pca_views, n_samples), "explained_variance_kept": explained}
+        print(f"PCA over {pca_record['views']} views: the first {cfg.fused_channels} components hold "
+              f"{100 * explained:.2f} % of the variance", flush=True)
     model.to(device)
     weights = (
         torch.tensor([float(w) for w in args.scale_weights.split(",")])
@@ -247,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     def lr_at(progress: float) -> float:  # cosine to 2 % of --lr; progress in steps or wall time
         return args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
     out = Path(args.out)
-    ckpt = out.with_suffix(".ckpt")
+    ckpt = out_ckpt(out)
     step, history, elapsed0 = 0, [], 0.0
     rng = np.random.default_rng(args.seed + 1)
     if args.resume and ckpt.is_file():
@@ -255,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, history, elapsed0 = state["step"], state["history"], state["elapsed"]
+        pca_record = state.get("pca_record", pca_record)
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed at step {step}", flush=True)
@@ -264,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     limit = args.max_minutes * 60.0
 
     def progress() -> float:
-        p = step / args.steps
+        p = step / args.steps if args.steps > 0 else 1.0  # --steps 0: the initialisation only
         return max(p, (elapsed0 + time.time() - t0) / limit) if limit > 0 else p
 
     while progress() < 1.0:
@@ -319,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                     "history": history,
                     "rng": rng.bit_generator.state,
                     "torch_rng": torch.get_rng_state(),
+                    "pca_record": pca_record,
                 },
                 tmp,
             )
@@ -327,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     model.eval().cpu()
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.float().contiguous() for k, v in model.state_dict().items()}, out)
-    final = np.mean(history[-100:], axis=0)
+    final = np.mean(history[-100:], axis=0) if history else np.full(len(names) + 2, np.nan)
     try:
         data_folder = images_root.resolve().relative_to(assets_dir().resolve()).as_posix()
         data_folder = "${assets}/" + data_folder
@@ -342,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         "feature_scale": [float(v) for v in scale],
         "parameters": count_parameters(model),
         "sls": not args.no_sls,
+        "linear_path_init": pca_record,
         "command": "python tools/train_msff.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "data": {
             "folder": data_folder,
@@ -358,9 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         "steps": step,
         "train_seconds": round(elapsed0 + time.time() - t0, 1),
         "batch": args.batch,
-        "final_loss": float(final[0]),
-        "final_mse_per_scale": {n: float(v) for n, v in zip(names, final[1:-1])},
-        "final_task_loss": float(final[-1]),
+        "final_loss": _num(final[0]),
+        "final_mse_per_scale": {n: _num(v) for n, v in zip(names, final[1:-1])},
+        "final_task_loss": _num(final[-1]),
         "weights_sha256": file_sha256(out),
     }
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")

@@ -49,6 +49,11 @@ class MsffConfig:
     fused_channels: int = 256  # C: channels of the fused single-scale tensor
     width: int = 80  # internal width of the per-scale branches
     fuse_blocks: int = 1  # residual blocks after fusion / before reconstruction
+    # a linear path beside the convolutional one: MSFF adds a 1x1 projection of the
+    # space-to-depth stacked scales to Z, MSFR adds a 1x1 reconstruction (pixel-shuffled
+    # back to every scale) to its heads; initialised from PCA of training features
+    # (init_linear_path), so the ordered principal components are the starting point
+    linear_path: bool = False
 
     @classmethod
     def for_split_point(cls, split_point: SplitPoint, **kwargs: int) -> MsffConfig:
@@ -83,6 +88,12 @@ def _check_config(cfg: MsffConfig) -> list[int]:
             raise MsffConfigError(f"stride {s.stride} of {s.name!r} is not a power-of-two divisor of {coarsest}")
         levels.append(int(math.log2(ratio)))
     return levels
+
+
+def stacked_channels(cfg: MsffConfig) -> int:
+    """Channels of the space-to-depth stack of every scale at the coarsest stride."""
+    top = cfg.scales[-1].stride
+    return sum(s.channels * (top // s.stride) ** 2 for s in cfg.scales)
 
 
 def _fit(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -130,7 +141,20 @@ class Msff(nn.Module):
         self.fuse_in = nn.Conv2d(w * len(cfg.scales), w * 2, 1)
         self.blocks = nn.Sequential(*[ResBlock(w * 2) for _ in range(cfg.fuse_blocks)])
         self.fuse_out = nn.Conv2d(w * 2, cfg.fused_channels, 1)
+        self.linear = nn.Conv2d(stacked_channels(cfg), cfg.fused_channels, 1) if cfg.linear_path else None
         self.register_buffer("feature_scale", torch.ones(len(cfg.scales)))
+
+    def stack(self, features: Features) -> torch.Tensor:
+        """Normalised scales, each space-to-depth'ed to the coarsest stride (finer scales
+        cropped or edge-padded to exactly r times the coarsest size), concatenated."""
+        hc, wc = features[self.cfg.scales[-1].name].shape[-2:]
+        top = self.cfg.scales[-1].stride
+        parts = []
+        for i, s in enumerate(self.cfg.scales):
+            r = top // s.stride
+            x = _fit(features[s.name].float() / self.feature_scale[i], (hc * r, wc * r))
+            parts.append(F.pixel_unshuffle(x, r) if r > 1 else x)
+        return torch.cat(parts, 1)
 
     def forward(self, features: Features) -> torch.Tensor:
         missing = [s.name for s in self.cfg.scales if s.name not in features]
@@ -142,7 +166,10 @@ class Msff(nn.Module):
             x = features[s.name].float() / self.feature_scale[i]
             outs.append(_fit(self.branches[s.name](x), (coarsest[0], coarsest[1])))
         z = F.leaky_relu(self.fuse_in(torch.cat(outs, 1)), 0.1)
-        return self.fuse_out(self.blocks(z))
+        z = self.fuse_out(self.blocks(z))
+        if self.linear is not None:
+            z = z + self.linear(self.stack(features))
+        return z
 
 
 class Msfr(nn.Module):
@@ -174,17 +201,34 @@ class Msfr(nn.Module):
                 )
             self.heads[s.name] = nn.Conv2d(w, s.channels, 1)
             prev = lev
+        self.linear = nn.Conv2d(cfg.fused_channels, stacked_channels(cfg), 1) if cfg.linear_path else None
         self.register_buffer("feature_scale", torch.ones(len(cfg.scales)))
+
+    def unstack(self, stacked: torch.Tensor, sizes: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """Inverse of Msff.stack (without the normalisation): depth-to-space per scale, cropped."""
+        top = self.cfg.scales[-1].stride
+        out, start = {}, 0
+        for s in self.cfg.scales:
+            r = top // s.stride
+            n = s.channels * r * r
+            part = stacked[:, start : start + n]
+            out[s.name] = _fit(F.pixel_shuffle(part, r) if r > 1 else part, sizes[s.name])
+            start += n
+        return out
 
     def forward(self, z: torch.Tensor, sizes: dict[str, tuple[int, int]]) -> Features:
         y = F.leaky_relu(self.trunk_out(self.blocks(F.leaky_relu(self.trunk_in(z), 0.1))), 0.1)
+        lin = self.unstack(self.linear(z), sizes) if self.linear is not None else None
         out: dict[str, torch.Tensor] = {}
         for i in reversed(range(len(self.cfg.scales))):
             s = self.cfg.scales[i]
             if s.name in self.up:
                 y = self.up[s.name](y)
             y = _fit(y, sizes[s.name])
-            out[s.name] = self.heads[s.name](y) * self.feature_scale[i]
+            head = self.heads[s.name](y)
+            if lin is not None:
+                head = head + lin[s.name]
+            out[s.name] = head * self.feature_scale[i]
         return OrderedDict((s.name, out[s.name]) for s in self.cfg.scales)
 
 
@@ -249,12 +293,16 @@ class ExactMsfr(nn.Module):
         )
         self.shuffle = {k: u[1].upscale_factor for k, u in msfr.up.items()}
         self.heads = nn.ModuleDict({k: _ExactConv(h) for k, h in msfr.heads.items()})
+        self.linear = _ExactConv(msfr.linear) if msfr.linear is not None else None
+        self._unstack = msfr.unstack
         self.feature_scale = msfr.feature_scale.detach().double().clone()
 
     @torch.no_grad()
     def forward(self, z: torch.Tensor, sizes: dict[str, tuple[int, int]]) -> Features:
         """z: real (1, C, h, w) tensor (exactly representable values are kept exactly)."""
-        y = _exact_leaky(self.trunk_in(to_exact_activation(z)))
+        a = to_exact_activation(z)
+        lin = self._unstack(self.linear(a), sizes) if self.linear is not None else None
+        y = _exact_leaky(self.trunk_in(a))
         for c1, c2 in self.blocks:
             y = y + c2(_exact_leaky(c1(y)))
         y = _exact_leaky(self.trunk_out(y))
@@ -265,7 +313,10 @@ class ExactMsfr(nn.Module):
                 conv1, conv3 = self.up[s.name]
                 y = _exact_leaky(conv3(_exact_leaky(F.pixel_shuffle(conv1(y), self.shuffle[s.name]))))
             y = _fit(y, sizes[s.name])
-            real = self.heads[s.name](y) / float(1 << EXACT_ACT_BITS) * self.feature_scale[i]
+            head = self.heads[s.name](y)
+            if lin is not None:
+                head = head + lin[s.name]  # both in units of 2^-16, |sum| < 2^31: exact
+            real = head / float(1 << EXACT_ACT_BITS) * self.feature_scale[i]
             out[s.name] = real.to(torch.float32)
         return OrderedDict((s.name, out[s.name]) for s in self.cfg.scales)
 
@@ -292,6 +343,34 @@ class MsffCodecModel(nn.Module):
             z = sls_mask(z, kept_channels)
         sizes = {s.name: tuple(features[s.name].shape[-2:]) for s in self.cfg.scales}
         return self.msfr(z, sizes)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def init_linear_path(model: MsffCodecModel, mean: torch.Tensor, components: torch.Tensor) -> None:
+    """Start a linear-path model at PCA: Z = P (s - mean) and rec = P^T Z + mean, where s is
+    the normalised space-to-depth stack (Msff.stack), `mean` its (D,) training mean and
+    `components` the (C, D) leading principal directions, most variance first. The
+    convolutional paths' last layers are zeroed, so at initialisation the model is exactly
+    the PCA transform; training then adds what a linear map cannot do. PCA orders Z's
+    channels by importance and is the best linear code for every number of kept channels
+    at once, which is what selective learning asks of the channel order."""
+    cfg = model.cfg
+    if not cfg.linear_path:
+        raise MsffConfigError("init_linear_path needs a model with linear_path=True")
+    c, d = cfg.fused_channels, stacked_channels(cfg)
+    mean = torch.as_tensor(mean, dtype=torch.float64)
+    comp = torch.as_tensor(components, dtype=torch.float64)
+    if mean.shape != (d,) or comp.shape != (c, d):
+        raise MsffConfigError(
+            f"PCA needs mean ({d},) and components ({c}, {d}), got {tuple(mean.shape)}, {tuple(comp.shape)}"
+        )
+    model.msff.linear.weight.copy_(comp.view(c, d, 1, 1).float())
+    model.msff.linear.bias.copy_((-comp @ mean).float())
+    model.msfr.linear.weight.copy_(comp.t().contiguous().view(d, c, 1, 1).float())
+    model.msfr.linear.bias.copy_(mean.float())
+    for conv in (model.msff.fuse_out, *model.msfr.heads.values()):
+        conv.weight.zero_()
+        conv.bias.zero_()
 
 
 def sls_mask(z: torch.Tensor, kept_channels: int | torch.Tensor) -> torch.Tensor:
@@ -350,7 +429,9 @@ __all__ = [
     "Msfr",
     "count_parameters",
     "file_sha256",
+    "init_linear_path",
     "load_msff",
     "shipped_weights_paths",
     "sls_mask",
+    "stacked_channels",
 ]

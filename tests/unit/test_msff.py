@@ -22,9 +22,11 @@ from codec.models.msff import (
     MsffWeightsError,
     count_parameters,
     file_sha256,
+    init_linear_path,
     load_msff,
     shipped_weights_paths,
     sls_mask,
+    stacked_channels,
 )
 from codec.modes import MODES, available_modes, vvc_msff
 from codec.vision.base import NetworkId, Preprocessing, ResizeMode, ScaleInfo, SplitPoint
@@ -137,6 +139,103 @@ def test_exact_msfr_matches_float_and_is_thread_independent():
         assert a[k].dtype == torch.float32
         err = float((a[k] - ref[k]).abs().max())
         assert err < 1e-3 * float(ref[k].abs().max()), (k, err)
+
+
+# -- linear (PCA-initialised) path ---------------------------------------------------------------
+
+SMALL = SplitPoint("s", 1, (ScaleInfo("a", 4, 8), ScaleInfo("b", 3, 16), ScaleInfo("c", 2, 32)))
+
+
+def _pca_model(fused: int, seed: int = 0) -> tuple[MsffCodecModel, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    cfg = MsffConfig.for_split_point(SMALL, fused_channels=fused, width=8, linear_path=True)
+    model = MsffCodecModel(cfg).eval()
+    model.set_feature_scale(torch.tensor([0.5, 1.0, 2.0]))
+    d = stacked_channels(cfg)
+    assert d == 4 * 16 + 3 * 4 + 2
+    basis, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))  # orthonormal columns
+    mean = torch.randn(d, dtype=torch.float64) * 0.1
+    init_linear_path(model, mean, basis.t()[:fused])
+    return model, mean, basis.t()[:fused]
+
+
+def test_linear_path_starts_as_the_given_pca_and_inverts_it_with_every_component():
+    model, mean, comp = _pca_model(fused=78)  # all D components: an orthonormal change of basis
+    feats = _features(SMALL, 64, 96, seed=3, scale=1.0)  # 8x12, 4x6, 2x3
+    sizes = {k: tuple(v.shape[-2:]) for k, v in feats.items()}
+    with torch.no_grad():
+        z = model.msff(feats)
+        stack = model.msff.stack(feats)  # (1, 78, 2, 3), normalised
+        expect = torch.einsum("cd,ndhw->nchw", comp, stack.double() - mean.view(1, -1, 1, 1))
+        assert torch.allclose(z.double(), expect, atol=1e-5)
+        rec = model.msfr(z, sizes)
+    exact = ExactMsfr(model.msfr)(z, sizes)
+    for k in feats:
+        assert torch.allclose(rec[k], feats[k], atol=1e-4), k  # conv paths start at zero
+        # fixed point: weights on a 2^-14 grid, as for the convolutional path
+        assert float((exact[k] - feats[k]).abs().max()) < 1e-3 * float(feats[k].abs().max()), k
+    # the stack really is space-to-depth: channel 0 of "a" at offset (0, 0) of each 4x4 block
+    assert torch.equal(stack[0, 0], feats["a"][0, 0, ::4, ::4] / 0.5)
+
+
+def test_linear_path_truncation_is_the_pca_projection_and_exact_decoding_is_thread_independent():
+    model, mean, comp = _pca_model(fused=20, seed=1)
+    feats = _features(SMALL, 60, 90, seed=4)  # ceil sizes: 8x12, 4x6, 2x3 -> fitted
+    sizes = {k: tuple(v.shape[-2:]) for k, v in feats.items()}
+    with torch.no_grad():
+        z = sls_mask(model.msff(feats), 5)
+        rec = model.msfr(z, sizes)
+    exact = ExactMsfr(model.msfr)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = exact(z, sizes)
+        torch.set_num_threads(2)
+        b = exact(z, sizes)
+    finally:
+        torch.set_num_threads(threads)
+    stack = model.msff.stack(feats).double() - mean.view(1, -1, 1, 1)
+    p = comp[:5]
+    proj = torch.einsum("dc,nchw->ndhw", p.t(), torch.einsum("cd,ndhw->nchw", p, stack)) + mean.view(1, -1, 1, 1)
+    want = model.msfr.unstack(proj.float(), sizes)
+    for i, k in enumerate(feats):
+        assert torch.equal(a[k], b[k])
+        assert torch.allclose(rec[k], want[k] * model.msfr.feature_scale[i], atol=1e-5), k
+        assert float((a[k] - rec[k]).abs().max()) < 1e-3 * float(rec[k].abs().max()), k
+
+
+def test_linear_path_init_checks_shapes_and_config():
+    model, mean, comp = _pca_model(fused=10)
+    with pytest.raises(MsffConfigError):
+        init_linear_path(model, mean[:5], comp)
+    plain = MsffCodecModel(MsffConfig.for_split_point(SMALL, fused_channels=10, width=8))
+    with pytest.raises(MsffConfigError):
+        init_linear_path(plain, mean, comp)
+    # old records (no linear_path key) still load as the plain model
+    d = plain.cfg.to_json()
+    del d["linear_path"]
+    assert MsffConfig.from_json(d) == plain.cfg
+
+
+def test_pca_of_cache_orders_components_by_variance():
+    from tools.train_msff import pca_of_cache
+
+    rng = np.random.default_rng(0)
+    cfg = MsffConfig.for_split_point(SMALL, fused_channels=6, width=8, linear_path=True)
+    model = MsffCodecModel(cfg)
+    d = stacked_channels(cfg)
+    # low-rank data: 3 directions with variances 9, 4, 1, plus tiny noise
+    dirs, _ = np.linalg.qr(rng.standard_normal((d, 3)))
+    coef = rng.standard_normal((40 * 2 * 3, 3)) * np.array([3.0, 2.0, 1.0])
+    x = (coef @ dirs.T + 1e-3 * rng.standard_normal((240, d))).reshape(40, 2, 3, d).transpose(0, 3, 1, 2)
+    stack = torch.from_numpy(x.astype(np.float32))
+    cache = model.msfr.unstack(stack, {"a": (16, 24), "b": (8, 12), "c": (2, 3)})
+    cache = {k: v.numpy() for k, v in cache.items()}
+    mean, comp, explained = pca_of_cache(model, cache, ["a", "b", "c"], 40, 40)
+    assert comp.shape == (6, d) and torch.allclose(comp @ comp.t(), torch.eye(6, dtype=torch.float64), atol=1e-9)
+    for i in range(3):  # the leading components are the planted directions, in order
+        assert abs(float(comp[i] @ torch.from_numpy(dirs[:, i]))) > 0.99
+    assert explained > 0.999
 
 
 # -- truncation table -------------------------------------------------------------------------
