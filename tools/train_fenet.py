@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from codec.models import linear_path  # noqa: E402
 from codec.models.fenet import (  # noqa: E402
     FenetCodec,
     FenetConfig,
@@ -180,6 +181,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--latent-channels", type=int, default=80)
     ap.add_argument("--hyper-channels", type=int, default=48)
     ap.add_argument("--latent-stride", type=int, default=1, choices=(1, 2), help="y stride / coarsest stride")
+    ap.add_argument("--linear-path", action="store_true",
+                    help="add the linear path (codec/models/linear_path.py), initialised from PCA of the cache")
+    ap.add_argument("--pca-views", type=int, default=400, help="cached views the PCA is computed from")
     ap.add_argument("--lambdas", default="0.03,0.1,0.3,1,3,10", help="lambda per quality index")
     ap.add_argument("--scale-weights", default=None, help="comma-separated distortion weight per scale (default 1)")
     ap.add_argument("--steps", type=int, default=4000)
@@ -243,9 +247,25 @@ def main(argv: list[str] | None = None) -> int:
         latent_downsample=args.latent_stride == 2,
         num_qualities=len(lambdas_list),
         lambdas=lambdas_list,
+        linear_path=args.linear_path,
     )
     model = FenetCodec(cfg)
     model.set_feature_scale(feature_scale, feature_mean)
+    pca_record = None
+    if args.linear_path and not (args.resume and Path(args.out).with_suffix(".ckpt").is_file()):
+        idx = np.unique(np.linspace(0, n_scale - 1, min(args.pca_views, n_scale)).astype(int))
+
+        def stacks():
+            with torch.no_grad():
+                for start in range(0, len(idx), 16):
+                    rows = idx[start : start + 16]
+                    yield model.stack([torch.from_numpy(cache[n][rows].astype(np.float32)) for n in names])
+
+        mean, comp, explained = linear_path.pca(stacks(), cfg.latent_channels)
+        model.init_linear_path(mean, comp)
+        pca_record = {"views": len(idx), "explained_variance_kept": explained}
+        print(f"PCA over {len(idx)} views: the first {cfg.latent_channels} components hold "
+              f"{100 * explained:.2f} % of the variance", flush=True)
     model.to(device)
     lambdas = torch.tensor(lambdas_list, device=device)
     weights = (
@@ -264,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         opt, lambda s: 0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
     )
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     ckpt = out.with_suffix(".ckpt")
     step, history = 0, []
     rng = np.random.default_rng(args.seed + 2)
@@ -274,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         aux_opt.load_state_dict(state["aux_opt"])
         sched.load_state_dict(state["sched"])
         step, history = state["step"], state["history"]
+        pca_record = state.get("pca_record", pca_record)
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed at step {step}", flush=True)
@@ -290,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                 "history": history,
                 "rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
+                "pca_record": pca_record,
             },
             tmp,
         )
@@ -361,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         "feature_scale": [float(v) for v in model.feature_scale],
         "normalisation": "x_norm = (x - per-channel mean) / per-scale RMS (stored as buffers in the weights)",
         "parameters": count_parameters(model),
+        "linear_path_init": pca_record,
         "command": "python tools/train_fenet.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "data": {
             "folder": data_folder,

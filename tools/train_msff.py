@@ -39,13 +39,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from codec.models import linear_path  # noqa: E402
 from codec.models.msff import (  # noqa: E402
     MsffCodecModel,
     MsffConfig,
     count_parameters,
     file_sha256,
     init_linear_path,
-    stacked_channels,
 )
 from codec.vision import get_network  # noqa: E402
 
@@ -176,35 +176,21 @@ def out_ckpt(out: str | Path) -> Path:
     return Path(out).with_suffix(".ckpt")
 
 
-@torch.no_grad()
 def pca_of_cache(model: MsffCodecModel, cache: dict[str, np.ndarray], names: list[str], n_rows: int,
                  views: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Mean (D,), leading fused_channels principal directions (C, D) and the fraction of the
-    variance they hold, of the normalised space-to-depth stack over `views` cached views
-    spread evenly over the first n_rows (every spatial position is a sample). Covariance
-    accumulated in float64, then torch.linalg.eigh."""
+    """PCA (codec.models.linear_path.pca) of the normalised space-to-depth stack (Msff.stack)
+    over `views` cached views spread evenly over the first n_rows; every spatial position is
+    a sample. Returns the mean (D,), the leading fused_channels directions and the fraction
+    of the variance they hold."""
     idx = np.unique(np.linspace(0, n_rows - 1, min(views, n_rows)).astype(int))
-    d = stacked_channels(model.cfg)
-    total, count = torch.zeros(d, dtype=torch.float64), 0
-    gram = torch.zeros(d, d, dtype=torch.float64)
-    for start in range(0, len(idx), 16):
-        rows = idx[start : start + 16]
-        feats = {n: torch.from_numpy(cache[n][rows].astype(np.float32)) for n in names}
-        x = model.msff.stack(feats).permute(0, 2, 3, 1).reshape(-1, d).double()
-        total += x.sum(0)
-        gram += x.t() @ x
-        count += len(x)
-    mean = total / count
-    cov = gram / count - torch.outer(mean, mean)
-    evals, evecs = torch.linalg.eigh(cov)  # ascending
-    order = torch.argsort(evals, descending=True)
-    c = model.cfg.fused_channels
-    comp = evecs[:, order[:c]].t().contiguous()
-    # a deterministic sign per component: its largest-magnitude entry positive
-    sign = torch.sign(comp.gather(1, comp.abs().argmax(1, keepdim=True)))
-    comp = comp * sign
-    explained = float(evals[order[:c]].clamp(min=0).sum() / evals.clamp(min=0).sum())
-    return mean, comp, explained
+
+    def stacks():
+        with torch.no_grad():
+            for start in range(0, len(idx), 16):
+                rows = idx[start : start + 16]
+                yield model.msff.stack({n: torch.from_numpy(cache[n][rows].astype(np.float32)) for n in names})
+
+    return linear_path.pca(stacks(), model.cfg.fused_channels)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -49,6 +49,7 @@ from torch import nn
 from codec.errors import BitstreamError
 from codec.vision.base import Features, ScaleInfo, SplitPoint
 
+from . import linear_path
 from .fixed_point import ACT_BITS, ACT_LIMIT, FixedConv2d, fixed_leaky_relu, fixed_relu, quantize_activation
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -80,6 +81,11 @@ class FenetConfig:
     latent_downsample: bool = True  # y at twice the coarsest stride (True) or at the coarsest stride
     num_qualities: int = 6  # gain-unit rows: quality index phi = 0 (lowest rate) .. num_qualities-1
     lambdas: tuple[float, ...] = field(default=(0.004, 0.012, 0.036, 0.11, 0.33, 1.0))  # training only
+    # a linear path beside the convolutional one (codec/models/linear_path.py): FENet adds a
+    # 1x1 projection of the space-to-depth stacked, normalised scales to y, DRNet adds a 1x1
+    # reconstruction of y_hat (depth-to-space back to every scale) to its heads; both start
+    # from PCA of training features (FenetCodec.init_linear_path)
+    linear_path: bool = False
 
     @classmethod
     def for_split_point(cls, split_point: SplitPoint, **kwargs) -> FenetConfig:
@@ -94,6 +100,17 @@ class FenetConfig:
                 raise FenetConfigError(f"scales must be ordered finest first with strides two apart, got {strides}")
         if len(self.lambdas) != self.num_qualities:
             raise FenetConfigError(f"{len(self.lambdas)} lambdas for {self.num_qualities} quality indices")
+        if self.linear_path and self.latent_downsample:
+            raise FenetConfigError("the linear path needs y at the coarsest stride (latent_downsample False)")
+
+    @property
+    def ratios(self) -> list[int]:
+        """Coarsest stride / stride of each scale (the space-to-depth factors)."""
+        return [self.scales[-1].stride // s.stride for s in self.scales]
+
+    @property
+    def stacked_channels(self) -> int:
+        return linear_path.stacked_channels([s.channels for s in self.scales], self.ratios)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -114,6 +131,10 @@ def _fit(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     x = x[..., :h, :w]
     ph, pw = h - x.shape[-2], w - x.shape[-1]
     return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+
+def _fit_size(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return _fit(x, *size)
 
 
 def _half(n: int) -> int:
@@ -153,12 +174,16 @@ class FENet(nn.Module):
                 layers.append(GDN(n))
             blocks.append(nn.Sequential(*layers))
         self.blocks = nn.ModuleList(blocks)
+        self.ratios = cfg.ratios
+        self.linear = nn.Conv2d(cfg.stacked_channels, m, 1) if cfg.linear_path else None
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
         h = None
         for i, x in enumerate(xs):
             inp = x if h is None else torch.cat([_fit(h, x.shape[-2], x.shape[-1]), x], dim=1)
             h = self.blocks[i](inp)
+        if self.linear is not None:
+            h = h + self.linear(linear_path.stack_scales(xs, self.ratios, _fit_size))
         return h
 
 
@@ -185,7 +210,13 @@ class DRNet(nn.Module):
         self.down = nn.ModuleList([conv(n, n, 3, 2) for _ in range(k - 1)])
         self.head_mid = nn.ModuleList([conv(n, n) for _ in cfg.scales])
         self.head_out = nn.ModuleList([conv(n, s.channels, 1) for s in cfg.scales])
+        self.linear = nn.Conv2d(m, cfg.stacked_channels, 1) if cfg.linear_path else None
+        self._channels = [s.channels for s in cfg.scales]
+        self._ratios = cfg.ratios
         self._fixed: nn.ModuleDict | None = None
+
+    def _unstack(self, stacked: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        return linear_path.unstack_scales(stacked, self._channels, self._ratios, sizes, _fit_size)
 
     def forward(self, y_hat: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
         def act(x: torch.Tensor) -> torch.Tensor:
@@ -198,11 +229,13 @@ class DRNet(nn.Module):
             t = act(_fit(self.up[i](t), *sizes[i]))
             t = act(self.refine[i](t))
             r[i] = t
+        lin = self._unstack(self.linear(y_hat), sizes) if self.linear is not None else None
         out = []
         m = None
         for i in range(k):
             m = r[i] if m is None else r[i] + act(_fit(self.down[i - 1](m), *sizes[i]))
-            out.append(self.head_out[i](act(self.head_mid[i](m))))
+            o = self.head_out[i](act(self.head_mid[i](m)))
+            out.append(o if lin is None else o + lin[i])
         return out
 
     def fixed(self) -> nn.ModuleDict:
@@ -215,6 +248,7 @@ class DRNet(nn.Module):
                     "down": nn.ModuleList([FixedConv2d(c) for c in self.down]),
                     "head_mid": nn.ModuleList([FixedConv2d(c) for c in self.head_mid]),
                     "head_out": nn.ModuleList([FixedConv2d(c) for c in self.head_out]),
+                    "linear": nn.ModuleList([FixedConv2d(self.linear)] if self.linear is not None else []),
                 }
             ).to(dev)
         return self._fixed
@@ -230,6 +264,7 @@ class DRNet(nn.Module):
             t = act(_fit(F.pixel_shuffle(fx["up"][i](t), self.up[i].factor), *sizes[i]))
             t = act(fx["refine"][i](t))
             r[i] = t
+        lin = self._unstack(fx["linear"][0](y_hat_int), sizes) if len(fx["linear"]) else None
         out = []
         m = None
         for i in range(k):
@@ -237,7 +272,8 @@ class DRNet(nn.Module):
                 m = r[i]
             else:
                 m = (r[i] + act(_fit(fx["down"][i - 1](m), *sizes[i]))).clamp_(-ACT_LIMIT, ACT_LIMIT)
-            out.append(fx["head_out"][i](act(fx["head_mid"][i](m))))
+            o = fx["head_out"][i](act(fx["head_mid"][i](m)))
+            out.append(o if lin is None else (o + lin[i]).clamp_(-ACT_LIMIT, ACT_LIMIT))
         return out
 
 
@@ -349,6 +385,32 @@ class FenetCodec(nn.Module):
         if len(xs) != len(self.cfg.scales):
             raise FenetConfigError(f"expected {len(self.cfg.scales)} scales, got {len(xs)}")
         return [(x - self._mean(i)) / self.feature_scale[i] for i, x in enumerate(xs)]
+
+    def stack(self, features: Features | list[torch.Tensor]) -> torch.Tensor:
+        """The normalised scales stacked space-to-depth (the linear path's input)."""
+        return linear_path.stack_scales(self._normalised(features), self.cfg.ratios, _fit_size)
+
+    @torch.no_grad()
+    def init_linear_path(self, mean: torch.Tensor, components: torch.Tensor) -> None:
+        """Start at PCA: y = P (s - mean), rec = P^T y_hat + mean (s: the stack). The
+        convolutional paths' last layers are zeroed, so the model starts as exactly
+        this linear transform; the gain units then set each quality's step size."""
+        if not self.cfg.linear_path:
+            raise FenetConfigError("init_linear_path needs a model with linear_path=True")
+        m, d = self.cfg.latent_channels, self.cfg.stacked_channels
+        mean = torch.as_tensor(mean, dtype=torch.float64)
+        comp = torch.as_tensor(components, dtype=torch.float64)
+        if mean.shape != (d,) or comp.shape != (m, d):
+            raise FenetConfigError(f"PCA needs mean ({d},) and components ({m}, {d})")
+        self.fenet.linear.weight.copy_(comp.view(m, d, 1, 1).float())
+        self.fenet.linear.bias.copy_((-comp @ mean).float())
+        self.drnet.linear.weight.copy_(comp.t().contiguous().view(d, m, 1, 1).float())
+        self.drnet.linear.bias.copy_(mean.float())
+        last = self.fenet.blocks[-1][-1]
+        for c in (last, *self.drnet.head_out):
+            c.weight.zero_()
+            c.bias.zero_()
+        self.invalidate_fixed()
 
     def _h_s(self, z_hat: torch.Tensor, hy: int, wy: int) -> torch.Tensor:
         t = F.relu(self.h_s_in(z_hat))

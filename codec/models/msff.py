@@ -30,6 +30,8 @@ from torch import nn
 
 from codec.vision.base import Features, ScaleInfo, SplitPoint
 
+from . import linear_path
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
@@ -90,10 +92,13 @@ def _check_config(cfg: MsffConfig) -> list[int]:
     return levels
 
 
+def _ratios(cfg: MsffConfig) -> list[int]:
+    return [cfg.scales[-1].stride // s.stride for s in cfg.scales]
+
+
 def stacked_channels(cfg: MsffConfig) -> int:
     """Channels of the space-to-depth stack of every scale at the coarsest stride."""
-    top = cfg.scales[-1].stride
-    return sum(s.channels * (top // s.stride) ** 2 for s in cfg.scales)
+    return linear_path.stacked_channels([s.channels for s in cfg.scales], _ratios(cfg))
 
 
 def _fit(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -147,14 +152,8 @@ class Msff(nn.Module):
     def stack(self, features: Features) -> torch.Tensor:
         """Normalised scales, each space-to-depth'ed to the coarsest stride (finer scales
         cropped or edge-padded to exactly r times the coarsest size), concatenated."""
-        hc, wc = features[self.cfg.scales[-1].name].shape[-2:]
-        top = self.cfg.scales[-1].stride
-        parts = []
-        for i, s in enumerate(self.cfg.scales):
-            r = top // s.stride
-            x = _fit(features[s.name].float() / self.feature_scale[i], (hc * r, wc * r))
-            parts.append(F.pixel_unshuffle(x, r) if r > 1 else x)
-        return torch.cat(parts, 1)
+        xs = [features[s.name].float() / self.feature_scale[i] for i, s in enumerate(self.cfg.scales)]
+        return linear_path.stack_scales(xs, _ratios(self.cfg), _fit)
 
     def forward(self, features: Features) -> torch.Tensor:
         missing = [s.name for s in self.cfg.scales if s.name not in features]
@@ -206,15 +205,11 @@ class Msfr(nn.Module):
 
     def unstack(self, stacked: torch.Tensor, sizes: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
         """Inverse of Msff.stack (without the normalisation): depth-to-space per scale, cropped."""
-        top = self.cfg.scales[-1].stride
-        out, start = {}, 0
-        for s in self.cfg.scales:
-            r = top // s.stride
-            n = s.channels * r * r
-            part = stacked[:, start : start + n]
-            out[s.name] = _fit(F.pixel_shuffle(part, r) if r > 1 else part, sizes[s.name])
-            start += n
-        return out
+        scales = self.cfg.scales
+        parts = linear_path.unstack_scales(
+            stacked, [s.channels for s in scales], _ratios(self.cfg), [sizes[s.name] for s in scales], _fit
+        )
+        return {s.name: p for s, p in zip(scales, parts)}
 
     def forward(self, z: torch.Tensor, sizes: dict[str, tuple[int, int]]) -> Features:
         y = F.leaky_relu(self.trunk_out(self.blocks(F.leaky_relu(self.trunk_in(z), 0.1))), 0.1)

@@ -62,7 +62,7 @@ MODEL_FILES: dict[CodecModelId, str] = {
 # QP -> kept fused channels, chosen from measurement by tools/tune_truncation.py
 # (held-out train-images, see docs/results_msff.md). A QP between two entries uses
 # the entry of the next lower table QP; below the first, all channels.
-TRUNCATION_TABLE: dict[int, int] = {22: 32, 27: 32, 32: 32, 37: 32, 42: 32, 47: 32}
+TRUNCATION_TABLE: dict[int, int] = {22: 192, 27: 192, 32: 192, 37: 192, 42: 96, 47: 96}
 
 
 class CodecModelMismatchError(WeightsMismatchError):

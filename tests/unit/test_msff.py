@@ -384,7 +384,8 @@ def test_nanodet_pipeline_round_trip_keeps_detections():
     dec = decode_bitstream(enc.bitstream, net)
     for k, f in enc.features.items():
         rel = float((dec.features[k] - f).pow(2).mean() / f.pow(2).mean())
-        assert rel < 0.8, (k, rel)  # measured 0.65 (p3) with the shipped weights; 1.0 = all zeros
+        # measured with the shipped weights at QP 27: p3 0.19, p4 0.096, p5 0.041 (1.0 = all zeros)
+        assert rel < {"p3": 0.25, "p4": 0.13, "p5": 0.06}[k], (k, rel)
     ref = net.part2(enc.features, "neck", enc.preprocessing)
     got, _ = run_part2(net, dec)
     assert len(ref) > 0 and len(got) > 0

@@ -1,0 +1,80 @@
+"""The linear path shared by the learned models (MSFF/MSFR and FENet/DRNet).
+
+A split point's scales, normalised, are stacked space-to-depth at the coarsest
+stride: scale i with r_i = coarsest stride / stride_i contributes C_i * r_i^2
+channels (pixel unshuffle by r_i), in scale order. A 1x1 projection of this stack
+is added to the encoder's latent and a 1x1 reconstruction (depth-to-space back to
+every scale) to the decoder's output. Both maps start from PCA of training
+features: the leading principal directions, most variance first, which is the
+best linear code for every number of kept channels at once. Training then refines
+them together with the models' convolutional paths, which start at zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+FitFn = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
+
+
+def stacked_channels(channels: list[int], ratios: list[int]) -> int:
+    return sum(c * r * r for c, r in zip(channels, ratios))
+
+
+def stack_scales(xs: list[torch.Tensor], ratios: list[int], fit: FitFn) -> torch.Tensor:
+    """Scales (finest first, the last one coarsest) -> (N, D, Hc, Wc): each scale
+    fitted to exactly r_i times the coarsest size, then pixel-unshuffled by r_i."""
+    hc, wc = xs[-1].shape[-2:]
+    parts = []
+    for x, r in zip(xs, ratios):
+        x = fit(x, (hc * r, wc * r))
+        parts.append(F.pixel_unshuffle(x, r) if r > 1 else x)
+    return torch.cat(parts, 1)
+
+
+def unstack_scales(
+    stacked: torch.Tensor, channels: list[int], ratios: list[int], sizes: list[tuple[int, int]], fit: FitFn
+) -> list[torch.Tensor]:
+    """Inverse of stack_scales: depth-to-space per scale, fitted to each scale's size.
+    Exact on integer-valued tensors (only moves and crops values)."""
+    out, start = [], 0
+    for c, r, size in zip(channels, ratios, sizes):
+        n = c * r * r
+        part = stacked[:, start : start + n]
+        out.append(fit(F.pixel_shuffle(part, r) if r > 1 else part, size))
+        start += n
+    return out
+
+
+@torch.no_grad()
+def pca(stacks: Iterable[torch.Tensor], components: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """PCA over every spatial position of the (N, D, H, W) stacks: returns the mean (D,),
+    the leading `components` directions (components, D), most variance first, each with
+    its largest-magnitude entry positive (a deterministic sign), and the fraction of the
+    variance they hold. The covariance is accumulated in float64 and decomposed with
+    torch.linalg.eigh."""
+    total = gram = None
+    count = 0
+    for s in stacks:
+        x = s.permute(0, 2, 3, 1).reshape(-1, s.shape[1]).double()
+        if total is None:
+            total = torch.zeros(x.shape[1], dtype=torch.float64)
+            gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+        total += x.sum(0)
+        gram += x.t() @ x
+        count += len(x)
+    if total is None or count < 2:
+        raise ValueError("PCA needs at least two samples")
+    if components > len(total):
+        raise ValueError(f"{components} components asked of {len(total)}-dimensional data")
+    mean = total / count
+    cov = gram / count - torch.outer(mean, mean)
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    order = torch.argsort(evals, descending=True)
+    comp = evecs[:, order[:components]].t().contiguous()
+    comp = comp * torch.sign(comp.gather(1, comp.abs().argmax(1, keepdim=True)))
+    explained = float(evals[order[:components]].clamp(min=0).sum() / evals.clamp(min=0).sum())
+    return mean, comp, explained
