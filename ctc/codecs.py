@@ -248,6 +248,101 @@ class ContainerCodec(CodecType):
         )
 
 
+class MsffAblation(CodecType):
+    """vvc_msff with other MSFF/MSFR weights and/or another kept-channel policy, through the
+    real container (same mode id and syntax; the decoder is given the same weights): the
+    ablations of docs/results_msff.md. Parameters: qp, preset, `weights` (a weights file;
+    relative paths are from the repository root; default the shipped one) and `kept`
+    ("table": the shipped QP table, "all": every fused channel, or a number)."""
+
+    type_name = "vvc_msff_ablation"
+    default_param = "qp"
+    mode = "vvc_msff"
+    uses_ffmpeg = True
+
+    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        from codec.inner.vvc import VVENC_PRESETS
+        from codec.models.msff import file_sha256
+
+        unknown = sorted(set(params) - {"qp", "preset", "weights", "kept"})
+        if unknown:
+            raise ConfigError(
+                f"unknown parameter(s) {', '.join(unknown)} for vvc_msff_ablation (qp, preset, weights, kept)"
+            )
+        out = {"preset": "faster", "kept": "table", "weights": None, **params}
+        _check_qp(out)
+        if out["preset"] not in VVENC_PRESETS:
+            raise ConfigError(f"preset {out['preset']!r} is not one of {', '.join(VVENC_PRESETS)}")
+        kept = out["kept"]
+        if not (kept in ("table", "all") or (isinstance(kept, int) and not isinstance(kept, bool) and kept >= 1)):
+            raise ConfigError(f"kept must be 'table', 'all' or a positive integer, got {kept!r}")
+        path = self.weights_path(out["weights"])
+        if not path.is_file():
+            raise ConfigError(f"vvc_msff_ablation weights not found: {path}")
+        out["weights_sha256"] = file_sha256(path)  # part of the job key: other weights, other results
+        return out
+
+    @staticmethod
+    def weights_path(weights: str | None):
+        from pathlib import Path
+
+        from codec.models.msff import shipped_weights_paths
+
+        path = shipped_weights_paths()[0] if weights is None else Path(weights)
+        return path if path.is_absolute() else Path(__file__).resolve().parent.parent / path
+
+    def version(self) -> str:
+        return _ffmpeg_version()
+
+    def run(self, image: np.ndarray, network: SplitNetwork, split: str, params: dict[str, Any]) -> CodecOutput:
+        from codec.bitstream import ContainerHeader, build_container, parse_container
+        from codec.modes import vvc_msff
+        from codec.pipeline import weights_hash_bytes
+
+        sp = network.split_points[split]
+        weights = self.weights_path(params["weights"])
+        model, _, digest = vvc_msff.model_for(vvc_msff.model_id_for(sp), weights)
+        if digest.hex() != params["weights_sha256"]:
+            raise ConfigError(f"{weights} changed since the run was planned")
+        c = model.cfg.fused_channels
+        kept = params["kept"]
+        kept = vvc_msff.kept_channels_for_qp(params["qp"], c) if kept == "table" else c if kept == "all" else kept
+        t_start = time.perf_counter()
+        with count_stage("nn_part1"):
+            x, prep = network.preprocess(image)
+            features = network.part1(x, split)
+        t0 = time.perf_counter()
+        with count_stage("encode"):
+            mode_header, units = vvc_msff.encode_with_model(
+                features, sp, params["qp"], params["preset"], min(kept, c), model, vvc_msff.model_id_for(sp), digest
+            )
+            header = ContainerHeader(
+                network_id=network.network_id,
+                network_weights_hash=weights_hash_bytes(network),
+                split_point_id=sp.split_id,
+                split_point_name=sp.name,
+                preprocessing=prep,
+                mode_id=vvc_msff.MODE_ID,
+                mode=mode_header,
+            )
+            bitstream = build_container(header, units)
+        t1 = time.perf_counter()
+        with count_stage("decode"):
+            parsed = parse_container(bitstream)
+            symbols = vvc_msff.decode_symbols(parsed.header, parsed.units, weights)
+            decoded = vvc_msff.reconstruct(parsed.header, symbols, weights)
+        t2 = time.perf_counter()
+        with count_stage("nn_part2"):
+            detections = network.part2(decoded, split, parsed.header.preprocessing)
+        t3 = time.perf_counter()
+        return CodecOutput(
+            bits=len(bitstream) * 8,
+            detections=detections,
+            timings={"nn_part1": t0 - t_start, "encode": t1 - t0, "decode": t2 - t1, "nn_part2": t3 - t2},
+            raw_feature_bits=raw_feature_bits(features),
+        )
+
+
 _REGISTRY: dict[str, CodecType] = {}
 
 
@@ -259,6 +354,7 @@ register_codec_type(ImageAnchor())
 register_codec_type(Uncompressed())
 register_codec_type(ContainerCodec("anchor"), "feature_anchor")
 register_codec_type(ContainerCodec("bypass"), "bypass")
+register_codec_type(MsffAblation())
 
 
 def available_codec_types() -> list[str]:

@@ -94,3 +94,38 @@ def test_quick_config_end_to_end(tmp_path: Path, capsys) -> None:
 
     assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
     assert "12 jobs: 12 cached, 0 computed" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (ASSETS / "coco" / "coco128").is_dir(), reason=f"assets not found at {ASSETS}")
+@pytest.mark.skipif(not _vvc_available(), reason="ffmpeg with libvvenc and the vvc decoder not available")
+def test_msff_ablation_codec_reproduces_the_mode_and_varies_what_it_says(tmp_path: Path) -> None:
+    data = yaml.safe_load((REPO / "ctc" / "configs" / "quick.yaml").read_text())
+    data["dataset"]["limit"] = 1
+    qps = [47, 22]
+    data["codecs"] = [
+        {"name": "vvc_msff", "type": "vvc_msff", "param": "qp", "values": qps},
+        {"name": "same", "type": "vvc_msff_ablation", "param": "qp", "values": qps},
+        {"name": "all", "type": "vvc_msff_ablation", "param": "qp", "values": qps, "options": {"kept": "all"}},
+        {"name": "k8", "type": "vvc_msff_ablation", "param": "qp", "values": qps, "options": {"kept": 8}},
+    ]
+    data["anchors"] = ["vvc_msff"]
+    data.pop("reference", None)
+    cfg = tmp_path / "abl.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    bits = {(r["codec"], r["point"]): int(r["total_bits"]) for r in csv.DictReader((out / "summary.csv").open())}
+    # the shipped weights with the shipped table: the very same container as the mode
+    assert bits[("same", "qp47")] == bits[("vvc_msff", "qp47")]
+    assert bits[("same", "qp22")] == bits[("vvc_msff", "qp22")]
+    from codec.modes import vvc_msff
+
+    table = vvc_msff.TRUNCATION_TABLE
+    # where the table truncates, keeping every channel costs more; where it keeps all, nothing changes
+    assert (bits[("all", "qp47")] > bits[("same", "qp47")]) == (table[47] < 192)
+    assert (bits[("all", "qp22")] == bits[("same", "qp22")]) == (table[22] == 192)
+    assert bits[("k8", "qp22")] < bits[("same", "qp22")]
+    # weights that do not exist are a configuration error (exit 2, one line)
+    data["codecs"][1]["options"] = {"weights": "nowhere.pt"}
+    cfg.write_text(yaml.safe_dump(data))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "r2")]) == 2
