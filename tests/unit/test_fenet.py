@@ -129,6 +129,76 @@ def test_round_trip_equals_forward_pass_quantised_reconstruction():
     assert bits[0] < bits[1] < bits[2]  # larger gain, more bits (even untrained)
 
 
+def linear_model(seed: int = 0) -> tuple[FenetCodec, dict[str, torch.Tensor]]:
+    """A tiny model with the linear path, initialised from PCA of its own test features."""
+    from codec.models import linear_path
+
+    torch.manual_seed(seed)
+    cfg = FenetConfig.for_split_point(
+        NECK, width=8, latent_channels=24, hyper_channels=8, latent_downsample=False, num_qualities=3,
+        lambdas=(0.01, 0.1, 1.0), linear_path=True,
+    )  # fmt: skip
+    model = FenetCodec(cfg).eval()
+    feats = smooth_features(NECK, 128, seed=7)
+    model.set_feature_scale(torch.tensor([1.0, 1.5, 2.0]))
+    mean, comp, _ = linear_path.pca([model.stack(feats)], cfg.latent_channels)
+    model.init_linear_path(mean, comp)
+    with torch.no_grad():
+        model.gain.mul_(torch.tensor([4.0, 16.0, 64.0]).view(3, 1))
+        model.inv_gain.div_(torch.tensor([4.0, 16.0, 64.0]).view(3, 1))
+    model.update()
+    return model, feats
+
+
+def test_linear_path_starts_as_pca_and_round_trips_bit_exactly():
+    model, feats = linear_model()
+    with torch.no_grad():
+        y = model.fenet(model._normalised(feats))
+    stack = model.stack(feats).double()
+    w = model.fenet.linear.weight.double().flatten(1)
+    expect = torch.einsum("cd,ndhw->nchw", w, stack) + model.fenet.linear.bias.double().view(1, -1, 1, 1)
+    assert torch.allclose(y.double(), expect, atol=1e-4)  # the conv path starts at zero
+    assert model.stack(feats).shape[1] == model.cfg.stacked_channels == 128 * (16 + 4 + 1)
+    # float DRNet of y equals the PCA reconstruction P^T y + mean, unstacked
+    sizes = [tuple(feats[s.name].shape[-2:]) for s in NECK.scales]
+    with torch.no_grad():
+        rec = model.drnet(y, sizes)
+    proj = torch.einsum("cd,nchw->ndhw", w, y.double()) + model.drnet.linear.bias.double().view(1, -1, 1, 1)
+    parts = model.drnet._unstack(proj.float(), sizes)
+    for r, p in zip(rec, parts):
+        assert torch.allclose(r, p, atol=1e-4)
+    errs = []
+    for phi in range(3):
+        c = model.compress(feats, phi)
+        out = model.decompress(c)
+        _, ref = model.forward_quantised(feats, phi)
+        assert all(torch.equal(out[k], ref[k]) for k in feats)
+        errs.append(sum(float((out[k] - feats[k]).pow(2).mean() / feats[k].pow(2).mean()) for k in feats))
+    assert errs[2] < errs[0]  # finer quantisation, closer to the features
+    threads = torch.get_num_threads()
+    c = model.compress(feats, 1)
+    digests = set()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            rec = model.decompress(c)
+            digests.add(_md5(*[rec[k].numpy() for k in rec]))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(digests) == 1
+
+
+def test_linear_path_config_checks():
+    with pytest.raises(FenetConfigError):
+        FenetConfig.for_split_point(NECK, latent_downsample=True, linear_path=True)
+    plain = tiny_model()
+    with pytest.raises(FenetConfigError):
+        plain.init_linear_path(torch.zeros(2688), torch.zeros(16, 2688))
+    d = plain.cfg.to_json()
+    del d["linear_path"]  # records written before the linear path load as before
+    assert FenetConfig.from_json(d) == plain.cfg
+
+
 def test_decoding_is_bit_exact_across_runs_and_thread_counts():
     model = tiny_model()
     feats = smooth_features(NECK, 128, seed=5)
