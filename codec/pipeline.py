@@ -16,7 +16,9 @@ import torch
 
 from codec.bitstream import (
     ContainerHeader,
+    ModeHeader,
     ModeId,
+    PayloadUnit,
     build_container,
     parse_container,
 )
@@ -81,6 +83,28 @@ def _split_point(network: SplitNetwork, split: str) -> SplitPoint:
     return network.split_points[split]
 
 
+def build_bitstream(
+    network: SplitNetwork,
+    split_point: SplitPoint,
+    prep: Preprocessing,
+    mode_id: ModeId,
+    mode_header: ModeHeader,
+    units: list[PayloadUnit],
+    weights_hash: bytes | None = None,
+) -> bytes:
+    """The container for a mode's header and payload units, with the network's fields."""
+    header = ContainerHeader(
+        network_id=network.network_id,
+        network_weights_hash=weights_hash if weights_hash is not None else weights_hash_bytes(network),
+        split_point_id=split_point.split_id,
+        split_point_name=split_point.name,
+        preprocessing=prep,
+        mode_id=mode_id,
+        mode=mode_header,
+    )
+    return build_container(header, units)
+
+
 def encode_image(image: np.ndarray, network: SplitNetwork, split: str | None, params: EncodeParams) -> EncodeResult:
     """NN part 1 on an RGB uint8 image, then the coding mode, then the container."""
     mode = mode_by_name(params.mode)
@@ -97,16 +121,7 @@ def encode_image(image: np.ndarray, network: SplitNetwork, split: str | None, pa
         features = network.part1(x, split_name)
     t1 = time.perf_counter()
     mode_header, units = mode.encode(features, split_point, params)
-    header = ContainerHeader(
-        network_id=network.network_id,
-        network_weights_hash=weights_hash,
-        split_point_id=split_point.split_id,
-        split_point_name=split_point.name,
-        preprocessing=prep,
-        mode_id=mode.MODE_ID,
-        mode=mode_header,
-    )
-    bitstream = build_container(header, units)
+    bitstream = build_bitstream(network, split_point, prep, mode.MODE_ID, mode_header, units, weights_hash)
     t2 = time.perf_counter()
     return EncodeResult(bitstream, features, prep, {"nn_part1": t1 - t0, "encode": t2 - t1})
 
@@ -178,6 +193,7 @@ __all__ = [
     "EncodeResult",
     "ModeId",
     "available_modes",
+    "build_bitstream",
     "decode_bitstream",
     "encode_image",
     "load_image",

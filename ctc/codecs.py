@@ -295,9 +295,9 @@ class MsffAblation(CodecType):
         return _ffmpeg_version()
 
     def run(self, image: np.ndarray, network: SplitNetwork, split: str, params: dict[str, Any]) -> CodecOutput:
-        from codec.bitstream import ContainerHeader, build_container, parse_container
+        from codec.bitstream import parse_container
         from codec.modes import vvc_msff
-        from codec.pipeline import weights_hash_bytes
+        from codec.pipeline import build_bitstream
 
         sp = network.split_points[split]
         weights = self.weights_path(params["weights"])
@@ -316,16 +316,7 @@ class MsffAblation(CodecType):
             mode_header, units = vvc_msff.encode_with_model(
                 features, sp, params["qp"], params["preset"], min(kept, c), model, vvc_msff.model_id_for(sp), digest
             )
-            header = ContainerHeader(
-                network_id=network.network_id,
-                network_weights_hash=weights_hash_bytes(network),
-                split_point_id=sp.split_id,
-                split_point_name=sp.name,
-                preprocessing=prep,
-                mode_id=vvc_msff.MODE_ID,
-                mode=mode_header,
-            )
-            bitstream = build_container(header, units)
+            bitstream = build_bitstream(network, sp, prep, vvc_msff.MODE_ID, mode_header, units)
         t1 = time.perf_counter()
         with count_stage("decode"):
             parsed = parse_container(bitstream)

@@ -116,15 +116,8 @@ def test_sls_mask_zeroes_exactly_the_trailing_channels():
 # -- exact (fixed-point) MSFR ---------------------------------------------------------------
 
 
-def test_exact_msfr_matches_float_and_is_thread_independent():
-    torch.manual_seed(1)
-    model = MsffCodecModel(MsffConfig.for_split_point(NANODET_NECK)).eval()
-    model.set_feature_scale(torch.tensor([0.1, 0.2, 0.3]))
-    feats = _features(NANODET_NECK, 128, 160)
-    sizes = {k: tuple(v.shape[-2:]) for k, v in feats.items()}
-    with torch.no_grad():
-        z = model.msff(feats)
-        ref = model.msfr(z, sizes)
+def _exact_with_1_and_2_threads(model, z, sizes):
+    """The exact MSFR's reconstruction with torch threads 1, then 2."""
     exact = ExactMsfr(model.msfr)
     threads = torch.get_num_threads()
     try:
@@ -134,6 +127,19 @@ def test_exact_msfr_matches_float_and_is_thread_independent():
         b = exact(z, sizes)
     finally:
         torch.set_num_threads(threads)
+    return a, b
+
+
+def test_exact_msfr_matches_float_and_is_thread_independent():
+    torch.manual_seed(1)
+    model = MsffCodecModel(MsffConfig.for_split_point(NANODET_NECK)).eval()
+    model.set_feature_scale(torch.tensor([0.1, 0.2, 0.3]))
+    feats = _features(NANODET_NECK, 128, 160)
+    sizes = {k: tuple(v.shape[-2:]) for k, v in feats.items()}
+    with torch.no_grad():
+        z = model.msff(feats)
+        ref = model.msfr(z, sizes)
+    a, b = _exact_with_1_and_2_threads(model, z, sizes)
     for k in ref:
         assert torch.equal(a[k], b[k])
         assert a[k].dtype == torch.float32
@@ -185,15 +191,7 @@ def test_linear_path_truncation_is_the_pca_projection_and_exact_decoding_is_thre
     with torch.no_grad():
         z = sls_mask(model.msff(feats), 5)
         rec = model.msfr(z, sizes)
-    exact = ExactMsfr(model.msfr)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        a = exact(z, sizes)
-        torch.set_num_threads(2)
-        b = exact(z, sizes)
-    finally:
-        torch.set_num_threads(threads)
+    a, b = _exact_with_1_and_2_threads(model, z, sizes)
     stack = model.msff.stack(feats).double() - mean.view(1, -1, 1, 1)
     p = comp[:5]
     proj = torch.einsum("dc,nchw->ndhw", p.t(), torch.einsum("cd,ndhw->nchw", p, stack)) + mean.view(1, -1, 1, 1)
