@@ -301,7 +301,8 @@ class MsffAblation(CodecType):
 
         sp = network.split_points[split]
         weights = self.weights_path(params["weights"])
-        model, _, digest = vvc_msff.model_for(vvc_msff.model_id_for(sp), weights)
+        model_id = vvc_msff.model_id_for(sp)
+        model, _, digest = vvc_msff.model_for(model_id, weights)
         if digest.hex() != params["weights_sha256"]:
             raise ConfigError(f"{weights} changed since the run was planned")
         c = model.cfg.fused_channels
@@ -314,7 +315,7 @@ class MsffAblation(CodecType):
         t0 = time.perf_counter()
         with count_stage("encode"):
             mode_header, units = vvc_msff.encode_with_model(
-                features, sp, params["qp"], params["preset"], min(kept, c), model, vvc_msff.model_id_for(sp), digest
+                features, sp, params["qp"], params["preset"], min(kept, c), model, model_id, digest
             )
             bitstream = build_bitstream(network, sp, prep, vvc_msff.MODE_ID, mode_header, units)
         t1 = time.perf_counter()

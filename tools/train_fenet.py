@@ -46,7 +46,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from codec.models import linear_path  # noqa: E402
 from codec.models.fenet import (  # noqa: E402
     FenetCodec,
     FenetConfig,
@@ -253,18 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     model.set_feature_scale(feature_scale, feature_mean)
     pca_record = None
     if args.linear_path and not (args.resume and Path(args.out).with_suffix(".ckpt").is_file()):
-        idx = np.unique(np.linspace(0, n_scale - 1, min(args.pca_views, n_scale)).astype(int))
-
-        def stacks():
-            with torch.no_grad():
-                for start in range(0, len(idx), 16):
-                    rows = idx[start : start + 16]
-                    yield model.stack([torch.from_numpy(cache[n][rows].astype(np.float32)) for n in names])
-
-        mean, comp, explained = linear_path.pca(stacks(), cfg.latent_channels)
+        mean, comp, explained = msff.pca_of_cache(
+            model.stack, cache, names, n_scale, args.pca_views, cfg.latent_channels
+        )
         model.init_linear_path(mean, comp)
-        pca_record = {"views": len(idx), "explained_variance_kept": explained}
-        print(f"PCA over {len(idx)} views: the first {cfg.latent_channels} components hold "
+        pca_record = {"views": min(args.pca_views, n_scale), "explained_variance_kept": explained}
+        print(f"PCA over {pca_record['views']} views: the first {cfg.latent_channels} components hold "
               f"{100 * explained:.2f} % of the variance", flush=True)
     model.to(device)
     lambdas = torch.tensor(lambdas_list, device=device)

@@ -15,8 +15,9 @@ Example (the reduced CPU configuration used for the shipped weights; the exact
 command is recorded in codec/models/weights/msff_nanodet_neck.json)::
 
     python tools/train_msff.py --cache-only --threads 2 --out x.pt
-    python tools/train_msff.py --steps 5000 --max-minutes 45 --batch 8 --crop 8 --noise 0.02 \\
-        --task-weight 1 --task-every 4 --threads 1 --out codec/models/weights/msff_nanodet_neck.pt
+    python tools/train_msff.py --partial-cache <cache dir> --linear-path --fused-channels 192 --width 24 \\
+        --steps 100000 --max-minutes 35 --batch 8 --crop 8 --noise 0.02 --task-weight 1 --task-every 4 \\
+        --lr 2e-4 --threads 1 --out codec/models/weights/msff_nanodet_neck.pt
 """
 
 from __future__ import annotations
@@ -176,21 +177,22 @@ def out_ckpt(out: str | Path) -> Path:
     return Path(out).with_suffix(".ckpt")
 
 
-def pca_of_cache(model: MsffCodecModel, cache: dict[str, np.ndarray], names: list[str], n_rows: int,
-                 views: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """PCA (codec.models.linear_path.pca) of the normalised space-to-depth stack (Msff.stack)
-    over `views` cached views spread evenly over the first n_rows; every spatial position is
-    a sample. Returns the mean (D,), the leading fused_channels directions and the fraction
-    of the variance they hold."""
+def pca_of_cache(stack, cache: dict[str, np.ndarray], names: list[str], n_rows: int, views: int,
+                 components: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """PCA (codec.models.linear_path.pca) of a model's normalised space-to-depth stack
+    (`stack`: {scale: (N, C, H, W) tensor} -> (N, D, h, w), e.g. Msff.stack) over `views`
+    cached views spread evenly over the first n_rows; every spatial position is a sample.
+    Returns the mean (D,), the leading `components` directions and the fraction of the
+    variance they hold. Shared by train_msff, train_fenet and pca_probe."""
     idx = np.unique(np.linspace(0, n_rows - 1, min(views, n_rows)).astype(int))
 
     def stacks():
         with torch.no_grad():
             for start in range(0, len(idx), 16):
                 rows = idx[start : start + 16]
-                yield model.msff.stack({n: torch.from_numpy(cache[n][rows].astype(np.float32)) for n in names})
+                yield stack({n: torch.from_numpy(cache[n][rows].astype(np.float32)) for n in names})
 
-    return linear_path.pca(stacks(), model.cfg.fused_channels)
+    return linear_path.pca(stacks(), components)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -269,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     model.set_feature_scale(scale)
     pca_record = None
     if args.linear_path and not (args.resume and out_ckpt(args.out).is_file()):
-        mean, comp, explained = pca_of_cache(model, cache, names, n_samples, args.pca_views)
+        mean, comp, explained = pca_of_cache(
+            model.msff.stack, cache, names, n_samples, args.pca_views, cfg.fused_channels
+        )
         init_linear_path(model, mean, comp)
         pca_record = {"views": min(args.pca_views, n_samples), "explained_variance_kept": explained}
         print(f"PCA over {pca_record['views']} views: the first {cfg.fused_channels} components hold "

@@ -229,7 +229,7 @@ def test_pca_of_cache_orders_components_by_variance():
     stack = torch.from_numpy(x.astype(np.float32))
     cache = model.msfr.unstack(stack, {"a": (16, 24), "b": (8, 12), "c": (2, 3)})
     cache = {k: v.numpy() for k, v in cache.items()}
-    mean, comp, explained = pca_of_cache(model, cache, ["a", "b", "c"], 40, 40)
+    mean, comp, explained = pca_of_cache(model.msff.stack, cache, ["a", "b", "c"], 40, 40, 6)
     assert comp.shape == (6, d) and torch.allclose(comp @ comp.t(), torch.eye(6, dtype=torch.float64), atol=1e-9)
     for i in range(3):  # the leading components are the planted directions, in order
         assert abs(float(comp[i] @ torch.from_numpy(dirs[:, i]))) > 0.99
