@@ -1,168 +1,65 @@
 """Train the FENet/DRNet learned feature codec of codec/models/fenet.py (multi-rate,
-one model for every quality index phi).
+one model for every quality index phi), with the shared training programme of
+codec/training (feature cache, task-aware loss, resumable loop, dev evaluation).
 
 Data: NN part 1 features of the training images (default <assets>/train-images,
-never the evaluation sets), K augmented views per image (random resized crops,
-flips, fixed seed), extracted once into the float16 feature cache of
-tools/train_msff.py (same cache key, so both trainings share one extraction; a
-cache that another process is still writing is waited for, never rewritten).
+never the evaluation sets), `--views` augmented views per image, extracted once
+into the float16 feature cache of codec/training/data.py (shared with
+tools/train_msff.py).
 
 Loss per sample, with phi drawn uniformly per sample:
 
-    L = R + lambda[phi] * sum_i w_i * MSE_i
+    L = R + lambda[phi] * D,   D = feature_weight * sum_i w_i * MSE_i + task_weight * T
 
 * R in bits per network-input pixel: (bits of y + bits of z) / (H_in * W_in), where
-  H_in x W_in are the network-input pixels the (cropped) features cover, i.e.
-  (8 * H_p3) x (8 * W_p3) for NanoDet's neck. For a full 416x416 input this is the
-  container's bpp convention up to the original-vs-input pixel count ratio.
+  H_in x W_in are the network-input pixels the (cropped) features cover.
 * MSE_i on features normalised by per-scale RMS (computed on the training set).
-* Training crops: aligned random crops of all scales (coarsest-scale size drawn
-  from {8, 9, 11, 13}; 13 = the whole 416x416 input), so odd sizes and padding occur.
-The entropy bottleneck's quantiles are trained by its auxiliary loss (own optimiser).
-At the end `update()` builds the CDF tables, which are saved with the weights.
+* T: the task loss of codec/training/task.py (NanoDet's frozen heads on the
+  reconstruction against the heads on the original features).
 
-Example (the reduced CPU configuration of the shipped weights)::
+``--ceiling`` trains the transform pair alone (FENet -> DRNet, no quantisation, no
+rate): its dev figure is the representation ceiling, the accuracy no quality index
+can exceed. A ceiling run's weights are a warm start (``--init``) for a full run.
 
-    python tools/train_fenet.py --steps 4000 --batch 8 --threads 1 \\
-        --out codec/models/weights/fenet_nanodet_neck.pt
+Dev evaluation every ``--dev-every`` training minutes: mAP@0.5 on the dev set
+(``heldout``: the 64 held-out training images with the uncompressed detections as
+pseudo-labels; or ``val2017-103``), through the real container path (the mean over
+``--dev-phis``), or of the unquantised transform with ``--ceiling``. The best
+checkpoint by that figure is what ``--out`` gets.
+
+Example (a long CPU run in the background, resumable with the same command + --resume)::
+
+    nohup python -m tools.train_fenet --linear-path --width 64 --latent-channels 96 --hyper-channels 48 \\
+        --task-weight 1 --feature-weight 0.1 --steps 20000 --threads 2 \\
+        --out runs/fenet/fenet_nanodet_neck.pt > runs/fenet/train.log 2>&1 &
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import copy
 import json
 import math
-import os
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from codec.models.fenet import FenetCodec, FenetConfig, count_parameters, load_fenet, save_fenet
+from codec.training import data as tdata
+from codec.training import dev as tdev
+from codec.training.loop import Checkpoint, MinuteLog, RunState, train
+from codec.training.task import TaskLossConfig, task_loss_for
+from codec.vision import get_network
 
-from codec.models.fenet import (  # noqa: E402
-    FenetCodec,
-    FenetConfig,
-    count_parameters,
-    save_fenet,
-)
-from codec.vision import get_network  # noqa: E402
-
-CROP_SIZES = (8, 9, 11, 13)  # coarsest-scale crop sizes (NanoDet p5 is 13x13 at 416x416)
-CROP_PROBS = (0.55, 0.15, 0.15, 0.15)
-
-
-def _msff_tools():
-    """The feature-cache helpers of tools/train_msff.py (list_images, split_train_images,
-    build_cache, load_cache, feature_scales, assets_dir, file_list_sha256)."""
-    spec = importlib.util.spec_from_file_location("_train_msff", REPO / "tools" / "train_msff.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-class GrowingCache:
-    """Training while another process (tools/train_msff.py) still writes the shared
-    cache: its memmaps are shared, entries are written in order. Step s may draw from
-    the first min(N, start + floor(s * per_step)) entries (a deterministic schedule,
-    so a run is reproducible); if the writer is behind, training waits for it."""
-
-    def __init__(self, path: Path, names: list[str], start: int, per_step: float) -> None:
-        self.path, self.names, self.start, self.per_step = path, names, start, per_step
-        self.arrays = {n: np.load(path / f"{n}.npy", mmap_mode="r") for n in names}
-        self.total = len(self.arrays[names[0]])
-
-    def done(self) -> bool:
-        return (self.path / "done.json").is_file()
-
-    def written(self) -> int:
-        """Entries completely written (the last scale of an entry is written last)."""
-        if self.done():
-            return self.total
-        last = self.arrays[self.names[-1]]
-        lo, hi = 0, self.total  # first all-zero entry by bisection
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if np.any(last[mid]):
-                lo = mid + 1
-            else:
-                hi = mid
-        return max(0, lo - 1)  # the entry being written may be incomplete
-
-    def allowed(self, step: int, wait_s: float = 3600) -> int:
-        want = min(self.total, self.start + int(step * self.per_step))
-        t0 = time.time()
-        while self.written() < want:
-            if time.time() - t0 > wait_s:
-                raise TimeoutError(f"feature cache {self.path} did not reach {want} entries in {wait_s:.0f} s")
-            time.sleep(10)
-        return want
-
-
-def cache_key_dir(msff, net, split: str, files: list[str], views: int, seed: int, cache_root: Path) -> Path:
-    import hashlib
-
-    key = hashlib.sha256(
-        f"{net.name}|{net.weights_sha256()}|{split}|{views}|{seed}|{msff.file_list_sha256(files)}".encode()
-    ).hexdigest()[:16]
-    return cache_root / f"{net.name}_{split}_{key}"
-
-
-def sample_batch(
-    cache: dict[str, np.ndarray],
-    names: list[str],
-    strides: list[int],
-    batch: int,
-    rng: np.random.Generator,
-    limit: int | None = None,
-) -> list[torch.Tensor]:
-    """Aligned random crops of every scale for `batch` random samples (of the first `limit`)."""
-    n = len(cache[names[0]]) if limit is None else limit
-    idx = np.sort(rng.choice(n, batch, replace=False))
-    coarse = names[-1]
-    hc, wc = cache[coarse].shape[-2:]
-    size = int(rng.choice(CROP_SIZES, p=CROP_PROBS))
-    size_h, size_w = min(size, hc), min(size, wc)
-    oy, ox = int(rng.integers(0, hc - size_h + 1)), int(rng.integers(0, wc - size_w + 1))
-    out = []
-    for name, stride in zip(names, strides):
-        f = strides[-1] // stride
-        a = cache[name][idx, :, oy * f : (oy + size_h) * f, ox * f : (ox + size_w) * f]
-        out.append(torch.from_numpy(a.astype(np.float32)))
-    flip = rng.random(batch) < 0.5  # extra flips on top of the cached ones
-    return [torch.where(torch.from_numpy(flip).view(-1, 1, 1, 1), t.flip(-1), t) for t in out]
-
-
-def feature_stats(
-    cache: dict[str, np.ndarray], names: list[str], n_rows: int, samples: int = 200
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalisation from a fixed subset of the first n_rows cached views: per-channel
-    means (all scales concatenated) and per-scale RMS after removing them."""
-    idx = np.linspace(0, n_rows - 1, min(samples, n_rows)).astype(int)
-    means, rms = [], []
-    for n in names:
-        a = cache[n][idx].astype(np.float64)
-        m = a.mean(axis=(0, 2, 3))
-        means.append(m)
-        rms.append(float(np.sqrt(np.mean(np.square(a - m.reshape(1, -1, 1, 1))))))
-    return torch.tensor(np.concatenate(means), dtype=torch.float32), torch.tensor(rms, dtype=torch.float32)
-
-
-def rd_loss(
-    model: FenetCodec, out: dict, phi: torch.Tensor, lambdas: torch.Tensor, weights: torch.Tensor, input_pixels: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> (loss, bpp per sample, per-scale MSE (S, B))."""
-    bits = sum(-torch.log2(lik).flatten(1).sum(dim=1) for lik in out["likelihoods"].values())
-    bpp = bits / input_pixels
-    mse = torch.stack([((r - t) ** 2).flatten(1).mean(dim=1) for r, t in zip(out["rec_norm"], out["target_norm"])])
-    dist = (mse * weights.view(-1, 1)).sum(dim=0)
-    return (bpp + lambdas[phi] * dist).mean(), bpp, mse
+DEV_SETS = {
+    "val2017-103": ("coco/val2017-103/images", "coco/val2017-103/annotations/instances_val2017_103.json"),
+    "coco128": ("coco/coco128/images", "coco/coco128/annotations/instances_train2017.json"),
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -170,11 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--images", default=None, help="training images (default: <assets>/train-images)")
     ap.add_argument("--network", default="nanodet")
     ap.add_argument("--split", default="neck")
-    ap.add_argument(
-        "--cache-dir", default=None, help="feature cache (default: the MSFF cache, <user cache>/fcm-codec/msff)"
-    )
-    ap.add_argument("--views", type=int, default=2, help="augmented views per image")
-    ap.add_argument("--holdout", type=int, default=64, help="images left out (same split as train_msff)")
+    ap.add_argument("--cache-dir", default=None, help="feature cache (default: <user cache>/fcm-codec/msff)")
+    ap.add_argument("--views", type=int, default=4, help="augmented views per image")
+    ap.add_argument("--holdout", type=int, default=64, help="images left out (the heldout dev set)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--width", type=int, default=56)
     ap.add_argument("--latent-channels", type=int, default=80)
@@ -183,231 +78,308 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--linear-path", action="store_true",
                     help="add the linear path (codec/models/linear_path.py), initialised from PCA of the cache")
     ap.add_argument("--pca-views", type=int, default=400, help="cached views the PCA is computed from")
+    ap.add_argument("--init", default=None, help="start from these weights (.pt of save_fenet, same config)")
     ap.add_argument("--lambdas", default="0.03,0.1,0.3,1,3,10", help="lambda per quality index")
-    ap.add_argument("--scale-weights", default=None, help="comma-separated distortion weight per scale (default 1)")
+    ap.add_argument("--scale-weights", default=None, help="comma-separated feature-MSE weight per scale (default 1)")
+    ap.add_argument("--feature-weight", type=float, default=1.0, help="weight of the feature MSE in D")
+    ap.add_argument("--task-weight", type=float, default=0.0, help="weight of the task loss in D (0: off)")
+    ap.add_argument("--task-box-weight", type=float, default=1.0, help="box term weight inside the task loss")
+    ap.add_argument("--ceiling", action="store_true", help="train the transform pair alone (no quantisation/rate)")
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr-floor", type=float, default=0.03, help="final LR as a fraction of --lr (cosine)")
     ap.add_argument("--aux-lr", type=float, default=1e-3)
-    ap.add_argument("--time-limit", type=float, default=0.0, help="stop after this many minutes (0: no limit)")
+    ap.add_argument("--time-limit", type=float, default=0.0, help="stop this call after so many minutes (0: none)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--ckpt-every", type=int, default=200)
+    ap.add_argument("--ckpt-every", type=float, default=5.0, help="minutes between checkpoints")
+    ap.add_argument("--dev", default="heldout", choices=("heldout", "none", *DEV_SETS), help="dev set")
+    ap.add_argument("--dev-every", type=float, default=15.0, help="training minutes between dev evaluations")
+    ap.add_argument("--dev-phis", default=None, help="quality indices of the dev evaluation (default: all)")
+    ap.add_argument("--dev-limit", type=int, default=None, help="first N dev images only")
     ap.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
-    ap.add_argument("--wait-cache", type=float, default=3600, help="seconds to wait for a cache another process writes")
-    ap.add_argument("--grow-start", type=int, default=200, help="growing cache: entries usable at step 0")
-    ap.add_argument("--grow-per-step", type=float, default=0.3, help="growing cache: entries added per step")
     ap.add_argument("--out", required=True, help="output weights .pt (json written beside it)")
     return ap.parse_args(argv)
+
+
+def denormalise(model: FenetCodec, rec_norm: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [r * model.feature_scale[i] + model._mean(i) for i, r in enumerate(rec_norm)]
+
+
+def transform_only(model: FenetCodec, xs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """FENet -> DRNet without quantisation: (normalised reconstruction, normalised targets)."""
+    xn = model._normalised(xs)
+    y = model.fenet(xn)
+    return model.drnet(y, [tuple(x.shape[-2:]) for x in xn]), xn
+
+
+def export(model: FenetCodec, path: Path) -> str:
+    """A copy of the model with its CDF tables built, written with save_fenet; -> sha256."""
+    m = copy.deepcopy(model).cpu().eval()
+    m.update(force=True)
+    return save_fenet(m, path)
+
+
+def ceiling_eval(model: FenetCodec, dev_set: tdev.DevSet, net, sp) -> dict:
+    """mAP of NN part 2 on the unquantised FENet -> DRNet reconstruction (the ceiling)."""
+    names = sp.scale_names()
+    was_training = model.training
+    model.eval()
+    m = tdev.evaluate_transform(
+        dev_set, net, sp.name,
+        lambda f: dict(zip(names, denormalise(model, transform_only(model, [f[n] for n in names])[0]))),
+    )
+    model.train(was_training)
+    return {"map50": round(m["map50"], 5), "map": round(m["map"], 5)}
+
+
+def container_eval(model: FenetCodec, dev_set: tdev.DevSet, net, sp, phis: list[int]) -> dict[str, dict]:
+    """Per phi: bpp and mAP through the real container path (learned_e2e's encoder and
+    decoder, the container builder and parser) with `model`'s weights written to a
+    temporary weights file, as fcm_enc / fcm_dec would use them."""
+    from codec.bitstream import CodecModelId, parse_container
+    from codec.modes import learned_e2e
+    from codec.pipeline import build_bitstream, weights_hash_bytes
+
+    wh = weights_hash_bytes(net)
+    model_id = CodecModelId.FENET_NANODET_NECK
+    per_phi = {}
+    with tempfile.TemporaryDirectory(prefix="fcm-dev-weights-") as tmp:
+        wpath = Path(tmp) / f"dev_{time.time_ns()}.pt"
+        digest = export(model, wpath)
+        wpath.with_suffix(".json").write_text(json.dumps({"weights_sha256": digest}))
+        m_loaded, digest2 = learned_e2e.model_for(model_id, wpath)
+        for phi in phis:
+            def encode(img, phi=phi):
+                header, units = learned_e2e.encode_with_model(img.features, sp, phi, m_loaded, model_id, digest2)
+                return build_bitstream(net, sp, img.prep, learned_e2e.MODE_ID, header, units, wh)
+
+            def decode(data):
+                parsed = parse_container(data)
+                syms = learned_e2e.decode_symbols(parsed.header, parsed.units, wpath)
+                return learned_e2e.reconstruct(parsed.header, syms, wpath)
+
+            r = tdev.evaluate_container(dev_set, net, sp.name, encode, decode)
+            per_phi[str(phi)] = {"bpp": round(r["bpp"], 5), "map50": round(r["map50"], 5), "map": round(r["map"], 5)}
+    return per_phi
+
+
+def make_dev_fn(args, net, dev_set, sp, model: FenetCodec, phis: list[int]):
+    def ceiling(state: RunState) -> tuple[float, dict]:
+        m = ceiling_eval(model, dev_set, net, sp)
+        return m["map50"], m
+
+    def container(state: RunState) -> tuple[float, dict]:
+        per_phi = container_eval(model, dev_set, net, sp, phis)
+        mean = float(np.mean([v["map50"] for v in per_phi.values()]))
+        return mean, {"mean_map50": round(mean, 5), "per_phi": per_phi}
+
+    return ceiling if args.ceiling else container
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    msff = _msff_tools()
-    images_root = Path(args.images) if args.images else msff.assets_dir() / "train-images"
+    images_root = Path(args.images) if args.images else tdata.assets_dir() / "train-images"
     if not images_root.is_dir():
         print(f"error: training images not found: {images_root}", file=sys.stderr)
         return 2
-    cache_root = (
-        Path(args.cache_dir)
-        if args.cache_dir
-        else Path(__import__("platformdirs").user_cache_dir("fcm-codec")) / "msff"
-    )
-    all_files = msff.list_images(images_root)
-    train_files, held = msff.split_train_images(all_files, args.holdout, args.seed)
+    cache_root = Path(args.cache_dir) if args.cache_dir else tdata.default_cache_root()
+    all_files = tdata.list_images(images_root)
+    train_files, held = tdata.split_train_images(all_files, args.holdout, args.seed)
     net = get_network(args.network)
     sp = net.split_points[args.split]
     names = sp.scale_names()
     strides = [s.stride for s in sp.scales]
-    key_dir = cache_key_dir(msff, net, args.split, train_files, args.views, args.seed, cache_root)
-    growing = None
-    if key_dir.is_dir() and not (key_dir / "done.json").is_file():
-        growing = GrowingCache(key_dir, names, args.grow_start, args.grow_per_step)
-        print(f"cache {key_dir} is being written ({growing.written()}/{growing.total}); growing schedule", flush=True)
-        growing.allowed(0, args.wait_cache)
-        cache = growing.arrays
-        cache_path = key_dir
-    else:
-        cache_path = msff.build_cache(net, args.split, images_root, train_files, args.views, args.seed, cache_root)
-        cache = msff.load_cache(cache_path, names)
-    print(f"cache: {cache_path}", flush=True)
-    n_scale = args.grow_start if growing is not None else len(cache[names[0]])
-    feature_mean, feature_scale = feature_stats(cache, names, n_scale)
+    cache_path = tdata.build_cache(net, args.split, images_root, train_files, args.views, args.seed, cache_root)
+    cache = tdata.load_cache(cache_path, names)
+    n_rows = len(cache[names[0]])
+    print(f"cache: {cache_path} ({n_rows} views)", flush=True)
 
     device = torch.device(args.device)
     lambdas_list = tuple(float(v) for v in args.lambdas.split(","))
-    cfg = FenetConfig.for_split_point(
-        sp,
-        width=args.width,
-        latent_channels=args.latent_channels,
-        hyper_channels=args.hyper_channels,
-        latent_downsample=args.latent_stride == 2,
-        num_qualities=len(lambdas_list),
-        lambdas=lambdas_list,
-        linear_path=args.linear_path,
-    )
-    model = FenetCodec(cfg)
-    model.set_feature_scale(feature_scale, feature_mean)
-    pca_record = None
-    if args.linear_path and not (args.resume and Path(args.out).with_suffix(".ckpt").is_file()):
-        mean, comp, explained = msff.pca_of_cache(
-            model.stack, cache, names, n_scale, args.pca_views, cfg.latent_channels
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out.with_suffix(".ckpt")
+    resuming = args.resume and ckpt_path.is_file()
+    init_record = None
+    if args.init:
+        model, init_digest = load_fenet(args.init)
+        model.train()
+        cfg = model.cfg
+        if tuple(cfg.lambdas) != lambdas_list:  # the lambdas are training-only: take this run's
+            cfg = FenetConfig.from_json({**cfg.to_json(), "lambdas": list(lambdas_list)})
+            model.cfg = cfg
+        init_record = {"weights": Path(args.init).name, "sha256": init_digest}
+        pca_record = None
+    else:
+        cfg = FenetConfig.for_split_point(
+            sp,
+            width=args.width,
+            latent_channels=args.latent_channels,
+            hyper_channels=args.hyper_channels,
+            latent_downsample=args.latent_stride == 2,
+            num_qualities=len(lambdas_list),
+            lambdas=lambdas_list,
+            linear_path=args.linear_path,
         )
-        model.init_linear_path(mean, comp)
-        pca_record = {"views": min(args.pca_views, n_scale), "explained_variance_kept": explained}
-        print(f"PCA over {pca_record['views']} views: the first {cfg.latent_channels} components hold "
-              f"{100 * explained:.2f} % of the variance", flush=True)
-    model.to(device)
+        model = FenetCodec(cfg)
+        feature_mean, feature_scale = tdata.feature_stats(cache, names, n_rows)
+        model.set_feature_scale(feature_scale, feature_mean)
+        pca_record = None
+        if args.linear_path and not resuming:
+            mean, comp, explained = tdata.pca_of_cache(model.stack, cache, names, n_rows, args.pca_views,
+                                                       cfg.latent_channels)
+            model.init_linear_path(mean, comp)
+            pca_record = {"views": min(args.pca_views, n_rows), "explained_variance_kept": explained}
+            print(f"PCA over {pca_record['views']} views: the first {cfg.latent_channels} components hold "
+                  f"{100 * explained:.2f} % of the variance", flush=True)
+    model.to(device).train()
     lambdas = torch.tensor(lambdas_list, device=device)
     weights = (
-        torch.tensor([float(w) for w in args.scale_weights.split(",")])
-        if args.scale_weights
+        torch.tensor([float(w) for w in args.scale_weights.split(",")]) if args.scale_weights
         else torch.ones(len(names))
     ).to(device)
     if len(weights) != len(names):
         print(f"error: --scale-weights needs {len(names)} values", file=sys.stderr)
         return 2
-    main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
+    task = None
+    if args.task_weight > 0:
+        task = task_loss_for(net, args.split, TaskLossConfig(box_weight=args.task_box_weight)).to(device)
+    if args.ceiling:
+        main_params = [p for p in [*model.fenet.parameters(), *model.drnet.parameters()]]
+    else:
+        main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     opt = torch.optim.Adam(main_params, lr=args.lr)
     aux_opt = torch.optim.Adam(aux_params, lr=args.aux_lr)
+    floor = args.lr_floor
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
+        opt, lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt = out.with_suffix(".ckpt")
-    step, history = 0, []
     rng = np.random.default_rng(args.seed + 2)
-    if args.resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        aux_opt.load_state_dict(state["aux_opt"])
-        sched.load_state_dict(state["sched"])
-        step, history = state["step"], state["history"]
-        pca_record = state.get("pca_record", pca_record)
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        print(f"resumed at step {step}", flush=True)
+    checkpoint = Checkpoint(ckpt_path, {"model": model, "opt": opt, "aux_opt": aux_opt, "sched": sched}, rng)
+    state = RunState(extra={"pca_record": pca_record, "init": init_record})
+    if resuming:
+        state = checkpoint.load(device)
+        print(f"resumed at step {state.step} ({state.train_seconds / 60:.1f} training minutes)", flush=True)
+    log = MinuteLog(out.with_suffix(".log"))
+    log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} train_fenet {' '.join(argv or sys.argv[1:])}")
+    log.write(f"config {json.dumps(cfg.to_json())} parameters {count_parameters(model)}")
 
-    def save_ckpt() -> None:
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "opt": opt.state_dict(),
-                "aux_opt": aux_opt.state_dict(),
-                "sched": sched.state_dict(),
-                "step": step,
-                "history": history,
-                "rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-                "pca_record": pca_record,
-            },
-            tmp,
-        )
-        os.replace(tmp, ckpt)
+    dev_fn = on_best = None
+    dev_set = None
+    if args.dev != "none":
+        t0 = time.time()
+        if args.dev == "heldout":
+            dev_set = tdev.heldout_dev_set(net, args.split, images_root, held[: args.dev_limit])
+        else:
+            root = tdata.assets_dir()
+            imgs, ann = DEV_SETS[args.dev]
+            dev_set = tdev.coco_dev_set(net, args.split, root / imgs, root / ann, args.dev_limit, args.dev)
+        ref = tdev.evaluate_uncompressed(dev_set, net, args.split)
+        log.write(f"dev set {dev_set.name}: {len(dev_set)} images, uncompressed mAP@0.5 {ref['map50']:.4f} "
+                  f"({time.time() - t0:.0f} s)")
+        state.extra["dev_uncompressed"] = ref
+        phis = [int(v) for v in args.dev_phis.split(",")] if args.dev_phis else list(range(cfg.num_qualities))
+        dev_fn = make_dev_fn(args, net, dev_set, sp, model, phis)
+        best_path = out.with_suffix(".best.pt")
 
-    t0 = time.time()
-    model.train()
+        def on_best(st: RunState, entry: dict) -> None:
+            digest = export(model, best_path)
+            st.extra["best_sha256"] = digest
+
     q = cfg.num_qualities
-    while step < args.steps:
-        if args.time_limit and time.time() - t0 > args.time_limit * 60:
-            print(f"time limit reached at step {step}", flush=True)
-            break
-        limit = growing.allowed(step, args.wait_cache) if growing is not None else None
-        xs = [t.to(device) for t in sample_batch(cache, names, strides, args.batch, rng, limit)]
-        phi = torch.from_numpy(rng.integers(0, q, args.batch)).to(device)
-        res = model(xs, phi)
+
+    def step_fn(step: int) -> dict[str, float]:
+        xs = [t.to(device) for t in tdata.sample_batch(cache, names, strides, args.batch, rng)]
         input_pixels = (xs[0].shape[-2] * strides[0]) * (xs[0].shape[-1] * strides[0])
-        loss, bpp, mse = rd_loss(model, res, phi, lambdas, weights, input_pixels)
+        teacher = task.teacher(xs) if task is not None else None
+        if args.ceiling:
+            rec_norm, target = transform_only(model, xs)
+            bpp = torch.zeros(args.batch, device=device)
+            phi = None
+        else:
+            phi = torch.from_numpy(rng.integers(0, q, args.batch)).to(device)
+            res = model(xs, phi)
+            rec_norm, target = res["rec_norm"], res["target_norm"]
+            bits = sum(-torch.log2(lik).flatten(1).sum(dim=1) for lik in res["likelihoods"].values())
+            bpp = bits / input_pixels
+        mse = torch.stack([((r - t) ** 2).flatten(1).mean(dim=1) for r, t in zip(rec_norm, target)])  # (S, B)
+        dist = args.feature_weight * (mse * weights.view(-1, 1)).sum(dim=0)
+        metrics = {}
+        if task is not None:
+            t_loss, t_cls, t_box = task(denormalise(model, rec_norm), teacher)
+            dist = dist + args.task_weight * t_loss
+            metrics.update(cls=float(t_cls.detach().mean()), box=float(t_box.detach().mean()))
+        loss = dist.mean() if args.ceiling else (bpp + lambdas[phi] * dist).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(main_params, 1.0)
         opt.step()
         sched.step()
-        aux = model.aux_loss()
-        aux_opt.zero_grad(set_to_none=True)
-        aux.backward()
-        aux_opt.step()
-        step += 1
-        history.append(
-            [float(loss), float(aux), float(bpp.mean()), float(mse.mean())]
-            + [int(v) for v in phi]
-            + [float(v) for v in bpp.detach()]
-            + [float(v) for v in mse.detach().sum(0)]
-        )
-        if step % 50 == 0:
-            recent = np.array([h[:4] for h in history[-50:]]).mean(axis=0)
-            print(
-                f"step {step} loss {recent[0]:.4f} aux {recent[1]:.1f} bpp {recent[2]:.4f} mse {recent[3]:.4f} "
-                f"lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f}s",
-                flush=True,
-            )
-        if step % args.ckpt_every == 0:
-            save_ckpt()
-    save_ckpt()
+        aux = model.aux_loss() if not args.ceiling else torch.zeros(())
+        if not args.ceiling:
+            aux_opt.zero_grad(set_to_none=True)
+            aux.backward()
+            aux_opt.step()
+        return {"loss": float(loss.detach()), "bpp": float(bpp.detach().mean()),
+                "mse": float(mse.detach().sum(0).mean()), **metrics, "aux": float(aux.detach())}
 
-    model.eval().cpu()
-    model.update(force=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    digest = save_fenet(model, out)
-    # per-quality averages over the last 400 steps (phi, bpp, summed MSE per sample)
-    b = args.batch
-    tail = history[-400:]
-    per_q: dict[int, list[tuple[float, float]]] = {k: [] for k in range(q)}
-    for h in tail:
-        phis, bpps, mses = h[4 : 4 + b], h[4 + b : 4 + 2 * b], h[4 + 2 * b : 4 + 3 * b]
-        for p_, r_, d_ in zip(phis, bpps, mses):
-            per_q[int(p_)].append((r_, d_))
-    final = np.array([h[:4] for h in tail]).mean(axis=0)
-    try:
-        data_folder = "${assets}/" + images_root.resolve().relative_to(msff.assets_dir().resolve()).as_posix()
-    except ValueError:
-        data_folder = images_root.name
+    t_call = time.time()
+    state = train(
+        state=state, steps=args.steps, step_fn=step_fn, lr_fn=lambda: sched.get_last_lr()[0],
+        checkpoint=checkpoint, log=log, time_limit_min=args.time_limit, ckpt_every_min=args.ckpt_every,
+        dev_every_min=args.dev_every if dev_fn is not None else 0.0, dev_fn=dev_fn, on_best=on_best,
+    )
+    # the shipped file: the best dev checkpoint (or the last state without a dev set)
+    if dev_fn is not None and out.with_suffix(".best.pt").is_file():
+        out.write_bytes(out.with_suffix(".best.pt").read_bytes())
+        digest = tdata_sha256(out)
+    else:
+        digest = export(model, out)
     record = {
         "model": "fenet_drnet",
         "network": args.network,
         "split": args.split,
         "network_weights_sha256": net.weights_sha256(),
         "config": cfg.to_json(),
-        "feature_scale": [float(v) for v in model.feature_scale],
         "normalisation": "x_norm = (x - per-channel mean) / per-scale RMS (stored as buffers in the weights)",
         "parameters": count_parameters(model),
-        "linear_path_init": pca_record,
-        "command": "python tools/train_fenet.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "linear_path_init": state.extra.get("pca_record"),
+        "init": state.extra.get("init"),
+        "command": "python -m tools.train_fenet " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "data": {
-            "folder": data_folder,
-            "count": len(all_files),
-            "sha256_sorted_file_list": msff.file_list_sha256(all_files),
-            "train_count": len(train_files),
-            "holdout_count": len(held),
-            "views_per_image": args.views,
-            "augmentation": "cache (tools/train_msff.py): view 0 full image, other views random resized crop "
+            **tdata.data_record(images_root, all_files, train_files, held, args.views, args.seed),
+            "augmentation": "cache (codec/training/data.py): view 0 full image, other views random resized crop "
             "(area 0.25-1, aspect 3/4-4/3), hflip p=0.5, stretch to 416x416; training: aligned feature crops "
-            f"(coarsest size from {list(CROP_SIZES)} with p={list(CROP_PROBS)}) and hflip p=0.5",
-            "seed": args.seed,
+            f"(coarsest size from {list(tdata.CROP_SIZES)} with p={list(tdata.CROP_PROBS)}) and hflip p=0.5",
         },
-        "rate_unit": "bits per network-input pixel covered by the (cropped) features",
-        "cache_schedule": None
-        if growing is None
-        else {"start": args.grow_start, "per_step": args.grow_per_step, "entries_at_end": growing.allowed(step)},
-        "steps": step,
+        "loss": {
+            "rate": None if args.ceiling else "bits(y, z) per network-input pixel covered",
+            "feature_weight": args.feature_weight,
+            "task_weight": args.task_weight,
+            "task_box_weight": args.task_box_weight,
+            "ceiling": args.ceiling,
+        },
+        "steps": state.step,
         "batch": args.batch,
-        "train_seconds": round(time.time() - t0, 1),
+        "lr": args.lr,
+        "train_hours": round(state.train_seconds / 3600, 3),
+        "this_call_seconds": round(time.time() - t_call, 1),
         "device": str(device),
         "threads": args.threads,
-        "final_loss": float(final[0]),
-        "final_aux_loss": float(final[1]),
-        "final_bpp": float(final[2]),
-        "final_mse_sum": float(final[3]),
-        "final_per_quality": {
-            str(k): {"bpp": float(np.mean([r for r, _ in v])), "mse_sum": float(np.mean([d for _, d in v]))}
-            for k, v in per_q.items()
-            if v
+        "dev": None if dev_set is None else {
+            "set": dev_set.name,
+            "images": len(dev_set),
+            "uncompressed": state.extra.get("dev_uncompressed"),
+            "figure": "mAP@0.5 of the unquantised transform" if args.ceiling
+            else "mean over phi of mAP@0.5 through the container",
+            "best_step": state.best_step,
+            "best_figure": state.best_figure,
+            "history": state.dev_history,
         },
         "weights_bytes": out.stat().st_size,
         "weights_sha256": digest,
@@ -415,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out} ({out.stat().st_size} bytes) sha256 {digest}", flush=True)
     return 0
+
+
+def tdata_sha256(path: Path) -> str:
+    from codec.models.fenet import file_sha256
+
+    return file_sha256(path)
 
 
 if __name__ == "__main__":

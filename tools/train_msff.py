@@ -14,8 +14,8 @@ MSFR so that the model tolerates 10-bit quantisation and VVC coding error.
 Example (the reduced CPU configuration used for the shipped weights; the exact
 command is recorded in codec/models/weights/msff_nanodet_neck.json)::
 
-    python tools/train_msff.py --cache-only --threads 2 --out x.pt
-    python tools/train_msff.py --partial-cache <cache dir> --linear-path --fused-channels 192 --width 24 \\
+    python -m tools.train_msff --cache-only --threads 2 --out x.pt
+    python -m tools.train_msff --partial-cache <cache dir> --linear-path --fused-channels 192 --width 24 \\
         --steps 100000 --max-minutes 35 --batch 8 --crop 8 --noise 0.02 --task-weight 1 --task-every 4 \\
         --lr 2e-4 --threads 1 --out codec/models/weights/msff_nanodet_neck.pt
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -36,136 +35,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from codec.models import linear_path  # noqa: E402
-from codec.models.msff import (  # noqa: E402
+from codec.models.msff import (
     MsffCodecModel,
     MsffConfig,
     count_parameters,
     file_sha256,
     init_linear_path,
 )
-from codec.vision import get_network  # noqa: E402
+from codec.training.data import (  # the shared training data (re-exported for tools that import them from here)
+    IMAGE_EXTS,
+    assets_dir,
+    augment,
+    build_cache,
+    feature_scales,
+    file_list_sha256,
+    filled_rows,
+    list_images,
+    load_cache,
+    pca_of_cache,
+    random_crop,
+    split_train_images,
+)
+from codec.vision import get_network
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
-
-
-def assets_dir() -> Path:
-    env = os.environ.get("FCM_ASSETS")
-    return Path(env) if env else REPO.parent / "shared" / "assets"
-
-
-def list_images(root: str | Path) -> list[str]:
-    """Sorted image paths relative to `root` (posix separators)."""
-    root = Path(root)
-    files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS]
-    return sorted(files)
-
-
-def file_list_sha256(files: list[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest()
-
-
-def split_train_images(files: list[str], holdout: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Deterministic (train, held-out) split of the sorted file list; the held-out
-    images are for tools/tune_truncation.py and are never trained on."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(files))
-    held = sorted(files[i] for i in order[:holdout])
-    train = sorted(files[i] for i in order[holdout:])
-    return train, held
-
-
-def augment(image: np.ndarray, rng: np.random.Generator, view: int) -> np.ndarray:
-    """View 0: the full image; other views: random resized crop (area 0.25..1,
-    aspect 3/4..4/3). Every view is flipped horizontally with probability 0.5."""
-    h, w = image.shape[:2]
-    if view > 0:
-        for _ in range(10):
-            area = rng.uniform(0.25, 1.0) * h * w
-            ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-            cw, ch = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
-            if 16 <= cw <= w and 16 <= ch <= h:
-                x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-                image = image[y0 : y0 + ch, x0 : x0 + cw]
-                break
-    if rng.random() < 0.5:
-        image = image[:, ::-1]
-    return np.ascontiguousarray(image)
-
-
-def build_cache(net, split: str, root: Path, files: list[str], views: int, seed: int, cache_dir: Path) -> Path:
-    """Extract NN part 1 features of every (image, view) once into float16 .npy
-    memmaps, one per scale; reuse them when the key (files, views, seed) matches."""
-    from PIL import Image
-
-    key = hashlib.sha256(
-        f"{net.name}|{net.weights_sha256()}|{split}|{views}|{seed}|{file_list_sha256(files)}".encode()
-    ).hexdigest()[:16]
-    out = cache_dir / f"{net.name}_{split}_{key}"
-    done = out / "done.json"
-    if done.is_file():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    sp = net.split_points[split]
-    n = len(files) * views
-    s = net.input_size
-    shapes = sp.shapes(s, s)
-    arrays = {
-        name: np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=np.float16, shape=(n, *shape))
-        for name, shape in shapes.items()
-    }
-    rng = np.random.default_rng(seed)
-    t0 = time.time()
-    for i, rel in enumerate(files):
-        image = np.asarray(Image.open(root / rel).convert("RGB"))
-        for v in range(views):
-            x, _ = net.preprocess(augment(image, rng, v))
-            feats = net.part1(x, split)
-            for name, f in feats.items():
-                arrays[name][i * views + v] = f[0].numpy().astype(np.float16)
-        if i % 100 == 0:
-            print(f"cache {i}/{len(files)} {time.time() - t0:.0f}s", flush=True)
-    for a in arrays.values():
-        a.flush()
-    done.write_text(json.dumps({"files": len(files), "views": views, "seed": seed, "n": n}))
-    return out
-
-
-def load_cache(path: Path, names: list[str]) -> dict[str, np.ndarray]:
-    return {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in names}
-
-
-def filled_rows(cache: dict[str, np.ndarray], names: list[str]) -> int:
-    """Number of leading rows already written by a cache build still in progress
-    (rows are written in order; real features are never all zero)."""
-    a = cache[names[-1]]
-    flat = a.reshape(len(a), -1)[:, :256]
-    nz = np.flatnonzero(~np.any(flat != 0, axis=1))
-    return int(nz[0]) if len(nz) else len(a)
-
-
-def random_crop(feats: dict[str, np.ndarray], names: list[str], strides: list[int], crop: int,
-                rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Aligned random crop of every scale: `crop` cells of the coarsest scale."""
-    hc, wc = feats[names[-1]].shape[-2:]
-    if crop <= 0 or crop >= min(hc, wc):
-        return feats
-    y0, x0 = int(rng.integers(0, hc - crop + 1)), int(rng.integers(0, wc - crop + 1))
-    out = {}
-    for n, s in zip(names, strides):
-        r = strides[-1] // s
-        out[n] = feats[n][..., y0 * r : (y0 + crop) * r, x0 * r : (x0 + crop) * r]
-    return out
-
-
-def feature_scales(cache: dict[str, np.ndarray], names: list[str], n_rows: int, samples: int = 200) -> torch.Tensor:
-    """Per-scale RMS over (a fixed subset of) the first n_rows cached views: the normalisation."""
-    idx = np.linspace(0, n_rows - 1, min(samples, n_rows)).astype(int)
-    return torch.tensor([float(np.sqrt(np.mean(np.square(cache[n][idx].astype(np.float32))))) for n in names])
+__all__ = [
+    "IMAGE_EXTS", "assets_dir", "augment", "build_cache", "feature_scales", "file_list_sha256", "filled_rows",
+    "list_images", "load_cache", "pca_of_cache", "random_crop", "split_train_images", "main",
+]
 
 
 def _num(v: float) -> float | None:
@@ -175,24 +71,6 @@ def _num(v: float) -> float | None:
 
 def out_ckpt(out: str | Path) -> Path:
     return Path(out).with_suffix(".ckpt")
-
-
-def pca_of_cache(stack, cache: dict[str, np.ndarray], names: list[str], n_rows: int, views: int,
-                 components: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """PCA (codec.models.linear_path.pca) of a model's normalised space-to-depth stack
-    (`stack`: {scale: (N, C, H, W) tensor} -> (N, D, h, w), e.g. Msff.stack) over `views`
-    cached views spread evenly over the first n_rows; every spatial position is a sample.
-    Returns the mean (D,), the leading `components` directions and the fraction of the
-    variance they hold. Shared by train_msff, train_fenet and pca_probe."""
-    idx = np.unique(np.linspace(0, n_rows - 1, min(views, n_rows)).astype(int))
-
-    def stacks():
-        with torch.no_grad():
-            for start in range(0, len(idx), 16):
-                rows = idx[start : start + 16]
-                yield stack({n: torch.from_numpy(cache[n][rows].astype(np.float32)) for n in names})
-
-    return linear_path.pca(stacks(), components)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -395,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": count_parameters(model),
         "sls": not args.no_sls,
         "linear_path_init": pca_record,
-        "command": "python tools/train_msff.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "command": "python -m tools.train_msff " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "data": {
             "folder": data_folder,
             "count": len(all_files),

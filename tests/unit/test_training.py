@@ -1,0 +1,132 @@
+"""The shared training programme (codec/training): task loss, dev sets, resumable loop,
+and tools/train_fenet end to end on a few real training images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from codec.training import data as tdata
+from codec.training.loop import Checkpoint, MinuteLog, RunState, train
+from codec.training.task import NanoDetHeadLoss, TaskLossError, task_loss_for
+
+
+@pytest.fixture(scope="module")
+def neck_features(nanodet, val_image):
+    x, prep = nanodet.preprocess(val_image)
+    feats = nanodet.part1(x, "neck")
+    return [f.clone() for f in feats.values()], prep
+
+
+def test_task_loss_is_zero_on_the_original_and_grows_with_the_error(nanodet, neck_features):
+    feats, _ = neck_features
+    loss = task_loss_for(nanodet, "neck")
+    teacher = loss.teacher(feats)
+    total0, cls0, box0 = loss(feats, teacher)
+    assert float(total0) < 1e-6 and float(cls0) < 1e-6 and float(box0) < 1e-6
+    g = torch.Generator().manual_seed(0)
+    small = [f + 0.05 * f.std() * torch.randn(f.shape, generator=g) for f in feats]
+    large = [f + 0.5 * f.std() * torch.randn(f.shape, generator=g) for f in feats]
+    t_small, t_large = float(loss(small, teacher)[0]), float(loss(large, teacher)[0])
+    assert 0 < t_small < t_large
+
+
+def test_task_loss_passes_gradients_to_the_codec_but_not_the_heads(nanodet, neck_features):
+    feats, _ = neck_features
+    loss = NanoDetHeadLoss(nanodet, "neck")
+    teacher = loss.teacher(feats)
+    rec = [(f * 0.9).requires_grad_(True) for f in feats]
+    loss(rec, teacher)[0].sum().backward()
+    assert all(r.grad is not None and float(r.grad.abs().sum()) > 0 for r in rec)
+    assert all(p.grad is None for p in loss.head.parameters())
+
+
+def test_task_loss_refuses_a_split_without_heads(nanodet):
+    with pytest.raises(TaskLossError):
+        task_loss_for(nanodet, "backbone")
+
+
+def test_split_is_deterministic_and_disjoint():
+    files = [f"img{i:03d}.jpg" for i in range(50)]
+    train_a, held_a = tdata.split_train_images(files, 8, 0)
+    train_b, held_b = tdata.split_train_images(files, 8, 0)
+    assert (train_a, held_a) == (train_b, held_b)
+    assert len(held_a) == 8 and not set(train_a) & set(held_a) and len(train_a) + 8 == 50
+    with pytest.raises(tdata.TrainingDataError):
+        tdata.split_train_images(files, 50, 0)
+
+
+def _toy_run(tmp_path, steps: int, resume: bool):
+    """A tiny regression model trained by codec.training.loop.train (batches from the RNG)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 5, 0.5)
+    rng = np.random.default_rng(1)
+    ck = Checkpoint(tmp_path / "toy.ckpt", {"model": model, "opt": opt, "sched": sched}, rng)
+    state = ck.load() if resume else RunState()
+    w_true = torch.tensor([[1.0, -2.0, 0.5, 3.0]])
+
+    def step_fn(step):
+        x = torch.from_numpy(rng.normal(size=(16, 4))).float()
+        loss = ((model(x) - x @ w_true.t()) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        return {"loss": float(loss.detach())}
+
+    figures = iter(range(100))
+    state = train(state=state, steps=steps, step_fn=step_fn, lr_fn=lambda: sched.get_last_lr()[0], checkpoint=ck,
+                  log=MinuteLog(tmp_path / "toy.log"), dev_every_min=1e-9,
+                  dev_fn=lambda st: (float(next(figures)), {}))
+    return model, state
+
+
+def test_loop_resume_is_exact(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight, st = _toy_run(tmp_path / "a", 20, False)
+    _toy_run(tmp_path / "b", 8, False)
+    resumed, st2 = _toy_run(tmp_path / "b", 20, True)
+    assert st.step == st2.step == 20
+    assert torch.equal(straight.weight, resumed.weight) and torch.equal(straight.bias, resumed.bias)
+    # one dev evaluation per step (dev_every tiny), the best is the last (figures increase)
+    assert st.best_step == 20 and len(st.dev_history) == 20
+    assert (tmp_path / "a" / "toy.log").read_text().count("dev step") == 20
+
+
+def test_train_fenet_end_to_end_and_resume(tmp_path, assets, monkeypatch):
+    """6 real training images, 1 view: a cache, 2 steps, a dev evaluation through the
+    container on 2 held-out images, a weights file that the mode loads, and its record;
+    then --resume continues the same run."""
+    from tools import train_fenet
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((assets / "train-images").rglob("*.jpg"))[:6]:
+        shutil.copy(p, images / p.name)
+    out = tmp_path / "run" / "f.pt"
+    args = ["--images", str(images), "--cache-dir", str(tmp_path / "cache"), "--views", "1", "--holdout", "2",
+            "--width", "8", "--latent-channels", "8", "--hyper-channels", "8", "--lambdas", "0.1,1",
+            "--task-weight", "1", "--steps", "2", "--batch", "2", "--dev-every", "1e-9", "--dev-phis", "0,1",
+            "--out", str(out)]
+    assert train_fenet.main(args) == 0
+    rec = json.loads(out.with_suffix(".json").read_text())
+    assert rec["steps"] == 2 and rec["data"]["train_count"] == 4 and rec["data"]["holdout_count"] == 2
+    assert rec["dev"]["uncompressed"]["map50"] == pytest.approx(1.0)  # the pseudo-labels are its own detections
+    hist = rec["dev"]["history"]
+    assert [h["step"] for h in hist] == [1, 2] and set(hist[0]["per_phi"]) == {"0", "1"}
+    assert all(v["bpp"] > 0 for v in hist[0]["per_phi"].values())
+    from codec.models.fenet import file_sha256, load_fenet
+
+    assert rec["weights_sha256"] == file_sha256(out)
+    model, _ = load_fenet(out)
+    assert model.cfg.latent_channels == 8
+    assert train_fenet.main([*args[:-4], "--steps", "3", "--resume", "--dev-phis", "0", "--out", str(out)]) == 0
+    rec2 = json.loads(out.with_suffix(".json").read_text())
+    assert rec2["steps"] == 3 and [h["step"] for h in rec2["dev"]["history"]] == [1, 2, 3]

@@ -1,0 +1,69 @@
+"""Accuracy of a FENet/DRNet weights file on a labelled COCO set: uncompressed, the
+representation ceiling (FENet -> DRNet without quantisation) and every quality
+index through the real container path (bpp = container bits / original pixels).
+
+    python -m tools.eval_fenet --weights codec/models/weights/fenet_nanodet_neck.pt --dataset val2017-103
+    python -m tools.eval_fenet --weights runs/fenet/f.pt --dataset val2017-103 --phis 0,3,5 --json out.json
+
+The figures of the issue's ceiling criterion (>= 99.5 % of the uncompressed mAP@0.5) come from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from codec.models.fenet import load_fenet
+from codec.training import data as tdata
+from codec.training import dev as tdev
+from codec.vision import get_network
+from tools.train_fenet import DEV_SETS, ceiling_eval, container_eval
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--dataset", default="val2017-103", choices=sorted(DEV_SETS))
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--phis", default=None, help="quality indices (default: all); 'none' for the ceiling only")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, digest = load_fenet(args.weights)
+    net = get_network("nanodet")
+    sp = net.split_points["neck"]
+    root = tdata.assets_dir()
+    imgs, ann = DEV_SETS[args.dataset]
+    if not (root / ann).is_file():
+        print(f"error: {args.dataset} not found under {root} (set FCM_ASSETS)", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    dev = tdev.coco_dev_set(net, "neck", root / imgs, root / ann, args.limit, args.dataset)
+    ref = tdev.evaluate_uncompressed(dev, net, "neck")
+    out = {"weights": str(args.weights), "sha256": digest, "dataset": args.dataset, "images": len(dev),
+           "uncompressed": {"map50": round(ref["map50"], 5), "map": round(ref["map"], 5)}}
+    out["ceiling"] = ceiling_eval(model, dev, net, sp)
+    out["ceiling"]["relative_map50"] = round(out["ceiling"]["map50"] / ref["map50"], 5)
+    print(f"{args.dataset} ({len(dev)} images): uncompressed mAP@0.5 {ref['map50']:.4f}  mAP {ref['map']:.4f}")
+    print(f"ceiling (no quantisation): mAP@0.5 {out['ceiling']['map50']:.4f} "
+          f"({100 * out['ceiling']['relative_map50']:.2f} %)  mAP {out['ceiling']['map']:.4f}")
+    if args.phis != "none":
+        phis = [int(v) for v in args.phis.split(",")] if args.phis else list(range(model.cfg.num_qualities))
+        out["per_phi"] = container_eval(model, dev, net, sp, phis)
+        for phi, r in out["per_phi"].items():
+            print(f"phi {phi}: bpp {r['bpp']:.4f}  mAP@0.5 {r['map50']:.4f} ({100 * r['map50'] / ref['map50']:.2f} %)"
+                  f"  mAP {r['map']:.4f}")
+    print(f"({time.time() - t0:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
