@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--latent-channels", type=int, default=80)
     ap.add_argument("--hyper-channels", type=int, default=48)
     ap.add_argument("--latent-stride", type=int, default=1, choices=(1, 2), help="y stride / coarsest stride")
+    ap.add_argument("--latent-scale", type=int, default=-1,
+                    help="index of the scale at whose stride y lies (-1: coarsest; 1: NanoDet p4, stride 16)")
     ap.add_argument("--linear-path", action="store_true",
                     help="add the linear path (codec/models/linear_path.py), initialised from PCA of the cache")
     ap.add_argument("--pca-views", type=int, default=400, help="cached views the PCA is computed from")
@@ -224,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             num_qualities=len(lambdas_list),
             lambdas=lambdas_list,
             linear_path=args.linear_path,
+            latent_scale=args.latent_scale,
         )
         model = FenetCodec(cfg)
         feature_mean, feature_scale = tdata.feature_stats(cache, names, n_rows)

@@ -86,6 +86,10 @@ class FenetConfig:
     # reconstruction of y_hat (depth-to-space back to every scale) to its heads; both start
     # from PCA of training features (FenetCodec.init_linear_path)
     linear_path: bool = False
+    # index of the scale at whose stride y lies (-1: the coarsest). With latent_scale L < k-1
+    # the scales finer than L are fused into L as above, and the coarser ones enter L
+    # depth-to-space (pixel shuffle, exact): y has 4x the positions per step of L.
+    latent_scale: int = -1
 
     @classmethod
     def for_split_point(cls, split_point: SplitPoint, **kwargs) -> FenetConfig:
@@ -102,6 +106,21 @@ class FenetConfig:
             raise FenetConfigError(f"{len(self.lambdas)} lambdas for {self.num_qualities} quality indices")
         if self.linear_path and self.latent_downsample:
             raise FenetConfigError("the linear path needs y at the coarsest stride (latent_downsample False)")
+        k = len(self.scales)
+        if not -k <= self.latent_scale < k:
+            raise FenetConfigError(f"latent_scale {self.latent_scale} is not a scale index of {k} scales")
+        if self.latent_downsample and self.level != k - 1:
+            raise FenetConfigError("latent_downsample needs y at the coarsest scale (latent_scale -1)")
+        for i in range(self.level + 1, k):
+            q = self.scales[i].stride // self.scales[self.level].stride
+            if self.scales[i].channels % (q * q):
+                raise FenetConfigError(f"scale {self.scales[i].name}: {self.scales[i].channels} channels cannot be "
+                                       f"shuffled depth-to-space by {q}")
+
+    @property
+    def level(self) -> int:
+        """latent_scale as a non-negative index."""
+        return self.latent_scale % len(self.scales)
 
     @property
     def ratios(self) -> list[int]:
@@ -110,7 +129,13 @@ class FenetConfig:
 
     @property
     def stacked_channels(self) -> int:
-        return linear_path.stacked_channels([s.channels for s in self.scales], self.ratios)
+        """Channels of all scales stacked at the latent's stride (space-to-depth for the
+        finer scales, depth-to-space for the coarser ones)."""
+        lv = self.scales[self.level].stride
+        return sum(
+            s.channels * (lv // s.stride) ** 2 if s.stride <= lv else s.channels // (s.stride // lv) ** 2
+            for s in self.scales
+        )
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -141,6 +166,46 @@ def _half(n: int) -> int:
     return -(-n // 2)
 
 
+def stack_at_level(xs: list[torch.Tensor], cfg: FenetConfig) -> torch.Tensor:
+    """Every scale moved to the latent scale's grid: finer ones space-to-depth (as
+    linear_path.stack_scales), coarser ones depth-to-space; exact (moves and crops)."""
+    lv = cfg.level
+    if lv == len(xs) - 1:
+        return linear_path.stack_scales(xs, cfg.ratios, _fit_size)
+    h, w = xs[lv].shape[-2:]
+    parts = []
+    for i, x in enumerate(xs):
+        r = cfg.scales[lv].stride // cfg.scales[i].stride if i <= lv else 0
+        if i <= lv:
+            x = _fit(x, h * r, w * r)
+            parts.append(F.pixel_unshuffle(x, r) if r > 1 else x)
+        else:
+            q = cfg.scales[i].stride // cfg.scales[lv].stride
+            parts.append(_fit(F.pixel_shuffle(x, q), h, w))
+    return torch.cat(parts, 1)
+
+
+def unstack_from_level(stacked: torch.Tensor, cfg: FenetConfig, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """Inverse of stack_at_level, fitted to each scale's size; exact on integer tensors."""
+    lv = cfg.level
+    if lv == len(sizes) - 1:
+        return linear_path.unstack_scales(stacked, [s.channels for s in cfg.scales], cfg.ratios, sizes, _fit_size)
+    out, start = [], 0
+    for i, (s, size) in enumerate(zip(cfg.scales, sizes)):
+        if i <= lv:
+            r = cfg.scales[lv].stride // s.stride
+            n = s.channels * r * r
+            part = stacked[:, start : start + n]
+            out.append(_fit_size(F.pixel_shuffle(part, r) if r > 1 else part, size))
+        else:
+            q = s.stride // cfg.scales[lv].stride
+            n = s.channels // (q * q)
+            part = _fit(stacked[:, start : start + n], size[0] * q, size[1] * q)
+            out.append(F.pixel_unshuffle(part, q))
+        start += n
+    return out
+
+
 def conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, stride, k // 2)
 
@@ -164,26 +229,34 @@ class FENet(nn.Module):
     def __init__(self, cfg: FenetConfig) -> None:
         super().__init__()
         n, m = cfg.width, cfg.latent_channels
+        lv = cfg.level
         blocks = []
-        for i, s in enumerate(cfg.scales):
+        for i, s in enumerate(cfg.scales[: lv + 1]):
             cin = s.channels + (n if i else 0)
-            last = i == len(cfg.scales) - 1
+            if i == lv:  # the coarser scales enter here depth-to-space
+                cin += sum(c.channels // (c.stride // s.stride) ** 2 for c in cfg.scales[lv + 1 :])
+            last = i == lv
             stride = 1 if last and not cfg.latent_downsample else 2
             layers: list[nn.Module] = [conv(cin, n, 3, stride), GDN(n), conv(n, m if last else n)]
             if not last:
                 layers.append(GDN(n))
             blocks.append(nn.Sequential(*layers))
         self.blocks = nn.ModuleList(blocks)
-        self.ratios = cfg.ratios
+        self.cfg = cfg
         self.linear = nn.Conv2d(cfg.stacked_channels, m, 1) if cfg.linear_path else None
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
         h = None
-        for i, x in enumerate(xs):
-            inp = x if h is None else torch.cat([_fit(h, x.shape[-2], x.shape[-1]), x], dim=1)
-            h = self.blocks[i](inp)
+        lv = self.cfg.level
+        for i, x in enumerate(xs[: lv + 1]):
+            parts = [x] if h is None else [_fit(h, x.shape[-2], x.shape[-1]), x]
+            if i == lv:
+                for j in range(lv + 1, len(xs)):
+                    q = self.cfg.scales[j].stride // self.cfg.scales[lv].stride
+                    parts.append(_fit(F.pixel_shuffle(xs[j], q), x.shape[-2], x.shape[-1]))
+            h = self.blocks[i](torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
         if self.linear is not None:
-            h = h + self.linear(linear_path.stack_scales(xs, self.ratios, _fit_size))
+            h = h + self.linear(stack_at_level(xs, self.cfg))
         return h
 
 
@@ -200,33 +273,41 @@ class DRNet(nn.Module):
         super().__init__()
         n, m = cfg.width, cfg.latent_channels
         k = len(cfg.scales)
+        lv = cfg.level
         self.up = nn.ModuleList(
             [
-                SubpelUp(m, n, 1, 2 if cfg.latent_downsample else 1) if i == k - 1 else SubpelUp(n, n, 1)
-                for i in range(k)
+                SubpelUp(m, n, 1, 2 if cfg.latent_downsample else 1) if i == lv else SubpelUp(n, n, 1)
+                for i in range(lv + 1)
             ]
         )
+        # scales coarser than the latent's: stride-2 convs down from the one below
+        self.td_down = nn.ModuleList([conv(n, n, 3, 2) for _ in range(lv + 1, k)])
         self.refine = nn.ModuleList([conv(n, n) for _ in range(k)])
         self.down = nn.ModuleList([conv(n, n, 3, 2) for _ in range(k - 1)])
         self.head_mid = nn.ModuleList([conv(n, n) for _ in cfg.scales])
         self.head_out = nn.ModuleList([conv(n, s.channels, 1) for s in cfg.scales])
         self.linear = nn.Conv2d(m, cfg.stacked_channels, 1) if cfg.linear_path else None
-        self._channels = [s.channels for s in cfg.scales]
-        self._ratios = cfg.ratios
+        self.cfg = cfg
         self._fixed: nn.ModuleDict | None = None
 
     def _unstack(self, stacked: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
-        return linear_path.unstack_scales(stacked, self._channels, self._ratios, sizes, _fit_size)
+        return unstack_from_level(stacked, self.cfg, sizes)
 
     def forward(self, y_hat: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
         def act(x: torch.Tensor) -> torch.Tensor:
             return F.leaky_relu(x, self.SLOPE)
 
         k = len(sizes)
+        lv = self.cfg.level
         r: list[torch.Tensor] = [y_hat] * k
         t = y_hat
-        for i in reversed(range(k)):
+        for i in reversed(range(lv + 1)):
             t = act(_fit(self.up[i](t), *sizes[i]))
+            t = act(self.refine[i](t))
+            r[i] = t
+        t = r[lv]
+        for i in range(lv + 1, k):
+            t = act(_fit(self.td_down[i - lv - 1](t), *sizes[i]))
             t = act(self.refine[i](t))
             r[i] = t
         lin = self._unstack(self.linear(y_hat), sizes) if self.linear is not None else None
@@ -244,6 +325,7 @@ class DRNet(nn.Module):
             self._fixed = nn.ModuleDict(
                 {
                     "up": nn.ModuleList([FixedConv2d(u.conv) for u in self.up]),
+                    "td_down": nn.ModuleList([FixedConv2d(c) for c in self.td_down]),
                     "refine": nn.ModuleList([FixedConv2d(c) for c in self.refine]),
                     "down": nn.ModuleList([FixedConv2d(c) for c in self.down]),
                     "head_mid": nn.ModuleList([FixedConv2d(c) for c in self.head_mid]),
@@ -258,10 +340,16 @@ class DRNet(nn.Module):
         fx = self.fixed()
         act = fixed_leaky_relu
         k = len(sizes)
+        lv = self.cfg.level
         r: list[torch.Tensor] = [y_hat_int] * k
         t = y_hat_int
-        for i in reversed(range(k)):
+        for i in reversed(range(lv + 1)):
             t = act(_fit(F.pixel_shuffle(fx["up"][i](t), self.up[i].factor), *sizes[i]))
+            t = act(fx["refine"][i](t))
+            r[i] = t
+        t = r[lv]
+        for i in range(lv + 1, k):
+            t = act(_fit(fx["td_down"][i - lv - 1](t), *sizes[i]))
             t = act(fx["refine"][i](t))
             r[i] = t
         lin = self._unstack(fx["linear"][0](y_hat_int), sizes) if len(fx["linear"]) else None
@@ -375,7 +463,7 @@ class FenetCodec(nn.Module):
             raise ValueError(f"quality index phi must be in 0..{self.cfg.num_qualities - 1}, got {phi}")
 
     def latent_sizes(self, sizes: list[tuple[int, int]]) -> tuple[tuple[int, int], tuple[int, int]]:
-        hy, wy = sizes[-1]
+        hy, wy = sizes[self.cfg.level]
         if self.cfg.latent_downsample:
             hy, wy = _half(hy), _half(wy)
         return (hy, wy), (_half(hy), _half(wy))
@@ -388,7 +476,7 @@ class FenetCodec(nn.Module):
 
     def stack(self, features: Features | list[torch.Tensor]) -> torch.Tensor:
         """The normalised scales stacked space-to-depth (the linear path's input)."""
-        return linear_path.stack_scales(self._normalised(features), self.cfg.ratios, _fit_size)
+        return stack_at_level(self._normalised(features), self.cfg)
 
     @torch.no_grad()
     def init_linear_path(self, mean: torch.Tensor, components: torch.Tensor) -> None:
@@ -406,7 +494,7 @@ class FenetCodec(nn.Module):
         self.fenet.linear.bias.copy_((-comp @ mean).float())
         self.drnet.linear.weight.copy_(comp.t().contiguous().view(d, m, 1, 1).float())
         self.drnet.linear.bias.copy_(mean.float())
-        last = self.fenet.blocks[-1][-1]
+        last = self.fenet.blocks[self.cfg.level][-1]
         for c in (last, *self.drnet.head_out):
             c.weight.zero_()
             c.bias.zero_()

@@ -377,3 +377,89 @@ def test_golden_vector_with_a_foreign_model_hash_is_refused():
     p2 = parse_container(data)
     with pytest.raises(WeightsMismatchError, match="codec model weights differ"):
         learned_e2e.decode_symbols(p2.header, p2.units)
+
+
+# -- latent at a finer scale (latent_scale) ------------------------------------------
+
+
+def level_model(latent_scale: int = 1, seed: int = 0) -> tuple[FenetCodec, dict[str, torch.Tensor]]:
+    """A tiny model with y at the stride of scale `latent_scale` and the linear path from PCA."""
+    from codec.models import linear_path
+
+    torch.manual_seed(seed)
+    cfg = FenetConfig.for_split_point(
+        NECK, width=8, latent_channels=24, hyper_channels=8, latent_downsample=False, num_qualities=3,
+        lambdas=(0.01, 0.1, 1.0), linear_path=True, latent_scale=latent_scale,
+    )  # fmt: skip
+    model = FenetCodec(cfg).eval()
+    feats = smooth_features(NECK, 120, seed=3)  # 15x15 / 8x8 / 4x4: odd sizes, padding on the way down
+    model.set_feature_scale(torch.tensor([1.0, 1.5, 2.0]))
+    mean, comp, _ = linear_path.pca([model.stack(feats)], cfg.latent_channels)
+    model.init_linear_path(mean, comp)
+    with torch.no_grad():
+        model.gain.mul_(torch.tensor([4.0, 16.0, 64.0]).view(3, 1))
+        model.inv_gain.div_(torch.tensor([4.0, 16.0, 64.0]).view(3, 1))
+        for p in model.drnet.parameters():  # non-zero conv paths, so that every branch is exercised
+            p.add_(0.01 * torch.randn_like(p))
+    model.update()
+    return model, feats
+
+
+@pytest.mark.parametrize("latent_scale", [0, 1])
+def test_latent_at_a_finer_scale_round_trips_bit_exactly(latent_scale):
+    from codec.models.fenet import stack_at_level, unstack_from_level
+
+    model, feats = level_model(latent_scale)
+    cfg = model.cfg
+    lv_size = tuple(feats[NECK.scales[latent_scale].name].shape[-2:])
+    # the stack at the latent's grid: space-to-depth below, depth-to-space above; exactly invertible
+    xs = [feats[s.name] for s in NECK.scales]
+    st = stack_at_level(xs, cfg)
+    assert st.shape[1] == cfg.stacked_channels and tuple(st.shape[-2:]) == lv_size
+    back = unstack_from_level(st, cfg, [tuple(x.shape[-2:]) for x in xs])
+    for i, (x, b) in enumerate(zip(xs, back)):
+        assert b.shape == x.shape
+        # what the latent grid covers comes back exactly: all of the finer scales (zero-padded
+        # on the way in), the coarser ones up to the grid's extent
+        r = NECK.scales[i].stride // NECK.scales[latent_scale].stride if i > latent_scale else 0
+        if r:
+            h, w = lv_size[0] // r, lv_size[1] // r
+            assert torch.equal(b[..., :h, :w], x[..., :h, :w])
+        else:
+            assert torch.equal(b, x)
+    c = model.compress(feats, 2)
+    (hy, wy), _ = model.latent_sizes(c.sizes)
+    assert (hy, wy) == lv_size
+    d = model.decode_latents(c.z_string, c.y_string, 2, c.sizes, c.z_crc32, c.y_crc32)
+    assert d.y_symbols.shape == (cfg.latent_channels, hy, wy)
+    errs = []
+    for phi in range(3):
+        c = model.compress(feats, phi)
+        out = model.decompress(c)
+        _, ref = model.forward_quantised(feats, phi)
+        assert all(out[k].shape == feats[k].shape and torch.equal(out[k], ref[k]) for k in feats)
+        errs.append(sum(float((out[k] - feats[k]).pow(2).mean() / feats[k].pow(2).mean()) for k in feats))
+    assert errs[2] < errs[0]
+    threads = torch.get_num_threads()
+    digests = set()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            rec = model.decompress(c)
+            digests.add(_md5(*[rec[k].numpy() for k in rec]))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(digests) == 1
+
+
+def test_latent_scale_config_checks():
+    with pytest.raises(FenetConfigError):
+        FenetConfig.for_split_point(NECK, latent_scale=3)
+    with pytest.raises(FenetConfigError):
+        FenetConfig.for_split_point(NECK, latent_scale=1, latent_downsample=True)
+    cfg = FenetConfig.for_split_point(NECK, latent_scale=1, latent_downsample=False)
+    assert cfg.stacked_channels == 128 * 4 + 128 + 128 // 4
+    d = cfg.to_json()
+    assert FenetConfig.from_json(d) == cfg
+    del d["latent_scale"]  # records written before latent_scale load as y at the coarsest scale
+    assert FenetConfig.from_json(d).latent_scale == -1
