@@ -6,7 +6,11 @@ Data path (finest scale first, strides two apart, e.g. NanoDet neck p3/p4/p5):
 
     FENet:  h = enc_0(p3 / s_3);  h = enc_1(cat(h, p4 / s_4));  y = enc_2(cat(h, p5 / s_5))
             each enc_i halves the resolution, so y lies at twice the coarsest stride
-            (416x416 input: 52^2, 26^2, 13^2 -> y: M x 7 x 7).
+            (416x416 input: 52^2, 26^2, 13^2 -> y: M x 7 x 7), or at the coarsest stride
+            (the last enc keeps the resolution), or (``latent_scale`` L) at scale L's stride:
+            the scales finer than L are fused down to it as above, the coarser ones enter
+            enc_L depth-to-space (pixel shuffle: exact, no information lost), e.g. y at
+            p4: M x 26 x 26 from p3 (stride-2 fusion), p4 and p5 (128 -> 32 channels at 26^2).
     gain:   y_g = y * |g[phi]|                       (per-channel gain of quality index phi)
     hyper:  z = h_a(y_g);  z_g = z * |hg[phi]|  ->  EntropyBottleneck  ->  z_hat = z_hat_g * |ihg[phi]|
             hp = h_s(z_hat)
@@ -14,7 +18,8 @@ Data path (finest scale first, strides two apart, e.g. NanoDet neck p3/p4/p5):
             non-anchors use ep(cat(hp, ctx(y_hat_g at anchors))), ctx a 5x5 masked conv.
             ep gives (scale, mean) of a GaussianConditional for y_g.
     DRNet:  y_hat = y_hat_g * |ig[phi]|; top-down branches r_i = up_i(r_{i+1}) rebuild
-            every scale's resolution, bottom-up mixing m_i = r_i + down_i(m_{i-1}),
+            every finer scale's resolution (coarser than y: r_j = td_down_j(r_{j-1})),
+            bottom-up mixing m_i = r_i + down_i(m_{i-1}),
             heads give each scale's tensor (times its normalisation s_i).
 
 Bit-exact decoding: h_s, ctx and ep run in fixed point at inference
