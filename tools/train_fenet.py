@@ -126,13 +126,11 @@ def export(model: FenetCodec, path: Path) -> str:
 def ceiling_eval(model: FenetCodec, dev_set: tdev.DevSet, net, sp) -> dict:
     """mAP of NN part 2 on the unquantised FENet -> DRNet reconstruction (the ceiling)."""
     names = sp.scale_names()
-    was_training = model.training
-    model.eval()
+    cpu = copy.deepcopy(model).cpu().eval()  # the dev features and NN part 2 live on the CPU
     m = tdev.evaluate_transform(
         dev_set, net, sp.name,
-        lambda f: dict(zip(names, denormalise(model, transform_only(model, [f[n] for n in names])[0]))),
+        lambda f: dict(zip(names, denormalise(cpu, transform_only(cpu, [f[n] for n in names])[0]))),
     )
-    model.train(was_training)
     return {"map50": round(m["map50"], 5), "map": round(m["map"], 5)}
 
 

@@ -20,6 +20,7 @@ but gradients flow through them into the codec.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -50,7 +51,8 @@ class NanoDetHeadLoss(nn.Module):
         from codec.vision.nanodet import NUM_CLASSES
 
         self.num_classes = NUM_CLASSES
-        self.head = net.model.head
+        # a frozen copy: moving the loss to a training device leaves the network where it is
+        self.head = copy.deepcopy(net.model.head)
         for p in self.head.parameters():
             p.requires_grad_(False)
         self.cfg = cfg or TaskLossConfig()
