@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     if resuming:
         state = checkpoint.load(device)
         print(f"resumed at step {state.step} ({state.train_seconds / 60:.1f} training minutes)", flush=True)
+    this_command = "python -m tools.train_fenet " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    state.extra.setdefault("calls", []).append({"command": this_command, "from_step": state.step})
     log = MinuteLog(out.with_suffix(".log"))
     log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} train_fenet {' '.join(argv or sys.argv[1:])}")
     log.write(f"config {json.dumps(cfg.to_json())} parameters {count_parameters(model)}")
@@ -351,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": count_parameters(model),
         "linear_path_init": state.extra.get("pca_record"),
         "init": state.extra.get("init"),
-        "command": "python -m tools.train_fenet " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "command": this_command,
+        "calls": state.extra.get("calls"),  # every call of a resumed run, with the step it started from
         "data": {
             **tdata.data_record(images_root, all_files, train_files, held, args.views, args.seed),
             "augmentation": "cache (codec/training/data.py): view 0 full image, other views random resized crop "
