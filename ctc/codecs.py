@@ -261,8 +261,8 @@ class MsffAblation(CodecType):
     uses_ffmpeg = True
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        from codec.files import file_sha256
         from codec.inner.vvc import VVENC_PRESETS
-        from codec.models.msff import file_sha256
 
         unknown = sorted(set(params) - {"qp", "preset", "weights", "kept"})
         if unknown:

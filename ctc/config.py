@@ -55,10 +55,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 def default_assets_dir() -> Path:
     """FCM_ASSETS, else <repo>/../shared/assets."""
-    env = os.environ.get("FCM_ASSETS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "assets"
+    from codec.files import assets_path
+
+    return assets_path()
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from codec.files import file_sha256 as sha256_file
+
 from .cache import ResultCache
 from .config import CtcConfig, NetworkConfig, config_to_dict
 from .errors import DatasetError, JobError
@@ -48,14 +50,6 @@ class ImageItem:
     @property
     def pixels(self) -> int:
         return self.width * self.height
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def select_images(

@@ -29,6 +29,7 @@ from .ids import (
     UnitType,
     preset_id,
 )
+from .preprocessing import Preprocessing
 from .syntax import MAGIC, SYNTAX_STRUCTURES, VERSION_MAJOR, VERSION_MINOR
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "NetworkId",
     "ParsedContainer",
     "PayloadUnit",
+    "Preprocessing",
     "PresetId",
     "ResizeMode",
     "SYNTAX_STRUCTURES",

@@ -19,7 +19,6 @@ from codec.errors import (
     TruncatedError,
     UnknownUnitError,
 )
-from codec.vision.base import Preprocessing
 
 from . import syntax
 from .ids import (
@@ -35,6 +34,7 @@ from .ids import (
     SampleFormat,
     UnitType,
 )
+from .preprocessing import Preprocessing
 
 UNIT_OVERHEAD = 1 + 1 + 1 + 4 + 4  # unit_type, unit_flags, unit_scale_index, unit_data_size, unit_crc32
 

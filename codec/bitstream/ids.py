@@ -6,7 +6,25 @@ from __future__ import annotations
 
 import enum
 
-from codec.vision.base import NetworkId, ResizeMode
+
+class NetworkId(enum.IntEnum):
+    """Network ids written into the container (bitstream_spec.md, table "network_id")."""
+
+    NANODET = 1
+    CENTERNET_MBV3 = 2
+    FASTER_RCNN_R50_FPN = 16
+    FASTER_RCNN_R50_FPN_V2 = 17
+    MASK_RCNN_R50_FPN = 18
+    MASK_RCNN_R50_FPN_V2 = 19
+    KEYPOINT_RCNN_R50_FPN = 20
+
+
+class ResizeMode(enum.IntEnum):
+    """How the image is brought to the network's input size (table "resize_mode")."""
+
+    STRETCH = 0  # resize each axis independently to (input_h, input_w)
+    LETTERBOX = 1  # keep aspect ratio, scale to fit, pad bottom/right
+    SHORT_SIDE = 2  # keep aspect ratio, short side to min_size, long side <= max_size (R-CNN)
 
 
 class ModeId(enum.IntEnum):

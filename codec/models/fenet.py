@@ -31,7 +31,6 @@ for y, of the scale indices); `decompress` recomputes it and raises
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import zlib
@@ -47,6 +46,7 @@ from compressai.layers import GDN
 from torch import nn
 
 from codec.errors import BitstreamError
+from codec.files import file_sha256
 from codec.vision.base import Features, ScaleInfo, SplitPoint
 
 from . import linear_path
@@ -670,14 +670,6 @@ class FenetCodec(nn.Module):
 
 
 # -- weights files ------------------------------------------------------------------
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,7 +17,6 @@ reconstruction is multiplied back.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections import OrderedDict
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codec.files import file_sha256
 from codec.vision.base import Features, ScaleInfo, SplitPoint
 
 from . import linear_path
@@ -381,14 +381,6 @@ def sls_mask(z: torch.Tensor, kept_channels: int | torch.Tensor) -> torch.Tensor
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def shipped_weights_paths(name: str = "msff_nanodet_neck") -> tuple[Path, Path]:

@@ -292,3 +292,28 @@ def test_errors_are_bitstream_errors():
         MalformedError,
     ):
         assert issubclass(cls, BitstreamError)
+
+
+def test_the_bitstream_layer_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = "import codec.bitstream, codec.files, sys; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_one_sha256_helper_and_one_assets_lookup(tmp_path, monkeypatch):
+    import hashlib
+
+    from codec import files
+    from codec.vision import weights
+    from ctc import config, runner
+
+    p = tmp_path / "x.bin"
+    p.write_bytes(b"abc" * 1000)
+    assert files.file_sha256(p) == hashlib.sha256(b"abc" * 1000).hexdigest()
+    assert weights.sha256_file is files.file_sha256 and runner.sha256_file is files.file_sha256
+    monkeypatch.setenv("FCM_ASSETS", str(tmp_path))
+    assert files.assets_dir() == tmp_path == config.default_assets_dir() == weights.assets_dir()
+    monkeypatch.setenv("FCM_ASSETS", str(tmp_path / "absent"))
+    assert files.assets_dir() is None and config.default_assets_dir() == tmp_path / "absent"
