@@ -169,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         if not args.no_anchor:
             from codec.bitstream import ContainerHeader, NetworkId
-            from codec.modes import EncodeParams, anchor
+            from codec.modes import anchor
 
-            params = EncodeParams(mode="anchor", qp=args.anchor_qp)
+            params = anchor.Params(qp=args.anchor_qp)
             (mh, units), t_aenc = _timed(anchor.encode, feats, sp, params)
             header = ContainerHeader(
                 NetworkId(int(net.network_id)), bytes(32), sp.split_id, split, meta, anchor.MODE_ID, mh

@@ -37,10 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from codec.bitstream import CodecModelId, ContainerHeader, build_container, parse_container  # noqa: E402
-from codec.modes import anchor, vvc_msff  # noqa: E402
-from codec.modes.base import EncodeParams  # noqa: E402
-from codec.pipeline import load_image  # noqa: E402
+from codec.bitstream import CodecModelId  # noqa: E402
+from codec.modes import vvc_msff  # noqa: E402
+from codec.pipeline import decode_bitstream, encode_features, load_image  # noqa: E402
 from codec.vision import get_network  # noqa: E402
 from ctc.bd_rate import bd_rate  # noqa: E402
 from ctc.coco_eval import evaluate_detections  # noqa: E402
@@ -52,34 +51,24 @@ COCO_IDS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 2
 
 
 class Coder:
-    """vvc_msff through the mode API with a given weights file and kept-count policy."""
+    """vvc_msff with a given weights file and kept-channel count, through the data path of
+    the apps and the CTC (codec.pipeline: container with network checks, then decoding)."""
 
     def __init__(self, net, split: str, weights: str | Path | None) -> None:
-        self.net, self.split, self.weights = net, split, weights
+        self.net, self.split, self.weights = net, split, None if weights is None else str(weights)
         self.sp = net.split_points[split]
         self.model_id = CodecModelId.MSFF_NANODET_NECK if weights else vvc_msff.model_id_for(self.sp)
         self.model, _, self.digest = vvc_msff.model_for(self.model_id, weights)
 
     def code(self, feats, prep, qp: int, kept: int):
-        mh, units = vvc_msff.encode_with_model(
-            feats, self.sp, qp, "faster", kept, self.model, self.model_id, self.digest
-        )
-        header = ContainerHeader(self.net.network_id, bytes.fromhex(self.net.weights_sha256()), self.sp.split_id,
-                                 self.sp.name, prep, vvc_msff.MODE_ID, mh)  # fmt: skip
-        data = build_container(header, units)
-        parsed = parse_container(data)
-        sym = vvc_msff.decode_symbols(parsed.header, parsed.units, self.weights)
-        return len(data), vvc_msff.reconstruct(parsed.header, sym, self.weights)
+        params = {"qp": qp, "preset": "faster", "kept_channels": kept, "codec_weights": self.weights}
+        data = encode_features(feats, self.net, self.split, prep, "vvc_msff", params)
+        return len(data), decode_bitstream(data, self.net, self.weights).features
 
 
 def anchor_code(net, split, feats, prep, qp: int):
-    sp = net.split_points[split]
-    mh, units = anchor.encode(feats, sp, EncodeParams(mode="anchor", qp=qp))
-    header = ContainerHeader(net.network_id, bytes.fromhex(net.weights_sha256()), sp.split_id, sp.name, prep,
-                             anchor.MODE_ID, mh)  # fmt: skip
-    data = build_container(header, units)
-    parsed = parse_container(data)
-    return len(data), anchor.decode(parsed.header, parsed.units)
+    data = encode_features(feats, net, split, prep, "anchor", {"qp": qp})
+    return len(data), decode_bitstream(data, net).features
 
 
 def image_anchor_code(net, split, image: np.ndarray, qp: int):

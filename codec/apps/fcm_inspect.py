@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _enum_name(field: str, value: Any) -> str | None:
+    if field == "mode_id":
+        try:
+            return mode_by_id(int(value)).name.upper()
+        except BitstreamError:
+            pass
     cls = _ENUM_FIELDS.get(field)
     if cls is None:
         return None
@@ -178,9 +183,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if report.error is None:  # container-level valid: also check the mode's payload structure
         parsed = parse_container(data)
         try:
-            validate = getattr(mode_by_id(parsed.header.mode_id), "validate", None)
-            if validate is not None:
-                validate(parsed.header, parsed.units)
+            mode_by_id(parsed.header.mode_id).validate(parsed.header, parsed.units)
         except BitstreamError as e:
             report.error = e
     d = report_dict(args.input, report)

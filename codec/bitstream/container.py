@@ -33,6 +33,7 @@ from .ids import (
     ResizeMode,
     SampleFormat,
     UnitType,
+    mode_id_value,
 )
 from .preprocessing import Preprocessing
 
@@ -85,7 +86,7 @@ class ContainerHeader:
     split_point_id: int
     split_point_name: str
     preprocessing: Preprocessing
-    mode_id: ModeId
+    mode_id: ModeId | int  # an int for a private-use mode id (ids.PRIVATE_MODE_IDS)
     mode: ModeHeader
     version_major: int = syntax.VERSION_MAJOR
     version_minor: int = syntax.VERSION_MINOR
@@ -288,7 +289,7 @@ def header_from_parsed(parsed: Any) -> ContainerHeader:
         split_point_id=h.split_point_id,
         split_point_name=h.split_point_name,
         preprocessing=prep,
-        mode_id=ModeId(h.mode_id),
+        mode_id=mode_id_value(h.mode_id),
         mode=mode,
         version_major=parsed.version_major,
         version_minor=parsed.version_minor,

@@ -36,6 +36,21 @@ class ModeId(enum.IntEnum):
     LEARNED_E2E = 4  # reserved: learned end-to-end feature codec
 
 
+# mode_id values for modes registered outside this specification (codec.modes.register_mode:
+# experiments, third-party modes, tests). A decoder that has no such mode refuses the stream.
+PRIVATE_MODE_IDS = range(128, 255)
+
+
+def mode_id_value(value: int) -> ModeId | int:
+    """A mode_id as parsed: its ModeId, or the int of a private-use id; ValueError if reserved."""
+    try:
+        return ModeId(value)
+    except ValueError:
+        if value in PRIVATE_MODE_IDS:
+            return int(value)
+        raise
+
+
 class UnitType(enum.IntEnum):
     """Payload unit type (table "unit_type")."""
 
@@ -115,10 +130,12 @@ __all__ = [
     "ModeId",
     "NetworkId",
     "PRESET_NAMES",
+    "PRIVATE_MODE_IDS",
     "PresetId",
     "ResizeMode",
     "SampleFormat",
     "UNIT_FLAG_REQUIRED",
     "UnitType",
+    "mode_id_value",
     "preset_id",
 ]

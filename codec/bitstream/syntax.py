@@ -55,6 +55,7 @@ from .ids import (
     PresetId,
     ResizeMode,
     SampleFormat,
+    mode_id_value,
 )
 
 MAGIC = b"FCMB"
@@ -98,6 +99,16 @@ def _enum(subcon: Any, enum_cls: type[enum.IntEnum], what: str, error: type[Bits
             return enum_cls(value)
         except ValueError:
             raise error(f"{what} {value} is a reserved value") from None
+
+    return _Validated(subcon, check)
+
+
+def _mode_id(subcon: Any):
+    def check(value: int, context: Any) -> ModeId | int:
+        try:
+            return mode_id_value(value)
+        except ValueError:
+            raise UnknownModeError(f"mode_id {value} is a reserved value") from None
 
     return _Validated(subcon, check)
 
@@ -207,7 +218,7 @@ header_body = Struct(
     "scale_y" / _finite(Float64b, "scale_y"),
     "pad_x" / Int16ub,
     "pad_y" / Int16ub,
-    "mode_id" / _enum(Int8ub, ModeId, "mode_id", UnknownModeError),
+    "mode_id" / _mode_id(Int8ub),
     "sample_format" / _enum(Int8ub, SampleFormat, "sample_format"),
     "inner_codec_id" / _enum(Int8ub, InnerCodecId, "inner_codec_id"),
     "inner_qp" / Int8ub,

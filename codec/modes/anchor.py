@@ -11,6 +11,7 @@ with round-half-up; the frame is coded as the luma of one VVC intra picture.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,9 +29,12 @@ from codec.bitstream import (
     preset_id,
 )
 from codec.errors import EncodeError, InnerCodecError, MalformedError, SizeLimitError
-from codec.vision.base import Features, SplitPoint
+from codec.inner import vvc
 
-from .base import EncodeParams, check_scale, scale_arrays, to_features, units_of_type
+from .base import CodingMode, Weights, check_scale, option, scale_arrays, to_features, units_of_type
+
+if TYPE_CHECKING:
+    from codec.vision.base import Features, SplitPoint
 
 MODE_ID = ModeId.ANCHOR
 NAME = "anchor"
@@ -38,9 +42,15 @@ NAME = "anchor"
 BIT_DEPTH = 10
 MAX_CODE = (1 << BIT_DEPTH) - 1  # 1023
 FILL_VALUE = 1 << (BIT_DEPTH - 1)  # 512: samples of the frame that carry no channel
-MAX_FRAME_DIM = 16384
-MAX_FRAME_SAMPLES = 35_651_584  # VVC level 6.2 MaxLumaPs
-QP_RANGE = (0, 63)
+MAX_FRAME_DIM = vvc.MAX_DIMENSION
+MAX_FRAME_SAMPLES = vvc.MAX_LUMA_SAMPLES  # VVC level 6.2 MaxLumaPs
+QP_RANGE = (vvc.QP_MIN, vvc.QP_MAX)
+
+
+@dataclass(frozen=True)
+class Params:
+    qp: int = option(32, "VVC quantisation parameter", range=QP_RANGE, rate=True)
+    preset: str = option("faster", "VVenC preset (informative for the decoder)", choices=vvc.VVENC_PRESETS)
 
 
 def grid_shape(channels: int) -> tuple[int, int]:
@@ -130,9 +140,7 @@ def untile(frame: np.ndarray, shapes: list[tuple[int, int, int]], layout: FrameL
     return out
 
 
-def encode(features: Features, split_point: SplitPoint, params: EncodeParams) -> tuple[ModeHeader, list[PayloadUnit]]:
-    from codec.inner import vvc
-
+def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple[ModeHeader, list[PayloadUnit]]:
     if isinstance(params.qp, bool) or not isinstance(params.qp, int) or not QP_RANGE[0] <= params.qp <= QP_RANGE[1]:
         raise EncodeError(f"qp must be an integer in {QP_RANGE[0]}..{QP_RANGE[1]}, got {params.qp!r}")
     try:
@@ -197,10 +205,8 @@ def validate(header: ContainerHeader, units: list[PayloadUnit]) -> None:
     _stream_of(units)
 
 
-def decode_symbols(header: ContainerHeader, units: list[PayloadUnit]) -> dict[str, np.ndarray]:
+def decode_symbols(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> dict[str, np.ndarray]:
     """{"frame": the decoded (FrameHeight, FrameWidth) uint16 10-bit frame}."""
-    from codec.inner import vvc
-
     layout = _layout_of(header)
     stream = _stream_of(units)
     try:
@@ -212,7 +218,7 @@ def decode_symbols(header: ContainerHeader, units: list[PayloadUnit]) -> dict[st
     return {"frame": frame.astype(np.uint16)}
 
 
-def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray]) -> Features:
+def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights: Weights = None) -> Features:
     layout = _layout_of(header)
     shapes = [s.shape for s in header.scales]
     codes = untile(symbols["frame"], shapes, layout)
@@ -220,11 +226,21 @@ def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray]) -> Feat
     return to_features(header, arrays)
 
 
-def decode(header: ContainerHeader, units: list[PayloadUnit]) -> Features:
-    return reconstruct(header, decode_symbols(header, units))
-
+MODE = CodingMode(
+    mode_id=MODE_ID,
+    name=NAME,
+    params=Params,
+    encode=encode,
+    decode_symbols=decode_symbols,
+    reconstruct=reconstruct,
+    validate=validate,
+    description="MPEG FCM feature anchor: tiled 10-bit min-max quantised features through VVC",
+)
+decode = MODE.decode
 
 __all__ = [
+    "MODE",
+    "Params",
     "FrameLayout",
     "dequantise",
     "frame_layout",

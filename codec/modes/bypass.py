@@ -4,6 +4,9 @@ holding the tensor as IEEE float16 or float32, little-endian, C-order (C, H, W)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from codec.bitstream import (
@@ -18,9 +21,11 @@ from codec.bitstream import (
     UnitType,
 )
 from codec.errors import EncodeError, MalformedError
-from codec.vision.base import Features, SplitPoint
 
-from .base import EncodeParams, check_scale, scale_arrays, to_features, units_of_type
+from .base import CodingMode, Weights, check_scale, option, scale_arrays, to_features, units_of_type
+
+if TYPE_CHECKING:
+    from codec.vision.base import Features, SplitPoint
 
 MODE_ID = ModeId.BYPASS
 NAME = "bypass"
@@ -32,7 +37,14 @@ DTYPES: dict[SampleFormat, np.dtype] = {
 SAMPLE_FORMATS: dict[str, SampleFormat] = {"float16": SampleFormat.FLOAT16, "float32": SampleFormat.FLOAT32}
 
 
-def encode(features: Features, split_point: SplitPoint, params: EncodeParams) -> tuple[ModeHeader, list[PayloadUnit]]:
+@dataclass(frozen=True)
+class Params:
+    bypass_dtype: str = option(
+        "float16", "sample format of the coded tensors", choices=tuple(SAMPLE_FORMATS), rate=True
+    )
+
+
+def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple[ModeHeader, list[PayloadUnit]]:
     if params.bypass_dtype not in SAMPLE_FORMATS:
         raise EncodeError(f"bypass_dtype must be one of {', '.join(SAMPLE_FORMATS)}, got {params.bypass_dtype!r}")
     fmt = SAMPLE_FORMATS[params.bypass_dtype]
@@ -50,7 +62,7 @@ def validate(header: ContainerHeader, units: list[PayloadUnit]) -> None:
     decode_symbols(header, units)  # views into the unit data: nothing is decoded or copied
 
 
-def decode_symbols(header: ContainerHeader, units: list[PayloadUnit]) -> dict[str, np.ndarray]:
+def decode_symbols(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> dict[str, np.ndarray]:
     """The raw tensors, (C, H, W) in their coded sample format."""
     if header.mode.inner.codec_id != InnerCodecId.NONE:
         raise MalformedError(f"bypass mode needs inner_codec_id NONE, got {header.mode.inner.codec_id.name}")
@@ -76,9 +88,18 @@ def decode_symbols(header: ContainerHeader, units: list[PayloadUnit]) -> dict[st
     return out
 
 
-def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray]) -> Features:
+def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights: Weights = None) -> Features:
     return to_features(header, [symbols[s.name].astype(np.float32) for s in header.scales])
 
 
-def decode(header: ContainerHeader, units: list[PayloadUnit]) -> Features:
-    return reconstruct(header, decode_symbols(header, units))
+MODE = CodingMode(
+    mode_id=MODE_ID,
+    name=NAME,
+    params=Params,
+    encode=encode,
+    decode_symbols=decode_symbols,
+    reconstruct=reconstruct,
+    validate=validate,
+    description="lossless reference: float16 / float32 tensors",
+)
+decode = MODE.decode

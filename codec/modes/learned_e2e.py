@@ -14,7 +14,8 @@ entropy parameters reports it instead of returning garbage.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from construct import ConstructError
@@ -34,19 +35,24 @@ from codec.bitstream import (
 )
 from codec.bitstream.syntax import latent_strings
 from codec.errors import EncodeError, MalformedError, WeightsMismatchError
-from codec.models.fenet import (
-    ENTROPY_PRECISION,
-    CompressedLatents,
-    FenetCodec,
-    load_fenet,
-    shipped_weights_paths,
-)
-from codec.vision.base import Features, SplitPoint
 
-from .base import EncodeParams, scale_arrays, units_of_type
+from .base import CodingMode, Weights, option, scale_arrays, units_of_type
+
+if TYPE_CHECKING:
+    from codec.models.fenet import CompressedLatents, FenetCodec
+    from codec.vision.base import Features, SplitPoint
 
 MODE_ID = ModeId.LEARNED_E2E
 NAME = "learned_e2e"
+NUM_QUALITIES = 6  # phi 0..5: the gain-unit rows of the shipped model (checked against the model)
+
+
+@dataclass(frozen=True)
+class Params:
+    phi: int = option(3, "quality index (gain-unit row), higher is better", range=(0, NUM_QUALITIES - 1), rate=True)
+    codec_weights: str | None = option(
+        None, "codec-model weights file instead of the shipped one (the decoder needs the same)", kind=str
+    )
 
 # codec model id -> weights file name in codec/models/weights (without .pt)
 MODEL_FILES: dict[CodecModelId, str] = {
@@ -58,14 +64,24 @@ class CodecModelMismatchError(WeightsMismatchError):
     """The decoder's learned codec weights differ from the encoder's (codec_model_hash)."""
 
 
+def _entropy_precision() -> int:
+    from codec.models.fenet import ENTROPY_PRECISION
+
+    return ENTROPY_PRECISION
+
+
 @functools.lru_cache(maxsize=4)
 def _load(path: str) -> tuple[FenetCodec, bytes]:
+    from codec.models.fenet import load_fenet
+
     model, digest = load_fenet(path)
     return model, bytes.fromhex(digest)
 
 
-def model_for(model_id: CodecModelId, weights: str | Path | None = None) -> tuple[FenetCodec, bytes]:
+def model_for(model_id: CodecModelId, weights: Weights = None) -> tuple[FenetCodec, bytes]:
     """(model, sha256 of its weights file) for a codec model id; `weights` overrides the shipped file."""
+    from codec.models.fenet import shipped_weights_paths
+
     if weights is None:
         if model_id not in MODEL_FILES:
             raise MalformedError(f"codec_model_id {int(model_id)} has no learned_e2e model")
@@ -82,10 +98,9 @@ def model_id_for(split_point: SplitPoint) -> CodecModelId:
     raise EncodeError(f"no learned_e2e model for split point {split_point.name!r} ({split_point.scale_names()})")
 
 
-def quality_index(params: EncodeParams, num_qualities: int) -> int:
-    """phi from EncodeParams.phi if the field exists and is set, else from qp (0..num_qualities-1)."""
-    phi = getattr(params, "phi", None)
-    phi = params.qp if phi is None else phi
+def quality_index(params: Params, num_qualities: int) -> int:
+    """phi of the parameters, checked against the model's quality indices 0..num_qualities-1."""
+    phi = params.phi
     if isinstance(phi, bool) or not isinstance(phi, (int, np.integer)) or not 0 <= int(phi) < num_qualities:
         raise EncodeError(f"learned_e2e quality index phi must be an integer in 0..{num_qualities - 1}, got {phi!r}")
     return int(phi)
@@ -111,7 +126,7 @@ def encode_with_model(
         codec_model_id=model_id,
         codec_model_hash=digest,
         entropy_coder_id=EntropyCoderId.RANS_COMPRESSAI,
-        entropy_precision=ENTROPY_PRECISION,
+        entropy_precision=_entropy_precision(),
     )
     data = latent_strings.build(
         dict(
@@ -125,9 +140,11 @@ def encode_with_model(
     return header, units
 
 
-def encode(features: Features, split_point: SplitPoint, params: EncodeParams) -> tuple[ModeHeader, list[PayloadUnit]]:
+def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple[ModeHeader, list[PayloadUnit]]:
     model_id = model_id_for(split_point)
-    model, digest = model_for(model_id)
+    model, digest = model_for(model_id, params.codec_weights)
+    if tuple(model.cfg.scales) != tuple(split_point.scales):
+        raise EncodeError(f"codec model {params.codec_weights} is not for split point {split_point.name!r}")
     return encode_with_model(
         features, split_point, quality_index(params, model.cfg.num_qualities), model, model_id, digest
     )
@@ -136,9 +153,10 @@ def encode(features: Features, split_point: SplitPoint, params: EncodeParams) ->
 def _check_structure(header: ContainerHeader) -> int:
     """Header checks that need no model; returns phi."""
     m = header.mode
-    if m.entropy_coder_id != EntropyCoderId.RANS_COMPRESSAI or m.entropy_precision != ENTROPY_PRECISION:
+    precision = _entropy_precision()
+    if m.entropy_coder_id != EntropyCoderId.RANS_COMPRESSAI or m.entropy_precision != precision:
         raise MalformedError(
-            f"learned_e2e needs entropy_coder_id RANS_COMPRESSAI with precision {ENTROPY_PRECISION}, "
+            f"learned_e2e needs entropy_coder_id RANS_COMPRESSAI with precision {precision}, "
             f"got {m.entropy_coder_id.name} / {m.entropy_precision}"
         )
     if m.codec_model_id == CodecModelId.NONE:
@@ -192,9 +210,7 @@ def _latents(units: list[PayloadUnit]):
         raise MalformedError("LATENT_STRING unit_data is not a latent_strings( ) structure") from None
 
 
-def decode_symbols(
-    header: ContainerHeader, units: list[PayloadUnit], weights: str | Path | None = None
-) -> dict[str, np.ndarray]:
+def decode_symbols(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> dict[str, np.ndarray]:
     """-> {"z": hyper-latent symbols, "y": latent symbols, "y_indexes": scale-table indices
     (int32, C order (channel, row, column)), "y_hat_g": symbols plus means in units of
     2^-10 before the inverse gain (int64)}: the decoded integer data of the mode."""
@@ -208,7 +224,7 @@ def decode_symbols(
     return {"z": d.z_symbols, "y": d.y_symbols, "y_indexes": d.y_indexes, "y_hat_g": d.y_hat_g}
 
 
-def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights: str | Path | None = None) -> Features:
+def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights: Weights = None) -> Features:
     import torch
 
     model, digest = model_for(header.mode.codec_model_id, weights)
@@ -217,5 +233,20 @@ def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights
     return model.reconstruct(model.dequantize_latent(y_hat_g, phi), [(s.height, s.width) for s in header.scales])
 
 
-def decode(header: ContainerHeader, units: list[PayloadUnit]) -> Features:
-    return reconstruct(header, decode_symbols(header, units))
+MODE = CodingMode(
+    mode_id=MODE_ID,
+    name=NAME,
+    params=Params,
+    encode=encode,
+    decode_symbols=decode_symbols,
+    reconstruct=reconstruct,
+    validate=validate,
+    sources=(
+        "codec/models/fenet.py",
+        "codec/models/fixed_point.py",
+        "codec/models/linear_path.py",
+        "codec/models/weights/fenet_nanodet_neck.pt",
+    ),
+    description="end-to-end learned codec (FENet/DRNet, CompressAI rANS)",
+)
+decode = MODE.decode

@@ -22,10 +22,10 @@ while C may exceed them. Every scale carries the same quant_min / quant_max.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from codec.bitstream import (
     ALL_SCALES,
@@ -43,11 +43,16 @@ from codec.bitstream import (
     preset_id,
 )
 from codec.errors import EncodeError, InnerCodecError, MalformedError, SizeLimitError, WeightsMismatchError
-from codec.models.msff import ExactMsfr, MsffCodecModel, load_msff, shipped_weights_paths
-from codec.vision.base import Features, SplitPoint
+from codec.inner import vvc
 
 from . import anchor
-from .base import EncodeParams, scale_arrays, units_of_type
+from .base import CodingMode, Weights, option, scale_arrays, units_of_type
+
+if TYPE_CHECKING:
+    import torch
+
+    from codec.models.msff import ExactMsfr, MsffCodecModel
+    from codec.vision.base import Features, SplitPoint
 
 MODE_ID = ModeId.VVC_MSFF
 NAME = "vvc_msff"
@@ -63,6 +68,18 @@ MODEL_FILES: dict[CodecModelId, str] = {
 # (held-out train-images, see docs/results_msff.md). A QP between two entries uses
 # the entry of the next lower table QP; below the first, all channels.
 TRUNCATION_TABLE: dict[int, int] = {22: 192, 27: 192, 32: 192, 37: 192, 42: 96, 47: 96}
+
+
+@dataclass(frozen=True)
+class Params:
+    qp: int = option(32, "VVC quantisation parameter", range=QP_RANGE, rate=True)
+    preset: str = option("faster", "VVenC preset (informative for the decoder)", choices=vvc.VVENC_PRESETS)
+    kept_channels: int | None = option(
+        None, "fused channels to code (default: from the QP by the truncation table)", kind=int, range=(1, 4096)
+    )
+    codec_weights: str | None = option(
+        None, "codec-model weights file instead of the shipped one (the decoder needs the same)", kind=str
+    )
 
 
 class CodecModelMismatchError(WeightsMismatchError):
@@ -81,12 +98,16 @@ def kept_channels_for_qp(qp: int, fused_channels: int, table: dict[int, int] | N
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str) -> tuple[MsffCodecModel, ExactMsfr, bytes]:
+    from codec.models.msff import ExactMsfr, load_msff
+
     model, _, sha = load_msff(path)
     return model, ExactMsfr(model.msfr), bytes.fromhex(sha)
 
 
-def model_for(model_id: CodecModelId, weights: str | Path | None = None) -> tuple[MsffCodecModel, ExactMsfr, bytes]:
+def model_for(model_id: CodecModelId, weights: Weights = None) -> tuple[MsffCodecModel, ExactMsfr, bytes]:
     """(model, exact MSFR, sha256 of its weights file); `weights` overrides the shipped file."""
+    from codec.models.msff import shipped_weights_paths
+
     if weights is None:
         if model_id not in MODEL_FILES:
             raise MalformedError(f"codec_model_id {int(model_id)} has no vvc_msff model")
@@ -124,7 +145,7 @@ def encode_with_model(
     model_id: CodecModelId,
     digest: bytes,
 ) -> tuple[ModeHeader, list[PayloadUnit]]:
-    from codec.inner import vvc
+    import torch
 
     if isinstance(qp, bool) or not isinstance(qp, int) or not QP_RANGE[0] <= qp <= QP_RANGE[1]:
         raise EncodeError(f"qp must be an integer in {QP_RANGE[0]}..{QP_RANGE[1]}, got {qp!r}")
@@ -166,10 +187,15 @@ def encode_with_model(
     return header, [PayloadUnit(UnitType.VVC_NAL_STREAM, bitstream, scale_index=ALL_SCALES)]
 
 
-def encode(features: Features, split_point: SplitPoint, params: EncodeParams) -> tuple[ModeHeader, list[PayloadUnit]]:
+def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple[ModeHeader, list[PayloadUnit]]:
     model_id = model_id_for(split_point)
-    model, _, digest = model_for(model_id)
-    kept = kept_channels_for_qp(params.qp, model.cfg.fused_channels)
+    model, _, digest = model_for(model_id, params.codec_weights)
+    if tuple(model.cfg.scales) != tuple(split_point.scales):
+        raise EncodeError(f"codec model {params.codec_weights} is not for split point {split_point.name!r}")
+    c = model.cfg.fused_channels
+    kept = kept_channels_for_qp(params.qp, c) if params.kept_channels is None else params.kept_channels
+    if kept > c:
+        raise EncodeError(f"vvc_msff parameter kept_channels must be at most the model's {c} channels, got {kept}")
     return encode_with_model(features, split_point, params.qp, params.preset, kept, model, model_id, digest)
 
 
@@ -215,18 +241,14 @@ def _stream_of(units: list[PayloadUnit]) -> PayloadUnit:
     return streams[0]
 
 
-def validate(header: ContainerHeader, units: list[PayloadUnit], weights: str | Path | None = None) -> None:
+def validate(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> None:
     model, _, digest = model_for(header.mode.codec_model_id, weights)
     _check_header(header, model, digest)
     _stream_of(units)
 
 
-def decode_symbols(
-    header: ContainerHeader, units: list[PayloadUnit], weights: str | Path | None = None
-) -> dict[str, np.ndarray]:
+def decode_symbols(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> dict[str, np.ndarray]:
     """{"frame": the decoded (FrameHeight, FrameWidth) uint16 10-bit frame}."""
-    from codec.inner import vvc
-
     model, _, digest = model_for(header.mode.codec_model_id, weights)
     _, layout = _check_header(header, model, digest)
     stream = _stream_of(units)
@@ -241,6 +263,8 @@ def decode_symbols(
 
 def fused_tensor(header: ContainerHeader, frame: np.ndarray, fused_channels: int) -> torch.Tensor:
     """Decoded frame -> (1, C, h, w) fused tensor: kept channels dequantised, the rest zero."""
+    import torch
+
     coarse = header.scales[-1]
     kept = sum(s.kept_channels for s in header.scales)
     layout = anchor.frame_layout([(kept, coarse.height, coarse.width)])
@@ -250,18 +274,34 @@ def fused_tensor(header: ContainerHeader, frame: np.ndarray, fused_channels: int
     return torch.from_numpy(z).unsqueeze(0)
 
 
-def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights: str | Path | None = None) -> Features:
+def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights: Weights = None) -> Features:
     model, exact, digest = model_for(header.mode.codec_model_id, weights)
     _check_header(header, model, digest)
     z = fused_tensor(header, symbols["frame"], model.cfg.fused_channels)
     return dict(exact(z, {s.name: (s.height, s.width) for s in header.scales}))
 
 
-def decode(header: ContainerHeader, units: list[PayloadUnit]) -> Features:
-    return reconstruct(header, decode_symbols(header, units))
-
+MODE = CodingMode(
+    mode_id=MODE_ID,
+    name=NAME,
+    params=Params,
+    encode=encode,
+    decode_symbols=decode_symbols,
+    reconstruct=reconstruct,
+    validate=validate,
+    sources=(
+        "codec/modes/anchor.py",
+        "codec/models/msff.py",
+        "codec/models/linear_path.py",
+        "codec/models/weights/msff_nanodet_neck.pt",
+    ),
+    description="multi-scale feature fusion + QP-adaptive channel truncation + VVC",
+)
+decode = MODE.decode
 
 __all__ = [
+    "MODE",
+    "Params",
     "CodecModelMismatchError",
     "MODEL_FILES",
     "TRUNCATION_TABLE",

@@ -165,6 +165,17 @@ def test_inspect_crc_bad_file_prints_header_and_exits_2(fake_net, image_file, tm
         (fcm_enc, ["{image}", "-o", "{tmp}/nodir/o.bin", "--mode", "bypass"], "output folder does not exist"),
         (fcm_enc, ["{image}"], "required: -o"),
         (fcm_enc, ["{image}", "-o", "x", "--mode", "zip"], "invalid choice"),
+        (fcm_enc, ["{image}", "-o", "{tmp}/o.bin", "--phi", "2"], "--phi is not an option of mode anchor"),
+        (
+            fcm_enc,
+            ["{image}", "-o", "{tmp}/o.bin", "--mode", "learned_e2e", "--phi", "32"],
+            "phi must be an integer in 0..5",
+        ),
+        (
+            fcm_enc,
+            ["{image}", "-o", "{tmp}/o.bin", "--mode", "bypass", "--bypass-dtype", "int8"],
+            "one of float16, float32",
+        ),
         (fcm_dec, ["{missing}"], "bitstream file not found"),
         (fcm_dec, ["{text}"], "not an FCM container"),
         (fcm_dec, ["{tmp}"], "is a directory"),
@@ -179,6 +190,26 @@ def test_exit_code_2_with_one_line_message(fake_net, image_file, tmp_path, capsy
     assert app.main([a.format(**fill) for a in args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_mode_parameters_are_checked_before_anything_loads(image_file, tmp_path, monkeypatch, capsys):
+    def no_network(name, weights=None):
+        raise AssertionError("the network was loaded before the parameters were checked")
+
+    monkeypatch.setattr(_cli, "load_network", no_network)
+    for extra in (["--mode", "learned_e2e", "--phi", "6"], ["--mode", "vvc_msff", "--qp", "64"], ["--phi", "1"]):
+        assert fcm_enc.main([str(image_file), "-o", str(tmp_path / "o.bin"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fcm_enc: error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_help_shows_every_mode_s_rate_flag_with_its_range_and_default(capsys):
+    assert fcm_enc.main(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--phi PHI" in out and "learned_e2e rate parameter: 0..5, default 3" in out
+    assert "anchor rate parameter: 0..63, default 32" in out and "vvc_msff rate parameter: 0..63, default 32" in out
+    assert "bypass rate parameter: float16|float32, default float16" in out
+    assert "--kept-channels" in out and "--codec-weights" in out
 
 
 @pytest.mark.parametrize("app", [fcm_enc, fcm_dec, fcm_inspect])
@@ -212,3 +243,25 @@ def test_nanodet_end_to_end(nanodet, val_image, tmp_path, monkeypatch, capsys):
         else:
             strong = {r["category_id"] for r in ref.to_coco(1000) if r["score"] > 0.5}
             assert strong <= {r["category_id"] for r in results if r["score"] > 0.3}
+
+
+@pytest.mark.needs_assets
+@pytest.mark.needs_ffmpeg
+def test_every_mode_encodes_with_its_defaults_and_echoes_its_rate_parameter(
+    nanodet, val_image, tmp_path, monkeypatch, capsys
+):
+    """fcm_enc --mode M with no other flag, for every registered mode, then fcm_dec."""
+    from codec.modes import all_modes
+
+    monkeypatch.setattr(_cli, "load_network", lambda name, weights=None: nanodet)
+    img = tmp_path / "000000001000.png"
+    Image.fromarray(val_image).save(img)
+    for mode in all_modes():
+        out = tmp_path / f"{mode.name}.bin"
+        assert fcm_enc.main([str(img), "-o", str(out), "--mode", mode.name]) == 0, mode.name
+        text = capsys.readouterr().out
+        rate = mode.rate_param
+        default = next(s.default for s in mode.param_specs() if s.rate)
+        assert f"mode {mode.name}, {rate} {default}" in text, text
+        assert fcm_dec.main([str(out)]) == 0
+        assert f"mode {mode.name}, network nanodet" in capsys.readouterr().out

@@ -33,7 +33,7 @@ from codec.models.fenet import (
     save_fenet,
     shipped_weights_paths,
 )
-from codec.modes import EncodeParams, learned_e2e
+from codec.modes import learned_e2e
 from codec.vision.base import Preprocessing, ScaleInfo, SplitPoint
 
 NECK = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32)))
@@ -272,8 +272,8 @@ def test_mode_container_round_trip_and_refusals(tmp_path):
     with pytest.raises(learned_e2e.CodecModelMismatchError, match="codec model weights differ"):
         learned_e2e.decode_symbols(parsed.header, parsed.units, weights=other_path)
     with pytest.raises(EncodeError, match="phi"):
-        learned_e2e.quality_index(EncodeParams(mode="learned_e2e", phi=3), 3)
-    assert learned_e2e.quality_index(EncodeParams(mode="learned_e2e", phi=2), 3) == 2
+        learned_e2e.quality_index(learned_e2e.Params(phi=3), 3)
+    assert learned_e2e.quality_index(learned_e2e.Params(phi=2), 3) == 2
 
 
 # -- the shipped, trained model -------------------------------------------------------------

@@ -28,7 +28,7 @@ from codec.models.msff import (
     sls_mask,
     stacked_channels,
 )
-from codec.modes import MODES, available_modes, vvc_msff
+from codec.modes import available_modes, mode_by_id, mode_by_name, vvc_msff
 from codec.vision.base import NetworkId, Preprocessing, ResizeMode, ScaleInfo, SplitPoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -293,7 +293,7 @@ def test_tampered_weights_are_refused(tmp_path):
 
 def test_mode_is_registered():
     assert "vvc_msff" in available_modes()
-    assert MODES[vvc_msff.MODE_ID] is vvc_msff
+    assert mode_by_id(vvc_msff.MODE_ID) is vvc_msff.MODE and mode_by_name("vvc_msff") is vvc_msff.MODE
 
 
 # -- mode round trip through the container ----------------------------------------------------
@@ -308,11 +308,10 @@ def _container(mh, units, h: int, w: int) -> bytes:
 @pytest.mark.needs_ffmpeg
 @needs_vvc
 def test_round_trip_through_the_container_with_shipped_weights(tmp_path):
-    from codec.modes.base import EncodeParams
 
     feats = _features(NANODET_NECK, 128, 128, seed=3)
     qp = 32
-    mh, units = vvc_msff.encode(feats, NANODET_NECK, EncodeParams(mode="vvc_msff", qp=qp))
+    mh, units = vvc_msff.encode(feats, NANODET_NECK, vvc_msff.Params(qp=qp))
     data = _container(mh, units, 128, 128)
     parsed = parse_container(data)
     h = parsed.header
@@ -355,10 +354,9 @@ def test_round_trip_through_the_container_with_shipped_weights(tmp_path):
 def test_inconsistent_kept_fields_are_malformed():
     from dataclasses import replace
 
-    from codec.modes.base import EncodeParams
 
     feats = _features(NANODET_NECK, 64, 64, seed=4)
-    mh, units = vvc_msff.encode(feats, NANODET_NECK, EncodeParams(mode="vvc_msff", qp=42))
+    mh, units = vvc_msff.encode(feats, NANODET_NECK, vvc_msff.Params(qp=42))
     scales = list(mh.scales)
     scales[1] = replace(scales[1], kept_channels=1)  # not greedy: scale 0 is not full
     parsed = parse_container(_container(replace(mh, scales=tuple(scales)), units, 64, 64))
@@ -373,12 +371,12 @@ def test_nanodet_pipeline_round_trip_keeps_detections():
     assets = Path(os.environ.get("FCM_ASSETS", REPO.parent / "shared" / "assets"))
     if not (assets / "models").is_dir():
         pytest.skip(f"assets not found at {assets}")
-    from codec.pipeline import EncodeParams, decode_bitstream, encode_image, load_image, run_part2
+    from codec.pipeline import decode_bitstream, encode_image, load_image, run_part2
     from codec.vision import get_network
 
     net = get_network("nanodet")
     image = load_image(REPO / "samples" / "baseball.jpg")
-    enc = encode_image(image, net, "neck", EncodeParams(mode="vvc_msff", qp=27))
+    enc = encode_image(image, net, "neck", "vvc_msff", {"qp": 27})
     dec = decode_bitstream(enc.bitstream, net)
     for k, f in enc.features.items():
         rel = float((dec.features[k] - f).pow(2).mean() / f.pow(2).mean())
