@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.layers import GDN
 from torch import nn
 
-from codec.errors import BitstreamError
+from codec.errors import BitstreamError, CodecModelError
 from codec.files import file_sha256
 from codec.vision.base import Features, ScaleInfo, SplitPoint
 
@@ -62,8 +63,9 @@ class FenetConfigError(ValueError):
     """A split point or configuration FENet/DRNet cannot be built for."""
 
 
-class FenetWeightsError(RuntimeError):
-    """Weights file missing, unreadable or not matching its recorded sha256."""
+class FenetWeightsError(CodecModelError):
+    """FENet/DRNet weights unusable (e.g. entropy tables missing); loading failures are
+    codec.errors.CodecModelError (codec/models/registry.py)."""
 
 
 class LatentChecksumError(BitstreamError):
@@ -290,6 +292,19 @@ def checkerboard_mask(k: int = 5) -> torch.Tensor:
     return ((d.view(-1, 1) + d.view(1, -1)) % 2 != 0).float()
 
 
+SymbolsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (idx, mu, anchor) -> symbols
+
+
+def _quantiser(y_g: torch.Tensor) -> SymbolsFn:
+    """Encoder side of a pass of the schedule: round(y_g - mu) with mu in units of 2^-ACT_BITS."""
+    y_g64 = y_g.to(torch.float64)
+
+    def symbols(idx: torch.Tensor, mu: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        return torch.round(y_g64 - mu / float(1 << ACT_BITS)).to(torch.int64)
+
+    return symbols
+
+
 def _ste_round(x: torch.Tensor) -> torch.Tensor:
     return (torch.round(x) - x).detach() + x
 
@@ -513,6 +528,30 @@ class FenetCodec(nn.Module):
         mu_q = torch.div(mu_int + step // 2, step, rounding_mode="floor") * step
         return idx, mu_q
 
+    def checkerboard_two_pass(
+        self, hp_int: torch.Tensor, anchor_symbols: SymbolsFn, non_anchor_symbols: SymbolsFn
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The checkerboard schedule of the integer path, the one place the encoder, the
+        decoder and forward_quantised run it (bitstream_spec.md, section 7.5):
+
+        pass 1: entropy parameters from the hyperprior alone; the anchor symbols;
+        y_hat at the anchors (symbols * 2^ACT_BITS + means, zero elsewhere, clamped);
+        pass 2: entropy parameters from the hyperprior and the context of those anchors;
+        the non-anchor symbols.
+
+        `anchor_symbols(idx, mu, anchor)` / `non_anchor_symbols(idx, mu, anchor)` return the
+        int64 symbols of their pass (their values elsewhere are ignored): quantised on the
+        encoder side, entropy decoded on the decoder side. Returns (symbols, scale indices,
+        means), each (1, M, h, w) int64, every position from its own pass."""
+        m, (hy, wy) = self.cfg.latent_channels, hp_int.shape[-2:]
+        anchor = checkerboard_anchor(hy, wy, hp_int.device).expand(1, m, hy, wy)
+        idx_a, mu_a = self.entropy_params_fixed(hp_int, None)
+        sym_a = anchor_symbols(idx_a, mu_a, anchor)
+        y_hat_a = ((sym_a * (1 << ACT_BITS) + mu_a) * anchor).clamp(-ACT_LIMIT, ACT_LIMIT).to(torch.float64)
+        idx_n, mu_n = self.entropy_params_fixed(hp_int, y_hat_a)
+        sym_n = non_anchor_symbols(idx_n, mu_n, anchor)
+        return torch.where(anchor, sym_a, sym_n), torch.where(anchor, idx_a, idx_n), torch.where(anchor, mu_a, mu_n)
+
     def _cdf_lists(self) -> tuple[list, list, list]:
         gc = self.gaussian_conditional
         return (
@@ -546,24 +585,17 @@ class FenetCodec(nn.Module):
         (hy, wy), (hz, wz) = self.latent_sizes(sizes)
         z_hat, z_sym = self._z_hat(z_string, (hz, wz), phi)
         hp = self.hyper_params_fixed(z_hat, hy, wy)
-        anchor = checkerboard_anchor(hy, wy, y.device)
-        y_g64 = y_g.to(torch.float64)
-        scale = float(1 << ACT_BITS)
+        quantised = _quantiser(y_g)
+        sym, idx, _ = self.checkerboard_two_pass(hp, quantised, quantised)
 
-        idx_a, mu_a = self.entropy_params_fixed(hp, None)
-        sym_a = torch.round(y_g64 - mu_a / scale).to(torch.int64)
-        y_hat_a = ((sym_a * (1 << ACT_BITS) + mu_a) * anchor).clamp(-ACT_LIMIT, ACT_LIMIT).to(torch.float64)
-        idx_n, mu_n = self.entropy_params_fixed(hp, y_hat_a)
-        sym_n = torch.round(y_g64 - mu_n / scale).to(torch.int64)
-
-        a = anchor.expand_as(sym_a)
+        a = checkerboard_anchor(hy, wy, y.device).expand_as(sym)
         enc = BufferedRansEncoder()
         cdf, cdf_len, offs = self._cdf_lists()
-        enc.encode_with_indexes(sym_a[a].int().tolist(), idx_a[a].int().tolist(), cdf, cdf_len, offs)
-        enc.encode_with_indexes(sym_n[~a].int().tolist(), idx_n[~a].int().tolist(), cdf, cdf_len, offs)
+        enc.encode_with_indexes(sym[a].int().tolist(), idx[a].int().tolist(), cdf, cdf_len, offs)
+        enc.encode_with_indexes(sym[~a].int().tolist(), idx[~a].int().tolist(), cdf, cdf_len, offs)
         y_string = enc.flush()
-        y_sym = torch.where(a, sym_a, sym_n)[0].cpu().numpy().astype(np.int32)
-        y_idx = torch.where(a, idx_a, idx_n)[0].cpu().numpy().astype(np.int32)
+        y_sym = sym[0].cpu().numpy().astype(np.int32)
+        y_idx = idx[0].cpu().numpy().astype(np.int32)
         return CompressedLatents(
             z_string=z_string,
             y_string=y_string,
@@ -592,22 +624,21 @@ class FenetCodec(nn.Module):
                 f"hyper-latent symbols CRC32 0x{_crc32(z_sym):08x} != 0x{z_crc32:08x}: different entropy model"
             )
         hp = self.hyper_params_fixed(z_hat, hy, wy)
-        m = self.cfg.latent_channels
-        anchor = checkerboard_anchor(hy, wy, hp.device).expand(1, m, hy, wy)
         dec = RansDecoder()
         dec.set_stream(y_string)
         cdf, cdf_len, offs = self._cdf_lists()
 
-        idx_a, mu_a = self.entropy_params_fixed(hp, None)
-        sym = torch.zeros(1, m, hy, wy, dtype=torch.int64, device=hp.device)
-        vals = dec.decode_stream(idx_a[anchor].int().tolist(), cdf, cdf_len, offs)
-        sym[anchor] = torch.tensor(vals, dtype=torch.int64, device=hp.device)
-        y_hat_a = ((sym * (1 << ACT_BITS) + mu_a) * anchor).clamp(-ACT_LIMIT, ACT_LIMIT).to(torch.float64)
-        idx_n, mu_n = self.entropy_params_fixed(hp, y_hat_a)
-        vals = dec.decode_stream(idx_n[~anchor].int().tolist(), cdf, cdf_len, offs)
-        sym[~anchor] = torch.tensor(vals, dtype=torch.int64, device=hp.device)
-        idx = torch.where(anchor, idx_a, idx_n)
-        mu = torch.where(anchor, mu_a, mu_n)
+        def decoded(where_anchor: bool) -> SymbolsFn:
+            def symbols(idx: torch.Tensor, mu: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+                mine = anchor if where_anchor else ~anchor
+                out = torch.zeros(idx.shape, dtype=torch.int64, device=idx.device)
+                vals = dec.decode_stream(idx[mine].int().tolist(), cdf, cdf_len, offs)
+                out[mine] = torch.tensor(vals, dtype=torch.int64, device=idx.device)
+                return out
+
+            return symbols
+
+        sym, idx, mu = self.checkerboard_two_pass(hp, decoded(True), decoded(False))
         y_sym = sym[0].cpu().numpy().astype(np.int32)
         y_idx = idx[0].cpu().numpy().astype(np.int32)
         if y_crc32 is not None and _crc32(y_sym, y_idx) != y_crc32:
@@ -657,14 +688,8 @@ class FenetCodec(nn.Module):
         z_hat = (torch.round(z_g - med) + med) * self.hyper_inv_gain.abs()[phi].view(1, -1, 1, 1)
         hy, wy = y.shape[-2:]
         hp = self.hyper_params_fixed(z_hat, hy, wy)
-        anchor = checkerboard_anchor(hy, wy, y.device)
-        y_g64 = y_g.to(torch.float64)
-        _, mu_a = self.entropy_params_fixed(hp, None)
-        sym_a = torch.round(y_g64 - mu_a / float(1 << ACT_BITS)).to(torch.int64)
-        y_hat_a = ((sym_a * (1 << ACT_BITS) + mu_a) * anchor).clamp(-ACT_LIMIT, ACT_LIMIT).to(torch.float64)
-        _, mu_n = self.entropy_params_fixed(hp, y_hat_a)
-        mu = torch.where(anchor, mu_a, mu_n)
-        sym = torch.round(y_g64 - mu / float(1 << ACT_BITS)).to(torch.int64)
+        quantised = _quantiser(y_g)
+        sym, _, mu = self.checkerboard_two_pass(hp, quantised, quantised)
         y_hat = self.dequantize_latent(sym * (1 << ACT_BITS) + mu, phi)
         return y_hat, self.reconstruct(y_hat, sizes)
 
@@ -677,12 +702,21 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def save_fenet(model: FenetCodec, path: str | Path) -> str:
-    """Write {"config", "state_dict"} (float32 weights + CDF tables); returns the sha256."""
+    """Write {"config", "state_dict"} (float32 weights + CDF tables) and its record
+    (NAME.json: weights_sha256, kept fields of an existing record); returns the sha256."""
     sd = {k: (v.float() if v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"config": model.cfg.to_json(), "state_dict": sd}, path)
-    return file_sha256(path)
+    digest = file_sha256(path)
+    js = path.with_suffix(".json")
+    try:
+        record = json.loads(js.read_text()) if js.is_file() else {}
+    except ValueError:
+        record = {}
+    record.update(model="fenet_drnet", config=model.cfg.to_json(), weights_sha256=digest)
+    js.write_text(json.dumps(record, indent=2) + "\n")
+    return digest
 
 
 def load_fenet_state(model: FenetCodec, state_dict: dict) -> None:
@@ -701,25 +735,23 @@ def shipped_weights_paths(name: str = "fenet_nanodet_neck") -> tuple[Path, Path]
     return WEIGHTS_DIR / f"{name}.pt", WEIGHTS_DIR / f"{name}.json"
 
 
-def load_fenet(path: str | Path | None = None, verify: bool = True) -> tuple[FenetCodec, str]:
-    """Load a FENet/DRNet codec; returns (model in eval mode, weights sha256 hex).
-    With `verify`, the file's sha256 must match `weights_sha256` of the json beside it."""
+def model_from_file(pt: Path, record: dict) -> FenetCodec:
+    """Builder of the codec-model registry: the model of a verified weights file."""
+    blob = torch.load(pt, map_location="cpu", weights_only=True)
+    model = FenetCodec(FenetConfig.from_json(blob["config"]))
+    load_fenet_state(model, blob["state_dict"])
+    return model.eval()
+
+
+def load_fenet(path: str | Path | None = None) -> tuple[FenetCodec, str]:
+    """Load a FENet/DRNet codec through the one verifying loader (codec/models/registry.py);
+    returns (model in eval mode, weights sha256 hex). CodecModelError if the file is
+    missing, has no record, does not match it, or cannot be read."""
+    from .registry import load_weights
+
     pt = Path(path) if path is not None else shipped_weights_paths()[0]
-    if not pt.is_file():
-        raise FenetWeightsError(f"FENet weights not found: {pt}")
-    digest = file_sha256(pt)
-    record = pt.with_suffix(".json")
-    if verify and record.is_file():
-        expected = json.loads(record.read_text()).get("weights_sha256")
-        if expected and expected != digest:
-            raise FenetWeightsError(f"{pt.name}: sha256 {digest[:12]}... does not match the record {expected[:12]}...")
-    try:
-        blob = torch.load(pt, map_location="cpu", weights_only=True)
-        model = FenetCodec(FenetConfig.from_json(blob["config"]))
-        load_fenet_state(model, blob["state_dict"])
-    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise FenetWeightsError(f"cannot load FENet weights {pt}: {str(exc).splitlines()[0]}") from None
-    return model.eval(), digest
+    model, _, digest = load_weights(pt, model_from_file)
+    return model, digest
 
 
 __all__ = [
@@ -740,6 +772,7 @@ __all__ = [
     "file_sha256",
     "load_fenet",
     "load_fenet_state",
+    "model_from_file",
     "save_fenet",
     "shipped_weights_paths",
 ]

@@ -17,7 +17,6 @@ reconstruction is multiplied back.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codec.errors import CodecModelError
 from codec.files import file_sha256
 from codec.vision.base import Features, ScaleInfo, SplitPoint
 
@@ -39,7 +39,7 @@ class MsffConfigError(ValueError):
     """A split point or model configuration that MSFF/MSFR cannot be built for."""
 
 
-class MsffWeightsError(RuntimeError):
+class MsffWeightsError(CodecModelError):
     """Shipped MSFF/MSFR weights are missing or do not match their recorded sha256."""
 
 
@@ -387,23 +387,22 @@ def shipped_weights_paths(name: str = "msff_nanodet_neck") -> tuple[Path, Path]:
     return WEIGHTS_DIR / f"{name}.pt", WEIGHTS_DIR / f"{name}.json"
 
 
-def load_msff(path: str | Path | None = None, verify: bool = True) -> tuple[MsffCodecModel, dict, str]:
+def load_msff(path: str | Path | None = None) -> tuple[MsffCodecModel, dict, str]:
     """Load an MSFF/MSFR pair from `<name>.pt` + `<name>.json` (default: the shipped
-    NanoDet neck model). Returns (model in eval mode, json record, weights sha256).
-    With `verify`, the file's sha256 must equal the one recorded in the json."""
+    NanoDet neck model) through the one verifying loader (codec/models/registry.py).
+    Returns (model in eval mode, json record, weights sha256); CodecModelError if the
+    file is missing, has no record, does not match it, or cannot be read."""
+    from .registry import load_weights
+
     pt = Path(path) if path is not None else shipped_weights_paths()[0]
-    js = pt.with_suffix(".json")
-    if not pt.is_file() or not js.is_file():
-        raise MsffWeightsError(f"MSFF weights not found: {pt} (+ .json)")
-    record = json.loads(js.read_text())
-    sha = file_sha256(pt)
-    if verify and record.get("weights_sha256") != sha:
-        raise MsffWeightsError(f"{pt.name}: sha256 {sha[:16]}... differs from the recorded one")
+    return load_weights(pt, model_from_file)
+
+
+def model_from_file(pt: Path, record: dict) -> MsffCodecModel:
+    """Builder of the codec-model registry: the model of a verified weights file."""
     model = MsffCodecModel(MsffConfig.from_json(record["config"]))
-    state = torch.load(pt, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    model.eval()
-    return model, record, sha
+    model.load_state_dict(torch.load(pt, map_location="cpu", weights_only=True))
+    return model.eval()
 
 
 __all__ = [
@@ -418,6 +417,7 @@ __all__ = [
     "file_sha256",
     "init_linear_path",
     "load_msff",
+    "model_from_file",
     "shipped_weights_paths",
     "sls_mask",
     "stacked_channels",

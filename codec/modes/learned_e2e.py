@@ -13,7 +13,6 @@ entropy parameters reports it instead of returning garbage.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,7 +33,8 @@ from codec.bitstream import (
     UnitType,
 )
 from codec.bitstream.syntax import latent_strings
-from codec.errors import EncodeError, MalformedError, WeightsMismatchError
+from codec.errors import EncodeError, MalformedError
+from codec.models.registry import check_model_hash
 
 from .base import CodingMode, Weights, option, scale_arrays, units_of_type
 
@@ -54,14 +54,7 @@ class Params:
         None, "codec-model weights file instead of the shipped one (the decoder needs the same)", kind=str
     )
 
-# codec model id -> weights file name in codec/models/weights (without .pt)
-MODEL_FILES: dict[CodecModelId, str] = {
-    CodecModelId.FENET_NANODET_NECK: "fenet_nanodet_neck",
-}
-
-
-class CodecModelMismatchError(WeightsMismatchError):
-    """The decoder's learned codec weights differ from the encoder's (codec_model_hash)."""
+MODEL_IDS: tuple[CodecModelId, ...] = (CodecModelId.FENET_NANODET_NECK,)  # its models in codec.models.registry
 
 
 def _entropy_precision() -> int:
@@ -70,28 +63,18 @@ def _entropy_precision() -> int:
     return ENTROPY_PRECISION
 
 
-@functools.lru_cache(maxsize=4)
-def _load(path: str) -> tuple[FenetCodec, bytes]:
-    from codec.models.fenet import load_fenet
-
-    model, digest = load_fenet(path)
-    return model, bytes.fromhex(digest)
-
-
 def model_for(model_id: CodecModelId, weights: Weights = None) -> tuple[FenetCodec, bytes]:
     """(model, sha256 of its weights file) for a codec model id; `weights` overrides the shipped file."""
-    from codec.models.fenet import shipped_weights_paths
+    from codec.models.registry import load_codec_model
 
-    if weights is None:
-        if model_id not in MODEL_FILES:
-            raise MalformedError(f"codec_model_id {int(model_id)} has no learned_e2e model")
-        weights = shipped_weights_paths(MODEL_FILES[model_id])[0]
-    return _load(str(weights))
+    if model_id not in MODEL_IDS:
+        raise MalformedError(f"codec_model_id {int(model_id)} has no learned_e2e model")
+    return load_codec_model(model_id, weights)
 
 
 def model_id_for(split_point: SplitPoint) -> CodecModelId:
     """The codec model trained for a split point (matched on scale names, channels, strides)."""
-    for mid in MODEL_FILES:
+    for mid in MODEL_IDS:
         model, _ = model_for(mid)
         if tuple(model.cfg.scales) == tuple(split_point.scales):
             return mid
@@ -177,11 +160,7 @@ def _check_structure(header: ContainerHeader) -> int:
 def _check_header(header: ContainerHeader, model: FenetCodec, digest: bytes) -> int:
     phi = _check_structure(header)
     m = header.mode
-    if bytes(m.codec_model_hash) != digest:
-        raise CodecModelMismatchError(
-            f"codec model weights differ: bitstream {bytes(m.codec_model_hash).hex()[:12]}..., "
-            f"decoder {digest.hex()[:12]}..."
-        )
+    check_model_hash(m.codec_model_hash, digest)
     want = [(s.name, s.channels) for s in model.cfg.scales]
     got = [(s.name, s.channels) for s in header.scales]
     if got != want:

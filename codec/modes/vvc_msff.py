@@ -42,8 +42,9 @@ from codec.bitstream import (
     UnitType,
     preset_id,
 )
-from codec.errors import EncodeError, InnerCodecError, MalformedError, SizeLimitError, WeightsMismatchError
+from codec.errors import EncodeError, InnerCodecError, MalformedError, SizeLimitError
 from codec.inner import vvc
+from codec.models.registry import check_model_hash
 
 from . import anchor
 from .base import CodingMode, Weights, option, scale_arrays, units_of_type
@@ -59,10 +60,7 @@ NAME = "vvc_msff"
 BIT_DEPTH = anchor.BIT_DEPTH
 QP_RANGE = anchor.QP_RANGE
 
-# codec model id -> weights file name in codec/models/weights (without .pt)
-MODEL_FILES: dict[CodecModelId, str] = {
-    CodecModelId.MSFF_NANODET_NECK: "msff_nanodet_neck",
-}
+MODEL_IDS: tuple[CodecModelId, ...] = (CodecModelId.MSFF_NANODET_NECK,)  # its models in codec.models.registry
 
 # QP -> kept fused channels, chosen from measurement by tools/tune_truncation.py
 # (held-out train-images, see docs/results_msff.md). A QP between two entries uses
@@ -82,10 +80,6 @@ class Params:
     )
 
 
-class CodecModelMismatchError(WeightsMismatchError):
-    """The decoder's MSFF/MSFR weights differ from the encoder's (codec_model_hash)."""
-
-
 def kept_channels_for_qp(qp: int, fused_channels: int, table: dict[int, int] | None = None) -> int:
     """Kept fused channels for a QP (1..fused_channels)."""
     table = TRUNCATION_TABLE if table is None else table
@@ -97,27 +91,25 @@ def kept_channels_for_qp(qp: int, fused_channels: int, table: dict[int, int] | N
 
 
 @functools.lru_cache(maxsize=4)
-def _load(path: str) -> tuple[MsffCodecModel, ExactMsfr, bytes]:
-    from codec.models.msff import ExactMsfr, load_msff
+def _exact(model: MsffCodecModel) -> ExactMsfr:
+    from codec.models.msff import ExactMsfr
 
-    model, _, sha = load_msff(path)
-    return model, ExactMsfr(model.msfr), bytes.fromhex(sha)
+    return ExactMsfr(model.msfr)
 
 
 def model_for(model_id: CodecModelId, weights: Weights = None) -> tuple[MsffCodecModel, ExactMsfr, bytes]:
     """(model, exact MSFR, sha256 of its weights file); `weights` overrides the shipped file."""
-    from codec.models.msff import shipped_weights_paths
+    from codec.models.registry import load_codec_model
 
-    if weights is None:
-        if model_id not in MODEL_FILES:
-            raise MalformedError(f"codec_model_id {int(model_id)} has no vvc_msff model")
-        weights = shipped_weights_paths(MODEL_FILES[model_id])[0]
-    return _load(str(weights))
+    if model_id not in MODEL_IDS:
+        raise MalformedError(f"codec_model_id {int(model_id)} has no vvc_msff model")
+    model, digest = load_codec_model(model_id, weights)
+    return model, _exact(model), digest
 
 
 def model_id_for(split_point: SplitPoint) -> CodecModelId:
     """The MSFF/MSFR model trained for a split point (matched on scale names, channels, strides)."""
-    for mid in MODEL_FILES:
+    for mid in MODEL_IDS:
         model, _, _ = model_for(mid)
         if tuple(model.cfg.scales) == tuple(split_point.scales):
             return mid
@@ -202,11 +194,7 @@ def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple
 def _check_header(header: ContainerHeader, model: MsffCodecModel, digest: bytes) -> tuple[int, anchor.FrameLayout]:
     """Checks of the mode; returns (KeptChannels, frame layout)."""
     m = header.mode
-    if bytes(m.codec_model_hash) != digest:
-        raise CodecModelMismatchError(
-            f"codec model weights differ: bitstream {bytes(m.codec_model_hash).hex()[:12]}..., "
-            f"decoder {digest.hex()[:12]}..."
-        )
+    check_model_hash(m.codec_model_hash, digest)
     if m.inner.codec_id != InnerCodecId.VVC_VVENC or m.inner.bit_depth != BIT_DEPTH:
         raise MalformedError(f"vvc_msff needs inner_codec_id VVC_VVENC with inner_bit_depth {BIT_DEPTH}")
     if m.sample_format != SampleFormat.NONE or m.entropy_coder_id != EntropyCoderId.NONE:
@@ -302,8 +290,7 @@ decode = MODE.decode
 __all__ = [
     "MODE",
     "Params",
-    "CodecModelMismatchError",
-    "MODEL_FILES",
+    "MODEL_IDS",
     "TRUNCATION_TABLE",
     "encode_with_model",
     "fused_tensor",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -265,3 +266,47 @@ def test_every_mode_encodes_with_its_defaults_and_echoes_its_rate_parameter(
         assert f"mode {mode.name}, {rate} {default}" in text, text
         assert fcm_dec.main([str(out)]) == 0
         assert f"mode {mode.name}, network nanodet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "no record"])
+@pytest.mark.parametrize("vector", ["learned_e2e-phi3", "vvc_msff-qp37"])
+def test_missing_or_corrupt_codec_model_weights_give_exit_2_and_one_line(
+    fake_net, image_file, tmp_path, monkeypatch, capsys, damage, vector
+):
+    import shutil
+
+    from codec.models import registry
+
+    mode = vector.split("-")[0]
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for f in registry.WEIGHTS_DIR.iterdir():
+        shutil.copy(f, weights / f.name)
+    pt = weights / f"{'fenet' if mode == 'learned_e2e' else 'msff'}_nanodet_neck.pt"
+    if damage == "missing":
+        pt.unlink()
+    elif damage == "corrupt":
+        data = bytearray(pt.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        pt.write_bytes(bytes(data))
+    else:
+        pt.with_suffix(".json").unlink()
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", weights)
+    expected = {"missing": "weights not found", "corrupt": "corrupt or replaced", "no record": "have no record"}[damage]
+    vectors = Path(__file__).resolve().parents[1] / "conformance"
+    for app, args in (
+        (fcm_dec, [str(vectors / f"{vector}.bin")]),
+        (fcm_inspect, [str(vectors / f"{vector}.bin")])
+        if mode == "vvc_msff"
+        else (fcm_dec, [str(vectors / f"{vector}.bin")]),
+        (fcm_enc, [str(image_file), "-o", str(tmp_path / "o.bin"), "--mode", mode]),
+    ):
+        assert app.main(args) == 2
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    # the same through --codec-weights, with the shipped folder untouched
+    monkeypatch.undo()
+    monkeypatch.setattr(_cli, "load_network", lambda name, weights=None: fake_net)
+    assert fcm_dec.main([str(vectors / f"{vector}.bin"), "--codec-weights", str(pt)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1

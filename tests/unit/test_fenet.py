@@ -22,7 +22,7 @@ from codec.bitstream import (
     build_container,
     parse_container,
 )
-from codec.errors import EncodeError
+from codec.errors import CodecModelMismatchError, EncodeError
 from codec.models.fenet import (
     FenetCodec,
     FenetConfig,
@@ -269,7 +269,7 @@ def test_mode_container_round_trip_and_refusals(tmp_path):
     other = tiny_model(seed=7)  # other weights: refused by hash before anything is decoded
     other_path = tmp_path / "other.pt"
     save_fenet(other, other_path)
-    with pytest.raises(learned_e2e.CodecModelMismatchError, match="codec model weights differ"):
+    with pytest.raises(CodecModelMismatchError, match="codec model weights differ"):
         learned_e2e.decode_symbols(parsed.header, parsed.units, weights=other_path)
     with pytest.raises(EncodeError, match="phi"):
         learned_e2e.quality_index(learned_e2e.Params(phi=3), 3)
@@ -377,3 +377,24 @@ def test_golden_vector_with_a_foreign_model_hash_is_refused():
     p2 = parse_container(data)
     with pytest.raises(WeightsMismatchError, match="codec model weights differ"):
         learned_e2e.decode_symbols(p2.header, p2.units)
+
+
+def test_the_loader_always_verifies_the_weights_against_their_record(tmp_path):
+    from codec.errors import CodecModelError
+
+    path = tmp_path / "tiny.pt"
+    save_fenet(tiny_model(), path)
+    path.with_suffix(".json").unlink()  # no record: nothing to verify against, refused
+    with pytest.raises(CodecModelError, match="have no record tiny.json"):
+        load_fenet(path)
+    digest = save_fenet(tiny_model(), path)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(CodecModelError, match="corrupt or replaced"):
+        load_fenet(path)
+    path.write_bytes(b"not a torch file")
+    js = path.with_suffix(".json")
+    js.write_text(js.read_text().replace(digest, hashlib.sha256(b"not a torch file").hexdigest()))
+    with pytest.raises(CodecModelError, match="cannot load codec model weights"):
+        load_fenet(path)

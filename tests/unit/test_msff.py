@@ -13,13 +13,12 @@ import pytest
 import torch
 
 from codec.bitstream import CodecModelId, ContainerHeader, build_container, parse_container
-from codec.errors import EncodeError, MalformedError
+from codec.errors import CodecModelError, CodecModelMismatchError, EncodeError, MalformedError
 from codec.models.msff import (
     ExactMsfr,
     MsffCodecModel,
     MsffConfig,
     MsffConfigError,
-    MsffWeightsError,
     count_parameters,
     file_sha256,
     init_linear_path,
@@ -276,7 +275,10 @@ def test_shipped_weights_match_their_record():
     model, rec2, sha = load_msff()
     assert sha == record["weights_sha256"] and rec2 == record
     assert torch.allclose(model.msff.feature_scale, torch.tensor(record["feature_scale"]))
-    assert vvc_msff.MODEL_FILES[CodecModelId.MSFF_NANODET_NECK] == pt.stem
+    from codec.models.registry import entry
+
+    assert entry(CodecModelId.MSFF_NANODET_NECK).weights == pt
+    assert vvc_msff.MODEL_IDS == (CodecModelId.MSFF_NANODET_NECK,)
 
 
 def test_tampered_weights_are_refused(tmp_path):
@@ -287,7 +289,7 @@ def test_tampered_weights_are_refused(tmp_path):
     state[key] = state[key] + 1e-3
     torch.save(state, bad)
     shutil.copy(js, bad.with_suffix(".json"))
-    with pytest.raises(MsffWeightsError):
+    with pytest.raises(CodecModelError, match="corrupt or replaced"):
         load_msff(bad)
 
 
@@ -345,7 +347,7 @@ def test_round_trip_through_the_container_with_shipped_weights(tmp_path):
     record = json.loads(pt.with_suffix(".json").read_text())
     record["weights_sha256"] = file_sha256(other)
     other.with_suffix(".json").write_text(json.dumps(record))
-    with pytest.raises(vvc_msff.CodecModelMismatchError):
+    with pytest.raises(CodecModelMismatchError):
         vvc_msff.decode_symbols(h, parsed.units, weights=other)
 
 
