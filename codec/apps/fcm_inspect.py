@@ -183,7 +183,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if report.error is None:  # container-level valid: also check the mode's payload structure
         parsed = parse_container(data)
         try:
-            mode_by_id(parsed.header.mode_id).validate(parsed.header, parsed.units)
+            mode_by_id(parsed.header.mode_id).check(parsed.header, parsed.units)
         except BitstreamError as e:
             report.error = e
     d = report_dict(args.input, report)

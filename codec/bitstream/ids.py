@@ -33,7 +33,7 @@ class ModeId(enum.IntEnum):
     BYPASS = 1  # lossless float16 / float32 tensors
     ANCHOR = 2  # MPEG feature anchor: tiled, 10-bit min-max quantised, VVC
     VVC_MSFF = 3  # multi-scale feature fusion + VVC (codec/modes/vvc_msff.py)
-    LEARNED_E2E = 4  # reserved: learned end-to-end feature codec
+    LEARNED_E2E = 4  # learned end-to-end feature codec (codec/modes/learned_e2e.py)
 
 
 # mode_id values for modes registered outside this specification (codec.modes.register_mode:
@@ -56,7 +56,7 @@ class UnitType(enum.IntEnum):
 
     VVC_NAL_STREAM = 1  # Annex-B byte stream of one or more VVC NAL units
     VVC_NAL_UNIT = 2  # reserved: one VVC NAL unit without start code
-    LATENT_STRING = 3  # reserved: entropy-coded latent string of a learned codec
+    LATENT_STRING = 3  # entropy-coded latent strings of a learned codec (latent_strings( ))
     RAW_TENSOR = 4  # one scale's tensor, little-endian, C-order
     METADATA = 5  # reserved: free-form metadata (optional)
 
@@ -83,7 +83,7 @@ class EntropyCoderId(enum.IntEnum):
     """Entropy coder outside the inner codec (table "entropy_coder_id")."""
 
     NONE = 0
-    RANS_COMPRESSAI = 1  # reserved for learned modes
+    RANS_COMPRESSAI = 1  # CompressAI rANS (learned_e2e)
 
 
 class CodecModelId(enum.IntEnum):

@@ -96,6 +96,7 @@ def conformance_digest(data: bytes) -> str:
 
     parsed = parse_container(data)
     mode = mode_by_id(parsed.header.mode_id)
+    mode.check(parsed.header, parsed.units)
     symbols = mode.decode_symbols(parsed.header, parsed.units)
     features = mode.reconstruct(parsed.header, symbols)
     lines = []

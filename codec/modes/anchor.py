@@ -23,6 +23,7 @@ from codec.bitstream import (
     ModeHeader,
     ModeId,
     PayloadUnit,
+    PresetId,
     SampleFormat,
     ScaleHeader,
     UnitType,
@@ -31,7 +32,22 @@ from codec.bitstream import (
 from codec.errors import EncodeError, InnerCodecError, MalformedError, SizeLimitError
 from codec.inner import vvc
 
-from .base import CodingMode, Weights, check_scale, option, scale_arrays, to_features, units_of_type
+from .base import (
+    EQUALS_SCALE_CHANNELS,
+    NO_CODEC_MODEL,
+    NO_ENTROPY_CODER,
+    CodingMode,
+    Rule,
+    Weights,
+    check_scale,
+    enum_rule,
+    in_range,
+    is_,
+    option,
+    scale_arrays,
+    to_features,
+    units_of_type,
+)
 
 if TYPE_CHECKING:
     from codec.vision.base import Features, SplitPoint
@@ -226,10 +242,29 @@ def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights
     return to_features(header, arrays)
 
 
+# header constraints (bitstream_spec.md, section 7.3); shared with vvc_msff
+VVC_HEADER_RULES = {
+    "sample_format": enum_rule(SampleFormat.NONE),
+    "inner_codec_id": enum_rule(InnerCodecId.VVC_VVENC),
+    "inner_qp": in_range(*QP_RANGE),
+    "inner_preset_id": enum_rule(*(p for p in PresetId if p != PresetId.NONE)),
+    "inner_bit_depth": is_(BIT_DEPTH),
+}
+HEADER_RULES = {**VVC_HEADER_RULES, **NO_CODEC_MODEL, **NO_ENTROPY_CODER}
+SCALE_RANGE = Rule("the scale's range (below)")  # finite, quant_min <= quant_max: section 5.3
+SCALE_RULES = {
+    "phi_index": is_(0),
+    "kept_channels": EQUALS_SCALE_CHANNELS,
+    "quant_min": SCALE_RANGE,
+    "quant_max": SCALE_RANGE,
+}
+
 MODE = CodingMode(
     mode_id=MODE_ID,
     name=NAME,
     params=Params,
+    header_rules=HEADER_RULES,
+    scale_rules=SCALE_RULES,
     encode=encode,
     decode_symbols=decode_symbols,
     reconstruct=reconstruct,

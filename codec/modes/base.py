@@ -125,7 +125,7 @@ def param_specs(params_cls: type) -> list[ParamSpec]:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CodingMode:
     """A coding mode: its id and name, parameter dataclass, codec and its dependencies."""
 
@@ -138,6 +138,10 @@ class CodingMode:
     validate: Callable[[ContainerHeader, list[PayloadUnit]], None]
     # files (or folders) whose content changes this mode's results, relative to the
     # repository root or absolute; the module defining the mode is always one of them
+    # its header constraint tables (the spec's table of the mode): a Rule for every field
+    # of HEADER_FIELDS and SCALE_FIELDS, checked by check_constraints before validate
+    header_rules: Mapping[str, Rule] = field(default_factory=dict)
+    scale_rules: Mapping[str, Rule] = field(default_factory=dict)
     sources: tuple[str, ...] = ()
     description: str = ""
 
@@ -149,6 +153,11 @@ class CodingMode:
             raise TypeError(f"mode {self.name!r} declares more than one rate parameter: {rates}")
         if not 1 <= int(self.mode_id) <= 254:
             raise TypeError(f"mode {self.name!r}: mode_id must be in 1..254, got {self.mode_id}")
+        if set(self.header_rules) != set(HEADER_FIELDS) or set(self.scale_rules) != set(SCALE_FIELDS):
+            raise TypeError(
+                f"mode {self.name!r}: its constraint tables must give a rule for each of {HEADER_FIELDS} "
+                f"and {SCALE_FIELDS}"
+            )
 
     # --- parameters ----------------------------------------------------------------
 
@@ -183,6 +192,12 @@ class CodingMode:
 
     # --- decoding ---------------------------------------------------------------------
 
+    def check(self, header: ContainerHeader, units: list[PayloadUnit]) -> None:
+        """Every conformance check of the mode that needs no decoding: its constraint
+        tables (one validator for every mode), then its own structural checks."""
+        check_constraints(self.name, self.header_rules, self.scale_rules, header)
+        self.validate(header, units)
+
     def decode(self, header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> Features:
         return self.reconstruct(header, self.decode_symbols(header, units, weights), weights)
 
@@ -199,6 +214,127 @@ class CodingMode:
             elif p.is_file():
                 files.add(p)
         return sorted(files)
+
+
+# --- header constraints (bitstream_spec.md, the "header constraints" table of each mode) ----------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a mode allows in one header field: `values` (a set, a range), the same value
+    as another field of the scale (`same_as`), or the same value in every scale
+    (`uniform`). `text` is the wording of the spec's constraint table."""
+
+    text: str
+    values: frozenset | range | None = None
+    excluded: frozenset = frozenset()
+    same_as: str | None = None
+    uniform: bool = False
+
+    def allows(self, value: Any, scale: Mapping[str, Any] | None = None) -> bool:
+        if self.same_as is not None and (scale is None or value != scale[self.same_as]):
+            return False
+        return value not in self.excluded and (self.values is None or value in self.values)
+
+
+ZERO_HASH = bytes(32)
+
+
+def is_(value: Any, name: str | None = None) -> Rule:
+    """Exactly `value` (written `name` in the spec, e.g. an id's name)."""
+    return Rule(str(name if name is not None else value), frozenset({value}))
+
+
+def in_range(lo: int, hi: int) -> Rule:
+    return Rule(f"{lo}..{hi}", range(lo, hi + 1))
+
+
+def other_than(value: Any, name: str) -> Rule:
+    return Rule(f"not {name}", excluded=frozenset({value}))
+
+
+def enum_rule(*members: Any) -> Rule:
+    """One of the given IntEnum members, written by name."""
+    return Rule(" or ".join(m.name for m in members), frozenset(int(m) for m in members))
+
+
+NO_INNER_CODEC = {
+    "inner_codec_id": Rule("NONE", frozenset({0})),
+    "inner_qp": Rule("0", frozenset({0})),
+    "inner_preset_id": Rule("NONE", frozenset({0})),
+    "inner_bit_depth": Rule("0", frozenset({0})),
+}
+NO_CODEC_MODEL = {
+    "codec_model_id": Rule("NONE", frozenset({0})),
+    "codec_model_hash": Rule("32 zero bytes", frozenset({bytes(32)})),
+}
+NO_ENTROPY_CODER = {
+    "entropy_coder_id": Rule("NONE", frozenset({0})),
+    "entropy_precision": Rule("0", frozenset({0})),
+}
+
+
+EQUALS_SCALE_CHANNELS = Rule("scale_channels", same_as="scale_channels")
+ANY = Rule("any")
+UNIFORM = Rule("the same in every scale", uniform=True)
+
+
+def header_fields(header: ContainerHeader) -> dict[str, Any]:
+    """The mode-dependent fields of header_body( ) by their syntax element names."""
+    m = header.mode
+    return {
+        "sample_format": int(m.sample_format),
+        "inner_codec_id": int(m.inner.codec_id),
+        "inner_qp": m.inner.qp,
+        "inner_preset_id": int(m.inner.preset_id),
+        "inner_bit_depth": m.inner.bit_depth,
+        "codec_model_id": int(m.codec_model_id),
+        "codec_model_hash": bytes(m.codec_model_hash),
+        "entropy_coder_id": int(m.entropy_coder_id),
+        "entropy_precision": m.entropy_precision,
+    }
+
+
+def scale_fields(scale: ScaleHeader) -> dict[str, Any]:
+    return {
+        "scale_channels": scale.channels,
+        "phi_index": scale.phi_index,
+        "kept_channels": scale.kept_channels,
+        "quant_min": float(scale.quant_min),
+        "quant_max": float(scale.quant_max),
+    }
+
+
+HEADER_FIELDS = (
+    "sample_format", "inner_codec_id", "inner_qp", "inner_preset_id", "inner_bit_depth",
+    "codec_model_id", "codec_model_hash", "entropy_coder_id", "entropy_precision",
+)  # fmt: skip
+SCALE_FIELDS = ("phi_index", "kept_channels", "quant_min", "quant_max")
+
+
+def _shown(value: Any) -> str:
+    return value.hex()[:16] + "..." if isinstance(value, bytes) else repr(value)
+
+
+def check_constraints(mode_name: str, header_rules: Mapping[str, Rule], scale_rules: Mapping[str, Rule],
+                      header: ContainerHeader) -> None:  # fmt: skip
+    """The one validator of the modes' header constraint tables: MalformedError naming the
+    first field that a mode's table does not allow."""
+    fields = header_fields(header)
+    for name, rule in header_rules.items():
+        if not rule.allows(fields[name]):
+            raise MalformedError(f"{mode_name} mode: {name} must be {rule.text}, got {_shown(fields[name])}")
+    for name, rule in scale_rules.items():
+        values = []
+        for i, s in enumerate(header.scales):
+            sf = scale_fields(s)
+            if not rule.allows(sf[name], sf):
+                raise MalformedError(
+                    f"{mode_name} mode: {name} of scale {i} ({s.name}) must be {rule.text}, got {_shown(sf[name])}"
+                )
+            values.append(sf[name])
+        if rule.uniform and len(set(values)) > 1:
+            raise MalformedError(f"{mode_name} mode: {name} must be the same in every scale, got {values}")
 
 
 def scale_arrays(features: Features, split_point: SplitPoint) -> list[tuple[str, np.ndarray]]:

@@ -22,7 +22,21 @@ from codec.bitstream import (
 )
 from codec.errors import EncodeError, MalformedError
 
-from .base import CodingMode, Weights, check_scale, option, scale_arrays, to_features, units_of_type
+from .base import (
+    EQUALS_SCALE_CHANNELS,
+    NO_CODEC_MODEL,
+    NO_ENTROPY_CODER,
+    NO_INNER_CODEC,
+    CodingMode,
+    Weights,
+    check_scale,
+    enum_rule,
+    is_,
+    option,
+    scale_arrays,
+    to_features,
+    units_of_type,
+)
 
 if TYPE_CHECKING:
     from codec.vision.base import Features, SplitPoint
@@ -92,10 +106,26 @@ def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights
     return to_features(header, [symbols[s.name].astype(np.float32) for s in header.scales])
 
 
+# header constraints (bitstream_spec.md, section 7.2)
+HEADER_RULES = {
+    "sample_format": enum_rule(SampleFormat.FLOAT16, SampleFormat.FLOAT32),
+    **NO_INNER_CODEC,
+    **NO_CODEC_MODEL,
+    **NO_ENTROPY_CODER,
+}
+SCALE_RULES = {
+    "phi_index": is_(0),
+    "kept_channels": EQUALS_SCALE_CHANNELS,
+    "quant_min": is_(0.0),
+    "quant_max": is_(0.0),
+}
+
 MODE = CodingMode(
     mode_id=MODE_ID,
     name=NAME,
     params=Params,
+    header_rules=HEADER_RULES,
+    scale_rules=SCALE_RULES,
     encode=encode,
     decode_symbols=decode_symbols,
     reconstruct=reconstruct,

@@ -36,7 +36,20 @@ from codec.bitstream.syntax import latent_strings
 from codec.errors import EncodeError, MalformedError
 from codec.models.registry import check_model_hash
 
-from .base import CodingMode, Weights, option, scale_arrays, units_of_type
+from .base import (
+    EQUALS_SCALE_CHANNELS,
+    NO_INNER_CODEC,
+    UNIFORM,
+    ZERO_HASH,
+    CodingMode,
+    Weights,
+    enum_rule,
+    is_,
+    option,
+    other_than,
+    scale_arrays,
+    units_of_type,
+)
 
 if TYPE_CHECKING:
     from codec.models.fenet import CompressedLatents, FenetCodec
@@ -44,6 +57,7 @@ if TYPE_CHECKING:
 
 MODE_ID = ModeId.LEARNED_E2E
 NAME = "learned_e2e"
+ENTROPY_PRECISION = 16  # CompressAI's rANS; equal to codec.models.fenet.ENTROPY_PRECISION (tested)
 NUM_QUALITIES = 6  # phi 0..5: the gain-unit rows of the shipped model (checked against the model)
 
 
@@ -55,12 +69,6 @@ class Params:
     )
 
 MODEL_IDS: tuple[CodecModelId, ...] = (CodecModelId.FENET_NANODET_NECK,)  # its models in codec.models.registry
-
-
-def _entropy_precision() -> int:
-    from codec.models.fenet import ENTROPY_PRECISION
-
-    return ENTROPY_PRECISION
 
 
 def model_for(model_id: CodecModelId, weights: Weights = None) -> tuple[FenetCodec, bytes]:
@@ -109,7 +117,7 @@ def encode_with_model(
         codec_model_id=model_id,
         codec_model_hash=digest,
         entropy_coder_id=EntropyCoderId.RANS_COMPRESSAI,
-        entropy_precision=_entropy_precision(),
+        entropy_precision=ENTROPY_PRECISION,
     )
     data = latent_strings.build(
         dict(
@@ -136,7 +144,7 @@ def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple
 def _check_structure(header: ContainerHeader) -> int:
     """Header checks that need no model; returns phi."""
     m = header.mode
-    precision = _entropy_precision()
+    precision = ENTROPY_PRECISION
     if m.entropy_coder_id != EntropyCoderId.RANS_COMPRESSAI or m.entropy_precision != precision:
         raise MalformedError(
             f"learned_e2e needs entropy_coder_id RANS_COMPRESSAI with precision {precision}, "
@@ -212,10 +220,28 @@ def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights
     return model.reconstruct(model.dequantize_latent(y_hat_g, phi), [(s.height, s.width) for s in header.scales])
 
 
+# header constraints (bitstream_spec.md, section 7.5)
+HEADER_RULES = {
+    "sample_format": enum_rule(SampleFormat.NONE),
+    **NO_INNER_CODEC,
+    "codec_model_id": enum_rule(*MODEL_IDS),
+    "codec_model_hash": other_than(ZERO_HASH, "32 zero bytes"),
+    "entropy_coder_id": enum_rule(EntropyCoderId.RANS_COMPRESSAI),
+    "entropy_precision": is_(ENTROPY_PRECISION),
+}
+SCALE_RULES = {
+    "phi_index": UNIFORM,
+    "kept_channels": EQUALS_SCALE_CHANNELS,
+    "quant_min": is_(0.0),
+    "quant_max": is_(0.0),
+}
+
 MODE = CodingMode(
     mode_id=MODE_ID,
     name=NAME,
     params=Params,
+    header_rules=HEADER_RULES,
+    scale_rules=SCALE_RULES,
     encode=encode,
     decode_symbols=decode_symbols,
     reconstruct=reconstruct,

@@ -47,7 +47,20 @@ from codec.inner import vvc
 from codec.models.registry import check_model_hash
 
 from . import anchor
-from .base import CodingMode, Weights, option, scale_arrays, units_of_type
+from .base import (
+    NO_ENTROPY_CODER,
+    UNIFORM,
+    ZERO_HASH,
+    CodingMode,
+    Rule,
+    Weights,
+    enum_rule,
+    is_,
+    option,
+    other_than,
+    scale_arrays,
+    units_of_type,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -269,10 +282,26 @@ def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights
     return dict(exact(z, {s.name: (s.height, s.width) for s in header.scales}))
 
 
+# header constraints (bitstream_spec.md, section 7.4)
+HEADER_RULES = {
+    **anchor.VVC_HEADER_RULES,
+    "codec_model_id": enum_rule(*MODEL_IDS),
+    "codec_model_hash": other_than(ZERO_HASH, "32 zero bytes"),
+    **NO_ENTROPY_CODER,
+}
+SCALE_RULES = {
+    "phi_index": is_(0),
+    "kept_channels": Rule("filled greedily (section 7.4)"),  # checked by validate( ): it needs every scale
+    "quant_min": UNIFORM,
+    "quant_max": UNIFORM,
+}
+
 MODE = CodingMode(
     mode_id=MODE_ID,
     name=NAME,
     params=Params,
+    header_rules=HEADER_RULES,
+    scale_rules=SCALE_RULES,
     encode=encode,
     decode_symbols=decode_symbols,
     reconstruct=reconstruct,

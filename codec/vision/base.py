@@ -5,6 +5,7 @@ live in codec.bitstream, which needs no torch; they are re-exported here."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,6 +24,7 @@ __all__ = [
     "ScaleInfo",
     "SplitNetwork",
     "SplitPoint",
+    "state_dict_sha256",
 ]
 
 
@@ -77,6 +79,20 @@ class Detections:
 
 
 Features = dict[str, torch.Tensor]  # scale name -> (1, C, H, W) float32
+
+
+def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
+    """network_weights_hash (bitstream_spec.md, section 5.2), byte for byte: SHA-256 over,
+    for each tensor in ascending order of its name (Unicode code points), the name in
+    UTF-8, then its shape as ASCII text "(d0, d1, ...)" (one dimension: "(d0,)", none:
+    "()"), then its values converted to IEEE float32, little-endian, in C order."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().to("cpu", torch.float32).contiguous()
+        h.update(k.encode("utf-8"))
+        h.update(str(tuple(t.shape)).encode("ascii"))
+        h.update(t.numpy().astype("<f4", copy=False).tobytes())
+    return h.hexdigest()
 
 
 class SplitNetwork(Protocol):

@@ -25,7 +25,6 @@ Split points:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -37,7 +36,7 @@ from PIL import Image
 from torch import nn
 from torchvision.ops import batched_nms
 
-from .base import Detections, Features, NetworkId, Preprocessing, ResizeMode, ScaleInfo, SplitPoint
+from .base import Detections, Features, NetworkId, Preprocessing, ResizeMode, ScaleInfo, SplitPoint, state_dict_sha256
 from .weights import cache_dir, find_model_files, sha256_file
 
 INPUT_SIZE = 416
@@ -203,17 +202,6 @@ def convert_tfjs(graph_json: str | Path, weights_dir: str | Path | None = None) 
     if set(new_state) != set(state):
         raise ConversionError("not every parameter was converted")
     return new_state
-
-
-def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
-    """Content hash of a state dict: names, shapes and float32 bytes in sorted key order."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        t = state[k].detach().to("cpu", torch.float32).contiguous()
-        h.update(k.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
 
 
 def converted_weights_path() -> Path:

@@ -13,7 +13,6 @@ unpadded image size) come from the Preprocessing record: round(orig * scale).
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 from collections import OrderedDict
@@ -28,7 +27,16 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .base import Detections, Features, NetworkId, Preprocessing, ResizeMode, ScaleInfo, SplitPoint
+from .base import (
+    Detections,
+    Features,
+    NetworkId,
+    Preprocessing,
+    ResizeMode,
+    ScaleInfo,
+    SplitPoint,
+    state_dict_sha256,
+)
 from .weights import WeightsUnavailableError
 
 FPN_SPLIT = "fpn"
@@ -184,17 +192,6 @@ def _load_pretrained(variant: _Variant, name: str, progress: bool, **kw) -> nn.M
         ) from e
 
 
-def _state_dict_sha256(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    state = model.state_dict()
-    for key in sorted(state):
-        t = state[key].detach().to("cpu").contiguous()
-        h.update(key.encode())
-        h.update(f"|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 class RcnnSplitNetwork:
     """A torchvision R-CNN FPN model cut at the FPN outputs (split point "fpn")."""
 
@@ -210,10 +207,10 @@ class RcnnSplitNetwork:
 
     # -- identity ---------------------------------------------------------
     def weights_sha256(self) -> str:
-        """sha256 over the model's state dict (sorted keys, dtype, shape, raw bytes):
+        """network_weights_hash of the model's state dict (codec.vision.base.state_dict_sha256):
         the same weights give the same hash whether loaded from the hub cache or a file."""
         if self._sha256 is None:
-            self._sha256 = _state_dict_sha256(self.model)
+            self._sha256 = state_dict_sha256(self.model.state_dict())
         return self._sha256
 
     # -- image -> network input -------------------------------------------

@@ -20,7 +20,18 @@ from codec.apps import _cli, fcm_dec, fcm_enc, fcm_inspect
 from codec.bitstream import InnerCodecParams, ModeHeader, PayloadUnit, SampleFormat, ScaleHeader, UnitType
 from codec.errors import EncodeError, MalformedError
 from codec.modes import CodingMode, option, register_mode, unregister_mode
-from codec.modes.base import scale_arrays, to_features, units_of_type
+from codec.modes.base import (
+    ANY,
+    EQUALS_SCALE_CHANNELS,
+    NO_CODEC_MODEL,
+    NO_ENTROPY_CODER,
+    NO_INNER_CODEC,
+    enum_rule,
+    in_range,
+    scale_arrays,
+    to_features,
+    units_of_type,
+)
 
 TOY_ID = 200
 
@@ -78,6 +89,19 @@ TOY = CodingMode(
     decode_symbols=toy_decode_symbols,
     reconstruct=toy_reconstruct,
     validate=toy_validate,
+    # its constraint tables: what the one validator of codec.modes checks before decoding
+    header_rules={
+        "sample_format": enum_rule(SampleFormat.NONE),
+        **NO_INNER_CODEC,
+        **NO_CODEC_MODEL,
+        **NO_ENTROPY_CODER,
+    },
+    scale_rules={
+        "phi_index": in_range(1, 8),
+        "kept_channels": EQUALS_SCALE_CHANNELS,
+        "quant_min": ANY,
+        "quant_max": ANY,
+    },
     description="test-only toy quantiser",
 )
 
