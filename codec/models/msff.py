@@ -283,9 +283,7 @@ class ExactMsfr(nn.Module):
         self.trunk_in = _ExactConv(msfr.trunk_in)
         self.blocks = nn.ModuleList(nn.ModuleList([_ExactConv(b.conv1), _ExactConv(b.conv2)]) for b in msfr.blocks)
         self.trunk_out = _ExactConv(msfr.trunk_out)
-        self.up = nn.ModuleDict(
-            {k: nn.ModuleList([_ExactConv(u[0]), _ExactConv(u[3])]) for k, u in msfr.up.items()}
-        )
+        self.up = nn.ModuleDict({k: nn.ModuleList([_ExactConv(u[0]), _ExactConv(u[3])]) for k, u in msfr.up.items()})
         self.shuffle = {k: u[1].upscale_factor for k, u in msfr.up.items()}
         self.heads = nn.ModuleDict({k: _ExactConv(h) for k, h in msfr.heads.items()})
         self.linear = _ExactConv(msfr.linear) if msfr.linear is not None else None

@@ -186,7 +186,7 @@ class CodingMode:
         return self.params(**checked)
 
     def describe(self, params: Any) -> str:
-        """"qp 32, preset faster": the parameters, rate parameter first, unset options left out."""
+        """ "qp 32, preset faster": the parameters, rate parameter first, unset options left out."""
         specs = sorted(self.param_specs(), key=lambda s: not s.rate)
         return ", ".join(f"{s.name} {getattr(params, s.name)}" for s in specs if getattr(params, s.name) is not None)
 

@@ -68,6 +68,7 @@ class Params:
         None, "codec-model weights file instead of the shipped one (the decoder needs the same)", kind=str
     )
 
+
 MODEL_IDS: tuple[CodecModelId, ...] = (CodecModelId.FENET_NANODET_NECK,)  # its models in codec.models.registry
 
 

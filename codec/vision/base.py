@@ -46,9 +46,7 @@ class SplitPoint:
 
     def shapes(self, input_h: int, input_w: int) -> dict[str, tuple[int, int, int]]:
         """(C, H, W) per scale for a given network-input size (ceil division by stride)."""
-        return {
-            s.name: (s.channels, -(-input_h // s.stride), -(-input_w // s.stride)) for s in self.scales
-        }
+        return {s.name: (s.channels, -(-input_h // s.stride), -(-input_w // s.stride)) for s in self.scales}
 
 
 @dataclass
@@ -70,8 +68,12 @@ class Detections:
                 {
                     "image_id": int(image_id),
                     "category_id": int(c),
-                    "bbox": [round(float(x1), 3), round(float(y1), 3),
-                             round(float(x2 - x1), 3), round(float(y2 - y1), 3)],
+                    "bbox": [
+                        round(float(x1), 3),
+                        round(float(y1), 3),
+                        round(float(x2 - x1), 3),
+                        round(float(y2 - y1), 3),
+                    ],
                     "score": round(float(s), 5),
                 }
             )

@@ -54,9 +54,7 @@ COCO80_TO_COCO91 = (
 )  # fmt: skip
 
 SPLIT_POINTS = {
-    "neck": SplitPoint(
-        "neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32))
-    ),
+    "neck": SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32))),
     "backbone": SplitPoint(
         "backbone", 2, (ScaleInfo("c3", 128, 8), ScaleInfo("c4", 256, 16), ScaleInfo("c5", 512, 32))
     ),
@@ -99,9 +97,7 @@ class CspBackbone(nn.Module):
         super().__init__()
         self.stem = ConvAct(3, 32, 3, 2)
         self.pool = nn.MaxPool2d(3, 2, 1)
-        self.stages = nn.ModuleList(
-            [CspBlock(32, 1, 1), CspBlock(64, 2, 2), CspBlock(128, 2, 2), CspBlock(256, 3, 2)]
-        )
+        self.stages = nn.ModuleList([CspBlock(32, 1, 1), CspBlock(64, 2, 2), CspBlock(128, 2, 2), CspBlock(256, 3, 2)])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.pool(self.stem(x))

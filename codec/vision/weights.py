@@ -38,7 +38,6 @@ MODEL_FILES_SHA256: dict[str, str] = {
 }
 
 
-
 class WeightsUnavailableError(RuntimeError):
     """No verified copy of the weights could be found or fetched."""
 

@@ -37,9 +37,7 @@ RCNN_FPN = SplitPoint("fpn", 1, tuple(ScaleInfo(f"p{i}", 256, 2**i) for i in ran
 
 def _features(sp: SplitPoint, h: int, w: int, seed: int = 0, scale: float = 0.1) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {
-        name: torch.randn(1, c, hh, ww, generator=g) * scale for name, (c, hh, ww) in sp.shapes(h, w).items()
-    }
+    return {name: torch.randn(1, c, hh, ww, generator=g) * scale for name, (c, hh, ww) in sp.shapes(h, w).items()}
 
 
 def _vvc_available() -> bool:
@@ -77,9 +75,7 @@ def test_rcnn_fpn_like_config_shapes_with_odd_sizes():
         z = model.msff(feats)
         rec = model(feats, kept_channels=10)
     assert tuple(z.shape) == (1, 64, 4, 5)
-    assert {k: tuple(v.shape[1:]) for k, v in rec.items()} == {
-        k: v for k, v in RCNN_FPN.shapes(200, 296).items()
-    }
+    assert {k: tuple(v.shape[1:]) for k, v in rec.items()} == {k: v for k, v in RCNN_FPN.shapes(200, 296).items()}
     assert list(rec) == RCNN_FPN.scale_names()
 
 
@@ -355,7 +351,6 @@ def test_round_trip_through_the_container_with_shipped_weights(tmp_path):
 @needs_vvc
 def test_inconsistent_kept_fields_are_malformed():
     from dataclasses import replace
-
 
     feats = _features(NANODET_NECK, 64, 64, seed=4)
     mh, units = vvc_msff.encode(feats, NANODET_NECK, vvc_msff.Params(qp=42))
