@@ -89,7 +89,7 @@ def build_bitstream(
     network: SplitNetwork,
     split_point: SplitPoint,
     prep: Preprocessing,
-    mode_id: ModeId,
+    mode_id: ModeId | int,
     mode_header: ModeHeader,
     units: list[PayloadUnit],
     weights_hash: bytes | None = None,

@@ -37,6 +37,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -139,6 +140,11 @@ def _fit_size(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return _fit(x, *size)
 
 
+def _conv(module: nn.Module) -> nn.Conv2d:
+    """A submodule that is a Conv2d by construction (ModuleList items are typed Module)."""
+    return cast(nn.Conv2d, module)
+
+
 def _half(n: int) -> int:
     return -(-n // 2)
 
@@ -184,6 +190,8 @@ class FENet(nn.Module):
         for i, x in enumerate(xs):
             inp = x if h is None else torch.cat([_fit(h, x.shape[-2], x.shape[-1]), x], dim=1)
             h = self.blocks[i](inp)
+        if h is None:
+            raise FenetConfigError("FENet needs at least one scale")
         if self.linear is not None:
             h = h + self.linear(linear_path.stack_scales(xs, self.ratios, _fit_size))
         return h
@@ -242,14 +250,14 @@ class DRNet(nn.Module):
 
     def fixed(self) -> nn.ModuleDict:
         if self._fixed is None:
-            dev = self.refine[0].weight.device
+            dev = _conv(self.refine[0]).weight.device
             self._fixed = nn.ModuleDict(
                 {
-                    "up": nn.ModuleList([FixedConv2d(u.conv) for u in self.up]),
-                    "refine": nn.ModuleList([FixedConv2d(c) for c in self.refine]),
-                    "down": nn.ModuleList([FixedConv2d(c) for c in self.down]),
-                    "head_mid": nn.ModuleList([FixedConv2d(c) for c in self.head_mid]),
-                    "head_out": nn.ModuleList([FixedConv2d(c) for c in self.head_out]),
+                    "up": nn.ModuleList([FixedConv2d(cast(SubpelUp, u).conv) for u in self.up]),
+                    "refine": nn.ModuleList([FixedConv2d(_conv(c)) for c in self.refine]),
+                    "down": nn.ModuleList([FixedConv2d(_conv(c)) for c in self.down]),
+                    "head_mid": nn.ModuleList([FixedConv2d(_conv(c)) for c in self.head_mid]),
+                    "head_out": nn.ModuleList([FixedConv2d(_conv(c)) for c in self.head_out]),
                     "linear": nn.ModuleList([FixedConv2d(self.linear)] if self.linear is not None else []),
                 }
             ).to(dev)
@@ -257,24 +265,27 @@ class DRNet(nn.Module):
 
     def forward_fixed(self, y_hat_int: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
         """Integer activations (units 2^-ACT_BITS, float64) -> integer reconstructions."""
-        fx = self.fixed()
+        fixed = self.fixed()
+        up, refine, down, head_mid, head_out, linear = (
+            cast(nn.ModuleList, fixed[name]) for name in ("up", "refine", "down", "head_mid", "head_out", "linear")
+        )
         act = fixed_leaky_relu
         k = len(sizes)
         r: list[torch.Tensor] = [y_hat_int] * k
         t = y_hat_int
         for i in reversed(range(k)):
-            t = act(_fit(F.pixel_shuffle(fx["up"][i](t), self.up[i].factor), *sizes[i]))
-            t = act(fx["refine"][i](t))
+            t = act(_fit(F.pixel_shuffle(up[i](t), cast(SubpelUp, self.up[i]).factor), *sizes[i]))
+            t = act(refine[i](t))
             r[i] = t
-        lin = self._unstack(fx["linear"][0](y_hat_int), sizes) if len(fx["linear"]) else None
+        lin = self._unstack(linear[0](y_hat_int), sizes) if len(linear) else None
         out = []
         m = None
         for i in range(k):
             if m is None:
                 m = r[i]
             else:
-                m = (r[i] + act(_fit(fx["down"][i - 1](m), *sizes[i]))).clamp_(-ACT_LIMIT, ACT_LIMIT)
-            o = fx["head_out"][i](act(fx["head_mid"][i](m)))
+                m = (r[i] + act(_fit(down[i - 1](m), *sizes[i]))).clamp_(-ACT_LIMIT, ACT_LIMIT)
+            o = head_out[i](act(head_mid[i](m)))
             out.append(o if lin is None else (o + lin[i]).clamp_(-ACT_LIMIT, ACT_LIMIT))
         return out
 
@@ -339,6 +350,10 @@ class DecodedLatents:
 
 class FenetCodec(nn.Module):
     """FENet + hyperprior + checkerboard context + gain units + DRNet."""
+
+    ctx_mask: torch.Tensor  # buffers (registered in __init__)
+    feature_scale: torch.Tensor
+    feature_mean: torch.Tensor
 
     def __init__(self, cfg: FenetConfig) -> None:
         super().__init__()
@@ -417,14 +432,11 @@ class FenetCodec(nn.Module):
         comp = torch.as_tensor(components, dtype=torch.float64)
         if mean.shape != (d,) or comp.shape != (m, d):
             raise FenetConfigError(f"PCA needs mean ({d},) and components ({m}, {d})")
-        self.fenet.linear.weight.copy_(comp.view(m, d, 1, 1).float())
-        self.fenet.linear.bias.copy_((-comp @ mean).float())
-        self.drnet.linear.weight.copy_(comp.t().contiguous().view(d, m, 1, 1).float())
-        self.drnet.linear.bias.copy_(mean.float())
-        last = self.fenet.blocks[-1][-1]
+        linear_path.set_conv(self.fenet.linear, comp.view(m, d, 1, 1), -comp @ mean)
+        linear_path.set_conv(self.drnet.linear, comp.t().contiguous().view(d, m, 1, 1), mean)
+        last = cast(nn.Sequential, self.fenet.blocks[-1])[-1]
         for c in (last, *self.drnet.head_out):
-            c.weight.zero_()
-            c.bias.zero_()
+            linear_path.zero_conv(c)
         self.invalidate_fixed()
 
     def _h_s(self, z_hat: torch.Tensor, hy: int, wy: int) -> torch.Tensor:
@@ -575,7 +587,7 @@ class FenetCodec(nn.Module):
         xs = self._normalised(features)
         if xs[0].shape[0] != 1:
             raise ValueError("compress() takes one image (batch size 1)")
-        sizes = [tuple(int(v) for v in x.shape[-2:]) for x in xs]
+        sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in xs]
         y = self.fenet(xs)
         phi_t = torch.tensor([phi], device=y.device)
         y_g = y * self._gains(phi_t, "gain")
@@ -663,7 +675,7 @@ class FenetCodec(nn.Module):
     @torch.no_grad()
     def reconstruct(self, y_hat: torch.Tensor, sizes: list[tuple[int, int]]) -> Features:
         """DRNet in fixed point (bit-exact everywhere), then de-normalisation (element-wise)."""
-        rec = self.drnet.forward_fixed(quantize_activation(y_hat), [tuple(s) for s in sizes])
+        rec = self.drnet.forward_fixed(quantize_activation(y_hat), [(int(s[0]), int(s[1])) for s in sizes])
         return {
             s.name: (r / float(1 << ACT_BITS)).float() * self.feature_scale[i] + self._mean(i)
             for i, (s, r) in enumerate(zip(self.cfg.scales, rec))
@@ -679,7 +691,7 @@ class FenetCodec(nn.Module):
         and fixed-point entropy parameters as compress(). Returns (y_hat, reconstruction)."""
         self._check_phi(phi)
         xs = self._normalised(features)
-        sizes = [tuple(int(v) for v in x.shape[-2:]) for x in xs]
+        sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in xs]
         y = self.fenet(xs)
         phi_t = torch.tensor([phi], device=y.device)
         y_g = y * self._gains(phi_t, "gain")

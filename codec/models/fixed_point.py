@@ -66,6 +66,9 @@ class FixedConv2d(nn.Module):
 
     `mask` (same shape as the weight, 0/1) zeroes taps, as in a masked context convolution."""
 
+    weight_int: torch.Tensor  # buffers (registered in __init__)
+    bias_int: torch.Tensor
+
     def __init__(self, conv: nn.Conv2d, mask: torch.Tensor | None = None) -> None:
         super().__init__()
         if conv.groups != 1 or conv.dilation != (1, 1) or not isinstance(conv.padding, tuple):

@@ -21,6 +21,7 @@ import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +59,7 @@ class MsffConfig:
     linear_path: bool = False
 
     @classmethod
-    def for_split_point(cls, split_point: SplitPoint, **kwargs: int) -> MsffConfig:
+    def for_split_point(cls, split_point: SplitPoint, **kwargs: Any) -> MsffConfig:
         return cls(scales=tuple(split_point.scales), **kwargs)
 
     def to_json(self) -> dict:
@@ -128,6 +129,8 @@ class Msff(nn.Module):
     Each finer scale goes through log2(S / stride) stride-2 3x3 convs (a 1x1 conv
     for the coarsest); the branches are concatenated and fused to C channels."""
 
+    feature_scale: torch.Tensor  # buffer
+
     def __init__(self, cfg: MsffConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -175,6 +178,8 @@ class Msfr(nn.Module):
     """One fused tensor -> every scale, coarsest to finest (top-down): each finer
     level upsamples the previous one (1x1 conv + pixel shuffle) and refines it
     with a 3x3 conv; a 1x1 head per scale maps to the scale's channels."""
+
+    feature_scale: torch.Tensor  # buffer
 
     def __init__(self, cfg: MsffConfig) -> None:
         super().__init__()
@@ -241,6 +246,9 @@ _EXACT_LIMIT = 1 << 53
 
 
 class _ExactConv(nn.Module):
+    w: torch.Tensor  # buffers
+    b: torch.Tensor
+
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         w = torch.round(conv.weight.detach().double() * float(1 << EXACT_WEIGHT_BITS))
@@ -251,7 +259,11 @@ class _ExactConv(nn.Module):
         bound = int((w.abs().flatten(1).sum(1) * EXACT_ACT_LIMIT + b.abs()).max())
         if bound + (1 << EXACT_WEIGHT_BITS) >= _EXACT_LIMIT:
             raise MsffWeightsError("MSFR weights too large for exact fixed-point decoding")
-        self.kernel_size, self.padding, self.stride = conv.kernel_size, conv.padding, conv.stride
+        if not isinstance(conv.padding, tuple):
+            raise MsffWeightsError("MSFR convolutions need numeric padding")
+        self.kernel_size: tuple[int, ...] = conv.kernel_size
+        self.padding: tuple[int, ...] = conv.padding
+        self.stride: tuple[int, ...] = conv.stride
         self.register_buffer("w", w.flatten(1), persistent=False)
         self.register_buffer("b", b.view(1, -1, 1), persistent=False)
 
@@ -281,11 +293,18 @@ class ExactMsfr(nn.Module):
         super().__init__()
         self.cfg = msfr.cfg
         self.trunk_in = _ExactConv(msfr.trunk_in)
-        self.blocks = nn.ModuleList(nn.ModuleList([_ExactConv(b.conv1), _ExactConv(b.conv2)]) for b in msfr.blocks)
+        blocks = [cast(ResBlock, b) for b in msfr.blocks]
+        self.blocks = nn.ModuleList(nn.ModuleList([_ExactConv(b.conv1), _ExactConv(b.conv2)]) for b in blocks)
         self.trunk_out = _ExactConv(msfr.trunk_out)
-        self.up = nn.ModuleDict({k: nn.ModuleList([_ExactConv(u[0]), _ExactConv(u[3])]) for k, u in msfr.up.items()})
-        self.shuffle = {k: u[1].upscale_factor for k, u in msfr.up.items()}
-        self.heads = nn.ModuleDict({k: _ExactConv(h) for k, h in msfr.heads.items()})
+        ups = {k: cast(nn.Sequential, u) for k, u in msfr.up.items()}
+        self.up = nn.ModuleDict(
+            {
+                k: nn.ModuleList([_ExactConv(cast(nn.Conv2d, u[0])), _ExactConv(cast(nn.Conv2d, u[3]))])
+                for k, u in ups.items()
+            }
+        )
+        self.shuffle = {k: cast(nn.PixelShuffle, u[1]).upscale_factor for k, u in ups.items()}
+        self.heads = nn.ModuleDict({k: _ExactConv(cast(nn.Conv2d, h)) for k, h in msfr.heads.items()})
         self.linear = _ExactConv(msfr.linear) if msfr.linear is not None else None
         self._unstack = msfr.unstack
         self.feature_scale = msfr.feature_scale.detach().double().clone()
@@ -296,14 +315,15 @@ class ExactMsfr(nn.Module):
         a = to_exact_activation(z)
         lin = self._unstack(self.linear(a), sizes) if self.linear is not None else None
         y = _exact_leaky(self.trunk_in(a))
-        for c1, c2 in self.blocks:
+        for pair in self.blocks:
+            c1, c2 = cast(nn.ModuleList, pair)
             y = y + c2(_exact_leaky(c1(y)))
         y = _exact_leaky(self.trunk_out(y))
         out: dict[str, torch.Tensor] = {}
         for i in reversed(range(len(self.cfg.scales))):
             s = self.cfg.scales[i]
             if s.name in self.up:
-                conv1, conv3 = self.up[s.name]
+                conv1, conv3 = cast(nn.ModuleList, self.up[s.name])
                 y = _exact_leaky(conv3(_exact_leaky(F.pixel_shuffle(conv1(y), self.shuffle[s.name]))))
             y = _fit(y, sizes[s.name])
             head = self.heads[s.name](y)
@@ -357,13 +377,10 @@ def init_linear_path(model: MsffCodecModel, mean: torch.Tensor, components: torc
         raise MsffConfigError(
             f"PCA needs mean ({d},) and components ({c}, {d}), got {tuple(mean.shape)}, {tuple(comp.shape)}"
         )
-    model.msff.linear.weight.copy_(comp.view(c, d, 1, 1).float())
-    model.msff.linear.bias.copy_((-comp @ mean).float())
-    model.msfr.linear.weight.copy_(comp.t().contiguous().view(d, c, 1, 1).float())
-    model.msfr.linear.bias.copy_(mean.float())
+    linear_path.set_conv(model.msff.linear, comp.view(c, d, 1, 1), -comp @ mean)
+    linear_path.set_conv(model.msfr.linear, comp.t().contiguous().view(d, c, 1, 1), mean)
     for conv in (model.msff.fuse_out, *model.msfr.heads.values()):
-        conv.weight.zero_()
-        conv.bias.zero_()
+        linear_path.zero_conv(conv)
 
 
 def sls_mask(z: torch.Tensor, kept_channels: int | torch.Tensor) -> torch.Tensor:

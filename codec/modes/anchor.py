@@ -174,7 +174,7 @@ def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple
             )
         )
         codes.append(q)
-    layout = frame_layout([a.shape for _, a in arrays])
+    layout = frame_layout([(a.shape[0], a.shape[1], a.shape[2]) for _, a in arrays])
     try:
         check_frame_size(layout)
     except SizeLimitError as e:

@@ -173,20 +173,23 @@ class CodingMode:
         """The mode's parameter dataclass from a mapping of given values (the rest take
         their defaults), or a checked copy of an instance; EncodeError if a name is not
         a parameter of this mode or a value is outside its domain."""
-        if isinstance(values, self.params):
-            values = dataclasses.asdict(values)
-        values = dict(values or {})
+        given: dict[str, Any] = (
+            {f.name: getattr(values, f.name) for f in dataclasses.fields(self.params)}
+            if isinstance(values, self.params)
+            else dict(values or {})
+        )
         specs = {s.name: s for s in self.param_specs()}
-        unknown = sorted(set(values) - set(specs))
+        unknown = sorted(set(given) - set(specs))
         if unknown:
             raise EncodeError(
                 f"mode {self.name} has no parameter {', '.join(unknown)}; its parameters: {', '.join(specs) or 'none'}"
             )
-        checked = {name: spec.check(values.get(name, spec.default), self.name) for name, spec in specs.items()}
+        checked = {name: spec.check(given.get(name, spec.default), self.name) for name, spec in specs.items()}
         return self.params(**checked)
 
     def describe(self, params: Any) -> str:
-        """ "qp 32, preset faster": the parameters, rate parameter first, unset options left out."""
+        """The parameters as the apps echo them ("qp 32, preset faster"): the rate
+        parameter first, unset options left out."""
         specs = sorted(self.param_specs(), key=lambda s: not s.rate)
         return ", ".join(f"{s.name} {getattr(params, s.name)}" for s in specs if getattr(params, s.name) is not None)
 

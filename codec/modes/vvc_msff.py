@@ -168,7 +168,7 @@ def encode_with_model(
     with torch.no_grad():
         z = model.msff({n: torch.from_numpy(a).unsqueeze(0) for n, a in arrays})[0, :kept].numpy()
     q, lo, hi = anchor.quantise(z)
-    layout = anchor.frame_layout([q.shape])
+    layout = anchor.frame_layout([(q.shape[0], q.shape[1], q.shape[2])])
     try:
         anchor.check_frame_size(layout)
     except SizeLimitError as e:

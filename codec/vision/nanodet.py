@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -86,7 +87,8 @@ class CspBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
         y = x
-        for conv1, conv2 in self.pairs:  # type: ignore[misc]
+        for pair in self.pairs:
+            conv1, conv2 = cast(nn.ModuleList, pair)  # each pair is a ModuleList of two convs
             a = conv1(y)
             y = torch.cat([conv2(a), a], 1)
         return torch.cat([self.conv_trans(y), x], 1)
@@ -266,13 +268,13 @@ class NanoDet:
         s = self.input_size
         pil = Image.fromarray(image)
         if self.resize_mode == ResizeMode.STRETCH:
-            resized = np.array(pil.resize((s, s), Image.BILINEAR))
+            resized = np.array(pil.resize((s, s), Image.Resampling.BILINEAR))
             meta = Preprocessing(w, h, s, s, ResizeMode.STRETCH, s / w, s / h)
         elif self.resize_mode == ResizeMode.LETTERBOX:
             r = min(s / w, s / h)
             nw, nh = max(1, round(w * r)), max(1, round(h * r))
             resized = np.zeros((s, s, 3), np.uint8)
-            resized[:nh, :nw] = np.asarray(pil.resize((nw, nh), Image.BILINEAR))
+            resized[:nh, :nw] = np.asarray(pil.resize((nw, nh), Image.Resampling.BILINEAR))
             meta = Preprocessing(w, h, s, s, ResizeMode.LETTERBOX, nw / w, nh / h)
         else:
             raise ValueError(f"resize mode {self.resize_mode.name} is not supported by NanoDet")
@@ -343,9 +345,15 @@ class NanoDet:
         scores = torch.cat(all_scores)
         labels = torch.cat(all_labels)
         keep = batched_nms(boxes, scores, labels, self.nms_iou)[: self.max_detections]
-        boxes, scores, labels = boxes[keep].cpu().numpy(), scores[keep].cpu().numpy(), labels[keep].cpu().numpy()
-        coco_ids = np.asarray(COCO80_TO_COCO91, dtype=np.int64)[labels] if len(labels) else labels.astype(np.int64)
-        return Detections(meta.boxes_to_original(boxes), scores.astype(np.float64), coco_ids)
+        boxes_np, scores_np, labels_np = (
+            boxes[keep].cpu().numpy(),
+            scores[keep].cpu().numpy(),
+            labels[keep].cpu().numpy(),
+        )
+        coco_ids = (
+            np.asarray(COCO80_TO_COCO91, dtype=np.int64)[labels_np] if len(labels_np) else labels_np.astype(np.int64)
+        )
+        return Detections(meta.boxes_to_original(boxes_np), scores_np.astype(np.float64), coco_ids)
 
 
 def load_nanodet(name: str = "nanodet", weights: str | None = None, device: str = "cpu", **kwargs) -> NanoDet:

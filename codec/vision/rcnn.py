@@ -18,6 +18,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -68,7 +69,7 @@ class RcnnInputError(ValueError):
 class _Variant:
     network_id: NetworkId
     builder: Callable[..., nn.Module]
-    weights_enum: type  # torchvision WeightsEnum subclass; its DEFAULT is used for pretrained
+    weights_enum: Any  # torchvision WeightsEnum subclass; its DEFAULT is used for pretrained
     # v1 models are trained with frozen BatchNorm; torchvision sets eps to 0 for their COCO_V1 weights
     frozen_bn_eps: float | None
 
@@ -202,7 +203,9 @@ class RcnnSplitNetwork:
         self.split_points: dict[str, SplitPoint] = {FPN_SPLIT: FPN_SPLIT_POINT}
         self.default_split = FPN_SPLIT
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        # a torchvision GeneralizedRCNN (backbone, rpn, roi_heads, transform); Any because
+        # nn.Module's attribute typing cannot express its submodules
+        self.model: Any = model.to(self.device).eval()
         self._sha256: str | None = None
 
     # -- identity ---------------------------------------------------------
