@@ -2,11 +2,11 @@
 """Uncompressed task accuracy of a split network on a COCO-format set:
 image -> NN part 1 -> NN part 2 -> detections -> pycocotools mAP.
 
-  python tools/eval_network.py --dataset coco128
-  python tools/eval_network.py --dataset val2017-103
-  python tools/eval_network.py --images DIR --annotations instances.json [--limit N]
-  python tools/eval_network.py --dataset coco128 --net-arg normalisation=rgb255     # ablations
-  python tools/eval_network.py --dataset val2017-103 --net-arg resize_mode=letterbox
+  python -m tools.eval_network --dataset coco128
+  python -m tools.eval_network --dataset val2017-103
+  python -m tools.eval_network --images DIR --annotations instances.json [--limit N]
+  python -m tools.eval_network --dataset coco128 --net-arg normalisation=rgb255     # ablations
+  python -m tools.eval_network --dataset val2017-103 --net-arg resize_mode=letterbox
 
 Prints mAP@[.5:.95] and mAP@0.5 (the numbers in README.md come from this)."""
 

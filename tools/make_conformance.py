@@ -7,8 +7,8 @@ each break one rule and come with NAME.expected (error class, message substring)
 
 Regenerating replaces the checked-in vectors, so it is an explicit opt-in:
 
-    python tools/make_conformance.py --regenerate            # tests/conformance
-    python tools/make_conformance.py --out /tmp/vectors      # a new, empty folder
+    python -m tools.make_conformance --regenerate            # tests/conformance
+    python -m tools.make_conformance --out /tmp/vectors      # a new, empty folder
 """
 
 from __future__ import annotations
@@ -21,10 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from codec.bitstream import (  # noqa: E402
+from codec.bitstream import (
     ALL_SCALES,
     ContainerHeader,
     ModeHeader,
@@ -35,11 +32,13 @@ from codec.bitstream import (  # noqa: E402
     build_container,
     syntax,
 )
-from codec.bitstream.container import header_to_dict, unit_to_dict  # noqa: E402
-from codec.errors import BitstreamError  # noqa: E402
-from codec.modes import bypass, conformance_digest  # noqa: E402
-from codec.pipeline import encode_features  # noqa: E402
-from codec.vision.base import Preprocessing, ScaleInfo, SplitPoint  # noqa: E402
+from codec.bitstream.container import header_to_dict, unit_to_dict
+from codec.errors import BitstreamError
+from codec.modes import bypass, conformance_digest
+from codec.pipeline import encode_features
+from codec.vision.base import Preprocessing, ScaleInfo, SplitPoint
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SPLIT = SplitPoint("neck", 1, (ScaleInfo("p3", 16, 8), ScaleInfo("p4", 16, 16), ScaleInfo("p5", 16, 32)))
 MSFF_SPLIT = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32)))

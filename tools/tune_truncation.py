@@ -15,10 +15,10 @@ mAP for the feature anchor, the image anchor, vvc_msff with the shipped table,
 vvc_msff without truncation (all channels at every QP) and vvc_msff with other
 weights (the no-SLS ablation), and print BD-rates against both anchors.
 
-    python tools/tune_truncation.py tune --images 16 --out tune.json
-    python tools/tune_truncation.py eval --dataset val2017-103 --limit 16 --lines feature_anchor,image_anchor \\
+    python -m tools.tune_truncation tune --images 16 --out tune.json
+    python -m tools.tune_truncation eval --dataset val2017-103 --limit 16 --lines feature_anchor,image_anchor \\
         --out anchors.json
-    python tools/tune_truncation.py report anchors.json msff.json
+    python -m tools.tune_truncation report anchors.json msff.json
 """
 
 from __future__ import annotations
@@ -33,17 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from codec.bitstream import CodecModelId  # noqa: E402
-from codec.modes import vvc_msff  # noqa: E402
-from codec.pipeline import decode_bitstream, encode_features, load_image  # noqa: E402
-from codec.vision import get_network  # noqa: E402
-from ctc.bd_rate import bd_rate  # noqa: E402
-from ctc.coco_eval import evaluate_detections  # noqa: E402
-from tools.train_msff import assets_dir, list_images, split_train_images  # noqa: E402
+from codec.bitstream import CodecModelId
+from codec.files import assets_path
+from codec.modes import vvc_msff
+from codec.pipeline import decode_bitstream, encode_features, load_image
+from codec.vision import get_network
+from ctc.bd_rate import bd_rate
+from ctc.coco_eval import evaluate_detections
+from tools.train_msff import list_images, split_train_images
 
 COCO_IDS = [
     1,
@@ -177,7 +174,7 @@ def tune(args: argparse.Namespace) -> int:
     net = get_network("nanodet")
     coder = Coder(net, args.split, args.weights)
     c = coder.model.cfg.fused_channels
-    root = assets_dir() / "train-images"
+    root = assets_path() / "train-images"
     _, held = split_train_images(list_images(root), args.holdout, args.seed)
     held = held[: args.images]
     qps = [int(q) for q in args.qps.split(",")]
@@ -237,7 +234,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from pycocotools.coco import COCO
 
     net = get_network("nanodet")
-    img_dir, ann = (assets_dir() / p for p in DATASETS[args.dataset])
+    img_dir, ann = (assets_path() / p for p in DATASETS[args.dataset])
     gt = COCO(str(ann))
     ids = sorted(gt.getImgIds())[: args.limit]
     qps = [int(q) for q in args.qps.split(",")]

@@ -47,7 +47,7 @@ def test_golden_vector_decodes_to_its_md5(path: Path):
     if path.stem.startswith(("anchor", "vvc_msff")) and not _vvc_available():
         pytest.skip("ffmpeg lacks the vvc decoder")
     md5_file = path.with_suffix(".md5")
-    assert md5_file.exists(), f"{md5_file.name} is missing (tools/make_conformance.py --regenerate)"
+    assert md5_file.exists(), f"{md5_file.name} is missing (python -m tools.make_conformance --regenerate)"
     expected = md5_file.read_text()
     assert expected.count("float32 ") == 3 and "integer " in expected
     data = path.read_bytes()
@@ -63,7 +63,7 @@ def test_golden_vector_decodes_to_its_md5(path: Path):
 
 def _expected(path: Path) -> tuple[str, str]:
     exp = path.with_suffix(".expected")
-    assert exp.exists(), f"{exp.name} is missing (tools/make_conformance.py --regenerate)"
+    assert exp.exists(), f"{exp.name} is missing (python -m tools.make_conformance --regenerate)"
     cls, message = exp.read_text().splitlines()[:2]
     return cls, message
 

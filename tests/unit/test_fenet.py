@@ -347,7 +347,7 @@ def test_golden_vector_is_bit_exact_over_runs_and_thread_counts():
     from codec.bitstream import CodecModelId
     from codec.modes import conformance_digest
 
-    assert GOLDEN.is_file(), "golden vector missing (python tools/make_conformance.py --regenerate)"
+    assert GOLDEN.is_file(), "golden vector missing (python -m tools.make_conformance --regenerate)"
     expected = GOLDEN.with_suffix(".md5").read_text()
     assert [line.split()[1] for line in expected.splitlines()] == ["z", "y", "y_indexes", "y_hat_g", "p3", "p4", "p5"]
     data = GOLDEN.read_bytes()
