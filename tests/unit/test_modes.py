@@ -272,13 +272,17 @@ def test_anchor_garbage_vvc_payload_is_inner_codec_error():
 def test_listing_the_modes_and_inspecting_imports_neither_torch_nor_compressai():
     import subprocess
     import sys
+    from pathlib import Path
 
-    code = (
-        "import sys, codec.apps.fcm_inspect, codec.modes as m; m.all_modes(); "
-        "print('torch' in sys.modules, 'compressai' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False False"
+    vectors = Path(__file__).resolve().parents[1] / "conformance"
+    for vector in ("bypass-f16.bin", "anchor-qp22.bin"):  # inspecting a non-learned stream: no torch
+        code = (
+            "import sys, codec.apps.fcm_inspect as app, codec.modes as m; m.all_modes(); "
+            f"rc = app.main([{str(vectors / vector)!r}]); "
+            "print(rc, 'torch' in sys.modules, 'compressai' in sys.modules, file=sys.stderr)"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert out.stderr.strip().splitlines()[-1] == "0 False False", out.stderr
     code = "import sys, codec.apps.fcm_dec, codec.apps.fcm_enc; print('compressai' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
