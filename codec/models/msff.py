@@ -32,6 +32,7 @@ from codec.files import file_sha256
 from codec.vision.base import Features, ScaleInfo, SplitPoint
 
 from . import linear_path
+from .fixed_point import WEIGHT_BITS, FixedConv2d
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -236,45 +237,19 @@ class Msfr(nn.Module):
 # The decoder's reconstruction must be bit-identical across runs, thread counts and
 # machines (conformance md5 of the reconstructed features). Weights are rounded to
 # multiples of 2^-EXACT_WEIGHT_BITS, activations to multiples of 2^-EXACT_ACT_BITS;
-# a convolution is unfold + float64 matmul on these integers, which is exact (and
-# so independent of summation order) while every partial sum stays below 2^53.
-# The bound is checked per layer when the exact decoder is built.
-EXACT_WEIGHT_BITS = 14
+# a convolution is the one fixed-point engine of codec/models/fixed_point.py
+# (FixedConv2d: unfold + float64 matmul on these integers, exact and so independent
+# of summation order while every partial sum stays below 2^53, checked per layer
+# when the exact decoder is built), here with MSFR's finer activation grid.
+EXACT_WEIGHT_BITS = WEIGHT_BITS  # 14
 EXACT_ACT_BITS = 16
 EXACT_ACT_LIMIT = 1 << 30
-_EXACT_LIMIT = 1 << 53
 
 
-class _ExactConv(nn.Module):
-    w: torch.Tensor  # buffers
-    b: torch.Tensor
-
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        w = torch.round(conv.weight.detach().double() * float(1 << EXACT_WEIGHT_BITS))
-        if conv.bias is not None:
-            b = torch.round(conv.bias.detach().double() * float(1 << (EXACT_WEIGHT_BITS + EXACT_ACT_BITS)))
-        else:
-            b = torch.zeros(w.shape[0], dtype=torch.float64)
-        bound = int((w.abs().flatten(1).sum(1) * EXACT_ACT_LIMIT + b.abs()).max())
-        if bound + (1 << EXACT_WEIGHT_BITS) >= _EXACT_LIMIT:
-            raise MsffWeightsError("MSFR weights too large for exact fixed-point decoding")
-        if not isinstance(conv.padding, tuple):
-            raise MsffWeightsError("MSFR convolutions need numeric padding")
-        self.kernel_size: tuple[int, ...] = conv.kernel_size
-        self.padding: tuple[int, ...] = conv.padding
-        self.stride: tuple[int, ...] = conv.stride
-        self.register_buffer("w", w.flatten(1), persistent=False)
-        self.register_buffer("b", b.view(1, -1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        (kh, kw), (ph, pw), (sh, sw) = self.kernel_size, self.padding, self.stride
-        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)
-        acc = torch.matmul(self.w, cols) + self.b
-        out = torch.floor((acc + float(1 << (EXACT_WEIGHT_BITS - 1))) / float(1 << EXACT_WEIGHT_BITS))
-        return out.clamp_(-EXACT_ACT_LIMIT, EXACT_ACT_LIMIT).view(n, -1, oh, ow)
+def _exact_conv(conv: nn.Module) -> FixedConv2d:
+    """A trained MSFR convolution on the exact grid (the one fixed-point engine,
+    codec/models/fixed_point.py, with MSFR's activation grid and clamp)."""
+    return FixedConv2d(cast(nn.Conv2d, conv), act_bits=EXACT_ACT_BITS, act_limit=EXACT_ACT_LIMIT)
 
 
 def _exact_leaky(x: torch.Tensor) -> torch.Tensor:
@@ -292,20 +267,20 @@ class ExactMsfr(nn.Module):
     def __init__(self, msfr: Msfr) -> None:
         super().__init__()
         self.cfg = msfr.cfg
-        self.trunk_in = _ExactConv(msfr.trunk_in)
+        self.trunk_in = _exact_conv(msfr.trunk_in)
         blocks = [cast(ResBlock, b) for b in msfr.blocks]
-        self.blocks = nn.ModuleList(nn.ModuleList([_ExactConv(b.conv1), _ExactConv(b.conv2)]) for b in blocks)
-        self.trunk_out = _ExactConv(msfr.trunk_out)
+        self.blocks = nn.ModuleList(nn.ModuleList([_exact_conv(b.conv1), _exact_conv(b.conv2)]) for b in blocks)
+        self.trunk_out = _exact_conv(msfr.trunk_out)
         ups = {k: cast(nn.Sequential, u) for k, u in msfr.up.items()}
         self.up = nn.ModuleDict(
             {
-                k: nn.ModuleList([_ExactConv(cast(nn.Conv2d, u[0])), _ExactConv(cast(nn.Conv2d, u[3]))])
+                k: nn.ModuleList([_exact_conv(cast(nn.Conv2d, u[0])), _exact_conv(cast(nn.Conv2d, u[3]))])
                 for k, u in ups.items()
             }
         )
         self.shuffle = {k: cast(nn.PixelShuffle, u[1]).upscale_factor for k, u in ups.items()}
-        self.heads = nn.ModuleDict({k: _ExactConv(cast(nn.Conv2d, h)) for k, h in msfr.heads.items()})
-        self.linear = _ExactConv(msfr.linear) if msfr.linear is not None else None
+        self.heads = nn.ModuleDict({k: _exact_conv(cast(nn.Conv2d, h)) for k, h in msfr.heads.items()})
+        self.linear = _exact_conv(msfr.linear) if msfr.linear is not None else None
         self._unstack = msfr.unstack
         self.feature_scale = msfr.feature_scale.detach().double().clone()
 
