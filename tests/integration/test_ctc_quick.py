@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
 import yaml
 
+from codec.files import assets_path
 from ctc.cli import main
 from ctc.config import default_assets_dir
 
 REPO = Path(__file__).resolve().parents[2]
-ASSETS = Path(os.environ.get("FCM_ASSETS") or REPO.parent / "shared" / "assets")
+ASSETS = assets_path()
 
 pytestmark = [pytest.mark.needs_ffmpeg, pytest.mark.needs_assets]
 

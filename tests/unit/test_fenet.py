@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from codec.bitstream import (
     parse_container,
 )
 from codec.errors import CodecModelMismatchError, EncodeError
+from codec.files import assets_path
 from codec.models.fenet import (
     FenetCodec,
     FenetConfig,
@@ -280,7 +280,7 @@ def test_mode_container_round_trip_and_refusals(tmp_path):
 
 
 def _assets() -> Path:
-    return Path(os.environ.get("FCM_ASSETS") or REPO.parent / "shared" / "assets")
+    return assets_path()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ table and the vvc_msff mode (codec/modes/vvc_msff.py)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 
 from codec.bitstream import CodecModelId, ContainerHeader, build_container, parse_container
 from codec.errors import CodecModelError, CodecModelMismatchError, EncodeError, MalformedError
+from codec.files import assets_path
 from codec.models.msff import (
     ExactMsfr,
     MsffCodecModel,
@@ -365,7 +365,7 @@ def test_inconsistent_kept_fields_are_malformed():
 @pytest.mark.needs_assets
 @needs_vvc
 def test_nanodet_pipeline_round_trip_keeps_detections():
-    assets = Path(os.environ.get("FCM_ASSETS", REPO.parent / "shared" / "assets"))
+    assets = assets_path()
     if not (assets / "models").is_dir():
         pytest.skip(f"assets not found at {assets}")
     from codec.pipeline import decode_bitstream, encode_image, load_image, run_part2
