@@ -202,7 +202,7 @@ def decode_bitstream(
     header = parsed.header
     split = check_network(header, network) if network is not None else header.split_point_name
     mode = mode_by_id(header.mode_id)
-    mode.check(header, parsed.units)
+    mode.check(header, parsed.units, codec_weights)
     features = mode.decode(header, parsed.units, codec_weights)
     t1 = time.perf_counter()
     return DecodeResult(

@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", metavar="IN.bin", help="FCM container file")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument(
+        "--codec-weights",
+        metavar="PATH",
+        help="codec-model weights to check the stream against instead of the shipped ones",
+    )
     return p
 
 
@@ -183,7 +188,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if report.error is None:  # container-level valid: also check the mode's payload structure
         parsed = parse_container(data)
         try:
-            mode_by_id(parsed.header.mode_id).check(parsed.header, parsed.units)
+            mode_by_id(parsed.header.mode_id).check(parsed.header, parsed.units, args.codec_weights)
         except BitstreamError as e:
             report.error = e
     d = report_dict(args.input, report)

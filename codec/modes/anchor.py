@@ -215,7 +215,7 @@ def _stream_of(units: list[PayloadUnit]) -> PayloadUnit:
     return streams[0]
 
 
-def validate(header: ContainerHeader, units: list[PayloadUnit]) -> None:
+def validate(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> None:
     """Check the header fields and payload units of the mode without decoding VVC."""
     _layout_of(header)
     _stream_of(units)

@@ -10,7 +10,7 @@ as `MODE`; codec.modes keeps the registry). It owns
 * encode(features, split_point, params) -> (ModeHeader, list[PayloadUnit]);
 * decode_symbols(header, units, weights) -> dict[str, np.ndarray]  (decoded integer / raw symbols)
   reconstruct(header, symbols, weights) -> Features
-  validate(header, units) -> None                  (mode-level checks without decoding)
+  validate(header, units, weights) -> None         (mode-level checks without decoding)
   where `weights` is None (the shipped codec-model weights) or another weights file;
 * the source and weight files its results depend on (the CTC cache key uses them).
 
@@ -135,7 +135,7 @@ class CodingMode:
     encode: Callable[[Features, SplitPoint, Any], tuple[ModeHeader, list[PayloadUnit]]]
     decode_symbols: Callable[..., dict[str, np.ndarray]]  # (header, units, weights=None)
     reconstruct: Callable[..., Features]  # (header, symbols, weights=None)
-    validate: Callable[[ContainerHeader, list[PayloadUnit]], None]
+    validate: Callable[..., None]  # (header, units, weights=None)
     # files (or folders) whose content changes this mode's results, relative to the
     # repository root or absolute; the module defining the mode is always one of them
     # its header constraint tables (the spec's table of the mode): a Rule for every field
@@ -195,11 +195,12 @@ class CodingMode:
 
     # --- decoding ---------------------------------------------------------------------
 
-    def check(self, header: ContainerHeader, units: list[PayloadUnit]) -> None:
+    def check(self, header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> None:
         """Every conformance check of the mode that needs no decoding: its constraint
-        tables (one validator for every mode), then its own structural checks."""
+        tables (one validator for every mode), then its own structural checks (which
+        may compare the codec-model hash with `weights`, None: the shipped file)."""
         check_constraints(self.name, self.header_rules, self.scale_rules, header)
-        self.validate(header, units)
+        self.validate(header, units, weights)
 
     def decode(self, header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> Features:
         return self.reconstruct(header, self.decode_symbols(header, units, weights), weights)

@@ -71,7 +71,7 @@ def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple
     return ModeHeader(scales=tuple(scales), sample_format=fmt, inner=InnerCodecParams()), units
 
 
-def validate(header: ContainerHeader, units: list[PayloadUnit]) -> None:
+def validate(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> None:
     """Check the header fields and payload units of the mode without decoding."""
     decode_symbols(header, units)  # views into the unit data: nothing is decoded or copied
 

@@ -179,7 +179,7 @@ def _check_header(header: ContainerHeader, model: FenetCodec, digest: bytes) -> 
     return phi
 
 
-def validate(header: ContainerHeader, units: list[PayloadUnit]) -> None:
+def validate(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> None:
     """Check the header fields and payload units of the mode without entropy decoding
     (the codec model hash is checked by decoding, which needs the model)."""
     _check_structure(header)

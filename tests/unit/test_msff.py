@@ -388,3 +388,41 @@ def test_nanodet_pipeline_round_trip_keeps_detections():
     best = ref.boxes[np.argmax(ref.scores)][None]
     iou = box_iou(torch.as_tensor(best), torch.as_tensor(got.boxes)).max()
     assert float(iou) > 0.5
+
+
+@pytest.mark.needs_ffmpeg
+@needs_vvc
+def test_an_ablation_is_the_mode_with_other_weights_through_the_one_data_path(tmp_path, capsys):
+    """vvc_msff with the shipped no-SLS weights and a kept-channel count, coded and decoded
+    by codec.pipeline (the apps' and the CTC's path); the decoder needs the same weights."""
+    from codec.apps import fcm_dec, fcm_inspect
+    from codec.pipeline import decode_bitstream, encode_features
+    from codec.vision.base import Preprocessing, ResizeMode
+
+    class Net:
+        name, network_id, default_split = "nanodet", NetworkId.NANODET, "neck"
+        split_points = {"neck": NANODET_NECK}
+
+        def weights_sha256(self) -> str:
+            return "ab" * 32
+
+    nosls = shipped_weights_paths("msff_nanodet_neck_nosls")[0]
+    feats = _features(NANODET_NECK, 256, 256, seed=5)
+    prep = Preprocessing(256, 256, 256, 256, ResizeMode.STRETCH, 1.0, 1.0)
+    params = {"qp": 32, "kept_channels": 40, "codec_weights": str(nosls)}
+    data = encode_features(feats, Net(), "neck", prep, "vvc_msff", params)
+    header = parse_container(data).header
+    assert sum(s.kept_channels for s in header.scales) == 40
+    shipped = encode_features(feats, Net(), "neck", prep, "vvc_msff", {"qp": 32, "kept_channels": 40})
+    assert parse_container(shipped).header.mode.codec_model_hash != header.mode.codec_model_hash
+    dec = decode_bitstream(data, Net(), nosls)
+    assert set(dec.features) == {"p3", "p4", "p5"}
+    with pytest.raises(CodecModelMismatchError):
+        decode_bitstream(data, Net())  # the shipped weights refuse the ablation's stream
+    path = tmp_path / "ablation.bin"
+    path.write_bytes(data)
+    assert fcm_inspect.main([str(path), "--codec-weights", str(nosls)]) == 0
+    assert fcm_dec.main([str(path), "--codec-weights", str(nosls)]) == 0
+    capsys.readouterr()
+    assert fcm_dec.main([str(path)]) == 2
+    assert "codec model weights differ" in capsys.readouterr().err

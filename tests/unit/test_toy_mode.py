@@ -58,7 +58,7 @@ def toy_encode(features, split_point, params: ToyParams):
     return ModeHeader(tuple(scales), SampleFormat.NONE, InnerCodecParams()), units
 
 
-def toy_validate(header, units):
+def toy_validate(header, units, weights=None):
     raw = units_of_type(units, UnitType.RAW_TENSOR)
     if len(raw) != len(header.scales) or len(units) != len(raw):
         raise MalformedError(f"toy mode needs one RAW_TENSOR unit per scale, got {len(units)} units")
