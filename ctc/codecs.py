@@ -212,7 +212,7 @@ class ContainerCodec(CodecType):
 
     def _mode_params(self, params: dict[str, Any]) -> Any:
         values = {k: v for k, v in params.items() if k != WEIGHTS_SHA256}
-        if values.get("codec_weights") is not None:
+        if isinstance(values.get("codec_weights"), str):
             values["codec_weights"] = str(codec_weights_path(values["codec_weights"]))
         try:
             return self._mode.make_params(values)
@@ -220,16 +220,19 @@ class ContainerCodec(CodecType):
             raise ConfigError(str(e)) from None
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        from codec.files import file_sha256
+        from codec.errors import CodecModelError
+        from codec.models.registry import verify_weights
 
         checked = self._mode_params(params)
         out = dataclasses.asdict(checked)
         if out.get("codec_weights") is not None:
             out["codec_weights"] = params["codec_weights"]  # as written: the job key stays machine-independent
             path = codec_weights_path(params["codec_weights"])
-            if not path.is_file():
-                raise ConfigError(f"codec_weights not found: {path}")
-            out[WEIGHTS_SHA256] = file_sha256(path)  # other weights, other results
+            try:
+                _, digest = verify_weights(path)  # missing, unrecorded or corrupt: refused before any job
+            except CodecModelError as e:
+                raise ConfigError(str(e)) from None
+            out[WEIGHTS_SHA256] = digest  # other weights, other results
         return out
 
     def version(self) -> str:

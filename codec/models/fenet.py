@@ -762,7 +762,7 @@ def load_fenet(path: str | Path | None = None) -> tuple[FenetCodec, str]:
     from .registry import load_weights
 
     pt = Path(path) if path is not None else shipped_weights_paths()[0]
-    model, _, digest = load_weights(pt, model_from_file)
+    model, _, digest = load_weights(pt, model_from_file, "fenet_drnet")
     return model, digest
 
 

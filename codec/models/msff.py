@@ -385,7 +385,7 @@ def load_msff(path: str | Path | None = None) -> tuple[MsffCodecModel, dict, str
     from .registry import load_weights
 
     pt = Path(path) if path is not None else shipped_weights_paths()[0]
-    return load_weights(pt, model_from_file)
+    return load_weights(pt, model_from_file, "msff_msfr")
 
 
 def model_from_file(pt: Path, record: dict) -> MsffCodecModel:

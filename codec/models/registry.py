@@ -35,6 +35,7 @@ class CodecModelEntry:
     model_id: CodecModelId
     stem: str  # codec/models/weights/<stem>.pt and <stem>.json
     builder: str  # "module:function", function(pt: Path, record: dict) -> model
+    kind: str  # the record's "model": which model family a weights file holds
 
     @property
     def weights(self) -> Path:
@@ -43,10 +44,10 @@ class CodecModelEntry:
 
 CODEC_MODELS: dict[CodecModelId, CodecModelEntry] = {
     CodecModelId.FENET_NANODET_NECK: CodecModelEntry(
-        CodecModelId.FENET_NANODET_NECK, "fenet_nanodet_neck", "codec.models.fenet:model_from_file"
+        CodecModelId.FENET_NANODET_NECK, "fenet_nanodet_neck", "codec.models.fenet:model_from_file", "fenet_drnet"
     ),
     CodecModelId.MSFF_NANODET_NECK: CodecModelEntry(
-        CodecModelId.MSFF_NANODET_NECK, "msff_nanodet_neck", "codec.models.msff:model_from_file"
+        CodecModelId.MSFF_NANODET_NECK, "msff_nanodet_neck", "codec.models.msff:model_from_file", "msff_msfr"
     ),
 }
 
@@ -84,9 +85,14 @@ def verify_weights(pt: str | Path) -> tuple[dict[str, Any], str]:
     return record, digest
 
 
-def load_weights(pt: str | Path, build: Callable[[Path, dict[str, Any]], Any]) -> tuple[Any, dict[str, Any], str]:
-    """(model, record, sha256 hex): verify, then build. Every failure is a CodecModelError."""
+def load_weights(
+    pt: str | Path, build: Callable[[Path, dict[str, Any]], Any], kind: str | None = None
+) -> tuple[Any, dict[str, Any], str]:
+    """(model, record, sha256 hex): verify, check the record's model family against `kind`,
+    then build. Every failure is a CodecModelError."""
     record, digest = verify_weights(pt)
+    if kind is not None and record.get("model", kind) != kind:
+        raise CodecModelError(f"codec model weights {Path(pt).name} hold a {record.get('model')} model, not {kind}")
     try:
         model = build(Path(pt), record)
     except CodecModelError:
@@ -104,7 +110,8 @@ def _builder(spec: str) -> Callable[[Path, dict[str, Any]], Any]:
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(model_id: CodecModelId, path: str, mtime_ns: int, size: int) -> tuple[Any, bytes]:
-    model, _, digest = load_weights(path, _builder(entry(model_id).builder))
+    e = entry(model_id)
+    model, _, digest = load_weights(path, _builder(e.builder), e.kind)
     return model, bytes.fromhex(digest)
 
 

@@ -108,7 +108,8 @@ class ParamSpec:
             value = float(value)
         else:
             if not isinstance(value, str):
-                raise EncodeError(f"{where} must be a string ({self.domain()}), got {value!r}")
+                what = self.domain() if self.choices is None else f"a string ({self.domain()})"
+                raise EncodeError(f"{where} must be {what}, got {value!r}")
             if self.choices is not None and value not in self.choices:
                 raise EncodeError(f"{where} must be one of {', '.join(self.choices)}, got {value!r}")
         return value

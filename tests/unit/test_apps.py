@@ -310,3 +310,12 @@ def test_missing_or_corrupt_codec_model_weights_give_exit_2_and_one_line(
     assert fcm_dec.main([str(vectors / f"{vector}.bin"), "--codec-weights", str(pt)]) == 2
     err = capsys.readouterr().err
     assert expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_codec_weights_of_another_model_family_are_refused_in_one_line(capsys):
+    from codec.models.registry import WEIGHTS_DIR
+
+    vector = Path(__file__).resolve().parents[1] / "conformance" / "vvc_msff-qp37.bin"
+    assert fcm_dec.main([str(vector), "--codec-weights", str(WEIGHTS_DIR / "fenet_nanodet_neck.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "hold a fenet_drnet model, not msff_msfr" in err and len(err.strip().splitlines()) == 1
