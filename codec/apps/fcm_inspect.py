@@ -9,20 +9,7 @@ import json
 from typing import Any
 
 from codec.apps import _cli
-from codec.bitstream import (
-    CodecModelId,
-    EntropyCoderId,
-    InnerCodecId,
-    InspectReport,
-    ModeId,
-    NetworkId,
-    PresetId,
-    ResizeMode,
-    SampleFormat,
-    UnitType,
-    inspect_container,
-    parse_container,
-)
+from codec.bitstream import InspectReport, UnitType, inspect_container, parse_container, syntax
 from codec.errors import BitstreamError
 from codec.modes import mode_by_id
 
@@ -35,16 +22,8 @@ A damaged file is still shown as far as it parses; the error is printed last.
 exit status: 0 a valid container, 2 an invalid one (or bad arguments / input).
 """
 
-_ENUM_FIELDS: dict[str, type[enum.IntEnum]] = {
-    "network_id": NetworkId,
-    "resize_mode": ResizeMode,
-    "mode_id": ModeId,
-    "sample_format": SampleFormat,
-    "inner_codec_id": InnerCodecId,
-    "inner_preset_id": PresetId,
-    "codec_model_id": CodecModelId,
-    "entropy_coder_id": EntropyCoderId,
-}
+# header field -> its id table, from the container syntax (the IntEnum that validates it)
+_ENUM_FIELDS: dict[str, type[enum.IntEnum]] = syntax.enum_fields(syntax.header_body)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -79,10 +79,17 @@ class _Validated(Adapter):
     """Runs `check(value, context)` on parse; its return value is the parsed value.
     Building writes the value unchanged (tools build invalid vectors on purpose)."""
 
-    def __init__(self, subcon: Any, check: Callable[[Any, Any], Any], always: bool = False):
+    def __init__(
+        self,
+        subcon: Any,
+        check: Callable[[Any, Any], Any],
+        always: bool = False,
+        enum_cls: type[enum.IntEnum] | None = None,
+    ):
         super().__init__(subcon)
         self.check = check
         self.always = always  # also when parsed with validate=False (fcm_inspect's raw view)
+        self.enum_cls = enum_cls  # the id table (IntEnum) that validates the field, if any
 
     def _decode(self, obj: Any, context: Any, path: Any) -> Any:
         if not self.always and not context._params.get("validate", True):
@@ -100,7 +107,7 @@ def _enum(subcon: Any, enum_cls: type[enum.IntEnum], what: str, error: type[Bits
         except ValueError:
             raise error(f"{what} {value} is a reserved value") from None
 
-    return _Validated(subcon, check)
+    return _Validated(subcon, check, enum_cls=enum_cls)
 
 
 def _mode_id(subcon: Any):
@@ -110,7 +117,7 @@ def _mode_id(subcon: Any):
         except ValueError:
             raise UnknownModeError(f"mode_id {value} is a reserved value") from None
 
-    return _Validated(subcon, check)
+    return _Validated(subcon, check, enum_cls=ModeId)
 
 
 def _limit(subcon: Any, lo: int, hi: int, what: str):
@@ -273,6 +280,16 @@ latent_strings = Struct(
 # Everything up to and including header_crc32: what fcm_inspect can still show
 # when the payload units are damaged.
 fcm_container_head = Struct(*_HEAD)
+
+
+def enum_fields(struct: Struct) -> dict[str, type[enum.IntEnum]]:
+    """Field name -> the IntEnum (id table) that validates it, for the fields of `struct`."""
+    return {
+        sc.name: sc.subcon.enum_cls
+        for sc in struct.subcons
+        if sc.name is not None and isinstance(sc.subcon, _Validated) and sc.subcon.enum_cls is not None
+    }
+
 
 # spec table name -> construct; tests/unit/test_spec.py compares them with the spec.
 SYNTAX_STRUCTURES: dict[str, Struct] = {

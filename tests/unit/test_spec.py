@@ -235,3 +235,16 @@ def test_network_weights_hash_is_defined_byte_for_byte():
     ).hexdigest()
     assert state_dict_sha256(state) == expected
     assert "(d,)" in SPEC.read_text(encoding="utf-8") and "state_dict_sha256" in SPEC.read_text(encoding="utf-8")
+
+
+def test_each_id_field_is_validated_by_the_enum_its_spec_table_names():
+    """The headings of section 8 ("8.n field (`Enum`)") name which enum validates which
+    field; every header_body( ) field with a table is checked by exactly that enum."""
+    lines = SPEC.read_text(encoding="utf-8").splitlines()
+    spec = dict(m.groups() for line in lines if (m := re.match(r"^### 8\.\d+ (\w+) \(`(\w+)`\)\s*$", line)))
+    code = {field: cls.__name__ for field, cls in syntax.enum_fields(syntax.header_body).items()}
+    header_fields = {r[0] for r in code_rows(syntax.header_body)}
+    assert code == {f: e for f, e in spec.items() if f in header_fields}
+    assert set(code) >= {"network_id", "mode_id", "sample_format", "codec_model_id"}
+    # unit_type lives in payload_unit_body( ): parse_container skips unknown optional units there
+    assert set(spec) - set(code) == {"unit_type"}
