@@ -133,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     net = get_network("nanodet")
     split = net.default_split
-    sp = net.split_points[split]
     model, digest = load_fenet(args.weights)
     rows: dict[str, list[float]] = {}
     bits = []
@@ -159,15 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             "nn_part2": t_p2,
         }
         if not args.no_anchor:
-            from codec.bitstream import ContainerHeader, NetworkId
-            from codec.modes import anchor
+            from codec.pipeline import decode_bitstream, encode_features
 
-            params = anchor.Params(qp=args.anchor_qp)
-            (mh, units), t_aenc = _timed(anchor.encode, feats, sp, params)
-            header = ContainerHeader(
-                NetworkId(int(net.network_id)), bytes(32), sp.split_id, split, meta, anchor.MODE_ID, mh
-            )
-            _, t_adec = _timed(anchor.decode, header, units)
+            # the anchor through the data path of the apps and the CTC (container included)
+            data, t_aenc = _timed(encode_features, feats, net, split, meta, "anchor", {"qp": args.anchor_qp})
+            _, t_adec = _timed(decode_bitstream, data, net)
             t["anchor_vvc_encode"] = t_aenc
             t["anchor_vvc_decode"] = t_adec
         if k == 0:
