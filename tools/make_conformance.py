@@ -1,6 +1,7 @@
 """Generate the conformance vectors of tests/conformance (bitstream_spec.md, section 9).
 
-Golden vectors are coded from deterministic synthetic features with the scale
+Golden vectors (container 1.0, and 2.0 as v2-NAME) are coded from deterministic
+synthetic features with the scale
 structure of NanoDet "neck" (3 scales, strides 8/16/32, 16 channels each, for a
 128x128 input), through the mode API; they do not need NanoDet. Invalid vectors
 each break one rule and come with NAME.expected (error class, message substring).
@@ -82,17 +83,29 @@ class ConformanceNetwork:
         return WEIGHTS_HASH.hex()
 
 
-def code(feats: dict[str, torch.Tensor], mode: str, params: dict, split: SplitPoint = SPLIT) -> bytes:
-    return encode_features(feats, ConformanceNetwork(split), split.name, PREP, mode, params)
+def code(
+    feats: dict[str, torch.Tensor], mode: str, params: dict, split: SplitPoint = SPLIT, version_major: int = 1
+) -> bytes:
+    """One vector through the data path; the vectors named without a version are container 1.0."""
+    return encode_features(
+        feats, ConformanceNetwork(split), split.name, PREP, mode, params, version_major=version_major
+    )
 
 
 def _header(mode, mode_header: ModeHeader) -> ContainerHeader:
     return ContainerHeader(
-        NetworkId.NANODET, WEIGHTS_HASH, SPLIT.split_id, SPLIT.name, PREP, mode.MODE.mode_id, mode_header
+        NetworkId.NANODET,
+        WEIGHTS_HASH,
+        SPLIT.split_id,
+        SPLIT.name,
+        PREP,
+        mode.MODE.mode_id,
+        mode_header,
+        version_major=1,
     )
 
 
-def learned_e2e_vector() -> bytes:
+def learned_e2e_vector(version_major: int = 1) -> bytes:
     """learned_e2e at quality index 3 with its shipped model (codec/models/weights/fenet_nanodet_neck.pt):
     smooth 128-channel features with NanoDet-neck-like magnitudes (the channels the model was trained for)."""
     split = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32)))
@@ -104,7 +117,7 @@ def learned_e2e_vector() -> bytes:
         f = rng.uniform(0.3, 1.5, (s.channels, 1, 1)) * np.sin(2 * np.pi * (xx + rng.uniform(0, 1, (s.channels, 1, 1))))
         f = 0.15 * f * np.cos(2 * np.pi * yy * rng.uniform(0.2, 1.2, (s.channels, 1, 1)))
         feats[s.name] = torch.from_numpy(f[None].astype(np.float32))
-    return code(feats, "learned_e2e", {"phi": 3}, split)
+    return code(feats, "learned_e2e", {"phi": 3}, split, version_major)
 
 
 def golden_vectors() -> dict[str, bytes]:
@@ -122,6 +135,11 @@ def golden_vectors() -> dict[str, bytes]:
     msff_feats = {k: v * 0.1 for k, v in synthetic_features(2025, MSFF_SPLIT).items()}
     out["vvc_msff-qp37"] = code(msff_feats, "vvc_msff", {"qp": 37, "preset": "faster"}, MSFF_SPLIT)
     out["learned_e2e-phi3"] = learned_e2e_vector()
+    # container 2.0: the same content, each mode's header part in its own syntax
+    out["v2-bypass-f16"] = code(feats, "bypass", {"bypass_dtype": "float16"}, version_major=2)
+    out["v2-anchor-qp37"] = code(feats, "anchor", {"qp": 37, "preset": "faster"}, version_major=2)
+    out["v2-vvc_msff-qp37"] = code(msff_feats, "vvc_msff", {"qp": 37, "preset": "faster"}, MSFF_SPLIT, 2)
+    out["v2-learned_e2e-phi3"] = learned_e2e_vector(2)
     return out
 
 
@@ -154,7 +172,7 @@ def invalid_vectors(golden: dict[str, bytes]) -> dict[str, tuple[bytes, str, str
     huge_c = [dict(big[0], scale_channels=60000)] + big[1:]
     return {
         "invalid-bad-magic": (b"FCMX" + good[4:], "BadMagicError", "not an FCM container"),
-        "invalid-version-major": (good[:4] + b"\x02" + good[5:], "UnsupportedVersionError", "version_major 2"),
+        "invalid-version-major": (good[:4] + b"\x03" + good[5:], "UnsupportedVersionError", "version_major 3"),
         "invalid-unknown-mode": (_with_field(header, units, mode_id=77), "UnknownModeError", "mode_id 77"),
         "invalid-header-crc": (_flip(good, 20), "HeaderCrcError", "header_crc32 mismatch"),
         "invalid-payload-crc": (_flip(good, head_end + 100), "PayloadCrcError", "unit_crc32 of payload unit 0"),

@@ -23,7 +23,9 @@ exit status: 0 a valid container, 2 an invalid one (or bad arguments / input).
 """
 
 # header field -> its id table, from the container syntax (the IntEnum that validates it)
-_ENUM_FIELDS: dict[str, type[enum.IntEnum]] = syntax.enum_fields(syntax.header_body)
+_ENUM_FIELDS: dict[str, type[enum.IntEnum]] = syntax.enum_fields(syntax.header_body) | syntax.enum_fields(
+    syntax.header_body_v2
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,8 +65,10 @@ def _jsonable(field: str, value: Any) -> Any:
         return value.hex()
     if isinstance(value, enum.IntEnum):
         return int(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(k, v) for k, v in value.items()}
     if isinstance(value, list):
-        return [{k: _jsonable(k, v) for k, v in item.items()} if isinstance(item, dict) else item for item in value]
+        return [_jsonable(field, item) for item in value]
     return value
 
 
@@ -134,6 +138,10 @@ def print_text(d: dict[str, Any]) -> None:
         names = d["header_names"]
         for k, v in d["header"].items():
             if k == "scales":
+                continue
+            if k == "mode_header" and isinstance(v, dict):  # container 2.0: the mode's own syntax
+                for mk, mv in v.items():
+                    print(f"  mode_header.{mk:<22} {mv}")
                 continue
             suffix = f" ({names[k]})" if k in names else ""
             print(f"  {k:<22} {v}{suffix}")

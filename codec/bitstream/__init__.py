@@ -1,4 +1,4 @@
-"""The FCM container v1 (bitstream_spec.md): syntax (construct), ids, and
+"""The FCM container, versions 2.0 and 1.0 (bitstream_spec.md): syntax (construct), ids, and
 build / parse / inspect entry points."""
 
 from .container import (

@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from codec.bitstream import ModeId
+from codec.bitstream import ModeId, syntax
+from codec.bitstream.container import register_mode_header, unregister_mode_header
 from codec.errors import EncodeError, UnsupportedModeError
 
 from .base import CodingMode, ParamSpec, option, param_specs
@@ -46,6 +47,10 @@ def register_mode(mode: CodingMode) -> CodingMode:
         raise ValueError(f"a mode named {mode.name!r} is already registered")
     if mid in {int(m) for m in ModeId} and ModeId(mid).name.lower() != mode.name:
         raise ValueError(f"mode_id {mid} is {ModeId(mid).name} in bitstream_spec.md, not {mode.name!r}")
+    if mode.header_syntax is not None:
+        if mid in syntax.MODE_HEADERS and _REGISTRY.get(mid) is not mode:
+            raise ValueError(f"mode_id {mid} already has a mode header syntax")
+        register_mode_header(mid, mode.header_syntax)
     _REGISTRY[mid] = mode
     return mode
 
@@ -54,6 +59,7 @@ def unregister_mode(mode: CodingMode) -> None:
     """Remove a mode added with register_mode (tests)."""
     if _REGISTRY.get(int(mode.mode_id)) is mode:
         del _REGISTRY[int(mode.mode_id)]
+        unregister_mode_header(int(mode.mode_id))
 
 
 def all_modes() -> list[CodingMode]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from construct import Array, Float32b, Int8ub, Struct, this
 
 from codec.bitstream import (
     ALL_SCALES,
@@ -29,6 +30,8 @@ from codec.bitstream import (
     UnitType,
     preset_id,
 )
+from codec.bitstream.container import ModeHeaderSyntax
+from codec.bitstream.syntax import finite_field, id_field
 from codec.errors import EncodeError, InnerCodecError, MalformedError, SizeLimitError
 from codec.inner import vvc
 
@@ -38,6 +41,7 @@ from .base import (
     NO_ENTROPY_CODER,
     CodingMode,
     Rule,
+    Shapes,
     Weights,
     check_scale,
     enum_rule,
@@ -45,6 +49,7 @@ from .base import (
     is_,
     option,
     scale_arrays,
+    shaped_scales,
     to_features,
     units_of_type,
 )
@@ -242,6 +247,39 @@ def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights
     return to_features(header, arrays)
 
 
+# mode_header( ) of container 2.0 (bitstream_spec.md, sections 7.3.1 and 7.3.2): the inner
+# QP and preset, and each scale's quantisation range; inner_codec_id VVC_VVENC and
+# inner_bit_depth 10 are implied by the mode (the constraint table below)
+anchor_scale_range = Struct(
+    "quant_min" / finite_field(Float32b, "quant_min"),
+    "quant_max" / finite_field(Float32b, "quant_max"),
+)
+anchor_header = Struct(
+    "inner_qp" / Int8ub,
+    "inner_preset_id" / id_field(Int8ub, PresetId, "inner_preset_id"),
+    "scale_ranges" / Array(this._.num_scales, anchor_scale_range),
+)
+
+
+def _to_header_value(mh: ModeHeader) -> dict:
+    return {
+        "inner_qp": mh.inner.qp,
+        "inner_preset_id": int(mh.inner.preset_id),
+        "scale_ranges": [{"quant_min": float(s.quant_min), "quant_max": float(s.quant_max)} for s in mh.scales],
+    }
+
+
+def _from_header_value(value, shapes: Shapes) -> ModeHeader:
+    ranges = value.scale_ranges
+    scales = shaped_scales(shapes, quant_min=[r.quant_min for r in ranges], quant_max=[r.quant_max for r in ranges])
+    inner = InnerCodecParams(InnerCodecId.VVC_VVENC, value.inner_qp, PresetId(value.inner_preset_id), BIT_DEPTH)
+    return ModeHeader(scales, sample_format=SampleFormat.NONE, inner=inner)
+
+
+# spec table name -> construct (tests/unit/test_spec.py compares them with the spec)
+SYNTAX_STRUCTURES = {"anchor_header": anchor_header, "anchor_scale_range": anchor_scale_range}
+HEADER_SYNTAX = ModeHeaderSyntax(anchor_header, _to_header_value, _from_header_value)
+
 # header constraints (bitstream_spec.md, section 7.3); shared with vvc_msff
 VVC_HEADER_RULES = {
     "sample_format": enum_rule(SampleFormat.NONE),
@@ -265,6 +303,7 @@ MODE = CodingMode(
     params=Params,
     header_rules=HEADER_RULES,
     scale_rules=SCALE_RULES,
+    header_syntax=HEADER_SYNTAX,
     encode=encode,
     decode_symbols=decode_symbols,
     reconstruct=reconstruct,

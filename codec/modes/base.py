@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from codec.bitstream import ContainerHeader, ModeHeader, PayloadUnit, ScaleHeader
+from codec.bitstream.container import ModeHeaderSyntax
 from codec.errors import EncodeError, MalformedError
 from codec.files import REPO_ROOT
 
@@ -143,6 +144,9 @@ class CodingMode:
     # of HEADER_FIELDS and SCALE_FIELDS, checked by check_constraints before validate
     header_rules: Mapping[str, Rule] = field(default_factory=dict)
     scale_rules: Mapping[str, Rule] = field(default_factory=dict)
+    # its part of the container 2.0 header: mode_header( ), selected by mode_id (None: the
+    # mode can only be carried in container 1.0)
+    header_syntax: ModeHeaderSyntax | None = None
     sources: tuple[str, ...] = ()
     description: str = ""
 
@@ -340,6 +344,20 @@ def check_constraints(mode_name: str, header_rules: Mapping[str, Rule], scale_ru
             values.append(sf[name])
         if rule.uniform and len(set(values)) > 1:
             raise MalformedError(f"{mode_name} mode: {name} must be the same in every scale, got {values}")
+
+
+Shapes = tuple[tuple[str, int, int, int], ...]  # (name, channels, height, width) per scale
+
+
+def shaped_scales(shapes: Shapes, **per_scale: Any) -> tuple[ScaleHeader, ...]:
+    """ScaleHeaders from container 2.0 scale shapes. A keyword gives one value for every
+    scale or, as a list, one per scale; kept_channels defaults to the scale's channels."""
+    out = []
+    for i, (name, c, h, w) in enumerate(shapes):
+        fields = {k: (v[i] if isinstance(v, (list, tuple)) else v) for k, v in per_scale.items()}
+        fields.setdefault("kept_channels", c)
+        out.append(ScaleHeader(name, c, h, w, **fields))
+    return tuple(out)
 
 
 def scale_arrays(features: Features, split_point: SplitPoint) -> list[tuple[str, np.ndarray]]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from construct import Int8ub, Struct
 
 from codec.bitstream import (
     ContainerHeader,
@@ -20,6 +21,8 @@ from codec.bitstream import (
     ScaleHeader,
     UnitType,
 )
+from codec.bitstream.container import ModeHeaderSyntax
+from codec.bitstream.syntax import id_field
 from codec.errors import EncodeError, MalformedError
 
 from .base import (
@@ -28,12 +31,14 @@ from .base import (
     NO_ENTROPY_CODER,
     NO_INNER_CODEC,
     CodingMode,
+    Shapes,
     Weights,
     check_scale,
     enum_rule,
     is_,
     option,
     scale_arrays,
+    shaped_scales,
     to_features,
     units_of_type,
 )
@@ -106,6 +111,23 @@ def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights
     return to_features(header, [symbols[s.name].astype(np.float32) for s in header.scales])
 
 
+# mode_header( ) of container 2.0 (bitstream_spec.md, section 7.2.1): the sample format;
+# every other mode-dependent field takes the value of the constraint table below
+bypass_header = Struct("sample_format" / id_field(Int8ub, SampleFormat, "sample_format"))
+
+
+def _to_header_value(mh: ModeHeader) -> dict:
+    return {"sample_format": int(mh.sample_format)}
+
+
+def _from_header_value(value, shapes: Shapes) -> ModeHeader:
+    return ModeHeader(shaped_scales(shapes), sample_format=SampleFormat(value.sample_format), inner=InnerCodecParams())
+
+
+# spec table name -> construct (tests/unit/test_spec.py compares them with the spec)
+SYNTAX_STRUCTURES = {"bypass_header": bypass_header}
+HEADER_SYNTAX = ModeHeaderSyntax(bypass_header, _to_header_value, _from_header_value)
+
 # header constraints (bitstream_spec.md, section 7.2)
 HEADER_RULES = {
     "sample_format": enum_rule(SampleFormat.FLOAT16, SampleFormat.FLOAT32),
@@ -126,6 +148,7 @@ MODE = CodingMode(
     params=Params,
     header_rules=HEADER_RULES,
     scale_rules=SCALE_RULES,
+    header_syntax=HEADER_SYNTAX,
     encode=encode,
     decode_symbols=decode_symbols,
     reconstruct=reconstruct,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from construct import ConstructError
+from construct import Bytes, ConstructError, Int8ub, Int16ub, Struct
 
 from codec.bitstream import (
     ALL_SCALES,
@@ -32,7 +32,8 @@ from codec.bitstream import (
     ScaleHeader,
     UnitType,
 )
-from codec.bitstream.syntax import latent_strings
+from codec.bitstream.container import ModeHeaderSyntax
+from codec.bitstream.syntax import id_field, latent_strings
 from codec.errors import EncodeError, MalformedError
 from codec.models.registry import check_model_hash
 
@@ -42,12 +43,14 @@ from .base import (
     UNIFORM,
     ZERO_HASH,
     CodingMode,
+    Shapes,
     Weights,
     enum_rule,
     is_,
     option,
     other_than,
     scale_arrays,
+    shaped_scales,
     units_of_type,
 )
 
@@ -221,6 +224,43 @@ def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights
     return model.reconstruct(model.dequantize_latent(y_hat_g, phi), [(s.height, s.width) for s in header.scales])
 
 
+# mode_header( ) of container 2.0 (bitstream_spec.md, section 7.5.3): the codec model,
+# the entropy coder and its precision, and phi once (it is one for all scales)
+learned_e2e_header = Struct(
+    "codec_model_id" / id_field(Int16ub, CodecModelId, "codec_model_id"),
+    "codec_model_hash" / Bytes(32),
+    "entropy_coder_id" / id_field(Int8ub, EntropyCoderId, "entropy_coder_id"),
+    "entropy_precision" / Int8ub,
+    "phi_index" / Int8ub,
+)
+
+
+def _to_header_value(mh: ModeHeader) -> dict:
+    return {
+        "codec_model_id": int(mh.codec_model_id),
+        "codec_model_hash": bytes(mh.codec_model_hash),
+        "entropy_coder_id": int(mh.entropy_coder_id),
+        "entropy_precision": mh.entropy_precision,
+        "phi_index": mh.scales[0].phi_index,
+    }
+
+
+def _from_header_value(value, shapes: Shapes) -> ModeHeader:
+    return ModeHeader(
+        shaped_scales(shapes, phi_index=value.phi_index),
+        sample_format=SampleFormat.NONE,
+        inner=InnerCodecParams(),
+        codec_model_id=CodecModelId(value.codec_model_id),
+        codec_model_hash=bytes(value.codec_model_hash),
+        entropy_coder_id=EntropyCoderId(value.entropy_coder_id),
+        entropy_precision=value.entropy_precision,
+    )
+
+
+# spec table name -> construct (tests/unit/test_spec.py compares them with the spec)
+SYNTAX_STRUCTURES = {"learned_e2e_header": learned_e2e_header}
+HEADER_SYNTAX = ModeHeaderSyntax(learned_e2e_header, _to_header_value, _from_header_value)
+
 # header constraints (bitstream_spec.md, section 7.5)
 HEADER_RULES = {
     "sample_format": enum_rule(SampleFormat.NONE),
@@ -243,6 +283,7 @@ MODE = CodingMode(
     params=Params,
     header_rules=HEADER_RULES,
     scale_rules=SCALE_RULES,
+    header_syntax=HEADER_SYNTAX,
     encode=encode,
     decode_symbols=decode_symbols,
     reconstruct=reconstruct,

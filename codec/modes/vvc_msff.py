@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from construct import Bytes, Float32b, Int8ub, Int16ub, Struct
 
 from codec.bitstream import (
     ALL_SCALES,
@@ -37,11 +38,14 @@ from codec.bitstream import (
     ModeHeader,
     ModeId,
     PayloadUnit,
+    PresetId,
     SampleFormat,
     ScaleHeader,
     UnitType,
     preset_id,
 )
+from codec.bitstream.container import ModeHeaderSyntax
+from codec.bitstream.syntax import MAX_CHANNELS, finite_field, id_field, limit_field
 from codec.errors import EncodeError, InnerCodecError, MalformedError, SizeLimitError
 from codec.inner import vvc
 from codec.models.registry import check_model_hash
@@ -53,12 +57,14 @@ from .base import (
     ZERO_HASH,
     CodingMode,
     Rule,
+    Shapes,
     Weights,
     enum_rule,
     is_,
     option,
     other_than,
     scale_arrays,
+    shaped_scales,
     units_of_type,
 )
 
@@ -282,6 +288,54 @@ def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights
     return dict(exact(z, {s.name: (s.height, s.width) for s in header.scales}))
 
 
+# mode_header( ) of container 2.0 (bitstream_spec.md, section 7.4.1): the codec model,
+# the inner QP and preset, KeptChannels once and the one quantisation range of the kept
+# channels; inner_codec_id VVC_VVENC and inner_bit_depth 10 are implied by the mode
+vvc_msff_header = Struct(
+    "codec_model_id" / id_field(Int16ub, CodecModelId, "codec_model_id"),
+    "codec_model_hash" / Bytes(32),
+    "inner_qp" / Int8ub,
+    "inner_preset_id" / id_field(Int8ub, PresetId, "inner_preset_id"),
+    "kept_channels" / limit_field(Int16ub, 1, MAX_CHANNELS, "kept_channels"),
+    "quant_min" / finite_field(Float32b, "quant_min"),
+    "quant_max" / finite_field(Float32b, "quant_max"),
+)
+
+
+def _to_header_value(mh: ModeHeader) -> dict:
+    s0 = mh.scales[0]
+    return {
+        "codec_model_id": int(mh.codec_model_id),
+        "codec_model_hash": bytes(mh.codec_model_hash),
+        "inner_qp": mh.inner.qp,
+        "inner_preset_id": int(mh.inner.preset_id),
+        "kept_channels": sum(s.kept_channels for s in mh.scales),
+        "quant_min": float(s0.quant_min),
+        "quant_max": float(s0.quant_max),
+    }
+
+
+def _from_header_value(value, shapes: Shapes) -> ModeHeader:
+    try:  # the in-memory header spreads KeptChannels over the scales as container 1.0 does
+        per_scale = split_kept(value.kept_channels, [c for _, c, _, _ in shapes])
+    except EncodeError:
+        raise MalformedError(
+            f"vvc_msff mode: kept_channels {value.kept_channels} exceeds the scales' {sum(c for _, c, _, _ in shapes)}"
+        ) from None
+    scales = shaped_scales(shapes, kept_channels=per_scale, quant_min=value.quant_min, quant_max=value.quant_max)
+    return ModeHeader(
+        scales,
+        sample_format=SampleFormat.NONE,
+        inner=InnerCodecParams(InnerCodecId.VVC_VVENC, value.inner_qp, PresetId(value.inner_preset_id), BIT_DEPTH),
+        codec_model_id=CodecModelId(value.codec_model_id),
+        codec_model_hash=bytes(value.codec_model_hash),
+    )
+
+
+# spec table name -> construct (tests/unit/test_spec.py compares them with the spec)
+SYNTAX_STRUCTURES = {"vvc_msff_header": vvc_msff_header}
+HEADER_SYNTAX = ModeHeaderSyntax(vvc_msff_header, _to_header_value, _from_header_value)
+
 # header constraints (bitstream_spec.md, section 7.4)
 HEADER_RULES = {
     **anchor.VVC_HEADER_RULES,
@@ -302,6 +356,7 @@ MODE = CodingMode(
     params=Params,
     header_rules=HEADER_RULES,
     scale_rules=SCALE_RULES,
+    header_syntax=HEADER_SYNTAX,
     encode=encode,
     decode_symbols=decode_symbols,
     reconstruct=reconstruct,

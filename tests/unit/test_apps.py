@@ -99,7 +99,7 @@ def test_enc_inspect_dec_anchor_lists_nal_units(fake_net, image_file, tmp_path, 
     capsys.readouterr()
     assert fcm_inspect.main([str(out)]) == 0
     text = capsys.readouterr().out
-    assert "VVC_NAL_STREAM" in text and "NAL SPS" in text and "inner_qp               30" in text
+    assert "VVC_NAL_STREAM" in text and "NAL SPS" in text and "mode_header.inner_qp" in text and " 30" in text
     assert "header overhead" in text
     assert fcm_dec.main([str(out), "--detections", str(tmp_path / "d.json"), "--image-id", "7"]) == 0
     assert json.loads((tmp_path / "d.json").read_text())[0]["image_id"] == 7

@@ -275,7 +275,7 @@ def test_listing_the_modes_and_inspecting_imports_neither_torch_nor_compressai()
     from pathlib import Path
 
     vectors = Path(__file__).resolve().parents[1] / "conformance"
-    for vector in ("bypass-f16.bin", "anchor-qp22.bin"):  # inspecting a non-learned stream: no torch
+    for vector in ("bypass-f16.bin", "anchor-qp22.bin", "v2-anchor-qp37.bin"):  # a non-learned stream: no torch
         code = (
             "import sys, codec.apps.fcm_inspect as app, codec.modes as m; m.all_modes(); "
             f"rc = app.main([{str(vectors / vector)!r}]); "

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from construct import Array, Float32b, Int8ub, Struct, this
 from test_apps import FakeNet
 from test_ctc_fakes import write_fake_config
 
 from codec.apps import _cli, fcm_dec, fcm_enc, fcm_inspect
 from codec.bitstream import InnerCodecParams, ModeHeader, PayloadUnit, SampleFormat, ScaleHeader, UnitType
+from codec.bitstream.container import ModeHeaderSyntax
 from codec.errors import EncodeError, MalformedError
 from codec.modes import CodingMode, option, register_mode, unregister_mode
 from codec.modes.base import (
@@ -29,6 +31,7 @@ from codec.modes.base import (
     enum_rule,
     in_range,
     scale_arrays,
+    shaped_scales,
     to_features,
     units_of_type,
 )
@@ -81,6 +84,22 @@ def toy_reconstruct(header, symbols, weights=None):
     return to_features(header, arrays)
 
 
+# its part of the container 2.0 header: the bits once and each scale's range
+toy_header = Struct(
+    "bits" / Int8ub,
+    "ranges" / Array(this._.num_scales, Struct("lo" / Float32b, "hi" / Float32b)),
+)
+
+
+def toy_header_value(mh: ModeHeader) -> dict:
+    return {"bits": mh.scales[0].phi_index, "ranges": [{"lo": s.quant_min, "hi": s.quant_max} for s in mh.scales]}
+
+
+def toy_header_from_value(value, shapes) -> ModeHeader:
+    lo, hi = [r.lo for r in value.ranges], [r.hi for r in value.ranges]
+    return ModeHeader(shaped_scales(shapes, phi_index=value.bits, quant_min=lo, quant_max=hi))
+
+
 TOY = CodingMode(
     mode_id=TOY_ID,
     name="toy",
@@ -102,6 +121,7 @@ TOY = CodingMode(
         "quant_min": ANY,
         "quant_max": ANY,
     },
+    header_syntax=ModeHeaderSyntax(toy_header, toy_header_value, toy_header_from_value),
     description="test-only toy quantiser",
 )
 
@@ -139,7 +159,10 @@ def test_toy_mode_through_fcm_enc_dec_inspect(toy, image_file, tmp_path, monkeyp
         assert fcm_inspect.main([str(out), "--json"]) == 0
         info = json.loads(capsys.readouterr().out)
         assert info["valid"] and info["header"]["mode_id"] == TOY_ID and info["header_names"]["mode_id"] == "TOY"
-        assert [s["phi_index"] for s in info["header"]["scales"]] == [bits, bits]
+        assert info["version"] == "2.0" and info["header"]["mode_header"]["bits"] == bits  # its own syntax
+        assert [set(s) for s in info["header"]["scales"]] == [
+            {"scale_name", "scale_channels", "scale_height", "scale_width"}
+        ] * 2
         npz = tmp_path / f"toy{bits}.npz"
         assert fcm_dec.main([str(out), "-o", str(npz), "--detections", str(tmp_path / "d.json")]) == 0
         assert "mode toy, network nanodet" in capsys.readouterr().out
