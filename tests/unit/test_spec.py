@@ -261,3 +261,9 @@ def test_each_id_field_is_validated_by_the_enum_its_spec_table_names():
     assert set(code) >= {"network_id", "mode_id", "sample_format", "codec_model_id"}
     # unit_type lives in payload_unit_body( ): parse_container skips unknown optional units there
     assert set(spec) - set(code) == {"unit_type"}
+    # the same in every other syntax structure, the modes' mode_header( )s of container 2.0 included
+    for name, struct in SYNTAX_STRUCTURES.items():
+        rows = {r[0] for r in code_rows(struct)}
+        got = {field: cls.__name__ for field, cls in syntax.enum_fields(struct).items()}
+        want = {f: e for f, e in spec.items() if f in rows and f != "unit_type"}
+        assert got == want, name
