@@ -12,6 +12,10 @@ as `MODE`; codec.modes keeps the registry). It owns
   reconstruct(header, symbols, weights) -> Features
   validate(header, units, weights) -> None         (mode-level checks without decoding)
   where `weights` is None (the shipped codec-model weights) or another weights file;
+* its header constraint tables (HEADER_RULES / SCALE_RULES, bitstream_spec.md 7.6), checked
+  by one validator (`check_constraints`) before decoding;
+* its part of the container 2.0 header: a mode_header( ) construct selected by mode_id,
+  with the conversions to and from the in-memory ModeHeader (`ModeHeaderSyntax`);
 * the source and weight files its results depend on (the CTC cache key uses them).
 
 This module imports no torch at import time, so that the bitstream inspector
