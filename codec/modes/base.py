@@ -53,6 +53,7 @@ def option(
     range: tuple[int, int] | None = None,
     choices: tuple[str, ...] | None = None,
     rate: bool = False,
+    what: str | None = None,
 ) -> Any:
     """A field of a mode's parameter dataclass. `kind` (int, float or str) defaults to
     the type of `default`; a default of None means "optional" and needs `kind`.
@@ -64,7 +65,14 @@ def option(
         kind = builtins.type(default)
     if kind not in (int, float, str):
         raise TypeError(f"option kind must be int, float or str, got {kind!r}")
-    meta = {"help": help, "kind": kind, "range": range, "choices": tuple(choices) if choices else None, "rate": rate}
+    meta = {
+        "help": help,
+        "kind": kind,
+        "range": range,
+        "choices": tuple(choices) if choices else None,
+        "rate": rate,
+        "what": what,  # the values in words where no range or choices say it ("a weights file")
+    }
     return field(default=default, metadata=meta)
 
 
@@ -79,6 +87,7 @@ class ParamSpec:
     range: tuple[int, int] | None = None
     choices: tuple[str, ...] | None = None
     rate: bool = False
+    what: str | None = None
 
     @property
     def flag(self) -> str:
@@ -91,7 +100,7 @@ class ParamSpec:
         elif self.choices is not None:
             text = "|".join(self.choices)
         else:
-            text = {int: "an integer", float: "a number", str: "a string"}[self.kind]
+            text = self.what or {int: "an integer", float: "a number", str: "a string"}[self.kind]
         return text + (" or none" if self.default is None else "")
 
     def check(self, value: Any, mode: str) -> Any:
@@ -127,7 +136,7 @@ def param_specs(params_cls: type) -> list[ParamSpec]:
         if "kind" not in f.metadata:
             raise TypeError(f"{params_cls.__name__}.{f.name} is not declared with codec.modes.base.option()")
         m = f.metadata
-        out.append(ParamSpec(f.name, m["kind"], f.default, m["help"], m["range"], m["choices"], m["rate"]))
+        out.append(ParamSpec(f.name, m["kind"], f.default, m["help"], m["range"], m["choices"], m["rate"], m["what"]))
     return out
 
 

@@ -68,7 +68,10 @@ NUM_QUALITIES = 6  # phi 0..5: the gain-unit rows of the shipped model (checked 
 class Params:
     phi: int = option(3, "quality index (gain-unit row), higher is better", range=(0, NUM_QUALITIES - 1), rate=True)
     codec_weights: str | None = option(
-        None, "codec-model weights file instead of the shipped one (the decoder needs the same)", kind=str
+        None,
+        "codec-model weights file instead of the shipped one (the decoder needs the same)",
+        kind=str,
+        what="a weights file (.pt beside its .json record)",
     )
 
 

@@ -95,7 +95,10 @@ class Params:
         None, "fused channels to code (default: from the QP by the truncation table)", kind=int, range=(1, 4096)
     )
     codec_weights: str | None = option(
-        None, "codec-model weights file instead of the shipped one (the decoder needs the same)", kind=str
+        None,
+        "codec-model weights file instead of the shipped one (the decoder needs the same)",
+        kind=str,
+        what="a weights file (.pt beside its .json record)",
     )
 
 

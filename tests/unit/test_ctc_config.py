@@ -224,7 +224,10 @@ def test_a_mode_without_param_uses_its_own_rate_parameter(tmp_path: Path) -> Non
             "mode vvc_msff has no parameter phi",
         ),
         ({"name": "m", "type": "vvc_msff", "values": [32], "options": {"codec_weights": "no.pt"}}, "not found"),
-        ({"name": "m", "type": "vvc_msff", "values": [32], "options": {"codec_weights": 5}}, "a string or none, got 5"),
+        (
+            {"name": "m", "type": "vvc_msff", "values": [32], "options": {"codec_weights": 5}},
+            "codec_weights must be a weights file .* or none, got 5",
+        ),
     ):
         with pytest.raises(ConfigError, match=message):
             _parse(_modified(["codecs"], [bad]) | {"anchors": [], "reference": None}, tmp_path)
