@@ -76,6 +76,18 @@ class WeightsMismatchError(BitstreamError):
     """The decoder's network weights differ from the encoder's (weights hash)."""
 
 
+class CodecModelMismatchError(WeightsMismatchError):
+    """The decoder's codec-model weights differ from the encoder's (codec_model_hash)."""
+
+
+# -- codec models (both sides) ----------------------------------------------------------
+
+
+class CodecModelError(FcmError):
+    """A codec-model weights file is missing, unreadable, has no record, or does not match
+    the sha256 of its record (codec/models/registry.py)."""
+
+
 # -- inputs and parameters (encoder side, applications) ---------------------------
 
 

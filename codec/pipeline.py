@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,8 +26,7 @@ from codec.bitstream import (
     parse_container,
 )
 from codec.errors import EncodeError, InputError, NetworkMismatchError, WeightsMismatchError
-from codec.modes import available_modes, mode_by_id, mode_by_name
-from codec.modes.base import EncodeParams
+from codec.modes import CodingMode, available_modes, mode_by_id, mode_by_name
 from codec.vision import NETWORK_NAMES_BY_ID
 from codec.vision.base import Detections, Features, Preprocessing, SplitNetwork, SplitPoint
 
@@ -87,12 +89,14 @@ def build_bitstream(
     network: SplitNetwork,
     split_point: SplitPoint,
     prep: Preprocessing,
-    mode_id: ModeId,
+    mode_id: ModeId | int,
     mode_header: ModeHeader,
     units: list[PayloadUnit],
     weights_hash: bytes | None = None,
+    version_major: int | None = None,
 ) -> bytes:
-    """The container for a mode's header and payload units, with the network's fields."""
+    """The container for a mode's header and payload units, with the network's fields, in
+    the syntax of `version_major` (default: container 2.0, bitstream_spec.md)."""
     header = ContainerHeader(
         network_id=network.network_id,
         network_weights_hash=weights_hash if weights_hash is not None else weights_hash_bytes(network),
@@ -102,14 +106,28 @@ def build_bitstream(
         mode_id=mode_id,
         mode=mode_header,
     )
-    return build_container(header, units)
+    return build_container(header, units, version_major)
 
 
-def encode_image(image: np.ndarray, network: SplitNetwork, split: str | None, params: EncodeParams) -> EncodeResult:
-    """NN part 1 on an RGB uint8 image, then the coding mode, then the container."""
-    mode = mode_by_name(params.mode)
+def resolve_mode(mode: str | CodingMode, params: Mapping[str, Any] | Any = None) -> tuple[CodingMode, Any]:
+    """(mode object, its checked parameter dataclass) from a mode name or object and
+    the parameters (a mapping, an instance of the mode's dataclass, or None: defaults)."""
+    mode_obj = mode if isinstance(mode, CodingMode) else mode_by_name(mode)
+    return mode_obj, mode_obj.make_params(params)
+
+
+def encode_image(
+    image: np.ndarray,
+    network: SplitNetwork,
+    split: str | None,
+    mode: str | CodingMode,
+    params: Mapping[str, Any] | Any = None,
+) -> EncodeResult:
+    """NN part 1 on an RGB uint8 image, then the coding mode (with `params`, see
+    resolve_mode), then the container."""
+    mode, params = resolve_mode(mode, params)
     split_name = split or network.default_split
-    split_point = _split_point(network, split_name)
+    _split_point(network, split_name)  # before NN part 1: a bad split name fails fast
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise EncodeError(f"image must be RGB uint8 (H, W, 3), got {image.dtype} {image.shape}")
@@ -120,10 +138,28 @@ def encode_image(image: np.ndarray, network: SplitNetwork, split: str | None, pa
         x, prep = network.preprocess(image)
         features = network.part1(x, split_name)
     t1 = time.perf_counter()
-    mode_header, units = mode.encode(features, split_point, params)
-    bitstream = build_bitstream(network, split_point, prep, mode.MODE_ID, mode_header, units, weights_hash)
+    bitstream = encode_features(features, network, split_name, prep, mode, params, weights_hash)
     t2 = time.perf_counter()
     return EncodeResult(bitstream, features, prep, {"nn_part1": t1 - t0, "encode": t2 - t1})
+
+
+def encode_features(
+    features: Features,
+    network: SplitNetwork,
+    split: str | None,
+    prep: Preprocessing,
+    mode: str | CodingMode,
+    params: Mapping[str, Any] | Any = None,
+    weights_hash: bytes | None = None,
+    version_major: int | None = None,
+) -> bytes:
+    """NN part 1 output -> container bytes: the coding mode, then the container with the
+    network's fields (container 2.0 unless `version_major` says 1). The tools that code
+    features they computed themselves use this."""
+    mode, params = resolve_mode(mode, params)
+    split_point = _split_point(network, split or network.default_split)
+    mode_header, units = mode.encode(features, split_point, params)
+    return build_bitstream(network, split_point, prep, mode.mode_id, mode_header, units, weights_hash, version_major)
 
 
 def network_name_of(header: ContainerHeader) -> str:
@@ -158,15 +194,20 @@ def check_network(header: ContainerHeader, network: SplitNetwork) -> str:
     return sp.name
 
 
-def decode_bitstream(data: bytes, network: SplitNetwork | None = None) -> DecodeResult:
+def decode_bitstream(
+    data: bytes, network: SplitNetwork | None = None, codec_weights: str | Path | None = None
+) -> DecodeResult:
     """Container bytes -> reconstructed features. With `network`, the bitstream's
-    network id, weights hash and split point are checked against it first."""
+    network id, weights hash and split point are checked against it first.
+    `codec_weights`: a codec-model weights file instead of the shipped one (the
+    same file the encoder was given; its sha256 is checked against the header)."""
     t0 = time.perf_counter()
     parsed = parse_container(data)
     header = parsed.header
     split = check_network(header, network) if network is not None else header.split_point_name
     mode = mode_by_id(header.mode_id)
-    features = mode.decode(header, parsed.units)
+    mode.check(header, parsed.units, codec_weights)
+    features = mode.decode(header, parsed.units, codec_weights)
     t1 = time.perf_counter()
     return DecodeResult(
         header=header,
@@ -189,13 +230,14 @@ def run_part2(network: SplitNetwork, decoded: DecodeResult) -> tuple[Detections,
 
 __all__ = [
     "DecodeResult",
-    "EncodeParams",
     "EncodeResult",
     "ModeId",
     "available_modes",
     "build_bitstream",
     "decode_bitstream",
+    "encode_features",
     "encode_image",
     "load_image",
+    "resolve_mode",
     "run_part2",
 ]

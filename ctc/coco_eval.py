@@ -54,9 +54,7 @@ def _clean_result(r: Mapping[str, Any], index: int) -> dict[str, Any]:
         bbox = [float(v) for v in r["bbox"]]
         score = float(r["score"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise CocoEvalError(
-            f"result {index}: need image_id, category_id, bbox [x, y, w, h] and score ({exc})"
-        ) from exc
+        raise CocoEvalError(f"result {index}: need image_id, category_id, bbox [x, y, w, h] and score ({exc})") from exc
     if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox) or bbox[2] < 0 or bbox[3] < 0:
         raise CocoEvalError(f"result {index}: bbox must be 4 finite numbers [x, y, w, h] with w, h >= 0")
     if not math.isfinite(score):

@@ -6,12 +6,14 @@ the real code path, so that the counted bits are the bytes a file would hold:
 * ``image_anchor``: the image coded with VVC (``encode_rgb_image``), decoded, then
   the whole network (NN part 1 + part 2) on the decoded image. bits = VVC bytes * 8.
 * ``feature_anchor``: the container's "anchor" mode (``codec.pipeline.encode_image``
-  with ``EncodeParams(mode="anchor", qp=...)``, then ``decode_bitstream`` and
+  with mode "anchor" and its parameters, then ``decode_bitstream`` and
   ``run_part2``). bits = container bytes * 8.
 * ``bypass``: the container's lossless "bypass" mode (float16 / float32 tensors).
-* ``container`` (with ``mode: NAME``), or a type named after any mode in
-  ``codec.pipeline.available_modes()``: that container mode with the rate
-  parameters of the config (fields of ``EncodeParams``).
+* ``container`` (with ``mode: NAME``), or a type named after any registered mode
+  (``codec.modes.available_modes()``): that container mode; the config's ``param``
+  (default: the mode's rate parameter) and ``options`` are the fields of the mode's
+  parameter dataclass, checked by the mode. An ablation is a mode with other
+  options (e.g. ``codec_weights``, ``kept_channels`` of vvc_msff).
 * ``uncompressed``: NN part 1 -> NN part 2 with no coding at all; the rate is the
   raw float32 size of the split features (a reference line, not a codec).
 
@@ -23,12 +25,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from codec.errors import EncodeError
 from codec.vision.base import Detections, Features, SplitNetwork
 
 from .complexity import count_stage
@@ -96,9 +101,11 @@ class CodecType:
 
 
 def _check_qp(params: dict[str, Any]) -> None:
+    from codec.inner.vvc import QP_MAX, QP_MIN
+
     qp = params.get("qp")
-    if isinstance(qp, bool) or not isinstance(qp, int) or not 0 <= qp <= 63:
-        raise ConfigError(f"qp must be an integer in 0..63, got {qp!r}")
+    if isinstance(qp, bool) or not isinstance(qp, int) or not QP_MIN <= qp <= QP_MAX:
+        raise ConfigError(f"qp must be an integer in {QP_MIN}..{QP_MAX}, got {qp!r}")
 
 
 def _ffmpeg_version() -> str:
@@ -182,58 +189,68 @@ class Uncompressed(CodecType):
 
 
 class ContainerCodec(CodecType):
-    """A container coding mode through codec.pipeline (encode_image -> bytes -> decode_bitstream)."""
+    """A container coding mode through codec.pipeline (encode_image -> bytes -> decode_bitstream).
+
+    The parameters of a rate point are the mode's parameter dataclass: the rate
+    parameter (the default `param`) and options, checked by the mode itself. An
+    ablation is the same mode with other options (codec-model weights, a kept-channel
+    count, ...), never another code path. A `codec_weights` path is relative to the
+    repository root; its sha256 joins the parameters (and so the job key)."""
 
     type_name = "container"
 
     def __init__(self, mode: str) -> None:
-        self.mode = mode
-        if mode in ("anchor", "bypass"):
-            self.default_param = "bypass_dtype" if mode == "bypass" else "qp"
-        else:  # other modes (learned): their quality index if EncodeParams has one
-            from codec.pipeline import EncodeParams
+        from codec.modes import mode_by_name
 
-            self.default_param = "phi" if "phi" in {f.name for f in dataclasses.fields(EncodeParams)} else "qp"
+        try:
+            self._mode = mode_by_name(mode)
+        except EncodeError as e:
+            raise ConfigError(str(e)) from None
+        self.mode = mode
+        self.default_param = self._mode.rate_param
         self.uses_ffmpeg = mode != "bypass"
 
-    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        from codec.pipeline import EncodeParams
+    def _mode_params(self, params: dict[str, Any]) -> Any:
+        values = {k: v for k, v in params.items() if k != WEIGHTS_SHA256}
+        if isinstance(values.get("codec_weights"), str):
+            values["codec_weights"] = str(codec_weights_path(values["codec_weights"]))
+        try:
+            return self._mode.make_params(values)
+        except EncodeError as e:
+            raise ConfigError(str(e)) from None
 
-        fields = {f.name: f for f in dataclasses.fields(EncodeParams) if f.name != "mode"}
-        unknown = sorted(set(params) - set(fields))
-        if unknown:
-            raise ConfigError(
-                f"unknown parameter(s) {', '.join(unknown)} for mode {self.mode!r} "
-                f"(EncodeParams fields: {', '.join(fields)})"
-            )
-        defaults = EncodeParams(mode=self.mode)
-        out = {name: getattr(defaults, name) for name in fields}
-        for name, value in params.items():
-            default = getattr(defaults, name)
-            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if default is not None:
-                allowed = {type(default).__name__}
-            else:  # an optional field: the simple types its annotation names ("int | None")
-                allowed = {t for t in ("int", "float", "str", "bool") if t in str(fields[name].type)}
-            if value is not None and allowed and type(value).__name__ not in allowed:
-                raise ConfigError(f"{name} must be of type {' or '.join(sorted(allowed))}, got {value!r}")
-            out[name] = value
-        if "qp" in out:
-            _check_qp(out)
+    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        from codec.errors import CodecModelError
+        from codec.models.registry import verify_weights
+
+        checked = self._mode_params(params)
+        out = dataclasses.asdict(checked)
+        if out.get("codec_weights") is not None:
+            out["codec_weights"] = params["codec_weights"]  # as written: the job key stays machine-independent
+            path = codec_weights_path(params["codec_weights"])
+            try:
+                _, digest = verify_weights(path)  # missing, unrecorded or corrupt: refused before any job
+            except CodecModelError as e:
+                raise ConfigError(str(e)) from None
+            out[WEIGHTS_SHA256] = digest  # other weights, other results
         return out
 
     def version(self) -> str:
         return _ffmpeg_version() if self.uses_ffmpeg else ""
 
     def run(self, image: np.ndarray, network: SplitNetwork, split: str, params: dict[str, Any]) -> CodecOutput:
-        from codec.pipeline import EncodeParams, decode_bitstream, encode_image, run_part2
+        from codec.files import file_sha256
+        from codec.pipeline import decode_bitstream, encode_image, run_part2
 
+        mode_params = self._mode_params(params)
+        weights = getattr(mode_params, "codec_weights", None)
+        if weights is not None and file_sha256(weights) != params.get(WEIGHTS_SHA256):
+            raise ConfigError(f"{weights} changed since the run was planned")
         staged = _StagedNetwork(network)
         with count_stage("encode"):
-            enc = encode_image(image, staged, split, EncodeParams(mode=self.mode, **params))
+            enc = encode_image(image, staged, split, self._mode, mode_params)
         with count_stage("decode"):
-            dec = decode_bitstream(enc.bitstream, staged)
+            dec = decode_bitstream(enc.bitstream, staged, weights)
         detections, t_part2 = run_part2(staged, dec)
         return CodecOutput(
             bits=len(enc.bitstream) * 8,
@@ -248,91 +265,15 @@ class ContainerCodec(CodecType):
         )
 
 
-class MsffAblation(CodecType):
-    """vvc_msff with other MSFF/MSFR weights and/or another kept-channel policy, through the
-    real container (same mode id and syntax; the decoder is given the same weights): the
-    ablations of docs/results_msff.md. Parameters: qp, preset, `weights` (a weights file;
-    relative paths are from the repository root; default the shipped one) and `kept`
-    ("table": the shipped QP table, "all": every fused channel, or a number)."""
+WEIGHTS_SHA256 = "codec_weights_sha256"
 
-    type_name = "vvc_msff_ablation"
-    default_param = "qp"
-    mode = "vvc_msff"
-    uses_ffmpeg = True
 
-    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        from codec.inner.vvc import VVENC_PRESETS
-        from codec.models.msff import file_sha256
+def codec_weights_path(weights: str | os.PathLike) -> Path:
+    """A config's codec_weights: absolute, or relative to the repository root."""
+    from codec.files import REPO_ROOT
 
-        unknown = sorted(set(params) - {"qp", "preset", "weights", "kept"})
-        if unknown:
-            raise ConfigError(
-                f"unknown parameter(s) {', '.join(unknown)} for vvc_msff_ablation (qp, preset, weights, kept)"
-            )
-        out = {"preset": "faster", "kept": "table", "weights": None, **params}
-        _check_qp(out)
-        if out["preset"] not in VVENC_PRESETS:
-            raise ConfigError(f"preset {out['preset']!r} is not one of {', '.join(VVENC_PRESETS)}")
-        kept = out["kept"]
-        if not (kept in ("table", "all") or (isinstance(kept, int) and not isinstance(kept, bool) and kept >= 1)):
-            raise ConfigError(f"kept must be 'table', 'all' or a positive integer, got {kept!r}")
-        path = self.weights_path(out["weights"])
-        if not path.is_file():
-            raise ConfigError(f"vvc_msff_ablation weights not found: {path}")
-        out["weights_sha256"] = file_sha256(path)  # part of the job key: other weights, other results
-        return out
-
-    @staticmethod
-    def weights_path(weights: str | None):
-        from pathlib import Path
-
-        from codec.models.msff import shipped_weights_paths
-
-        path = shipped_weights_paths()[0] if weights is None else Path(weights)
-        return path if path.is_absolute() else Path(__file__).resolve().parent.parent / path
-
-    def version(self) -> str:
-        return _ffmpeg_version()
-
-    def run(self, image: np.ndarray, network: SplitNetwork, split: str, params: dict[str, Any]) -> CodecOutput:
-        from codec.bitstream import parse_container
-        from codec.modes import vvc_msff
-        from codec.pipeline import build_bitstream
-
-        sp = network.split_points[split]
-        weights = self.weights_path(params["weights"])
-        model_id = vvc_msff.model_id_for(sp)
-        model, _, digest = vvc_msff.model_for(model_id, weights)
-        if digest.hex() != params["weights_sha256"]:
-            raise ConfigError(f"{weights} changed since the run was planned")
-        c = model.cfg.fused_channels
-        kept = params["kept"]
-        kept = vvc_msff.kept_channels_for_qp(params["qp"], c) if kept == "table" else c if kept == "all" else kept
-        t_start = time.perf_counter()
-        with count_stage("nn_part1"):
-            x, prep = network.preprocess(image)
-            features = network.part1(x, split)
-        t0 = time.perf_counter()
-        with count_stage("encode"):
-            mode_header, units = vvc_msff.encode_with_model(
-                features, sp, params["qp"], params["preset"], min(kept, c), model, model_id, digest
-            )
-            bitstream = build_bitstream(network, sp, prep, vvc_msff.MODE_ID, mode_header, units)
-        t1 = time.perf_counter()
-        with count_stage("decode"):
-            parsed = parse_container(bitstream)
-            symbols = vvc_msff.decode_symbols(parsed.header, parsed.units, weights)
-            decoded = vvc_msff.reconstruct(parsed.header, symbols, weights)
-        t2 = time.perf_counter()
-        with count_stage("nn_part2"):
-            detections = network.part2(decoded, split, parsed.header.preprocessing)
-        t3 = time.perf_counter()
-        return CodecOutput(
-            bits=len(bitstream) * 8,
-            detections=detections,
-            timings={"nn_part1": t0 - t_start, "encode": t1 - t0, "decode": t2 - t1, "nn_part2": t3 - t2},
-            raw_feature_bits=raw_feature_bits(features),
-        )
+    path = Path(weights)
+    return path if path.is_absolute() else REPO_ROOT / path
 
 
 _REGISTRY: dict[str, CodecType] = {}
@@ -346,7 +287,6 @@ register_codec_type(ImageAnchor())
 register_codec_type(Uncompressed())
 register_codec_type(ContainerCodec("anchor"), "feature_anchor")
 register_codec_type(ContainerCodec("bypass"), "bypass")
-register_codec_type(MsffAblation())
 
 
 def available_codec_types() -> list[str]:

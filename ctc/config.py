@@ -55,10 +55,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 def default_assets_dir() -> Path:
     """FCM_ASSETS, else <repo>/../shared/assets."""
-    env = os.environ.get("FCM_ASSETS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "assets"
+    from codec.files import assets_path
+
+    return assets_path()
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ class CtcConfig:
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _check_keys(section: str, data: Any, allowed: set[str], required: set[str] = frozenset()) -> dict:
+def _check_keys(section: str, data: Any, allowed: set[str], required: frozenset[str] | set[str] = frozenset()) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{section}: expected a mapping, got {type(data).__name__}")
     unknown = sorted(set(map(str, data)) - allowed)
@@ -235,7 +234,7 @@ def _parse_codec(i: int, data: Any) -> CodecConfig:
     if param is None:
         if values is not None:
             raise ConfigError(f"{section}: 'values' given but the codec has no rate parameter")
-        raw_points = [(None, None)]
+        raw_points: list[tuple[str | None, Any]] = [(None, None)]
     else:
         param = _str(f"{section}.param", param)
         if values is None:

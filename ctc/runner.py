@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from codec.files import file_sha256 as sha256_file
+
 from .cache import ResultCache
 from .config import CtcConfig, NetworkConfig, config_to_dict
 from .errors import DatasetError, JobError
@@ -48,14 +50,6 @@ class ImageItem:
     @property
     def pixels(self) -> int:
         return self.width * self.height
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def select_images(
@@ -164,54 +158,63 @@ class Job:
     torch_threads: int | None = None
 
 
-# Source that produces job results; its content hash is part of the code version, so an
-# edit of a mode or network without a version bump cannot leave stale results in a cache.
-# Sources whose changes change job results. Every job depends on the core; a container
-# mode also on its own module and model files (so retraining one learned codec, or editing
-# its mode, does not invalidate the cached results of the anchors). A mode missing from
-# _MODE_SOURCES depends on all of codec/modes and codec/models.
+# Sources whose changes change job results, so that an edit of a mode or network without
+# a version bump cannot leave stale results in a cache. Every job depends on the core; a
+# container mode also on the files its CodingMode declares (its module, models, weights),
+# so retraining one learned codec, or editing its mode, does not invalidate the cached
+# results of the anchors. A mode name that is not registered depends on all of
+# codec/modes and codec/models.
 _CORE_SOURCES = (
     "codec/bitstream",
     "codec/inner",
     "codec/vision",
     "codec/errors.py",
+    "codec/files.py",
     "codec/pipeline.py",
     "codec/modes/__init__.py",
     "codec/modes/base.py",
     "ctc/codecs.py",
     "ctc/runner.py",
 )
-_MODE_SOURCES: dict[str, tuple[str, ...]] = {
-    "bypass": ("codec/modes/bypass.py",),
-    "anchor": ("codec/modes/anchor.py",),
-    "vvc_msff": ("codec/modes/vvc_msff.py", "codec/modes/anchor.py", "codec/models/msff.py",
-                 "codec/models/weights/msff_nanodet_neck.pt"),
-    "learned_e2e": ("codec/modes/learned_e2e.py", "codec/models/fenet.py", "codec/models/fixed_point.py",
-                    "codec/models/weights/fenet_nanodet_neck.pt"),
-}
 
 
-def _result_sources(mode: str | None) -> tuple[str, ...]:
+def _files_of(entries: Iterable[str | Path]) -> list[Path]:
+    root = Path(__file__).resolve().parent.parent
+    files: set[Path] = set()
+    for entry in entries:
+        p = Path(entry) if Path(entry).is_absolute() else root / entry
+        if p.is_dir():
+            files |= {f for f in p.rglob("*") if f.suffix in (".py", ".pt")}
+        elif p.is_file():
+            files.add(p)
+    return sorted(files)
+
+
+def _result_sources(mode: str | None) -> list[Path]:
+    """The files whose content the results of jobs of `mode` (None: no container mode) depend on."""
     if mode is None:
-        return _CORE_SOURCES
-    return _CORE_SOURCES + _MODE_SOURCES.get(mode, ("codec/modes", "codec/models"))
+        return _files_of(_CORE_SOURCES)
+    from codec.errors import EncodeError
+    from codec.modes import mode_by_name
+
+    try:
+        extra: list[str | Path] = list(mode_by_name(mode).source_files())
+    except EncodeError:
+        extra = ["codec/modes", "codec/models"]
+    return _files_of([*_CORE_SOURCES, *extra])
 
 
 @functools.lru_cache(maxsize=16)
 def source_sha256(mode: str | None = None) -> str:
-    """sha256 over the Python sources and shipped model weights (.pt) that affect the results
-    of jobs of `mode` (None: no container mode); the split network's weights hash is a key
-    field of its own."""
+    """sha256 over the Python sources and model weights that affect the results of jobs
+    of `mode` (None: no container mode); the split network's weights hash is a key field
+    of its own. Files inside the repository are named by their relative path."""
     root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
-    for entry in _result_sources(mode):
-        p = root / entry
-        files = (
-            sorted(f for f in p.rglob("*") if f.suffix in (".py", ".pt")) if p.is_dir() else [p] if p.is_file() else []
-        )
-        for f in files:
-            h.update(f.relative_to(root).as_posix().encode() + b"\0")
-            h.update(f.read_bytes())
+    for f in _result_sources(mode):
+        name = f.relative_to(root).as_posix() if f.is_relative_to(root) else f.name
+        h.update(name.encode() + b"\0")
+        h.update(f.read_bytes())
     return h.hexdigest()
 
 

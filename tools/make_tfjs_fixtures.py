@@ -15,8 +15,8 @@ Per image one ``.npz`` (keys: see ``NANODET_KEYS`` / ``CENTERNET_KEYS``):
   preprocessing record, tfjs version and backend, model file sha256.
 
 Usage (after ``npm ci`` in tools/tfjs_reference):
-    python tools/make_tfjs_fixtures.py                      # NanoDet + CenterNet, default images
-    python tools/make_tfjs_fixtures.py --network nanodet --random-input 0 --out-dir /tmp/x
+    python -m tools.make_tfjs_fixtures                      # NanoDet + CenterNet, default images
+    python -m tools.make_tfjs_fixtures --network nanodet --random-input 0 --out-dir /tmp/x
 """
 
 from __future__ import annotations
@@ -428,7 +428,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
-    sys.path.insert(0, str(REPO_ROOT))  # `codec` from this checkout when run as a script
     raise SystemExit(main())

@@ -15,10 +15,10 @@ mAP for the feature anchor, the image anchor, vvc_msff with the shipped table,
 vvc_msff without truncation (all channels at every QP) and vvc_msff with other
 weights (the no-SLS ablation), and print BD-rates against both anchors.
 
-    python tools/tune_truncation.py tune --images 16 --out tune.json
-    python tools/tune_truncation.py eval --dataset val2017-103 --limit 16 --lines feature_anchor,image_anchor \\
+    python -m tools.tune_truncation tune --images 16 --out tune.json
+    python -m tools.tune_truncation eval --dataset val2017-103 --limit 16 --lines feature_anchor,image_anchor \\
         --out anchors.json
-    python tools/tune_truncation.py report anchors.json msff.json
+    python -m tools.tune_truncation report anchors.json msff.json
 """
 
 from __future__ import annotations
@@ -33,53 +33,118 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from codec.bitstream import CodecModelId
+from codec.files import assets_path
+from codec.modes import vvc_msff
+from codec.pipeline import decode_bitstream, encode_features, load_image
+from codec.vision import get_network
+from ctc.bd_rate import bd_rate
+from ctc.coco_eval import evaluate_detections
+from tools.train_msff import list_images, split_train_images
 
-from codec.bitstream import CodecModelId, ContainerHeader, build_container, parse_container  # noqa: E402
-from codec.modes import anchor, vvc_msff  # noqa: E402
-from codec.modes.base import EncodeParams  # noqa: E402
-from codec.pipeline import load_image  # noqa: E402
-from codec.vision import get_network  # noqa: E402
-from ctc.bd_rate import bd_rate  # noqa: E402
-from ctc.coco_eval import evaluate_detections  # noqa: E402
-from tools.train_msff import assets_dir, list_images, split_train_images  # noqa: E402
-
-COCO_IDS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32,
-            33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59,
-            60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90]
+COCO_IDS = [
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    10,
+    11,
+    13,
+    14,
+    15,
+    16,
+    17,
+    18,
+    19,
+    20,
+    21,
+    22,
+    23,
+    24,
+    25,
+    27,
+    28,
+    31,
+    32,
+    33,
+    34,
+    35,
+    36,
+    37,
+    38,
+    39,
+    40,
+    41,
+    42,
+    43,
+    44,
+    46,
+    47,
+    48,
+    49,
+    50,
+    51,
+    52,
+    53,
+    54,
+    55,
+    56,
+    57,
+    58,
+    59,
+    60,
+    61,
+    62,
+    63,
+    64,
+    65,
+    67,
+    70,
+    72,
+    73,
+    74,
+    75,
+    76,
+    77,
+    78,
+    79,
+    80,
+    81,
+    82,
+    84,
+    85,
+    86,
+    87,
+    88,
+    89,
+    90,
+]
 
 
 class Coder:
-    """vvc_msff through the mode API with a given weights file and kept-count policy."""
+    """vvc_msff with a given weights file and kept-channel count, through the data path of
+    the apps and the CTC (codec.pipeline: container with network checks, then decoding)."""
 
     def __init__(self, net, split: str, weights: str | Path | None) -> None:
-        self.net, self.split, self.weights = net, split, weights
+        self.net, self.split, self.weights = net, split, None if weights is None else str(weights)
         self.sp = net.split_points[split]
         self.model_id = CodecModelId.MSFF_NANODET_NECK if weights else vvc_msff.model_id_for(self.sp)
         self.model, _, self.digest = vvc_msff.model_for(self.model_id, weights)
 
     def code(self, feats, prep, qp: int, kept: int):
-        mh, units = vvc_msff.encode_with_model(
-            feats, self.sp, qp, "faster", kept, self.model, self.model_id, self.digest
-        )
-        header = ContainerHeader(self.net.network_id, bytes.fromhex(self.net.weights_sha256()), self.sp.split_id,
-                                 self.sp.name, prep, vvc_msff.MODE_ID, mh)  # fmt: skip
-        data = build_container(header, units)
-        parsed = parse_container(data)
-        sym = vvc_msff.decode_symbols(parsed.header, parsed.units, self.weights)
-        return len(data), vvc_msff.reconstruct(parsed.header, sym, self.weights)
+        params = {"qp": qp, "preset": "faster", "kept_channels": kept, "codec_weights": self.weights}
+        data = encode_features(feats, self.net, self.split, prep, "vvc_msff", params)
+        return len(data), decode_bitstream(data, self.net, self.weights).features
 
 
 def anchor_code(net, split, feats, prep, qp: int):
-    sp = net.split_points[split]
-    mh, units = anchor.encode(feats, sp, EncodeParams(mode="anchor", qp=qp))
-    header = ContainerHeader(net.network_id, bytes.fromhex(net.weights_sha256()), sp.split_id, sp.name, prep,
-                             anchor.MODE_ID, mh)  # fmt: skip
-    data = build_container(header, units)
-    parsed = parse_container(data)
-    return len(data), anchor.decode(parsed.header, parsed.units)
+    data = encode_features(feats, net, split, prep, "anchor", {"qp": qp})
+    return len(data), decode_bitstream(data, net).features
 
 
 def image_anchor_code(net, split, image: np.ndarray, qp: int):
@@ -109,7 +174,7 @@ def tune(args: argparse.Namespace) -> int:
     net = get_network("nanodet")
     coder = Coder(net, args.split, args.weights)
     c = coder.model.cfg.fused_channels
-    root = assets_dir() / "train-images"
+    root = assets_path() / "train-images"
     _, held = split_train_images(list_images(root), args.holdout, args.seed)
     held = held[: args.images]
     qps = [int(q) for q in args.qps.split(",")]
@@ -169,7 +234,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from pycocotools.coco import COCO
 
     net = get_network("nanodet")
-    img_dir, ann = (assets_dir() / p for p in DATASETS[args.dataset])
+    img_dir, ann = (assets_path() / p for p in DATASETS[args.dataset])
     gt = COCO(str(ann))
     ids = sorted(gt.getImgIds())[: args.limit]
     qps = [int(q) for q in args.qps.split(",")]

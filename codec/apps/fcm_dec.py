@@ -12,6 +12,7 @@ import numpy as np
 
 from codec.apps import _cli
 from codec.bitstream import parse_container
+from codec.modes import mode_by_id
 from codec.pipeline import decode_bitstream, load_image, network_name_of, run_part2
 
 DRAW_THR_DEFAULT = 0.3
@@ -50,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--image-id", type=int, help="COCO image id for the JSON (default: digits of the file name, else 0)")
     p.add_argument("--weights", metavar="PATH", help="local network weights instead of the default, verified ones")
+    p.add_argument(
+        "--codec-weights",
+        metavar="PATH",
+        help="codec-model weights instead of the shipped ones (the file the encoder was given)",
+    )
     p.add_argument("--score-thr", type=float, help="drop detections scoring below this (see below)")
     return p
 
@@ -67,10 +73,10 @@ def _decode(args: argparse.Namespace) -> int:
     if want_dets:
         header = parse_container(data).header
         network = _cli.load_network(network_name_of(header), args.weights)
-    decoded = decode_bitstream(data, network)
+    decoded = decode_bitstream(data, network, args.codec_weights)
     shapes = ", ".join(f"{k} {tuple(v.shape[1:])}" for k, v in decoded.features.items())
     print(
-        f"{args.input}: mode {decoded.header.mode_id.name.lower()}, network {decoded.network_name}, "
+        f"{args.input}: mode {mode_by_id(decoded.header.mode_id).name}, network {decoded.network_name}, "
         f"split {decoded.split}, scales {shapes}"
     )
     times = dict(decoded.timings)

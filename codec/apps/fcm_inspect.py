@@ -9,20 +9,7 @@ import json
 from typing import Any
 
 from codec.apps import _cli
-from codec.bitstream import (
-    CodecModelId,
-    EntropyCoderId,
-    InnerCodecId,
-    InspectReport,
-    ModeId,
-    NetworkId,
-    PresetId,
-    ResizeMode,
-    SampleFormat,
-    UnitType,
-    inspect_container,
-    parse_container,
-)
+from codec.bitstream import InspectReport, UnitType, inspect_container, parse_container, syntax
 from codec.errors import BitstreamError
 from codec.modes import mode_by_id
 
@@ -35,16 +22,10 @@ A damaged file is still shown as far as it parses; the error is printed last.
 exit status: 0 a valid container, 2 an invalid one (or bad arguments / input).
 """
 
-_ENUM_FIELDS: dict[str, type[enum.IntEnum]] = {
-    "network_id": NetworkId,
-    "resize_mode": ResizeMode,
-    "mode_id": ModeId,
-    "sample_format": SampleFormat,
-    "inner_codec_id": InnerCodecId,
-    "inner_preset_id": PresetId,
-    "codec_model_id": CodecModelId,
-    "entropy_coder_id": EntropyCoderId,
-}
+# header field -> its id table, from the container syntax (the IntEnum that validates it)
+_ENUM_FIELDS: dict[str, type[enum.IntEnum]] = syntax.enum_fields(syntax.header_body) | syntax.enum_fields(
+    syntax.header_body_v2
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,10 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", metavar="IN.bin", help="FCM container file")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument(
+        "--codec-weights",
+        metavar="PATH",
+        help="codec-model weights to check the stream against instead of the shipped ones",
+    )
     return p
 
 
 def _enum_name(field: str, value: Any) -> str | None:
+    if field == "mode_id":
+        try:
+            return mode_by_id(int(value)).name.upper()
+        except BitstreamError:
+            pass
     cls = _ENUM_FIELDS.get(field)
     if cls is None:
         return None
@@ -74,8 +65,10 @@ def _jsonable(field: str, value: Any) -> Any:
         return value.hex()
     if isinstance(value, enum.IntEnum):
         return int(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(k, v) for k, v in value.items()}
     if isinstance(value, list):
-        return [{k: _jsonable(k, v) for k, v in item.items()} if isinstance(item, dict) else item for item in value]
+        return [_jsonable(field, item) for item in value]
     return value
 
 
@@ -146,6 +139,10 @@ def print_text(d: dict[str, Any]) -> None:
         for k, v in d["header"].items():
             if k == "scales":
                 continue
+            if k == "mode_header" and isinstance(v, dict):  # container 2.0: the mode's own syntax
+                for mk, mv in v.items():
+                    print(f"  mode_header.{mk:<22} {mv}")
+                continue
             suffix = f" ({names[k]})" if k in names else ""
             print(f"  {k:<22} {v}{suffix}")
         for i, s in enumerate(d["header"].get("scales", [])):
@@ -178,9 +175,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if report.error is None:  # container-level valid: also check the mode's payload structure
         parsed = parse_container(data)
         try:
-            validate = getattr(mode_by_id(parsed.header.mode_id), "validate", None)
-            if validate is not None:
-                validate(parsed.header, parsed.units)
+            mode_by_id(parsed.header.mode_id).check(parsed.header, parsed.units, args.codec_weights)
         except BitstreamError as e:
             report.error = e
     d = report_dict(args.input, report)

@@ -1,4 +1,4 @@
-"""The FCM container v1 (bitstream_spec.md): syntax (construct), ids, and
+"""The FCM container, versions 2.0 and 1.0 (bitstream_spec.md): syntax (construct), ids, and
 build / parse / inspect entry points."""
 
 from .container import (
@@ -29,6 +29,7 @@ from .ids import (
     UnitType,
     preset_id,
 )
+from .preprocessing import Preprocessing
 from .syntax import MAGIC, SYNTAX_STRUCTURES, VERSION_MAJOR, VERSION_MINOR
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "NetworkId",
     "ParsedContainer",
     "PayloadUnit",
+    "Preprocessing",
     "PresetId",
     "ResizeMode",
     "SYNTAX_STRUCTURES",

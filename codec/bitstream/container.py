@@ -1,4 +1,4 @@
-"""Container v1 in Python terms: header and payload-unit dataclasses, and the
+"""The container (versions 2.0 and 1.0) in Python terms: header and payload-unit dataclasses, and the
 three entry points `build_container`, `parse_container` (strict, for decoding)
 and `inspect_container` (lenient, for fcm_inspect). The bytes are defined only
 by the construct objects in `syntax.py`."""
@@ -6,7 +6,8 @@ by the construct objects in `syntax.py`."""
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from construct import ConstructError, StreamError, Struct, TerminatedError
@@ -18,8 +19,8 @@ from codec.errors import (
     TrailingDataError,
     TruncatedError,
     UnknownUnitError,
+    UnsupportedModeError,
 )
-from codec.vision.base import Preprocessing
 
 from . import syntax
 from .ids import (
@@ -34,7 +35,9 @@ from .ids import (
     ResizeMode,
     SampleFormat,
     UnitType,
+    mode_id_value,
 )
+from .preprocessing import Preprocessing
 
 UNIT_OVERHEAD = 1 + 1 + 1 + 4 + 4  # unit_type, unit_flags, unit_scale_index, unit_data_size, unit_crc32
 
@@ -85,7 +88,7 @@ class ContainerHeader:
     split_point_id: int
     split_point_name: str
     preprocessing: Preprocessing
-    mode_id: ModeId
+    mode_id: ModeId | int  # an int for a private-use mode id (ids.PRIVATE_MODE_IDS)
     mode: ModeHeader
     version_major: int = syntax.VERSION_MAJOR
     version_minor: int = syntax.VERSION_MINOR
@@ -143,8 +146,57 @@ def _scale_dict(s: ScaleHeader) -> dict[str, Any]:
     )
 
 
+# --- mode headers of version 2.0 ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModeHeaderSyntax:
+    """A mode's own header syntax (container 2.0) and its two conversions: ModeHeader ->
+    the construct value, and (construct value, scale shapes) -> ModeHeader (with the fields
+    the syntax does not carry set to the values of the mode's constraint table)."""
+
+    struct: Any
+    to_value: Callable[[ModeHeader], dict[str, Any]]
+    from_value: Callable[[Any, tuple[tuple[str, int, int, int], ...]], ModeHeader]
+
+
+_MODE_HEADERS: dict[int, ModeHeaderSyntax] = {}
+
+
+def register_mode_header(mode_id: int, mode_header: ModeHeaderSyntax) -> None:
+    """Called by the mode registry (codec.modes.register_mode)."""
+    _MODE_HEADERS[int(mode_id)] = mode_header
+    syntax.MODE_HEADERS[int(mode_id)] = mode_header.struct
+
+
+def unregister_mode_header(mode_id: int) -> None:
+    _MODE_HEADERS.pop(int(mode_id), None)
+    syntax.MODE_HEADERS.pop(int(mode_id), None)
+
+
+def _load_mode_headers() -> None:
+    """The built-in modes register their header syntax when codec.modes lists them
+    (no torch: mode modules import their models lazily)."""
+    from codec import modes
+
+    modes.all_modes()
+
+
+def _mode_header_syntax(mode_id: int) -> ModeHeaderSyntax:
+    _load_mode_headers()
+    found = _MODE_HEADERS.get(int(mode_id))
+    if found is None:
+        raise UnsupportedModeError(
+            f"coding mode id {int(mode_id)} is not implemented by this decoder (no container 2.0 header syntax)"
+        )
+    return found
+
+
 def header_to_dict(header: ContainerHeader, num_payload_units: int) -> dict[str, Any]:
-    """ContainerHeader -> the value of header_body( ) for construct."""
+    """ContainerHeader -> the value of its version's header body for construct."""
+    if header.version_major >= 2:
+        _load_mode_headers()
+        return header_to_dict_v2(header, num_payload_units)
     p, m = header.preprocessing, header.mode
     return dict(
         network_id=int(header.network_id),
@@ -176,6 +228,34 @@ def header_to_dict(header: ContainerHeader, num_payload_units: int) -> dict[str,
     )
 
 
+def header_to_dict_v2(header: ContainerHeader, num_payload_units: int) -> dict[str, Any]:
+    """ContainerHeader -> the value of header_body_v2( ): the mode's part in its own syntax."""
+    p, m = header.preprocessing, header.mode
+    return dict(
+        network_id=int(header.network_id),
+        network_weights_hash=bytes(header.network_weights_hash),
+        split_point_id=header.split_point_id,
+        split_point_name=header.split_point_name,
+        orig_width=p.orig_w,
+        orig_height=p.orig_h,
+        input_width=p.input_w,
+        input_height=p.input_h,
+        resize_mode=int(p.resize_mode),
+        scale_x=float(p.scale_x),
+        scale_y=float(p.scale_y),
+        pad_x=p.pad_x,
+        pad_y=p.pad_y,
+        mode_id=int(header.mode_id),
+        num_scales=len(m.scales),
+        scales=[
+            dict(scale_name=s.name, scale_channels=s.channels, scale_height=s.height, scale_width=s.width)
+            for s in m.scales
+        ],
+        mode_header=_mode_header_syntax(header.mode_id).to_value(m),
+        num_payload_units=num_payload_units,
+    )
+
+
 def unit_to_dict(unit: PayloadUnit) -> dict[str, Any]:
     return dict(
         unit=dict(
@@ -191,10 +271,14 @@ def unit_to_dict(unit: PayloadUnit) -> dict[str, Any]:
 
 
 def build_container(header: ContainerHeader, units: list[PayloadUnit], version_major: int | None = None) -> bytes:
-    """Serialise a header and its payload units. Building does not validate
-    (see syntax.py); `version_major` overrides the version for test vectors."""
+    """Serialise a header and its payload units in the syntax of `version_major` (default:
+    the header's, i.e. VERSION_MAJOR unless set). Building does not validate (see syntax.py)."""
+    if version_major is not None and version_major != header.version_major:
+        header = replace(header, version_major=version_major)
+    if header.version_major not in syntax.HEADER_BODIES:
+        raise ValueError(f"container version_major {header.version_major} has no syntax")
     value = dict(
-        version_major=header.version_major if version_major is None else version_major,
+        version_major=header.version_major,
         version_minor=header.version_minor,
         header=dict(value=header_to_dict(header, len(units))),
         header_crc32=None,
@@ -268,7 +352,26 @@ def header_from_parsed(parsed: Any) -> ContainerHeader:
         pad_x=h.pad_x,
         pad_y=h.pad_y,
     )
-    mode = ModeHeader(
+    if parsed.version_major >= 2:
+        shapes = tuple((s.scale_name, s.scale_channels, s.scale_height, s.scale_width) for s in h.scales)
+        mode = _mode_header_syntax(h.mode_id).from_value(h.mode_header, shapes)
+    else:
+        mode = _mode_header_v1(h)
+    return ContainerHeader(
+        network_id=NetworkId(h.network_id),
+        network_weights_hash=bytes(h.network_weights_hash),
+        split_point_id=h.split_point_id,
+        split_point_name=h.split_point_name,
+        preprocessing=prep,
+        mode_id=mode_id_value(h.mode_id),
+        mode=mode,
+        version_major=parsed.version_major,
+        version_minor=parsed.version_minor,
+    )
+
+
+def _mode_header_v1(h: Any) -> ModeHeader:
+    return ModeHeader(
         scales=tuple(_scale_from(s) for s in h.scales),
         sample_format=SampleFormat(h.sample_format),
         inner=InnerCodecParams(
@@ -281,17 +384,6 @@ def header_from_parsed(parsed: Any) -> ContainerHeader:
         codec_model_hash=bytes(h.codec_model_hash),
         entropy_coder_id=EntropyCoderId(h.entropy_coder_id),
         entropy_precision=h.entropy_precision,
-    )
-    return ContainerHeader(
-        network_id=NetworkId(h.network_id),
-        network_weights_hash=bytes(h.network_weights_hash),
-        split_point_id=h.split_point_id,
-        split_point_name=h.split_point_name,
-        preprocessing=prep,
-        mode_id=ModeId(h.mode_id),
-        mode=mode,
-        version_major=parsed.version_major,
-        version_minor=parsed.version_minor,
     )
 
 
@@ -334,6 +426,7 @@ def parse_container(data: bytes) -> ParsedContainer:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError("parse_container expects bytes")
     data = bytes(data)
+    _load_mode_headers()
     parsed = _parse(syntax.fcm_container, data)
     header = header_from_parsed(parsed)
     validate_header(header)
@@ -411,6 +504,7 @@ def inspect_container(data: bytes) -> InspectReport:
     recorded and the data is parsed again without CRC and id/size checks (magic
     and version_major are still checked), then only up to header_crc32."""
     data = bytes(data)
+    _load_mode_headers()
     report = InspectReport(total_size=len(data))
     try:
         parse_container(data)

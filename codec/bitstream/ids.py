@@ -6,7 +6,25 @@ from __future__ import annotations
 
 import enum
 
-from codec.vision.base import NetworkId, ResizeMode
+
+class NetworkId(enum.IntEnum):
+    """Network ids written into the container (bitstream_spec.md, table "network_id")."""
+
+    NANODET = 1
+    CENTERNET_MBV3 = 2
+    FASTER_RCNN_R50_FPN = 16
+    FASTER_RCNN_R50_FPN_V2 = 17
+    MASK_RCNN_R50_FPN = 18
+    MASK_RCNN_R50_FPN_V2 = 19
+    KEYPOINT_RCNN_R50_FPN = 20
+
+
+class ResizeMode(enum.IntEnum):
+    """How the image is brought to the network's input size (table "resize_mode")."""
+
+    STRETCH = 0  # resize each axis independently to (input_h, input_w)
+    LETTERBOX = 1  # keep aspect ratio, scale to fit, pad bottom/right
+    SHORT_SIDE = 2  # keep aspect ratio, short side to min_size, long side <= max_size (R-CNN)
 
 
 class ModeId(enum.IntEnum):
@@ -15,7 +33,22 @@ class ModeId(enum.IntEnum):
     BYPASS = 1  # lossless float16 / float32 tensors
     ANCHOR = 2  # MPEG feature anchor: tiled, 10-bit min-max quantised, VVC
     VVC_MSFF = 3  # multi-scale feature fusion + VVC (codec/modes/vvc_msff.py)
-    LEARNED_E2E = 4  # reserved: learned end-to-end feature codec
+    LEARNED_E2E = 4  # learned end-to-end feature codec (codec/modes/learned_e2e.py)
+
+
+# mode_id values for modes registered outside this specification (codec.modes.register_mode:
+# experiments, third-party modes, tests). A decoder that has no such mode refuses the stream.
+PRIVATE_MODE_IDS = range(128, 255)
+
+
+def mode_id_value(value: int) -> ModeId | int:
+    """A mode_id as parsed: its ModeId, or the int of a private-use id; ValueError if reserved."""
+    try:
+        return ModeId(value)
+    except ValueError:
+        if value in PRIVATE_MODE_IDS:
+            return int(value)
+        raise
 
 
 class UnitType(enum.IntEnum):
@@ -23,7 +56,7 @@ class UnitType(enum.IntEnum):
 
     VVC_NAL_STREAM = 1  # Annex-B byte stream of one or more VVC NAL units
     VVC_NAL_UNIT = 2  # reserved: one VVC NAL unit without start code
-    LATENT_STRING = 3  # reserved: entropy-coded latent string of a learned codec
+    LATENT_STRING = 3  # entropy-coded latent strings of a learned codec (latent_strings( ))
     RAW_TENSOR = 4  # one scale's tensor, little-endian, C-order
     METADATA = 5  # reserved: free-form metadata (optional)
 
@@ -50,7 +83,7 @@ class EntropyCoderId(enum.IntEnum):
     """Entropy coder outside the inner codec (table "entropy_coder_id")."""
 
     NONE = 0
-    RANS_COMPRESSAI = 1  # reserved for learned modes
+    RANS_COMPRESSAI = 1  # CompressAI rANS (learned_e2e)
 
 
 class CodecModelId(enum.IntEnum):
@@ -97,10 +130,12 @@ __all__ = [
     "ModeId",
     "NetworkId",
     "PRESET_NAMES",
+    "PRIVATE_MODE_IDS",
     "PresetId",
     "ResizeMode",
     "SampleFormat",
     "UNIT_FLAG_REQUIRED",
     "UnitType",
+    "mode_id_value",
     "preset_id",
 ]

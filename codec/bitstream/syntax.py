@@ -1,5 +1,7 @@
-"""Container v1 syntax: one construct `Struct` per syntax table of
-bitstream_spec.md (section 4). The same objects parse and build; lengths are
+"""Container syntax (versions 1.0 and 2.0, told apart by version_major): one construct
+`Struct` per syntax table of bitstream_spec.md (section 4; the modes' mode_header( )
+structures live in codec/modes and are selected by mode_id through MODE_HEADERS).
+The same objects parse and build; lengths are
 derived (`Prefixed`), integrity is CRC32 (`RawCopy` + `Checksum`).
 
 Parsing validates ids and sizes as it goes and raises the specific
@@ -30,6 +32,7 @@ from construct import (
     Prefixed,
     RawCopy,
     Struct,
+    Switch,
     Terminated,
     this,
 )
@@ -55,11 +58,13 @@ from .ids import (
     PresetId,
     ResizeMode,
     SampleFormat,
+    mode_id_value,
 )
 
 MAGIC = b"FCMB"
-VERSION_MAJOR = 1
+VERSION_MAJOR = 2  # what the encoder writes
 VERSION_MINOR = 0
+SUPPORTED_VERSIONS = (1, 2)  # version_major values this decoder implements (bitstream_spec.md, 5.1)
 
 # Limits of bitstream conformance (bitstream_spec.md, section 6.3). Checked
 # while parsing, before anything is allocated from these numbers.
@@ -78,10 +83,17 @@ class _Validated(Adapter):
     """Runs `check(value, context)` on parse; its return value is the parsed value.
     Building writes the value unchanged (tools build invalid vectors on purpose)."""
 
-    def __init__(self, subcon: Any, check: Callable[[Any, Any], Any], always: bool = False):
+    def __init__(
+        self,
+        subcon: Any,
+        check: Callable[[Any, Any], Any],
+        always: bool = False,
+        enum_cls: type[enum.IntEnum] | None = None,
+    ):
         super().__init__(subcon)
         self.check = check
         self.always = always  # also when parsed with validate=False (fcm_inspect's raw view)
+        self.enum_cls = enum_cls  # the id table (IntEnum) that validates the field, if any
 
     def _decode(self, obj: Any, context: Any, path: Any) -> Any:
         if not self.always and not context._params.get("validate", True):
@@ -99,7 +111,33 @@ def _enum(subcon: Any, enum_cls: type[enum.IntEnum], what: str, error: type[Bits
         except ValueError:
             raise error(f"{what} {value} is a reserved value") from None
 
-    return _Validated(subcon, check)
+    return _Validated(subcon, check, enum_cls=enum_cls)
+
+
+def _mode_id(subcon: Any):
+    def check(value: int, context: Any) -> ModeId | int:
+        try:
+            return mode_id_value(value)
+        except ValueError:
+            raise UnknownModeError(f"mode_id {value} is a reserved value") from None
+
+    return _Validated(subcon, check, enum_cls=ModeId)
+
+
+def id_field(subcon: Any, enum_cls: type[enum.IntEnum], what: str) -> Any:
+    """A field holding an id of `enum_cls` (a reserved value is an UnknownIdError): for
+    the mode header syntaxes of codec/modes."""
+    return _enum(subcon, enum_cls, what)
+
+
+def limit_field(subcon: Any, lo: int, hi: int, what: str) -> Any:
+    """A size field checked against conformance limits (SizeLimitError)."""
+    return _limit(subcon, lo, hi, what)
+
+
+def finite_field(subcon: Any, what: str) -> Any:
+    """A float field that must be finite (MalformedError)."""
+    return _finite(subcon, what)
 
 
 def _limit(subcon: Any, lo: int, hi: int, what: str):
@@ -131,9 +169,10 @@ class _Magic(Const):
 
 
 def _check_version_major(value: int, context: Any) -> int:
-    if value != VERSION_MAJOR:
+    if value not in SUPPORTED_VERSIONS:
+        implemented = " and ".join(str(v) for v in SUPPORTED_VERSIONS)
         raise UnsupportedVersionError(
-            f"unsupported container version_major {value} (this decoder implements {VERSION_MAJOR})"
+            f"unsupported container version_major {value} (this decoder implements {implemented})"
         )
     return value
 
@@ -207,7 +246,7 @@ header_body = Struct(
     "scale_y" / _finite(Float64b, "scale_y"),
     "pad_x" / Int16ub,
     "pad_y" / Int16ub,
-    "mode_id" / _enum(Int8ub, ModeId, "mode_id", UnknownModeError),
+    "mode_id" / _mode_id(Int8ub),
     "sample_format" / _enum(Int8ub, SampleFormat, "sample_format"),
     "inner_codec_id" / _enum(Int8ub, InnerCodecId, "inner_codec_id"),
     "inner_qp" / Int8ub,
@@ -221,6 +260,29 @@ header_body = Struct(
     "scales" / Array(this.num_scales, scale_info),
     "num_payload_units" / _limit(Int16ub, 0, MAX_PAYLOAD_UNITS, "num_payload_units"),
 )
+
+# --- version 2.0: the mode-dependent part of the header is the mode's own syntax -----
+
+scale_shape = Struct(
+    "scale_name" / _name(),
+    "scale_channels" / _limit(Int16ub, 1, MAX_CHANNELS, "scale_channels"),
+    "scale_height" / _limit(Int16ub, 1, MAX_SCALE_DIM, "scale_height"),
+    "scale_width" / _limit(Int16ub, 1, MAX_SCALE_DIM, "scale_width"),
+)
+
+# mode_id -> the mode_header( ) syntax of the mode (a construct Struct), filled by the
+# mode registry (codec.modes.register_mode); a mode_id without one parses as bytes.
+MODE_HEADERS: dict[int, Any] = {}
+
+header_body_v2 = Struct(
+    *header_body.subcons[: [sc.name for sc in header_body.subcons].index("mode_id") + 1],
+    "num_scales" / _limit(Int8ub, 1, MAX_SCALES, "num_scales"),
+    "scales" / Array(this.num_scales, scale_shape),
+    "mode_header" / Prefixed(Int16ub, Switch(this.mode_id, MODE_HEADERS, default=GreedyBytes)),
+    "num_payload_units" / _limit(Int16ub, 0, MAX_PAYLOAD_UNITS, "num_payload_units"),
+)
+
+HEADER_BODIES = {1: header_body, 2: header_body_v2}  # version_major -> header body syntax
 
 payload_unit_body = Struct(
     "unit_type" / Int8ub,
@@ -240,7 +302,8 @@ _HEAD = (
     "version_minor" / Int8ub,
     # header_crc32 covers header_size and all header bytes (including any
     # extension bytes of a later minor version, which a decoder skips).
-    "header" / RawCopy(Prefixed(_limit(Int32ub, 0, MAX_HEADER_SIZE, "header_size"), header_body)),
+    "header"
+    / RawCopy(Prefixed(_limit(Int32ub, 0, MAX_HEADER_SIZE, "header_size"), Switch(this.version_major, HEADER_BODIES))),
     "header_crc32" / Crc32(this.header.data, HeaderCrcError, "header_crc32"),
 )
 
@@ -263,10 +326,22 @@ latent_strings = Struct(
 # when the payload units are damaged.
 fcm_container_head = Struct(*_HEAD)
 
+
+def enum_fields(struct: Struct) -> dict[str, type[enum.IntEnum]]:
+    """Field name -> the IntEnum (id table) that validates it, for the fields of `struct`."""
+    return {
+        sc.name: sc.subcon.enum_cls
+        for sc in struct.subcons
+        if sc.name is not None and isinstance(sc.subcon, _Validated) and sc.subcon.enum_cls is not None
+    }
+
+
 # spec table name -> construct; tests/unit/test_spec.py compares them with the spec.
 SYNTAX_STRUCTURES: dict[str, Struct] = {
     "fcm_container": fcm_container,
     "header_body": header_body,
+    "header_body_v2": header_body_v2,
+    "scale_shape": scale_shape,
     "scale_info": scale_info,
     "payload_unit": payload_unit,
     "payload_unit_body": payload_unit_body,

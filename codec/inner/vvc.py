@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from codec.bitstream.ids import PRESET_NAMES
+
 __all__ = [
     "FfmpegError",
     "NalParseError",
@@ -58,8 +60,9 @@ __all__ = [
     "parse_nal_units",
 ]
 
-# Order follows libvvenc's AVOption values 0..4 (``ffmpeg -h encoder=libvvenc``).
-VVENC_PRESETS: tuple[str, ...] = ("faster", "fast", "medium", "slow", "slower")
+# The one list of VVenC presets: the names of the container's inner_preset_id table,
+# whose order follows libvvenc's AVOption values 0..4 (``ffmpeg -h encoder=libvvenc``).
+VVENC_PRESETS: tuple[str, ...] = tuple(PRESET_NAMES.values())
 
 # RGB <-> Y'CbCr matrices accepted by the image anchor (swscale / ffmpeg colorspace names).
 RGB_MATRICES: tuple[str, ...] = ("bt709", "bt601")

@@ -36,12 +36,13 @@ for y, of the scale indices); `decompress` recomputes it and raises
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -51,7 +52,8 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.layers import GDN
 from torch import nn
 
-from codec.errors import BitstreamError
+from codec.errors import BitstreamError, CodecModelError
+from codec.files import file_sha256
 from codec.vision.base import Features, ScaleInfo, SplitPoint
 
 from . import linear_path
@@ -67,8 +69,9 @@ class FenetConfigError(ValueError):
     """A split point or configuration FENet/DRNet cannot be built for."""
 
 
-class FenetWeightsError(RuntimeError):
-    """Weights file missing, unreadable or not matching its recorded sha256."""
+class FenetWeightsError(CodecModelError):
+    """FENet/DRNet weights unusable (e.g. entropy tables missing); loading failures are
+    codec.errors.CodecModelError (codec/models/registry.py)."""
 
 
 class LatentChecksumError(BitstreamError):
@@ -167,6 +170,11 @@ def _fit_size(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return _fit(x, *size)
 
 
+def _conv(module: nn.Module) -> nn.Conv2d:
+    """A submodule that is a Conv2d by construction (ModuleList items are typed Module)."""
+    return cast(nn.Conv2d, module)
+
+
 def _half(n: int) -> int:
     return -(-n // 2)
 
@@ -260,6 +268,8 @@ class FENet(nn.Module):
                     q = self.cfg.scales[j].stride // self.cfg.scales[lv].stride
                     parts.append(_fit(F.pixel_shuffle(xs[j], q), x.shape[-2], x.shape[-1]))
             h = self.blocks[i](torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+        if h is None:
+            raise FenetConfigError("FENet needs at least one scale")
         if self.linear is not None:
             h = h + self.linear(stack_at_level(xs, self.cfg))
         return h
@@ -326,15 +336,15 @@ class DRNet(nn.Module):
 
     def fixed(self) -> nn.ModuleDict:
         if self._fixed is None:
-            dev = self.refine[0].weight.device
+            dev = _conv(self.refine[0]).weight.device
             self._fixed = nn.ModuleDict(
                 {
-                    "up": nn.ModuleList([FixedConv2d(u.conv) for u in self.up]),
-                    "td_down": nn.ModuleList([FixedConv2d(c) for c in self.td_down]),
-                    "refine": nn.ModuleList([FixedConv2d(c) for c in self.refine]),
-                    "down": nn.ModuleList([FixedConv2d(c) for c in self.down]),
-                    "head_mid": nn.ModuleList([FixedConv2d(c) for c in self.head_mid]),
-                    "head_out": nn.ModuleList([FixedConv2d(c) for c in self.head_out]),
+                    "up": nn.ModuleList([FixedConv2d(cast(SubpelUp, u).conv) for u in self.up]),
+                    "td_down": nn.ModuleList([FixedConv2d(_conv(c)) for c in self.td_down]),
+                    "refine": nn.ModuleList([FixedConv2d(_conv(c)) for c in self.refine]),
+                    "down": nn.ModuleList([FixedConv2d(_conv(c)) for c in self.down]),
+                    "head_mid": nn.ModuleList([FixedConv2d(_conv(c)) for c in self.head_mid]),
+                    "head_out": nn.ModuleList([FixedConv2d(_conv(c)) for c in self.head_out]),
                     "linear": nn.ModuleList([FixedConv2d(self.linear)] if self.linear is not None else []),
                 }
             ).to(dev)
@@ -342,30 +352,34 @@ class DRNet(nn.Module):
 
     def forward_fixed(self, y_hat_int: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
         """Integer activations (units 2^-ACT_BITS, float64) -> integer reconstructions."""
-        fx = self.fixed()
+        fixed = self.fixed()
+        up, td_down, refine, down, head_mid, head_out, linear = (
+            cast(nn.ModuleList, fixed[name])
+            for name in ("up", "td_down", "refine", "down", "head_mid", "head_out", "linear")
+        )
         act = fixed_leaky_relu
         k = len(sizes)
         lv = self.cfg.level
         r: list[torch.Tensor] = [y_hat_int] * k
         t = y_hat_int
         for i in reversed(range(lv + 1)):
-            t = act(_fit(F.pixel_shuffle(fx["up"][i](t), self.up[i].factor), *sizes[i]))
-            t = act(fx["refine"][i](t))
+            t = act(_fit(F.pixel_shuffle(up[i](t), cast(SubpelUp, self.up[i]).factor), *sizes[i]))
+            t = act(refine[i](t))
             r[i] = t
         t = r[lv]
         for i in range(lv + 1, k):
-            t = act(_fit(fx["td_down"][i - lv - 1](t), *sizes[i]))
-            t = act(fx["refine"][i](t))
+            t = act(_fit(td_down[i - lv - 1](t), *sizes[i]))
+            t = act(refine[i](t))
             r[i] = t
-        lin = self._unstack(fx["linear"][0](y_hat_int), sizes) if len(fx["linear"]) else None
+        lin = self._unstack(linear[0](y_hat_int), sizes) if len(linear) else None
         out = []
         m = None
         for i in range(k):
             if m is None:
                 m = r[i]
             else:
-                m = (r[i] + act(_fit(fx["down"][i - 1](m), *sizes[i]))).clamp_(-ACT_LIMIT, ACT_LIMIT)
-            o = fx["head_out"][i](act(fx["head_mid"][i](m)))
+                m = (r[i] + act(_fit(down[i - 1](m), *sizes[i]))).clamp_(-ACT_LIMIT, ACT_LIMIT)
+            o = head_out[i](act(head_mid[i](m)))
             out.append(o if lin is None else (o + lin[i]).clamp_(-ACT_LIMIT, ACT_LIMIT))
         return out
 
@@ -381,6 +395,19 @@ def checkerboard_mask(k: int = 5) -> torch.Tensor:
     """(k, k) taps that see anchors from a non-anchor position: (dy + dx) odd."""
     d = torch.arange(k) - k // 2
     return ((d.view(-1, 1) + d.view(1, -1)) % 2 != 0).float()
+
+
+SymbolsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (idx, mu, anchor) -> symbols
+
+
+def _quantiser(y_g: torch.Tensor) -> SymbolsFn:
+    """Encoder side of a pass of the schedule: round(y_g - mu) with mu in units of 2^-ACT_BITS."""
+    y_g64 = y_g.to(torch.float64)
+
+    def symbols(idx: torch.Tensor, mu: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        return torch.round(y_g64 - mu / float(1 << ACT_BITS)).to(torch.int64)
+
+    return symbols
 
 
 def _ste_round(x: torch.Tensor) -> torch.Tensor:
@@ -417,6 +444,10 @@ class DecodedLatents:
 
 class FenetCodec(nn.Module):
     """FENet + hyperprior + checkerboard context + gain units + DRNet."""
+
+    ctx_mask: torch.Tensor  # buffers (registered in __init__)
+    feature_scale: torch.Tensor
+    feature_mean: torch.Tensor
 
     def __init__(self, cfg: FenetConfig) -> None:
         super().__init__()
@@ -495,14 +526,11 @@ class FenetCodec(nn.Module):
         comp = torch.as_tensor(components, dtype=torch.float64)
         if mean.shape != (d,) or comp.shape != (m, d):
             raise FenetConfigError(f"PCA needs mean ({d},) and components ({m}, {d})")
-        self.fenet.linear.weight.copy_(comp.view(m, d, 1, 1).float())
-        self.fenet.linear.bias.copy_((-comp @ mean).float())
-        self.drnet.linear.weight.copy_(comp.t().contiguous().view(d, m, 1, 1).float())
-        self.drnet.linear.bias.copy_(mean.float())
-        last = self.fenet.blocks[self.cfg.level][-1]
+        linear_path.set_conv(self.fenet.linear, comp.view(m, d, 1, 1), -comp @ mean)
+        linear_path.set_conv(self.drnet.linear, comp.t().contiguous().view(d, m, 1, 1), mean)
+        last = cast(nn.Sequential, self.fenet.blocks[self.cfg.level])[-1]
         for c in (last, *self.drnet.head_out):
-            c.weight.zero_()
-            c.bias.zero_()
+            linear_path.zero_conv(c)
         self.invalidate_fixed()
 
     def _h_s(self, z_hat: torch.Tensor, hy: int, wy: int) -> torch.Tensor:
@@ -606,6 +634,30 @@ class FenetCodec(nn.Module):
         mu_q = torch.div(mu_int + step // 2, step, rounding_mode="floor") * step
         return idx, mu_q
 
+    def checkerboard_two_pass(
+        self, hp_int: torch.Tensor, anchor_symbols: SymbolsFn, non_anchor_symbols: SymbolsFn
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The checkerboard schedule of the integer path, the one place the encoder, the
+        decoder and forward_quantised run it (bitstream_spec.md, section 7.5):
+
+        pass 1: entropy parameters from the hyperprior alone; the anchor symbols;
+        y_hat at the anchors (symbols * 2^ACT_BITS + means, zero elsewhere, clamped);
+        pass 2: entropy parameters from the hyperprior and the context of those anchors;
+        the non-anchor symbols.
+
+        `anchor_symbols(idx, mu, anchor)` / `non_anchor_symbols(idx, mu, anchor)` return the
+        int64 symbols of their pass (their values elsewhere are ignored): quantised on the
+        encoder side, entropy decoded on the decoder side. Returns (symbols, scale indices,
+        means), each (1, M, h, w) int64, every position from its own pass."""
+        m, (hy, wy) = self.cfg.latent_channels, hp_int.shape[-2:]
+        anchor = checkerboard_anchor(hy, wy, hp_int.device).expand(1, m, hy, wy)
+        idx_a, mu_a = self.entropy_params_fixed(hp_int, None)
+        sym_a = anchor_symbols(idx_a, mu_a, anchor)
+        y_hat_a = ((sym_a * (1 << ACT_BITS) + mu_a) * anchor).clamp(-ACT_LIMIT, ACT_LIMIT).to(torch.float64)
+        idx_n, mu_n = self.entropy_params_fixed(hp_int, y_hat_a)
+        sym_n = non_anchor_symbols(idx_n, mu_n, anchor)
+        return torch.where(anchor, sym_a, sym_n), torch.where(anchor, idx_a, idx_n), torch.where(anchor, mu_a, mu_n)
+
     def _cdf_lists(self) -> tuple[list, list, list]:
         gc = self.gaussian_conditional
         return (
@@ -629,7 +681,7 @@ class FenetCodec(nn.Module):
         xs = self._normalised(features)
         if xs[0].shape[0] != 1:
             raise ValueError("compress() takes one image (batch size 1)")
-        sizes = [tuple(int(v) for v in x.shape[-2:]) for x in xs]
+        sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in xs]
         y = self.fenet(xs)
         phi_t = torch.tensor([phi], device=y.device)
         y_g = y * self._gains(phi_t, "gain")
@@ -639,24 +691,17 @@ class FenetCodec(nn.Module):
         (hy, wy), (hz, wz) = self.latent_sizes(sizes)
         z_hat, z_sym = self._z_hat(z_string, (hz, wz), phi)
         hp = self.hyper_params_fixed(z_hat, hy, wy)
-        anchor = checkerboard_anchor(hy, wy, y.device)
-        y_g64 = y_g.to(torch.float64)
-        scale = float(1 << ACT_BITS)
+        quantised = _quantiser(y_g)
+        sym, idx, _ = self.checkerboard_two_pass(hp, quantised, quantised)
 
-        idx_a, mu_a = self.entropy_params_fixed(hp, None)
-        sym_a = torch.round(y_g64 - mu_a / scale).to(torch.int64)
-        y_hat_a = ((sym_a * (1 << ACT_BITS) + mu_a) * anchor).clamp(-ACT_LIMIT, ACT_LIMIT).to(torch.float64)
-        idx_n, mu_n = self.entropy_params_fixed(hp, y_hat_a)
-        sym_n = torch.round(y_g64 - mu_n / scale).to(torch.int64)
-
-        a = anchor.expand_as(sym_a)
+        a = checkerboard_anchor(hy, wy, y.device).expand_as(sym)
         enc = BufferedRansEncoder()
         cdf, cdf_len, offs = self._cdf_lists()
-        enc.encode_with_indexes(sym_a[a].int().tolist(), idx_a[a].int().tolist(), cdf, cdf_len, offs)
-        enc.encode_with_indexes(sym_n[~a].int().tolist(), idx_n[~a].int().tolist(), cdf, cdf_len, offs)
+        enc.encode_with_indexes(sym[a].int().tolist(), idx[a].int().tolist(), cdf, cdf_len, offs)
+        enc.encode_with_indexes(sym[~a].int().tolist(), idx[~a].int().tolist(), cdf, cdf_len, offs)
         y_string = enc.flush()
-        y_sym = torch.where(a, sym_a, sym_n)[0].cpu().numpy().astype(np.int32)
-        y_idx = torch.where(a, idx_a, idx_n)[0].cpu().numpy().astype(np.int32)
+        y_sym = sym[0].cpu().numpy().astype(np.int32)
+        y_idx = idx[0].cpu().numpy().astype(np.int32)
         return CompressedLatents(
             z_string=z_string,
             y_string=y_string,
@@ -685,22 +730,21 @@ class FenetCodec(nn.Module):
                 f"hyper-latent symbols CRC32 0x{_crc32(z_sym):08x} != 0x{z_crc32:08x}: different entropy model"
             )
         hp = self.hyper_params_fixed(z_hat, hy, wy)
-        m = self.cfg.latent_channels
-        anchor = checkerboard_anchor(hy, wy, hp.device).expand(1, m, hy, wy)
         dec = RansDecoder()
         dec.set_stream(y_string)
         cdf, cdf_len, offs = self._cdf_lists()
 
-        idx_a, mu_a = self.entropy_params_fixed(hp, None)
-        sym = torch.zeros(1, m, hy, wy, dtype=torch.int64, device=hp.device)
-        vals = dec.decode_stream(idx_a[anchor].int().tolist(), cdf, cdf_len, offs)
-        sym[anchor] = torch.tensor(vals, dtype=torch.int64, device=hp.device)
-        y_hat_a = ((sym * (1 << ACT_BITS) + mu_a) * anchor).clamp(-ACT_LIMIT, ACT_LIMIT).to(torch.float64)
-        idx_n, mu_n = self.entropy_params_fixed(hp, y_hat_a)
-        vals = dec.decode_stream(idx_n[~anchor].int().tolist(), cdf, cdf_len, offs)
-        sym[~anchor] = torch.tensor(vals, dtype=torch.int64, device=hp.device)
-        idx = torch.where(anchor, idx_a, idx_n)
-        mu = torch.where(anchor, mu_a, mu_n)
+        def decoded(where_anchor: bool) -> SymbolsFn:
+            def symbols(idx: torch.Tensor, mu: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+                mine = anchor if where_anchor else ~anchor
+                out = torch.zeros(idx.shape, dtype=torch.int64, device=idx.device)
+                vals = dec.decode_stream(idx[mine].int().tolist(), cdf, cdf_len, offs)
+                out[mine] = torch.tensor(vals, dtype=torch.int64, device=idx.device)
+                return out
+
+            return symbols
+
+        sym, idx, mu = self.checkerboard_two_pass(hp, decoded(True), decoded(False))
         y_sym = sym[0].cpu().numpy().astype(np.int32)
         y_idx = idx[0].cpu().numpy().astype(np.int32)
         if y_crc32 is not None and _crc32(y_sym, y_idx) != y_crc32:
@@ -725,7 +769,7 @@ class FenetCodec(nn.Module):
     @torch.no_grad()
     def reconstruct(self, y_hat: torch.Tensor, sizes: list[tuple[int, int]]) -> Features:
         """DRNet in fixed point (bit-exact everywhere), then de-normalisation (element-wise)."""
-        rec = self.drnet.forward_fixed(quantize_activation(y_hat), [tuple(s) for s in sizes])
+        rec = self.drnet.forward_fixed(quantize_activation(y_hat), [(int(s[0]), int(s[1])) for s in sizes])
         return {
             s.name: (r / float(1 << ACT_BITS)).float() * self.feature_scale[i] + self._mean(i)
             for i, (s, r) in enumerate(zip(self.cfg.scales, rec))
@@ -741,7 +785,7 @@ class FenetCodec(nn.Module):
         and fixed-point entropy parameters as compress(). Returns (y_hat, reconstruction)."""
         self._check_phi(phi)
         xs = self._normalised(features)
-        sizes = [tuple(int(v) for v in x.shape[-2:]) for x in xs]
+        sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in xs]
         y = self.fenet(xs)
         phi_t = torch.tensor([phi], device=y.device)
         y_g = y * self._gains(phi_t, "gain")
@@ -750,14 +794,8 @@ class FenetCodec(nn.Module):
         z_hat = (torch.round(z_g - med) + med) * self.hyper_inv_gain.abs()[phi].view(1, -1, 1, 1)
         hy, wy = y.shape[-2:]
         hp = self.hyper_params_fixed(z_hat, hy, wy)
-        anchor = checkerboard_anchor(hy, wy, y.device)
-        y_g64 = y_g.to(torch.float64)
-        _, mu_a = self.entropy_params_fixed(hp, None)
-        sym_a = torch.round(y_g64 - mu_a / float(1 << ACT_BITS)).to(torch.int64)
-        y_hat_a = ((sym_a * (1 << ACT_BITS) + mu_a) * anchor).clamp(-ACT_LIMIT, ACT_LIMIT).to(torch.float64)
-        _, mu_n = self.entropy_params_fixed(hp, y_hat_a)
-        mu = torch.where(anchor, mu_a, mu_n)
-        sym = torch.round(y_g64 - mu / float(1 << ACT_BITS)).to(torch.int64)
+        quantised = _quantiser(y_g)
+        sym, _, mu = self.checkerboard_two_pass(hp, quantised, quantised)
         y_hat = self.dequantize_latent(sym * (1 << ACT_BITS) + mu, phi)
         return y_hat, self.reconstruct(y_hat, sizes)
 
@@ -765,25 +803,26 @@ class FenetCodec(nn.Module):
 # -- weights files ------------------------------------------------------------------
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def save_fenet(model: FenetCodec, path: str | Path) -> str:
-    """Write {"config", "state_dict"} (float32 weights + CDF tables); returns the sha256."""
+    """Write {"config", "state_dict"} (float32 weights + CDF tables) and its record
+    (NAME.json: weights_sha256, kept fields of an existing record); returns the sha256."""
     sd = {k: (v.float() if v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"config": model.cfg.to_json(), "state_dict": sd}, path)
-    return file_sha256(path)
+    digest = file_sha256(path)
+    js = path.with_suffix(".json")
+    try:
+        record = json.loads(js.read_text()) if js.is_file() else {}
+    except ValueError:
+        record = {}
+    record.update(model="fenet_drnet", config=model.cfg.to_json(), weights_sha256=digest)
+    js.write_text(json.dumps(record, indent=2) + "\n")
+    return digest
 
 
 def load_fenet_state(model: FenetCodec, state_dict: dict) -> None:
@@ -802,25 +841,23 @@ def shipped_weights_paths(name: str = "fenet_nanodet_neck") -> tuple[Path, Path]
     return WEIGHTS_DIR / f"{name}.pt", WEIGHTS_DIR / f"{name}.json"
 
 
-def load_fenet(path: str | Path | None = None, verify: bool = True) -> tuple[FenetCodec, str]:
-    """Load a FENet/DRNet codec; returns (model in eval mode, weights sha256 hex).
-    With `verify`, the file's sha256 must match `weights_sha256` of the json beside it."""
+def model_from_file(pt: Path, record: dict) -> FenetCodec:
+    """Builder of the codec-model registry: the model of a verified weights file."""
+    blob = torch.load(pt, map_location="cpu", weights_only=True)
+    model = FenetCodec(FenetConfig.from_json(blob["config"]))
+    load_fenet_state(model, blob["state_dict"])
+    return model.eval()
+
+
+def load_fenet(path: str | Path | None = None) -> tuple[FenetCodec, str]:
+    """Load a FENet/DRNet codec through the one verifying loader (codec/models/registry.py);
+    returns (model in eval mode, weights sha256 hex). CodecModelError if the file is
+    missing, has no record, does not match it, or cannot be read."""
+    from .registry import load_weights
+
     pt = Path(path) if path is not None else shipped_weights_paths()[0]
-    if not pt.is_file():
-        raise FenetWeightsError(f"FENet weights not found: {pt}")
-    digest = file_sha256(pt)
-    record = pt.with_suffix(".json")
-    if verify and record.is_file():
-        expected = json.loads(record.read_text()).get("weights_sha256")
-        if expected and expected != digest:
-            raise FenetWeightsError(f"{pt.name}: sha256 {digest[:12]}... does not match the record {expected[:12]}...")
-    try:
-        blob = torch.load(pt, map_location="cpu", weights_only=True)
-        model = FenetCodec(FenetConfig.from_json(blob["config"]))
-        load_fenet_state(model, blob["state_dict"])
-    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise FenetWeightsError(f"cannot load FENet weights {pt}: {str(exc).splitlines()[0]}") from None
-    return model.eval(), digest
+    model, _, digest = load_weights(pt, model_from_file, "fenet_drnet")
+    return model, digest
 
 
 __all__ = [
@@ -841,6 +878,7 @@ __all__ = [
     "file_sha256",
     "load_fenet",
     "load_fenet_state",
+    "model_from_file",
     "save_fenet",
     "shipped_weights_paths",
 ]

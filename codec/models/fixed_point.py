@@ -1,5 +1,7 @@
-"""Fixed-point inference of the small networks whose outputs select entropy-coder
-tables (hyper synthesis, context model, entropy parameters).
+"""Fixed-point inference, the one engine of the learned codecs' exact decoders: the
+small networks whose outputs select entropy-coder tables (hyper synthesis, context
+model, entropy parameters) and DRNet of learned_e2e, and MSFR of vvc_msff (with its
+own activation grid, `act_bits` / `act_limit` of FixedConv2d).
 
 Why: a rANS decoder must use exactly the CDF table the encoder used for every
 symbol. If the table index comes from a float network, a different summation
@@ -32,13 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codec.errors import CodecModelError
+
 WEIGHT_BITS = 14
 ACT_BITS = 10
 ACT_LIMIT = 1 << 24  # |activation| bound in units of 2^-ACT_BITS (i.e. 16384.0 in real units)
 EXACT_LIMIT = 1 << 53  # float64 represents every integer of magnitude <= 2^53
 
 
-class FixedPointOverflowError(ValueError):
+class FixedPointOverflowError(CodecModelError, ValueError):
     """A layer's weights are too large for exact float64 accumulation."""
 
 
@@ -54,19 +58,28 @@ def dequantize_activation(q: torch.Tensor) -> torch.Tensor:
     return q / float(1 << ACT_BITS)
 
 
-def accumulation_bound(weight_int: torch.Tensor, bias_int: torch.Tensor | None) -> int:
-    """Largest |partial sum| a layer can produce (exact Python integers)."""
-    w = weight_int.to(torch.int64).abs().flatten(1).sum(dim=1)
-    b = bias_int.to(torch.int64).abs() if bias_int is not None else torch.zeros_like(w)
-    return int((w * ACT_LIMIT + b).max())
+def accumulation_bound(weight_int: torch.Tensor, bias_int: torch.Tensor | None, act_limit: int = ACT_LIMIT) -> int:
+    """Largest |partial sum| a layer can produce, in exact Python integers."""
+    w = weight_int.to(torch.int64).abs().flatten(1).sum(dim=1).tolist()
+    b = bias_int.to(torch.int64).abs().tolist() if bias_int is not None else [0] * len(w)
+    return max(int(wi) * act_limit + int(bi) for wi, bi in zip(w, b))
 
 
 class FixedConv2d(nn.Module):
     """Integer-exact version of a trained `nn.Conv2d` (groups 1, dilation 1).
 
-    `mask` (same shape as the weight, 0/1) zeroes taps, as in a masked context convolution."""
+    `mask` (same shape as the weight, 0/1) zeroes taps, as in a masked context convolution.
+    `act_bits` / `act_limit`: the activation grid (2^-act_bits) and clamp of the model
+    (FENet's entropy-parameter networks and DRNet: ACT_BITS, ACT_LIMIT; the MSFR of
+    vvc_msff: 16 bits and 2^30, codec/models/msff.py). Weights are always on the
+    2^-WEIGHT_BITS grid, biases on the accumulator grid 2^-(WEIGHT_BITS + act_bits)."""
 
-    def __init__(self, conv: nn.Conv2d, mask: torch.Tensor | None = None) -> None:
+    weight_int: torch.Tensor  # buffers (registered in __init__)
+    bias_int: torch.Tensor
+
+    def __init__(
+        self, conv: nn.Conv2d, mask: torch.Tensor | None = None, act_bits: int = ACT_BITS, act_limit: int = ACT_LIMIT
+    ) -> None:
         super().__init__()
         if conv.groups != 1 or conv.dilation != (1, 1) or not isinstance(conv.padding, tuple):
             raise ValueError("FixedConv2d supports groups 1, dilation 1 and numeric padding only")
@@ -76,13 +89,14 @@ class FixedConv2d(nn.Module):
         w_int = torch.round(w * float(1 << WEIGHT_BITS))
         b_int = None
         if conv.bias is not None:
-            b_int = torch.round(conv.bias.detach().to(torch.float64) * float(1 << (WEIGHT_BITS + ACT_BITS)))
-        bound = accumulation_bound(w_int, b_int)
+            b_int = torch.round(conv.bias.detach().to(torch.float64) * float(1 << (WEIGHT_BITS + act_bits)))
+        bound = accumulation_bound(w_int, b_int, act_limit)
         if bound + (1 << WEIGHT_BITS) >= EXACT_LIMIT:
             raise FixedPointOverflowError(
                 f"fixed-point conv accumulator bound 2^{bound.bit_length() - 1} reaches 2^53: weights too large"
             )
         self.bound = bound
+        self.act_limit = act_limit
         self.kernel_size = conv.kernel_size
         self.padding = conv.padding
         self.stride = conv.stride
@@ -101,7 +115,7 @@ class FixedConv2d(nn.Module):
         cols = F.unfold(x_int, self.kernel_size, padding=self.padding, stride=self.stride)  # exact copy
         acc = torch.matmul(self.weight_int, cols) + self.bias_int.view(1, -1, 1)
         out = torch.floor((acc + float(1 << (WEIGHT_BITS - 1))) / float(1 << WEIGHT_BITS))
-        return out.clamp_(-ACT_LIMIT, ACT_LIMIT).view(n, -1, h, w)
+        return out.clamp_(-self.act_limit, self.act_limit).view(n, -1, h, w)
 
 
 def fixed_relu(x_int: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 FitFn = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
 
@@ -56,17 +57,18 @@ def pca(stacks: Iterable[torch.Tensor], components: int) -> tuple[torch.Tensor, 
     its largest-magnitude entry positive (a deterministic sign), and the fraction of the
     variance they hold. The covariance is accumulated in float64 and decomposed with
     torch.linalg.eigh."""
-    total = gram = None
+    total: torch.Tensor | None = None
+    gram: torch.Tensor | None = None
     count = 0
     for s in stacks:
         x = s.permute(0, 2, 3, 1).reshape(-1, s.shape[1]).double()
-        if total is None:
+        if total is None or gram is None:
             total = torch.zeros(x.shape[1], dtype=torch.float64)
             gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
         total += x.sum(0)
         gram += x.t() @ x
         count += len(x)
-    if total is None or count < 2:
+    if total is None or gram is None or count < 2:
         raise ValueError("PCA needs at least two samples")
     if components > len(total):
         raise ValueError(f"{components} components asked of {len(total)}-dimensional data")
@@ -78,3 +80,22 @@ def pca(stacks: Iterable[torch.Tensor], components: int) -> tuple[torch.Tensor, 
     comp = comp * torch.sign(comp.gather(1, comp.abs().argmax(1, keepdim=True)))
     explained = float(evals[order[:components]].clamp(min=0).sum() / evals.clamp(min=0).sum())
     return mean, comp, explained
+
+
+def set_conv(conv: nn.Module | None, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Copy a linear map into a 1x1 conv of the linear path (float32 copy of float64 values)."""
+    if not isinstance(conv, nn.Conv2d) or conv.bias is None:
+        raise ValueError("the model has no linear path (a 1x1 convolution with a bias)")
+    with torch.no_grad():
+        conv.weight.copy_(weight.float())
+        conv.bias.copy_(bias.float())
+
+
+def zero_conv(conv: nn.Module) -> None:
+    """Zero a convolution's weight and bias (the convolutional path starts silent)."""
+    if not isinstance(conv, nn.Conv2d):
+        raise ValueError(f"expected a Conv2d, got {type(conv).__name__}")
+    with torch.no_grad():
+        conv.weight.zero_()
+        if conv.bias is not None:
+            conv.bias.zero_()

@@ -17,20 +17,22 @@ reconstruction is multiplied back.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codec.errors import CodecModelError
+from codec.files import file_sha256
 from codec.vision.base import Features, ScaleInfo, SplitPoint
 
 from . import linear_path
+from .fixed_point import WEIGHT_BITS, FixedConv2d
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -39,7 +41,7 @@ class MsffConfigError(ValueError):
     """A split point or model configuration that MSFF/MSFR cannot be built for."""
 
 
-class MsffWeightsError(RuntimeError):
+class MsffWeightsError(CodecModelError):
     """Shipped MSFF/MSFR weights are missing or do not match their recorded sha256."""
 
 
@@ -58,7 +60,7 @@ class MsffConfig:
     linear_path: bool = False
 
     @classmethod
-    def for_split_point(cls, split_point: SplitPoint, **kwargs: int) -> MsffConfig:
+    def for_split_point(cls, split_point: SplitPoint, **kwargs: Any) -> MsffConfig:
         return cls(scales=tuple(split_point.scales), **kwargs)
 
     def to_json(self) -> dict:
@@ -128,6 +130,8 @@ class Msff(nn.Module):
     Each finer scale goes through log2(S / stride) stride-2 3x3 convs (a 1x1 conv
     for the coarsest); the branches are concatenated and fused to C channels."""
 
+    feature_scale: torch.Tensor  # buffer
+
     def __init__(self, cfg: MsffConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -175,6 +179,8 @@ class Msfr(nn.Module):
     """One fused tensor -> every scale, coarsest to finest (top-down): each finer
     level upsamples the previous one (1x1 conv + pixel shuffle) and refines it
     with a 3x3 conv; a 1x1 head per scale maps to the scale's channels."""
+
+    feature_scale: torch.Tensor  # buffer
 
     def __init__(self, cfg: MsffConfig) -> None:
         super().__init__()
@@ -231,38 +237,19 @@ class Msfr(nn.Module):
 # The decoder's reconstruction must be bit-identical across runs, thread counts and
 # machines (conformance md5 of the reconstructed features). Weights are rounded to
 # multiples of 2^-EXACT_WEIGHT_BITS, activations to multiples of 2^-EXACT_ACT_BITS;
-# a convolution is unfold + float64 matmul on these integers, which is exact (and
-# so independent of summation order) while every partial sum stays below 2^53.
-# The bound is checked per layer when the exact decoder is built.
-EXACT_WEIGHT_BITS = 14
+# a convolution is the one fixed-point engine of codec/models/fixed_point.py
+# (FixedConv2d: unfold + float64 matmul on these integers, exact and so independent
+# of summation order while every partial sum stays below 2^53, checked per layer
+# when the exact decoder is built), here with MSFR's finer activation grid.
+EXACT_WEIGHT_BITS = WEIGHT_BITS  # 14
 EXACT_ACT_BITS = 16
 EXACT_ACT_LIMIT = 1 << 30
-_EXACT_LIMIT = 1 << 53
 
 
-class _ExactConv(nn.Module):
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        w = torch.round(conv.weight.detach().double() * float(1 << EXACT_WEIGHT_BITS))
-        if conv.bias is not None:
-            b = torch.round(conv.bias.detach().double() * float(1 << (EXACT_WEIGHT_BITS + EXACT_ACT_BITS)))
-        else:
-            b = torch.zeros(w.shape[0], dtype=torch.float64)
-        bound = int((w.abs().flatten(1).sum(1) * EXACT_ACT_LIMIT + b.abs()).max())
-        if bound + (1 << EXACT_WEIGHT_BITS) >= _EXACT_LIMIT:
-            raise MsffWeightsError("MSFR weights too large for exact fixed-point decoding")
-        self.kernel_size, self.padding, self.stride = conv.kernel_size, conv.padding, conv.stride
-        self.register_buffer("w", w.flatten(1), persistent=False)
-        self.register_buffer("b", b.view(1, -1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        (kh, kw), (ph, pw), (sh, sw) = self.kernel_size, self.padding, self.stride
-        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)
-        acc = torch.matmul(self.w, cols) + self.b
-        out = torch.floor((acc + float(1 << (EXACT_WEIGHT_BITS - 1))) / float(1 << EXACT_WEIGHT_BITS))
-        return out.clamp_(-EXACT_ACT_LIMIT, EXACT_ACT_LIMIT).view(n, -1, oh, ow)
+def _exact_conv(conv: nn.Module) -> FixedConv2d:
+    """A trained MSFR convolution on the exact grid (the one fixed-point engine,
+    codec/models/fixed_point.py, with MSFR's activation grid and clamp)."""
+    return FixedConv2d(cast(nn.Conv2d, conv), act_bits=EXACT_ACT_BITS, act_limit=EXACT_ACT_LIMIT)
 
 
 def _exact_leaky(x: torch.Tensor) -> torch.Tensor:
@@ -280,15 +267,20 @@ class ExactMsfr(nn.Module):
     def __init__(self, msfr: Msfr) -> None:
         super().__init__()
         self.cfg = msfr.cfg
-        self.trunk_in = _ExactConv(msfr.trunk_in)
-        self.blocks = nn.ModuleList(nn.ModuleList([_ExactConv(b.conv1), _ExactConv(b.conv2)]) for b in msfr.blocks)
-        self.trunk_out = _ExactConv(msfr.trunk_out)
+        self.trunk_in = _exact_conv(msfr.trunk_in)
+        blocks = [cast(ResBlock, b) for b in msfr.blocks]
+        self.blocks = nn.ModuleList(nn.ModuleList([_exact_conv(b.conv1), _exact_conv(b.conv2)]) for b in blocks)
+        self.trunk_out = _exact_conv(msfr.trunk_out)
+        ups = {k: cast(nn.Sequential, u) for k, u in msfr.up.items()}
         self.up = nn.ModuleDict(
-            {k: nn.ModuleList([_ExactConv(u[0]), _ExactConv(u[3])]) for k, u in msfr.up.items()}
+            {
+                k: nn.ModuleList([_exact_conv(cast(nn.Conv2d, u[0])), _exact_conv(cast(nn.Conv2d, u[3]))])
+                for k, u in ups.items()
+            }
         )
-        self.shuffle = {k: u[1].upscale_factor for k, u in msfr.up.items()}
-        self.heads = nn.ModuleDict({k: _ExactConv(h) for k, h in msfr.heads.items()})
-        self.linear = _ExactConv(msfr.linear) if msfr.linear is not None else None
+        self.shuffle = {k: cast(nn.PixelShuffle, u[1]).upscale_factor for k, u in ups.items()}
+        self.heads = nn.ModuleDict({k: _exact_conv(cast(nn.Conv2d, h)) for k, h in msfr.heads.items()})
+        self.linear = _exact_conv(msfr.linear) if msfr.linear is not None else None
         self._unstack = msfr.unstack
         self.feature_scale = msfr.feature_scale.detach().double().clone()
 
@@ -298,14 +290,15 @@ class ExactMsfr(nn.Module):
         a = to_exact_activation(z)
         lin = self._unstack(self.linear(a), sizes) if self.linear is not None else None
         y = _exact_leaky(self.trunk_in(a))
-        for c1, c2 in self.blocks:
+        for pair in self.blocks:
+            c1, c2 = cast(nn.ModuleList, pair)
             y = y + c2(_exact_leaky(c1(y)))
         y = _exact_leaky(self.trunk_out(y))
         out: dict[str, torch.Tensor] = {}
         for i in reversed(range(len(self.cfg.scales))):
             s = self.cfg.scales[i]
             if s.name in self.up:
-                conv1, conv3 = self.up[s.name]
+                conv1, conv3 = cast(nn.ModuleList, self.up[s.name])
                 y = _exact_leaky(conv3(_exact_leaky(F.pixel_shuffle(conv1(y), self.shuffle[s.name]))))
             y = _fit(y, sizes[s.name])
             head = self.heads[s.name](y)
@@ -359,13 +352,10 @@ def init_linear_path(model: MsffCodecModel, mean: torch.Tensor, components: torc
         raise MsffConfigError(
             f"PCA needs mean ({d},) and components ({c}, {d}), got {tuple(mean.shape)}, {tuple(comp.shape)}"
         )
-    model.msff.linear.weight.copy_(comp.view(c, d, 1, 1).float())
-    model.msff.linear.bias.copy_((-comp @ mean).float())
-    model.msfr.linear.weight.copy_(comp.t().contiguous().view(d, c, 1, 1).float())
-    model.msfr.linear.bias.copy_(mean.float())
+    linear_path.set_conv(model.msff.linear, comp.view(c, d, 1, 1), -comp @ mean)
+    linear_path.set_conv(model.msfr.linear, comp.t().contiguous().view(d, c, 1, 1), mean)
     for conv in (model.msff.fuse_out, *model.msfr.heads.values()):
-        conv.weight.zero_()
-        conv.bias.zero_()
+        linear_path.zero_conv(conv)
 
 
 def sls_mask(z: torch.Tensor, kept_channels: int | torch.Tensor) -> torch.Tensor:
@@ -383,35 +373,26 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def shipped_weights_paths(name: str = "msff_nanodet_neck") -> tuple[Path, Path]:
     return WEIGHTS_DIR / f"{name}.pt", WEIGHTS_DIR / f"{name}.json"
 
 
-def load_msff(path: str | Path | None = None, verify: bool = True) -> tuple[MsffCodecModel, dict, str]:
+def load_msff(path: str | Path | None = None) -> tuple[MsffCodecModel, dict, str]:
     """Load an MSFF/MSFR pair from `<name>.pt` + `<name>.json` (default: the shipped
-    NanoDet neck model). Returns (model in eval mode, json record, weights sha256).
-    With `verify`, the file's sha256 must equal the one recorded in the json."""
+    NanoDet neck model) through the one verifying loader (codec/models/registry.py).
+    Returns (model in eval mode, json record, weights sha256); CodecModelError if the
+    file is missing, has no record, does not match it, or cannot be read."""
+    from .registry import load_weights
+
     pt = Path(path) if path is not None else shipped_weights_paths()[0]
-    js = pt.with_suffix(".json")
-    if not pt.is_file() or not js.is_file():
-        raise MsffWeightsError(f"MSFF weights not found: {pt} (+ .json)")
-    record = json.loads(js.read_text())
-    sha = file_sha256(pt)
-    if verify and record.get("weights_sha256") != sha:
-        raise MsffWeightsError(f"{pt.name}: sha256 {sha[:16]}... differs from the recorded one")
+    return load_weights(pt, model_from_file, "msff_msfr")
+
+
+def model_from_file(pt: Path, record: dict) -> MsffCodecModel:
+    """Builder of the codec-model registry: the model of a verified weights file."""
     model = MsffCodecModel(MsffConfig.from_json(record["config"]))
-    state = torch.load(pt, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    model.eval()
-    return model, record, sha
+    model.load_state_dict(torch.load(pt, map_location="cpu", weights_only=True))
+    return model.eval()
 
 
 __all__ = [
@@ -426,6 +407,7 @@ __all__ = [
     "file_sha256",
     "init_linear_path",
     "load_msff",
+    "model_from_file",
     "shipped_weights_paths",
     "sls_mask",
     "stacked_channels",

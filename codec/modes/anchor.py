@@ -11,8 +11,10 @@ with round-half-up; the frame is coded as the luma of one VVC intra picture.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+from construct import Array, Float32b, Int8ub, Struct, this
 
 from codec.bitstream import (
     ALL_SCALES,
@@ -22,15 +24,38 @@ from codec.bitstream import (
     ModeHeader,
     ModeId,
     PayloadUnit,
+    PresetId,
     SampleFormat,
     ScaleHeader,
     UnitType,
     preset_id,
 )
+from codec.bitstream.container import ModeHeaderSyntax
+from codec.bitstream.syntax import finite_field, id_field
 from codec.errors import EncodeError, InnerCodecError, MalformedError, SizeLimitError
-from codec.vision.base import Features, SplitPoint
+from codec.inner import vvc
 
-from .base import EncodeParams, check_scale, scale_arrays, to_features, units_of_type
+from .base import (
+    EQUALS_SCALE_CHANNELS,
+    NO_CODEC_MODEL,
+    NO_ENTROPY_CODER,
+    CodingMode,
+    Rule,
+    Shapes,
+    Weights,
+    check_scale,
+    enum_rule,
+    in_range,
+    is_,
+    option,
+    scale_arrays,
+    shaped_scales,
+    to_features,
+    units_of_type,
+)
+
+if TYPE_CHECKING:
+    from codec.vision.base import Features, SplitPoint
 
 MODE_ID = ModeId.ANCHOR
 NAME = "anchor"
@@ -38,9 +63,15 @@ NAME = "anchor"
 BIT_DEPTH = 10
 MAX_CODE = (1 << BIT_DEPTH) - 1  # 1023
 FILL_VALUE = 1 << (BIT_DEPTH - 1)  # 512: samples of the frame that carry no channel
-MAX_FRAME_DIM = 16384
-MAX_FRAME_SAMPLES = 35_651_584  # VVC level 6.2 MaxLumaPs
-QP_RANGE = (0, 63)
+MAX_FRAME_DIM = vvc.MAX_DIMENSION
+MAX_FRAME_SAMPLES = vvc.MAX_LUMA_SAMPLES  # VVC level 6.2 MaxLumaPs
+QP_RANGE = (vvc.QP_MIN, vvc.QP_MAX)
+
+
+@dataclass(frozen=True)
+class Params:
+    qp: int = option(32, "VVC quantisation parameter", range=QP_RANGE, rate=True)
+    preset: str = option("faster", "VVenC preset (informative for the decoder)", choices=vvc.VVENC_PRESETS)
 
 
 def grid_shape(channels: int) -> tuple[int, int]:
@@ -130,9 +161,7 @@ def untile(frame: np.ndarray, shapes: list[tuple[int, int, int]], layout: FrameL
     return out
 
 
-def encode(features: Features, split_point: SplitPoint, params: EncodeParams) -> tuple[ModeHeader, list[PayloadUnit]]:
-    from codec.inner import vvc
-
+def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple[ModeHeader, list[PayloadUnit]]:
     if isinstance(params.qp, bool) or not isinstance(params.qp, int) or not QP_RANGE[0] <= params.qp <= QP_RANGE[1]:
         raise EncodeError(f"qp must be an integer in {QP_RANGE[0]}..{QP_RANGE[1]}, got {params.qp!r}")
     try:
@@ -150,7 +179,7 @@ def encode(features: Features, split_point: SplitPoint, params: EncodeParams) ->
             )
         )
         codes.append(q)
-    layout = frame_layout([a.shape for _, a in arrays])
+    layout = frame_layout([(a.shape[0], a.shape[1], a.shape[2]) for _, a in arrays])
     try:
         check_frame_size(layout)
     except SizeLimitError as e:
@@ -191,16 +220,14 @@ def _stream_of(units: list[PayloadUnit]) -> PayloadUnit:
     return streams[0]
 
 
-def validate(header: ContainerHeader, units: list[PayloadUnit]) -> None:
+def validate(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> None:
     """Check the header fields and payload units of the mode without decoding VVC."""
     _layout_of(header)
     _stream_of(units)
 
 
-def decode_symbols(header: ContainerHeader, units: list[PayloadUnit]) -> dict[str, np.ndarray]:
+def decode_symbols(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> dict[str, np.ndarray]:
     """{"frame": the decoded (FrameHeight, FrameWidth) uint16 10-bit frame}."""
-    from codec.inner import vvc
-
     layout = _layout_of(header)
     stream = _stream_of(units)
     try:
@@ -212,7 +239,7 @@ def decode_symbols(header: ContainerHeader, units: list[PayloadUnit]) -> dict[st
     return {"frame": frame.astype(np.uint16)}
 
 
-def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray]) -> Features:
+def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights: Weights = None) -> Features:
     layout = _layout_of(header)
     shapes = [s.shape for s in header.scales]
     codes = untile(symbols["frame"], shapes, layout)
@@ -220,11 +247,74 @@ def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray]) -> Feat
     return to_features(header, arrays)
 
 
-def decode(header: ContainerHeader, units: list[PayloadUnit]) -> Features:
-    return reconstruct(header, decode_symbols(header, units))
+# mode_header( ) of container 2.0 (bitstream_spec.md, sections 7.3.1 and 7.3.2): the inner
+# QP and preset, and each scale's quantisation range; inner_codec_id VVC_VVENC and
+# inner_bit_depth 10 are implied by the mode (the constraint table below)
+anchor_scale_range = Struct(
+    "quant_min" / finite_field(Float32b, "quant_min"),
+    "quant_max" / finite_field(Float32b, "quant_max"),
+)
+anchor_header = Struct(
+    "inner_qp" / Int8ub,
+    "inner_preset_id" / id_field(Int8ub, PresetId, "inner_preset_id"),
+    "scale_ranges" / Array(this._.num_scales, anchor_scale_range),
+)
 
+
+def _to_header_value(mh: ModeHeader) -> dict:
+    return {
+        "inner_qp": mh.inner.qp,
+        "inner_preset_id": int(mh.inner.preset_id),
+        "scale_ranges": [{"quant_min": float(s.quant_min), "quant_max": float(s.quant_max)} for s in mh.scales],
+    }
+
+
+def _from_header_value(value, shapes: Shapes) -> ModeHeader:
+    ranges = value.scale_ranges
+    scales = shaped_scales(shapes, quant_min=[r.quant_min for r in ranges], quant_max=[r.quant_max for r in ranges])
+    inner = InnerCodecParams(InnerCodecId.VVC_VVENC, value.inner_qp, PresetId(value.inner_preset_id), BIT_DEPTH)
+    return ModeHeader(scales, sample_format=SampleFormat.NONE, inner=inner)
+
+
+# spec table name -> construct (tests/unit/test_spec.py compares them with the spec)
+SYNTAX_STRUCTURES = {"anchor_header": anchor_header, "anchor_scale_range": anchor_scale_range}
+HEADER_SYNTAX = ModeHeaderSyntax(anchor_header, _to_header_value, _from_header_value)
+
+# header constraints (bitstream_spec.md, section 7.3); shared with vvc_msff
+VVC_HEADER_RULES = {
+    "sample_format": enum_rule(SampleFormat.NONE),
+    "inner_codec_id": enum_rule(InnerCodecId.VVC_VVENC),
+    "inner_qp": in_range(*QP_RANGE),
+    "inner_preset_id": enum_rule(*(p for p in PresetId if p != PresetId.NONE)),
+    "inner_bit_depth": is_(BIT_DEPTH),
+}
+HEADER_RULES = {**VVC_HEADER_RULES, **NO_CODEC_MODEL, **NO_ENTROPY_CODER}
+SCALE_RANGE = Rule("the scale's range (below)")  # finite, quant_min <= quant_max: section 5.3
+SCALE_RULES = {
+    "phi_index": is_(0),
+    "kept_channels": EQUALS_SCALE_CHANNELS,
+    "quant_min": SCALE_RANGE,
+    "quant_max": SCALE_RANGE,
+}
+
+MODE = CodingMode(
+    mode_id=MODE_ID,
+    name=NAME,
+    params=Params,
+    header_rules=HEADER_RULES,
+    scale_rules=SCALE_RULES,
+    header_syntax=HEADER_SYNTAX,
+    encode=encode,
+    decode_symbols=decode_symbols,
+    reconstruct=reconstruct,
+    validate=validate,
+    description="MPEG FCM feature anchor: tiled 10-bit min-max quantised features through VVC",
+)
+decode = MODE.decode
 
 __all__ = [
+    "MODE",
+    "Params",
     "FrameLayout",
     "dequantise",
     "frame_layout",

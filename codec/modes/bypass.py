@@ -4,7 +4,11 @@ holding the tensor as IEEE float16 or float32, little-endian, C-order (C, H, W)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
+from construct import Int8ub, Struct
 
 from codec.bitstream import (
     ContainerHeader,
@@ -17,10 +21,30 @@ from codec.bitstream import (
     ScaleHeader,
     UnitType,
 )
+from codec.bitstream.container import ModeHeaderSyntax
+from codec.bitstream.syntax import id_field
 from codec.errors import EncodeError, MalformedError
-from codec.vision.base import Features, SplitPoint
 
-from .base import EncodeParams, check_scale, scale_arrays, to_features, units_of_type
+from .base import (
+    EQUALS_SCALE_CHANNELS,
+    NO_CODEC_MODEL,
+    NO_ENTROPY_CODER,
+    NO_INNER_CODEC,
+    CodingMode,
+    Shapes,
+    Weights,
+    check_scale,
+    enum_rule,
+    is_,
+    option,
+    scale_arrays,
+    shaped_scales,
+    to_features,
+    units_of_type,
+)
+
+if TYPE_CHECKING:
+    from codec.vision.base import Features, SplitPoint
 
 MODE_ID = ModeId.BYPASS
 NAME = "bypass"
@@ -32,7 +56,14 @@ DTYPES: dict[SampleFormat, np.dtype] = {
 SAMPLE_FORMATS: dict[str, SampleFormat] = {"float16": SampleFormat.FLOAT16, "float32": SampleFormat.FLOAT32}
 
 
-def encode(features: Features, split_point: SplitPoint, params: EncodeParams) -> tuple[ModeHeader, list[PayloadUnit]]:
+@dataclass(frozen=True)
+class Params:
+    bypass_dtype: str = option(
+        "float16", "sample format of the coded tensors", choices=tuple(SAMPLE_FORMATS), rate=True
+    )
+
+
+def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple[ModeHeader, list[PayloadUnit]]:
     if params.bypass_dtype not in SAMPLE_FORMATS:
         raise EncodeError(f"bypass_dtype must be one of {', '.join(SAMPLE_FORMATS)}, got {params.bypass_dtype!r}")
     fmt = SAMPLE_FORMATS[params.bypass_dtype]
@@ -45,12 +76,12 @@ def encode(features: Features, split_point: SplitPoint, params: EncodeParams) ->
     return ModeHeader(scales=tuple(scales), sample_format=fmt, inner=InnerCodecParams()), units
 
 
-def validate(header: ContainerHeader, units: list[PayloadUnit]) -> None:
+def validate(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> None:
     """Check the header fields and payload units of the mode without decoding."""
     decode_symbols(header, units)  # views into the unit data: nothing is decoded or copied
 
 
-def decode_symbols(header: ContainerHeader, units: list[PayloadUnit]) -> dict[str, np.ndarray]:
+def decode_symbols(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> dict[str, np.ndarray]:
     """The raw tensors, (C, H, W) in their coded sample format."""
     if header.mode.inner.codec_id != InnerCodecId.NONE:
         raise MalformedError(f"bypass mode needs inner_codec_id NONE, got {header.mode.inner.codec_id.name}")
@@ -76,9 +107,52 @@ def decode_symbols(header: ContainerHeader, units: list[PayloadUnit]) -> dict[st
     return out
 
 
-def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray]) -> Features:
+def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights: Weights = None) -> Features:
     return to_features(header, [symbols[s.name].astype(np.float32) for s in header.scales])
 
 
-def decode(header: ContainerHeader, units: list[PayloadUnit]) -> Features:
-    return reconstruct(header, decode_symbols(header, units))
+# mode_header( ) of container 2.0 (bitstream_spec.md, section 7.2.1): the sample format;
+# every other mode-dependent field takes the value of the constraint table below
+bypass_header = Struct("sample_format" / id_field(Int8ub, SampleFormat, "sample_format"))
+
+
+def _to_header_value(mh: ModeHeader) -> dict:
+    return {"sample_format": int(mh.sample_format)}
+
+
+def _from_header_value(value, shapes: Shapes) -> ModeHeader:
+    return ModeHeader(shaped_scales(shapes), sample_format=SampleFormat(value.sample_format), inner=InnerCodecParams())
+
+
+# spec table name -> construct (tests/unit/test_spec.py compares them with the spec)
+SYNTAX_STRUCTURES = {"bypass_header": bypass_header}
+HEADER_SYNTAX = ModeHeaderSyntax(bypass_header, _to_header_value, _from_header_value)
+
+# header constraints (bitstream_spec.md, section 7.2)
+HEADER_RULES = {
+    "sample_format": enum_rule(SampleFormat.FLOAT16, SampleFormat.FLOAT32),
+    **NO_INNER_CODEC,
+    **NO_CODEC_MODEL,
+    **NO_ENTROPY_CODER,
+}
+SCALE_RULES = {
+    "phi_index": is_(0),
+    "kept_channels": EQUALS_SCALE_CHANNELS,
+    "quant_min": is_(0.0),
+    "quant_max": is_(0.0),
+}
+
+MODE = CodingMode(
+    mode_id=MODE_ID,
+    name=NAME,
+    params=Params,
+    header_rules=HEADER_RULES,
+    scale_rules=SCALE_RULES,
+    header_syntax=HEADER_SYNTAX,
+    encode=encode,
+    decode_symbols=decode_symbols,
+    reconstruct=reconstruct,
+    validate=validate,
+    description="lossless reference: float16 / float32 tensors",
+)
+decode = MODE.decode

@@ -13,11 +13,11 @@ entropy parameters reports it instead of returning garbage.
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from construct import ConstructError
+from construct import Bytes, ConstructError, Int8ub, Int16ub, Struct
 
 from codec.bitstream import (
     ALL_SCALES,
@@ -32,60 +32,73 @@ from codec.bitstream import (
     ScaleHeader,
     UnitType,
 )
-from codec.bitstream.syntax import latent_strings
-from codec.errors import EncodeError, MalformedError, WeightsMismatchError
-from codec.models.fenet import (
-    ENTROPY_PRECISION,
-    CompressedLatents,
-    FenetCodec,
-    load_fenet,
-    shipped_weights_paths,
-)
-from codec.vision.base import Features, SplitPoint
+from codec.bitstream.container import ModeHeaderSyntax
+from codec.bitstream.syntax import id_field, latent_strings
+from codec.errors import EncodeError, MalformedError
+from codec.models.registry import check_model_hash
 
-from .base import EncodeParams, scale_arrays, units_of_type
+from .base import (
+    EQUALS_SCALE_CHANNELS,
+    NO_INNER_CODEC,
+    UNIFORM,
+    ZERO_HASH,
+    CodingMode,
+    Shapes,
+    Weights,
+    enum_rule,
+    is_,
+    option,
+    other_than,
+    scale_arrays,
+    shaped_scales,
+    units_of_type,
+)
+
+if TYPE_CHECKING:
+    from codec.models.fenet import CompressedLatents, FenetCodec
+    from codec.vision.base import Features, SplitPoint
 
 MODE_ID = ModeId.LEARNED_E2E
 NAME = "learned_e2e"
-
-# codec model id -> weights file name in codec/models/weights (without .pt)
-MODEL_FILES: dict[CodecModelId, str] = {
-    CodecModelId.FENET_NANODET_NECK: "fenet_nanodet_neck",
-}
+ENTROPY_PRECISION = 16  # CompressAI's rANS; equal to codec.models.fenet.ENTROPY_PRECISION (tested)
+NUM_QUALITIES = 6  # phi 0..5: the gain-unit rows of the shipped model (checked against the model)
 
 
-class CodecModelMismatchError(WeightsMismatchError):
-    """The decoder's learned codec weights differ from the encoder's (codec_model_hash)."""
+@dataclass(frozen=True)
+class Params:
+    phi: int = option(3, "quality index (gain-unit row), higher is better", range=(0, NUM_QUALITIES - 1), rate=True)
+    codec_weights: str | None = option(
+        None,
+        "codec-model weights file instead of the shipped one (the decoder needs the same)",
+        kind=str,
+        what="a weights file (.pt beside its .json record)",
+    )
 
 
-@functools.lru_cache(maxsize=4)
-def _load(path: str) -> tuple[FenetCodec, bytes]:
-    model, digest = load_fenet(path)
-    return model, bytes.fromhex(digest)
+MODEL_IDS: tuple[CodecModelId, ...] = (CodecModelId.FENET_NANODET_NECK,)  # its models in codec.models.registry
 
 
-def model_for(model_id: CodecModelId, weights: str | Path | None = None) -> tuple[FenetCodec, bytes]:
+def model_for(model_id: CodecModelId, weights: Weights = None) -> tuple[FenetCodec, bytes]:
     """(model, sha256 of its weights file) for a codec model id; `weights` overrides the shipped file."""
-    if weights is None:
-        if model_id not in MODEL_FILES:
-            raise MalformedError(f"codec_model_id {int(model_id)} has no learned_e2e model")
-        weights = shipped_weights_paths(MODEL_FILES[model_id])[0]
-    return _load(str(weights))
+    from codec.models.registry import load_codec_model
+
+    if model_id not in MODEL_IDS:
+        raise MalformedError(f"codec_model_id {int(model_id)} has no learned_e2e model")
+    return load_codec_model(model_id, weights)
 
 
 def model_id_for(split_point: SplitPoint) -> CodecModelId:
     """The codec model trained for a split point (matched on scale names, channels, strides)."""
-    for mid in MODEL_FILES:
+    for mid in MODEL_IDS:
         model, _ = model_for(mid)
         if tuple(model.cfg.scales) == tuple(split_point.scales):
             return mid
     raise EncodeError(f"no learned_e2e model for split point {split_point.name!r} ({split_point.scale_names()})")
 
 
-def quality_index(params: EncodeParams, num_qualities: int) -> int:
-    """phi from EncodeParams.phi if the field exists and is set, else from qp (0..num_qualities-1)."""
-    phi = getattr(params, "phi", None)
-    phi = params.qp if phi is None else phi
+def quality_index(params: Params, num_qualities: int) -> int:
+    """phi of the parameters, checked against the model's quality indices 0..num_qualities-1."""
+    phi = params.phi
     if isinstance(phi, bool) or not isinstance(phi, (int, np.integer)) or not 0 <= int(phi) < num_qualities:
         raise EncodeError(f"learned_e2e quality index phi must be an integer in 0..{num_qualities - 1}, got {phi!r}")
     return int(phi)
@@ -125,9 +138,11 @@ def encode_with_model(
     return header, units
 
 
-def encode(features: Features, split_point: SplitPoint, params: EncodeParams) -> tuple[ModeHeader, list[PayloadUnit]]:
+def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple[ModeHeader, list[PayloadUnit]]:
     model_id = model_id_for(split_point)
-    model, digest = model_for(model_id)
+    model, digest = model_for(model_id, params.codec_weights)
+    if tuple(model.cfg.scales) != tuple(split_point.scales):
+        raise EncodeError(f"codec model {params.codec_weights} is not for split point {split_point.name!r}")
     return encode_with_model(
         features, split_point, quality_index(params, model.cfg.num_qualities), model, model_id, digest
     )
@@ -136,9 +151,10 @@ def encode(features: Features, split_point: SplitPoint, params: EncodeParams) ->
 def _check_structure(header: ContainerHeader) -> int:
     """Header checks that need no model; returns phi."""
     m = header.mode
-    if m.entropy_coder_id != EntropyCoderId.RANS_COMPRESSAI or m.entropy_precision != ENTROPY_PRECISION:
+    precision = ENTROPY_PRECISION
+    if m.entropy_coder_id != EntropyCoderId.RANS_COMPRESSAI or m.entropy_precision != precision:
         raise MalformedError(
-            f"learned_e2e needs entropy_coder_id RANS_COMPRESSAI with precision {ENTROPY_PRECISION}, "
+            f"learned_e2e needs entropy_coder_id RANS_COMPRESSAI with precision {precision}, "
             f"got {m.entropy_coder_id.name} / {m.entropy_precision}"
         )
     if m.codec_model_id == CodecModelId.NONE:
@@ -159,11 +175,7 @@ def _check_structure(header: ContainerHeader) -> int:
 def _check_header(header: ContainerHeader, model: FenetCodec, digest: bytes) -> int:
     phi = _check_structure(header)
     m = header.mode
-    if bytes(m.codec_model_hash) != digest:
-        raise CodecModelMismatchError(
-            f"codec model weights differ: bitstream {bytes(m.codec_model_hash).hex()[:12]}..., "
-            f"decoder {digest.hex()[:12]}..."
-        )
+    check_model_hash(m.codec_model_hash, digest)
     want = [(s.name, s.channels) for s in model.cfg.scales]
     got = [(s.name, s.channels) for s in header.scales]
     if got != want:
@@ -173,7 +185,7 @@ def _check_header(header: ContainerHeader, model: FenetCodec, digest: bytes) -> 
     return phi
 
 
-def validate(header: ContainerHeader, units: list[PayloadUnit]) -> None:
+def validate(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> None:
     """Check the header fields and payload units of the mode without entropy decoding
     (the codec model hash is checked by decoding, which needs the model)."""
     _check_structure(header)
@@ -192,9 +204,7 @@ def _latents(units: list[PayloadUnit]):
         raise MalformedError("LATENT_STRING unit_data is not a latent_strings( ) structure") from None
 
 
-def decode_symbols(
-    header: ContainerHeader, units: list[PayloadUnit], weights: str | Path | None = None
-) -> dict[str, np.ndarray]:
+def decode_symbols(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> dict[str, np.ndarray]:
     """-> {"z": hyper-latent symbols, "y": latent symbols, "y_indexes": scale-table indices
     (int32, C order (channel, row, column)), "y_hat_g": symbols plus means in units of
     2^-10 before the inverse gain (int64)}: the decoded integer data of the mode."""
@@ -208,7 +218,7 @@ def decode_symbols(
     return {"z": d.z_symbols, "y": d.y_symbols, "y_indexes": d.y_indexes, "y_hat_g": d.y_hat_g}
 
 
-def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights: str | Path | None = None) -> Features:
+def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights: Weights = None) -> Features:
     import torch
 
     model, digest = model_for(header.mode.codec_model_id, weights)
@@ -217,5 +227,76 @@ def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights
     return model.reconstruct(model.dequantize_latent(y_hat_g, phi), [(s.height, s.width) for s in header.scales])
 
 
-def decode(header: ContainerHeader, units: list[PayloadUnit]) -> Features:
-    return reconstruct(header, decode_symbols(header, units))
+# mode_header( ) of container 2.0 (bitstream_spec.md, section 7.5.3): the codec model,
+# the entropy coder and its precision, and phi once (it is one for all scales)
+learned_e2e_header = Struct(
+    "codec_model_id" / id_field(Int16ub, CodecModelId, "codec_model_id"),
+    "codec_model_hash" / Bytes(32),
+    "entropy_coder_id" / id_field(Int8ub, EntropyCoderId, "entropy_coder_id"),
+    "entropy_precision" / Int8ub,
+    "phi_index" / Int8ub,
+)
+
+
+def _to_header_value(mh: ModeHeader) -> dict:
+    return {
+        "codec_model_id": int(mh.codec_model_id),
+        "codec_model_hash": bytes(mh.codec_model_hash),
+        "entropy_coder_id": int(mh.entropy_coder_id),
+        "entropy_precision": mh.entropy_precision,
+        "phi_index": mh.scales[0].phi_index,
+    }
+
+
+def _from_header_value(value, shapes: Shapes) -> ModeHeader:
+    return ModeHeader(
+        shaped_scales(shapes, phi_index=value.phi_index),
+        sample_format=SampleFormat.NONE,
+        inner=InnerCodecParams(),
+        codec_model_id=CodecModelId(value.codec_model_id),
+        codec_model_hash=bytes(value.codec_model_hash),
+        entropy_coder_id=EntropyCoderId(value.entropy_coder_id),
+        entropy_precision=value.entropy_precision,
+    )
+
+
+# spec table name -> construct (tests/unit/test_spec.py compares them with the spec)
+SYNTAX_STRUCTURES = {"learned_e2e_header": learned_e2e_header}
+HEADER_SYNTAX = ModeHeaderSyntax(learned_e2e_header, _to_header_value, _from_header_value)
+
+# header constraints (bitstream_spec.md, section 7.5)
+HEADER_RULES = {
+    "sample_format": enum_rule(SampleFormat.NONE),
+    **NO_INNER_CODEC,
+    "codec_model_id": enum_rule(*MODEL_IDS),
+    "codec_model_hash": other_than(ZERO_HASH, "32 zero bytes"),
+    "entropy_coder_id": enum_rule(EntropyCoderId.RANS_COMPRESSAI),
+    "entropy_precision": is_(ENTROPY_PRECISION),
+}
+SCALE_RULES = {
+    "phi_index": UNIFORM,
+    "kept_channels": EQUALS_SCALE_CHANNELS,
+    "quant_min": is_(0.0),
+    "quant_max": is_(0.0),
+}
+
+MODE = CodingMode(
+    mode_id=MODE_ID,
+    name=NAME,
+    params=Params,
+    header_rules=HEADER_RULES,
+    scale_rules=SCALE_RULES,
+    header_syntax=HEADER_SYNTAX,
+    encode=encode,
+    decode_symbols=decode_symbols,
+    reconstruct=reconstruct,
+    validate=validate,
+    sources=(
+        "codec/models/fenet.py",
+        "codec/models/fixed_point.py",
+        "codec/models/linear_path.py",
+        "codec/models/weights/fenet_nanodet_neck.pt",
+    ),
+    description="end-to-end learned codec (FENet/DRNet, CompressAI rANS)",
+)
+decode = MODE.decode

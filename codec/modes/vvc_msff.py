@@ -22,10 +22,11 @@ while C may exceed them. Every scale carries the same quant_min / quant_max.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+from construct import Bytes, Float32b, Int8ub, Int16ub, Struct
 
 from codec.bitstream import (
     ALL_SCALES,
@@ -37,27 +38,48 @@ from codec.bitstream import (
     ModeHeader,
     ModeId,
     PayloadUnit,
+    PresetId,
     SampleFormat,
     ScaleHeader,
     UnitType,
     preset_id,
 )
-from codec.errors import EncodeError, InnerCodecError, MalformedError, SizeLimitError, WeightsMismatchError
-from codec.models.msff import ExactMsfr, MsffCodecModel, load_msff, shipped_weights_paths
-from codec.vision.base import Features, SplitPoint
+from codec.bitstream.container import ModeHeaderSyntax
+from codec.bitstream.syntax import MAX_CHANNELS, finite_field, id_field, limit_field
+from codec.errors import EncodeError, InnerCodecError, MalformedError, SizeLimitError
+from codec.inner import vvc
+from codec.models.registry import check_model_hash
 
 from . import anchor
-from .base import EncodeParams, scale_arrays, units_of_type
+from .base import (
+    NO_ENTROPY_CODER,
+    UNIFORM,
+    ZERO_HASH,
+    CodingMode,
+    Rule,
+    Shapes,
+    Weights,
+    enum_rule,
+    is_,
+    option,
+    other_than,
+    scale_arrays,
+    shaped_scales,
+    units_of_type,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from codec.models.msff import ExactMsfr, MsffCodecModel
+    from codec.vision.base import Features, SplitPoint
 
 MODE_ID = ModeId.VVC_MSFF
 NAME = "vvc_msff"
 BIT_DEPTH = anchor.BIT_DEPTH
 QP_RANGE = anchor.QP_RANGE
 
-# codec model id -> weights file name in codec/models/weights (without .pt)
-MODEL_FILES: dict[CodecModelId, str] = {
-    CodecModelId.MSFF_NANODET_NECK: "msff_nanodet_neck",
-}
+MODEL_IDS: tuple[CodecModelId, ...] = (CodecModelId.MSFF_NANODET_NECK,)  # its models in codec.models.registry
 
 # QP -> kept fused channels, chosen from measurement by tools/tune_truncation.py
 # (held-out train-images, see docs/results_msff.md). A QP between two entries uses
@@ -65,8 +87,19 @@ MODEL_FILES: dict[CodecModelId, str] = {
 TRUNCATION_TABLE: dict[int, int] = {22: 192, 27: 192, 32: 192, 37: 192, 42: 96, 47: 96}
 
 
-class CodecModelMismatchError(WeightsMismatchError):
-    """The decoder's MSFF/MSFR weights differ from the encoder's (codec_model_hash)."""
+@dataclass(frozen=True)
+class Params:
+    qp: int = option(32, "VVC quantisation parameter", range=QP_RANGE, rate=True)
+    preset: str = option("faster", "VVenC preset (informative for the decoder)", choices=vvc.VVENC_PRESETS)
+    kept_channels: int | None = option(
+        None, "fused channels to code (default: from the QP by the truncation table)", kind=int, range=(1, 4096)
+    )
+    codec_weights: str | None = option(
+        None,
+        "codec-model weights file instead of the shipped one (the decoder needs the same)",
+        kind=str,
+        what="a weights file (.pt beside its .json record)",
+    )
 
 
 def kept_channels_for_qp(qp: int, fused_channels: int, table: dict[int, int] | None = None) -> int:
@@ -80,23 +113,25 @@ def kept_channels_for_qp(qp: int, fused_channels: int, table: dict[int, int] | N
 
 
 @functools.lru_cache(maxsize=4)
-def _load(path: str) -> tuple[MsffCodecModel, ExactMsfr, bytes]:
-    model, _, sha = load_msff(path)
-    return model, ExactMsfr(model.msfr), bytes.fromhex(sha)
+def _exact(model: MsffCodecModel) -> ExactMsfr:
+    from codec.models.msff import ExactMsfr
+
+    return ExactMsfr(model.msfr)
 
 
-def model_for(model_id: CodecModelId, weights: str | Path | None = None) -> tuple[MsffCodecModel, ExactMsfr, bytes]:
+def model_for(model_id: CodecModelId, weights: Weights = None) -> tuple[MsffCodecModel, ExactMsfr, bytes]:
     """(model, exact MSFR, sha256 of its weights file); `weights` overrides the shipped file."""
-    if weights is None:
-        if model_id not in MODEL_FILES:
-            raise MalformedError(f"codec_model_id {int(model_id)} has no vvc_msff model")
-        weights = shipped_weights_paths(MODEL_FILES[model_id])[0]
-    return _load(str(weights))
+    from codec.models.registry import load_codec_model
+
+    if model_id not in MODEL_IDS:
+        raise MalformedError(f"codec_model_id {int(model_id)} has no vvc_msff model")
+    model, digest = load_codec_model(model_id, weights)
+    return model, _exact(model), digest
 
 
 def model_id_for(split_point: SplitPoint) -> CodecModelId:
     """The MSFF/MSFR model trained for a split point (matched on scale names, channels, strides)."""
-    for mid in MODEL_FILES:
+    for mid in MODEL_IDS:
         model, _, _ = model_for(mid)
         if tuple(model.cfg.scales) == tuple(split_point.scales):
             return mid
@@ -124,7 +159,7 @@ def encode_with_model(
     model_id: CodecModelId,
     digest: bytes,
 ) -> tuple[ModeHeader, list[PayloadUnit]]:
-    from codec.inner import vvc
+    import torch
 
     if isinstance(qp, bool) or not isinstance(qp, int) or not QP_RANGE[0] <= qp <= QP_RANGE[1]:
         raise EncodeError(f"qp must be an integer in {QP_RANGE[0]}..{QP_RANGE[1]}, got {qp!r}")
@@ -142,7 +177,7 @@ def encode_with_model(
     with torch.no_grad():
         z = model.msff({n: torch.from_numpy(a).unsqueeze(0) for n, a in arrays})[0, :kept].numpy()
     q, lo, hi = anchor.quantise(z)
-    layout = anchor.frame_layout([q.shape])
+    layout = anchor.frame_layout([(q.shape[0], q.shape[1], q.shape[2])])
     try:
         anchor.check_frame_size(layout)
     except SizeLimitError as e:
@@ -166,21 +201,22 @@ def encode_with_model(
     return header, [PayloadUnit(UnitType.VVC_NAL_STREAM, bitstream, scale_index=ALL_SCALES)]
 
 
-def encode(features: Features, split_point: SplitPoint, params: EncodeParams) -> tuple[ModeHeader, list[PayloadUnit]]:
+def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple[ModeHeader, list[PayloadUnit]]:
     model_id = model_id_for(split_point)
-    model, _, digest = model_for(model_id)
-    kept = kept_channels_for_qp(params.qp, model.cfg.fused_channels)
+    model, _, digest = model_for(model_id, params.codec_weights)
+    if tuple(model.cfg.scales) != tuple(split_point.scales):
+        raise EncodeError(f"codec model {params.codec_weights} is not for split point {split_point.name!r}")
+    c = model.cfg.fused_channels
+    kept = kept_channels_for_qp(params.qp, c) if params.kept_channels is None else params.kept_channels
+    if kept > c:
+        raise EncodeError(f"vvc_msff parameter kept_channels must be at most the model's {c} channels, got {kept}")
     return encode_with_model(features, split_point, params.qp, params.preset, kept, model, model_id, digest)
 
 
 def _check_header(header: ContainerHeader, model: MsffCodecModel, digest: bytes) -> tuple[int, anchor.FrameLayout]:
     """Checks of the mode; returns (KeptChannels, frame layout)."""
     m = header.mode
-    if bytes(m.codec_model_hash) != digest:
-        raise CodecModelMismatchError(
-            f"codec model weights differ: bitstream {bytes(m.codec_model_hash).hex()[:12]}..., "
-            f"decoder {digest.hex()[:12]}..."
-        )
+    check_model_hash(m.codec_model_hash, digest)
     if m.inner.codec_id != InnerCodecId.VVC_VVENC or m.inner.bit_depth != BIT_DEPTH:
         raise MalformedError(f"vvc_msff needs inner_codec_id VVC_VVENC with inner_bit_depth {BIT_DEPTH}")
     if m.sample_format != SampleFormat.NONE or m.entropy_coder_id != EntropyCoderId.NONE:
@@ -215,18 +251,14 @@ def _stream_of(units: list[PayloadUnit]) -> PayloadUnit:
     return streams[0]
 
 
-def validate(header: ContainerHeader, units: list[PayloadUnit], weights: str | Path | None = None) -> None:
+def validate(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> None:
     model, _, digest = model_for(header.mode.codec_model_id, weights)
     _check_header(header, model, digest)
     _stream_of(units)
 
 
-def decode_symbols(
-    header: ContainerHeader, units: list[PayloadUnit], weights: str | Path | None = None
-) -> dict[str, np.ndarray]:
+def decode_symbols(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> dict[str, np.ndarray]:
     """{"frame": the decoded (FrameHeight, FrameWidth) uint16 10-bit frame}."""
-    from codec.inner import vvc
-
     model, _, digest = model_for(header.mode.codec_model_id, weights)
     _, layout = _check_header(header, model, digest)
     stream = _stream_of(units)
@@ -241,6 +273,8 @@ def decode_symbols(
 
 def fused_tensor(header: ContainerHeader, frame: np.ndarray, fused_channels: int) -> torch.Tensor:
     """Decoded frame -> (1, C, h, w) fused tensor: kept channels dequantised, the rest zero."""
+    import torch
+
     coarse = header.scales[-1]
     kept = sum(s.kept_channels for s in header.scales)
     layout = anchor.frame_layout([(kept, coarse.height, coarse.width)])
@@ -250,20 +284,100 @@ def fused_tensor(header: ContainerHeader, frame: np.ndarray, fused_channels: int
     return torch.from_numpy(z).unsqueeze(0)
 
 
-def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights: str | Path | None = None) -> Features:
+def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights: Weights = None) -> Features:
     model, exact, digest = model_for(header.mode.codec_model_id, weights)
     _check_header(header, model, digest)
     z = fused_tensor(header, symbols["frame"], model.cfg.fused_channels)
     return dict(exact(z, {s.name: (s.height, s.width) for s in header.scales}))
 
 
-def decode(header: ContainerHeader, units: list[PayloadUnit]) -> Features:
-    return reconstruct(header, decode_symbols(header, units))
+# mode_header( ) of container 2.0 (bitstream_spec.md, section 7.4.1): the codec model,
+# the inner QP and preset, KeptChannels once and the one quantisation range of the kept
+# channels; inner_codec_id VVC_VVENC and inner_bit_depth 10 are implied by the mode
+vvc_msff_header = Struct(
+    "codec_model_id" / id_field(Int16ub, CodecModelId, "codec_model_id"),
+    "codec_model_hash" / Bytes(32),
+    "inner_qp" / Int8ub,
+    "inner_preset_id" / id_field(Int8ub, PresetId, "inner_preset_id"),
+    "kept_channels" / limit_field(Int16ub, 1, MAX_CHANNELS, "kept_channels"),
+    "quant_min" / finite_field(Float32b, "quant_min"),
+    "quant_max" / finite_field(Float32b, "quant_max"),
+)
 
+
+def _to_header_value(mh: ModeHeader) -> dict:
+    s0 = mh.scales[0]
+    return {
+        "codec_model_id": int(mh.codec_model_id),
+        "codec_model_hash": bytes(mh.codec_model_hash),
+        "inner_qp": mh.inner.qp,
+        "inner_preset_id": int(mh.inner.preset_id),
+        "kept_channels": sum(s.kept_channels for s in mh.scales),
+        "quant_min": float(s0.quant_min),
+        "quant_max": float(s0.quant_max),
+    }
+
+
+def _from_header_value(value, shapes: Shapes) -> ModeHeader:
+    try:  # the in-memory header spreads KeptChannels over the scales as container 1.0 does
+        per_scale = split_kept(value.kept_channels, [c for _, c, _, _ in shapes])
+    except EncodeError:
+        raise MalformedError(
+            f"vvc_msff mode: kept_channels {value.kept_channels} exceeds the scales' {sum(c for _, c, _, _ in shapes)}"
+        ) from None
+    scales = shaped_scales(shapes, kept_channels=per_scale, quant_min=value.quant_min, quant_max=value.quant_max)
+    return ModeHeader(
+        scales,
+        sample_format=SampleFormat.NONE,
+        inner=InnerCodecParams(InnerCodecId.VVC_VVENC, value.inner_qp, PresetId(value.inner_preset_id), BIT_DEPTH),
+        codec_model_id=CodecModelId(value.codec_model_id),
+        codec_model_hash=bytes(value.codec_model_hash),
+    )
+
+
+# spec table name -> construct (tests/unit/test_spec.py compares them with the spec)
+SYNTAX_STRUCTURES = {"vvc_msff_header": vvc_msff_header}
+HEADER_SYNTAX = ModeHeaderSyntax(vvc_msff_header, _to_header_value, _from_header_value)
+
+# header constraints (bitstream_spec.md, section 7.4)
+HEADER_RULES = {
+    **anchor.VVC_HEADER_RULES,
+    "codec_model_id": enum_rule(*MODEL_IDS),
+    "codec_model_hash": other_than(ZERO_HASH, "32 zero bytes"),
+    **NO_ENTROPY_CODER,
+}
+SCALE_RULES = {
+    "phi_index": is_(0),
+    "kept_channels": Rule("filled greedily (section 7.4)"),  # checked by validate( ): it needs every scale
+    "quant_min": UNIFORM,
+    "quant_max": UNIFORM,
+}
+
+MODE = CodingMode(
+    mode_id=MODE_ID,
+    name=NAME,
+    params=Params,
+    header_rules=HEADER_RULES,
+    scale_rules=SCALE_RULES,
+    header_syntax=HEADER_SYNTAX,
+    encode=encode,
+    decode_symbols=decode_symbols,
+    reconstruct=reconstruct,
+    validate=validate,
+    sources=(
+        "codec/modes/anchor.py",
+        "codec/models/msff.py",
+        "codec/models/linear_path.py",
+        "codec/models/weights/msff_nanodet_neck.pt",
+    ),
+    description="multi-scale feature fusion + QP-adaptive channel truncation + VVC",
+)
+decode = MODE.decode
 
 __all__ = [
-    "CodecModelMismatchError",
-    "MODEL_FILES",
+    "MODE",
+    "Params",
+    "MODEL_IDS",
     "TRUNCATION_TABLE",
     "encode_with_model",
     "fused_tensor",

@@ -1,60 +1,31 @@
 """The split-network interface: NN part 1 (image -> multi-scale features) and
-NN part 2 (features -> detections), with the preprocessing record that the
-container carries so the decoder can map boxes back without the image."""
+NN part 2 (features -> detections). The preprocessing record that the container
+carries (so the decoder can map boxes back without the image) and the network ids
+live in codec.bitstream, which needs no torch; they are re-exported here."""
 
 from __future__ import annotations
 
-import enum
+import hashlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from codec.bitstream.ids import NetworkId, ResizeMode
+from codec.bitstream.preprocessing import Preprocessing
 
-class NetworkId(enum.IntEnum):
-    """Network ids written into the container (bitstream_spec.md, table "network_id")."""
-
-    NANODET = 1
-    CENTERNET_MBV3 = 2
-    FASTER_RCNN_R50_FPN = 16
-    FASTER_RCNN_R50_FPN_V2 = 17
-    MASK_RCNN_R50_FPN = 18
-    MASK_RCNN_R50_FPN_V2 = 19
-    KEYPOINT_RCNN_R50_FPN = 20
-
-
-class ResizeMode(enum.IntEnum):
-    """How the image is brought to the network's input size (table "resize_mode")."""
-
-    STRETCH = 0  # resize each axis independently to (input_h, input_w)
-    LETTERBOX = 1  # keep aspect ratio, scale to fit, pad bottom/right
-    SHORT_SIDE = 2  # keep aspect ratio, short side to min_size, long side <= max_size (R-CNN)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Everything the decoder needs to map network-input coordinates back to
-    original-image pixels. Written into the container header."""
-
-    orig_w: int
-    orig_h: int
-    input_w: int  # width of the tensor fed to NN part 1 (after resize and padding)
-    input_h: int
-    resize_mode: ResizeMode
-    scale_x: float  # input pixels per original pixel along x
-    scale_y: float
-    pad_x: int = 0  # padding added on the left / top, in input pixels
-    pad_y: int = 0
-
-    def boxes_to_original(self, boxes_xyxy: np.ndarray) -> np.ndarray:
-        """Map boxes from network-input pixels to original-image pixels, clipped."""
-        b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4).copy()
-        b[:, [0, 2]] = (b[:, [0, 2]] - self.pad_x) / self.scale_x
-        b[:, [1, 3]] = (b[:, [1, 3]] - self.pad_y) / self.scale_y
-        b[:, [0, 2]] = b[:, [0, 2]].clip(0, self.orig_w)
-        b[:, [1, 3]] = b[:, [1, 3]].clip(0, self.orig_h)
-        return b
+__all__ = [
+    "Detections",
+    "Features",
+    "NetworkId",
+    "Preprocessing",
+    "ResizeMode",
+    "ScaleInfo",
+    "SplitNetwork",
+    "SplitPoint",
+    "state_dict_sha256",
+]
 
 
 @dataclass(frozen=True)
@@ -75,9 +46,7 @@ class SplitPoint:
 
     def shapes(self, input_h: int, input_w: int) -> dict[str, tuple[int, int, int]]:
         """(C, H, W) per scale for a given network-input size (ceil division by stride)."""
-        return {
-            s.name: (s.channels, -(-input_h // s.stride), -(-input_w // s.stride)) for s in self.scales
-        }
+        return {s.name: (s.channels, -(-input_h // s.stride), -(-input_w // s.stride)) for s in self.scales}
 
 
 @dataclass
@@ -99,8 +68,12 @@ class Detections:
                 {
                     "image_id": int(image_id),
                     "category_id": int(c),
-                    "bbox": [round(float(x1), 3), round(float(y1), 3),
-                             round(float(x2 - x1), 3), round(float(y2 - y1), 3)],
+                    "bbox": [
+                        round(float(x1), 3),
+                        round(float(y1), 3),
+                        round(float(x2 - x1), 3),
+                        round(float(y2 - y1), 3),
+                    ],
                     "score": round(float(s), 5),
                 }
             )
@@ -108,6 +81,20 @@ class Detections:
 
 
 Features = dict[str, torch.Tensor]  # scale name -> (1, C, H, W) float32
+
+
+def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
+    """network_weights_hash (bitstream_spec.md, section 5.2), byte for byte: SHA-256 over,
+    for each tensor in ascending order of its name (Unicode code points), the name in
+    UTF-8, then its shape as ASCII text "(d0, d1, ...)" (one dimension: "(d0,)", none:
+    "()"), then its values converted to IEEE float32, little-endian, in C order."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().to("cpu", torch.float32).contiguous()
+        h.update(k.encode("utf-8"))
+        h.update(str(tuple(t.shape)).encode("ascii"))
+        h.update(t.numpy().astype("<f4", copy=False).tobytes())
+    return h.hexdigest()
 
 
 class SplitNetwork(Protocol):

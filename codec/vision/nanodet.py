@@ -25,10 +25,10 @@ Split points:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import OrderedDict
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from PIL import Image
 from torch import nn
 from torchvision.ops import batched_nms
 
-from .base import Detections, Features, NetworkId, Preprocessing, ResizeMode, ScaleInfo, SplitPoint
+from .base import Detections, Features, NetworkId, Preprocessing, ResizeMode, ScaleInfo, SplitPoint, state_dict_sha256
 from .weights import cache_dir, find_model_files, sha256_file
 
 INPUT_SIZE = 416
@@ -55,9 +55,7 @@ COCO80_TO_COCO91 = (
 )  # fmt: skip
 
 SPLIT_POINTS = {
-    "neck": SplitPoint(
-        "neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32))
-    ),
+    "neck": SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32))),
     "backbone": SplitPoint(
         "backbone", 2, (ScaleInfo("c3", 128, 8), ScaleInfo("c4", 256, 16), ScaleInfo("c5", 512, 32))
     ),
@@ -89,7 +87,8 @@ class CspBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
         y = x
-        for conv1, conv2 in self.pairs:  # type: ignore[misc]
+        for pair in self.pairs:
+            conv1, conv2 = cast(nn.ModuleList, pair)  # each pair is a ModuleList of two convs
             a = conv1(y)
             y = torch.cat([conv2(a), a], 1)
         return torch.cat([self.conv_trans(y), x], 1)
@@ -100,9 +99,7 @@ class CspBackbone(nn.Module):
         super().__init__()
         self.stem = ConvAct(3, 32, 3, 2)
         self.pool = nn.MaxPool2d(3, 2, 1)
-        self.stages = nn.ModuleList(
-            [CspBlock(32, 1, 1), CspBlock(64, 2, 2), CspBlock(128, 2, 2), CspBlock(256, 3, 2)]
-        )
+        self.stages = nn.ModuleList([CspBlock(32, 1, 1), CspBlock(64, 2, 2), CspBlock(128, 2, 2), CspBlock(256, 3, 2)])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.pool(self.stem(x))
@@ -205,17 +202,6 @@ def convert_tfjs(graph_json: str | Path, weights_dir: str | Path | None = None) 
     return new_state
 
 
-def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
-    """Content hash of a state dict: names, shapes and float32 bytes in sorted key order."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        t = state[k].detach().to("cpu", torch.float32).contiguous()
-        h.update(k.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
 def converted_weights_path() -> Path:
     """Convert the verified TF.js files once and cache the state dict."""
     files = find_model_files("nanodet")
@@ -282,13 +268,13 @@ class NanoDet:
         s = self.input_size
         pil = Image.fromarray(image)
         if self.resize_mode == ResizeMode.STRETCH:
-            resized = np.array(pil.resize((s, s), Image.BILINEAR))
+            resized = np.array(pil.resize((s, s), Image.Resampling.BILINEAR))
             meta = Preprocessing(w, h, s, s, ResizeMode.STRETCH, s / w, s / h)
         elif self.resize_mode == ResizeMode.LETTERBOX:
             r = min(s / w, s / h)
             nw, nh = max(1, round(w * r)), max(1, round(h * r))
             resized = np.zeros((s, s, 3), np.uint8)
-            resized[:nh, :nw] = np.asarray(pil.resize((nw, nh), Image.BILINEAR))
+            resized[:nh, :nw] = np.asarray(pil.resize((nw, nh), Image.Resampling.BILINEAR))
             meta = Preprocessing(w, h, s, s, ResizeMode.LETTERBOX, nw / w, nh / h)
         else:
             raise ValueError(f"resize mode {self.resize_mode.name} is not supported by NanoDet")
@@ -359,9 +345,15 @@ class NanoDet:
         scores = torch.cat(all_scores)
         labels = torch.cat(all_labels)
         keep = batched_nms(boxes, scores, labels, self.nms_iou)[: self.max_detections]
-        boxes, scores, labels = boxes[keep].cpu().numpy(), scores[keep].cpu().numpy(), labels[keep].cpu().numpy()
-        coco_ids = np.asarray(COCO80_TO_COCO91, dtype=np.int64)[labels] if len(labels) else labels.astype(np.int64)
-        return Detections(meta.boxes_to_original(boxes), scores.astype(np.float64), coco_ids)
+        boxes_np, scores_np, labels_np = (
+            boxes[keep].cpu().numpy(),
+            scores[keep].cpu().numpy(),
+            labels[keep].cpu().numpy(),
+        )
+        coco_ids = (
+            np.asarray(COCO80_TO_COCO91, dtype=np.int64)[labels_np] if len(labels_np) else labels_np.astype(np.int64)
+        )
+        return Detections(meta.boxes_to_original(boxes_np), scores_np.astype(np.float64), coco_ids)
 
 
 def load_nanodet(name: str = "nanodet", weights: str | None = None, device: str = "cpu", **kwargs) -> NanoDet:

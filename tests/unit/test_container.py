@@ -61,6 +61,7 @@ def make_header(mode_id: ModeId = ModeId.ANCHOR, scales=None, **kw) -> Container
         preprocessing=PREP,
         mode_id=mode_id,
         mode=mode,
+        version_major=1,  # the syntax of container 1.0 (2.0: test_container_v2_*)
     )
     args.update(kw)
     return ContainerHeader(**args)
@@ -169,7 +170,7 @@ def _rebuild_with(field: str, value, header: ContainerHeader | None = None, unit
     ("make", "error", "message"),
     [
         (lambda d: b"RIFF" + d[4:], BadMagicError, "not an FCM container"),
-        (lambda d: d[:4] + b"\x02" + d[5:], UnsupportedVersionError, "version_major 2"),
+        (lambda d: d[:4] + b"\x03" + d[5:], UnsupportedVersionError, "version_major 3"),
         (lambda d: d[:-1], TruncatedError, "truncated"),
         (lambda d: d[:8], TruncatedError, "truncated"),
         (lambda d: d + b"\x00\x00\x00", TrailingDataError, "3 bytes of trailing data"),
@@ -292,3 +293,101 @@ def test_errors_are_bitstream_errors():
         MalformedError,
     ):
         assert issubclass(cls, BitstreamError)
+
+
+def test_the_bitstream_layer_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = "import codec.bitstream, codec.files, sys; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_one_sha256_helper_and_one_assets_lookup(tmp_path, monkeypatch):
+    import hashlib
+
+    from codec import files
+    from codec.vision import weights
+    from ctc import config, runner
+
+    p = tmp_path / "x.bin"
+    p.write_bytes(b"abc" * 1000)
+    assert files.file_sha256(p) == hashlib.sha256(b"abc" * 1000).hexdigest()
+    assert weights.sha256_file is files.file_sha256 and runner.sha256_file is files.file_sha256
+    monkeypatch.setenv("FCM_ASSETS", str(tmp_path))
+    assert files.assets_dir() == tmp_path == config.default_assets_dir() == weights.assets_dir()
+    monkeypatch.setenv("FCM_ASSETS", str(tmp_path / "absent"))
+    assert files.assets_dir() is None and config.default_assets_dir() == tmp_path / "absent"
+
+
+# --- container 2.0 -----------------------------------------------------------------------
+
+
+def test_container_v2_round_trip_puts_the_mode_part_in_the_mode_s_syntax():
+    from codec.modes import anchor
+
+    header = make_header(version_major=2)
+    data = build_container(header, UNITS)
+    assert data[:6] == b"FCMB\x02\x00"
+    parsed = parse_container(data)
+    assert parsed.header == header and parsed.units[0].data == UNITS[0].data
+    value = syntax.fcm_container.parse(data).header.value
+    assert [sc.name for sc in syntax.header_body_v2.subcons][-3:] == ["scales", "mode_header", "num_payload_units"]
+    assert dict(value.mode_header)["inner_qp"] == 37 and len(value.mode_header.scale_ranges) == 2
+    assert syntax.MODE_HEADERS[int(ModeId.ANCHOR)] is anchor.anchor_header
+    # the same header in 1.0 is longer: every mode field of every scale
+    assert len(build_container(header, UNITS, version_major=1)) > len(data)
+
+
+def _v2_with(**fields) -> bytes:
+    from codec.bitstream.container import unit_to_dict
+
+    d = header_to_dict(make_header(version_major=2), len(UNITS))
+    d.update(fields)
+    value = dict(
+        version_major=2,
+        version_minor=0,
+        header=dict(value=d),
+        header_crc32=None,
+        payload_units=[unit_to_dict(u) for u in UNITS],
+    )
+    return syntax.fcm_container.build(value)
+
+
+def test_container_v2_mode_without_header_syntax_and_bad_mode_header():
+    # a private-use mode_id this decoder has no mode for: its mode_header( ) is opaque bytes
+    with pytest.raises(BitstreamError, match="coding mode id 200 is not implemented") as info:
+        parse_container(_v2_with(mode_id=200, mode_header=b"\x01\x02"))
+    assert type(info.value).__name__ == "UnsupportedModeError"
+    # anchor mode_header( ) bytes written as opaque ones, then mode_id set back to ANCHOR
+    # (the header CRC recomputed): too short for two scale ranges, and a reserved preset
+    with pytest.raises(TruncatedError):
+        parse_container(_as_anchor(_v2_with(mode_id=200, mode_header=b"\x25\x02")))
+    with pytest.raises(UnknownIdError, match="inner_preset_id 9"):
+        parse_container(_as_anchor(_v2_with(mode_id=200, mode_header=b"\x25\x09" + bytes(16))))
+
+
+def _as_anchor(data: bytes) -> bytes:
+    mode_id_at = 4 + 2 + 4 + 1 + 32 + 1 + 1 + len("neck") + 8 + 1 + 16 + 4
+    assert data[mode_id_at] == 200
+    out = bytearray(data)
+    out[mode_id_at] = int(ModeId.ANCHOR)
+    end = 10 + struct.unpack(">I", data[6:10])[0]
+    out[end : end + 4] = struct.pack(">I", zlib.crc32(bytes(out[6:end])) & 0xFFFFFFFF)
+    return bytes(out)
+
+
+def test_inspect_shows_the_mode_header_of_a_v2_stream(capsys):
+    import json
+    from pathlib import Path
+
+    from codec.apps import fcm_inspect
+
+    vector = Path(__file__).resolve().parents[1] / "conformance" / "v2-vvc_msff-qp37.bin"
+    assert fcm_inspect.main([str(vector), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    mh = info["header"]["mode_header"]
+    assert info["version"] == "2.0" and info["header_names"]["mode_id"] == "VVC_MSFF"
+    assert mh["inner_qp"] == 37 and len(mh["codec_model_hash"]) == 64 and 1 <= mh["kept_channels"] <= 192
+    assert fcm_inspect.main([str(vector)]) == 0
+    assert "mode_header.kept_channels" in capsys.readouterr().out

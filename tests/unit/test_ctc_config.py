@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -62,13 +63,11 @@ def test_valid_config_resolves_paths_points_and_defaults(tmp_path: Path) -> None
     assert ia.points[0].params == {"qp": 47, "preset": "faster"}
     fa = cfg.codec("feature_anchor")
     assert fa.mode == "anchor"
-    # every EncodeParams field but the mode, with its default unless the config sets it
-    from codec.pipeline import EncodeParams
+    # every field of the anchor's parameter dataclass, with its default unless the config sets it
+    from codec.modes import anchor
 
-    defaults = EncodeParams()
-    assert set(fa.points[1].params) == set(vars(defaults)) - {"mode"}
+    assert set(fa.points[1].params) == {"qp", "preset"} == {f.name for f in dataclasses.fields(anchor.Params)}
     assert fa.points[1].params["qp"] == 35 and fa.points[1].params["preset"] == "fast"
-    assert fa.points[1].params["bypass_dtype"] == defaults.bypass_dtype
     bp = cfg.codec("bypass")
     assert [p.name for p in bp.points] == ["float16", "float32"]
     assert bp.points[1].params["bypass_dtype"] == "float32"
@@ -107,7 +106,7 @@ def test_valid_config_resolves_paths_points_and_defaults(tmp_path: Path) -> None
         (["codecs", 0, "type"], "jpeg2000", "unknown codec type 'jpeg2000'"),
         (["codecs", 1, "name"], "image_anchor", "duplicate codec name(s) image_anchor"),
         (["codecs", 1, "name"], "bad name!", "is not a valid name"),
-        (["codecs", 2, "values"], [16, 32], "bypass_dtype must be of type str"),
+        (["codecs", 2, "values"], [16, 32], "bypass parameter bypass_dtype must be a string"),
         (["codecs", 3, "values"], [1, 2], "'values' given but the codec has no rate parameter"),
         (["codecs", 0, "mode"], "anchor", "'mode' is only allowed with type 'container'"),
     ],
@@ -139,7 +138,7 @@ def test_other_container_modes_take_their_rate_parameter(tmp_path: Path) -> None
     assert codec.mode == "learned_e2e" and [p.name for p in codec.points] == ["phi0", "phi1", "phi2", "phi3"]
     assert codec.points[2].params["phi"] == 2
     data = _modified(["codecs", 1], {"name": "l", "type": "learned_e2e", "values": ["high", "low"]})
-    with pytest.raises(ConfigError, match="phi must be of type int"):
+    with pytest.raises(ConfigError, match="learned_e2e parameter phi must be an integer in 0..5, got .high."):
         _parse(data, tmp_path)
 
 
@@ -201,3 +200,34 @@ def test_shipped_configs_are_valid(name: str, tmp_path: Path) -> None:
         assert cfg.dataset.limit is not None and cfg.dataset.limit <= 8
         assert all(len(c.points) == 4 for c in cfg.codecs if c.name in cfg.anchors)
         assert cfg.network.name == "nanodet" and cfg.network.split == "neck"
+
+
+def test_a_mode_without_param_uses_its_own_rate_parameter(tmp_path: Path) -> None:
+    data = _modified(["codecs"], [
+        {"name": "msff", "type": "vvc_msff", "values": [42, 37]},
+        {"name": "e2e", "type": "learned_e2e", "values": [0, 5]},
+        {"name": "ablation", "type": "vvc_msff", "values": [42], "options": {"kept_channels": 96}},
+    ])  # fmt: skip
+    data["anchors"] = []
+    data.pop("reference", None)
+    cfg = _parse(data, tmp_path)
+    msff = cfg.codec("msff")
+    assert [p.name for p in msff.points] == ["qp42", "qp37"] and msff.points[1].params["qp"] == 37
+    assert msff.points[0].params == {"qp": 42, "preset": "faster", "kept_channels": None, "codec_weights": None}
+    assert [p.params["phi"] for p in cfg.codec("e2e").points] == [0, 5]
+    assert cfg.codec("ablation").points[0].params["kept_channels"] == 96
+    for bad, message in (
+        ({"name": "m", "type": "vvc_msff", "values": [64]}, "vvc_msff parameter qp must be an integer in 0..63"),
+        ({"name": "m", "type": "learned_e2e", "values": [32]}, "learned_e2e parameter phi must be an integer in 0..5"),
+        (
+            {"name": "m", "type": "vvc_msff", "values": [32], "options": {"phi": 1}},
+            "mode vvc_msff has no parameter phi",
+        ),
+        ({"name": "m", "type": "vvc_msff", "values": [32], "options": {"codec_weights": "no.pt"}}, "not found"),
+        (
+            {"name": "m", "type": "vvc_msff", "values": [32], "options": {"codec_weights": 5}},
+            "codec_weights must be a weights file .* or none, got 5",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            _parse(_modified(["codecs"], [bad]) | {"anchors": [], "reference": None}, tmp_path)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from test_ctc_fakes import FakeNet, write_fake_config
 
+from codec.files import REPO_ROOT as REPO
 from ctc.cache import ResultCache
 from ctc.cli import main
 from ctc.complexity import MacCounter, count_macs
@@ -274,8 +275,13 @@ def test_job_failure_names_the_job(tmp_path: Path, capsys) -> None:
 def test_a_mode_s_cache_key_depends_on_its_own_sources_only() -> None:
     from ctc.runner import _result_sources, code_version
 
-    anchor, e2e = _result_sources("anchor"), _result_sources("learned_e2e")
+    def rel(mode):
+        return {p.relative_to(REPO).as_posix() for p in _result_sources(mode)}
+
+    anchor, e2e = rel("anchor"), rel("learned_e2e")
     assert "codec/modes/anchor.py" in anchor and not any("fenet" in s for s in anchor)
-    assert "codec/models/fenet.py" in e2e and "codec/pipeline.py" in e2e
-    assert "codec/models" in _result_sources("some_future_mode")  # unknown: depend on everything
+    assert not any("learned_e2e" in s for s in anchor)
+    assert {"codec/models/fenet.py", "codec/modes/learned_e2e.py", "codec/pipeline.py"} <= e2e
+    assert "codec/models/weights/fenet_nanodet_neck.pt" in e2e
+    assert "codec/models/fenet.py" in rel("some_future_mode")  # unknown: depend on everything
     assert code_version("anchor")["source_sha256"] != code_version("learned_e2e")["source_sha256"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,8 @@ from codec.bitstream import (
     build_container,
     parse_container,
 )
-from codec.errors import EncodeError
+from codec.errors import CodecModelMismatchError, EncodeError
+from codec.files import assets_path
 from codec.models.fenet import (
     FenetCodec,
     FenetConfig,
@@ -33,7 +33,7 @@ from codec.models.fenet import (
     save_fenet,
     shipped_weights_paths,
 )
-from codec.modes import EncodeParams, learned_e2e
+from codec.modes import learned_e2e
 from codec.vision.base import Preprocessing, ScaleInfo, SplitPoint
 
 NECK = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32)))
@@ -269,18 +269,18 @@ def test_mode_container_round_trip_and_refusals(tmp_path):
     other = tiny_model(seed=7)  # other weights: refused by hash before anything is decoded
     other_path = tmp_path / "other.pt"
     save_fenet(other, other_path)
-    with pytest.raises(learned_e2e.CodecModelMismatchError, match="codec model weights differ"):
+    with pytest.raises(CodecModelMismatchError, match="codec model weights differ"):
         learned_e2e.decode_symbols(parsed.header, parsed.units, weights=other_path)
     with pytest.raises(EncodeError, match="phi"):
-        learned_e2e.quality_index(EncodeParams(mode="learned_e2e", phi=3), 3)
-    assert learned_e2e.quality_index(EncodeParams(mode="learned_e2e", phi=2), 3) == 2
+        learned_e2e.quality_index(learned_e2e.Params(phi=3), 3)
+    assert learned_e2e.quality_index(learned_e2e.Params(phi=2), 3) == 2
 
 
 # -- the shipped, trained model -------------------------------------------------------------
 
 
 def _assets() -> Path:
-    return Path(os.environ.get("FCM_ASSETS") or REPO.parent / "shared" / "assets")
+    return assets_path()
 
 
 @pytest.fixture(scope="module")
@@ -347,7 +347,7 @@ def test_golden_vector_is_bit_exact_over_runs_and_thread_counts():
     from codec.bitstream import CodecModelId
     from codec.modes import conformance_digest
 
-    assert GOLDEN.is_file(), "golden vector missing (python tools/make_conformance.py --regenerate)"
+    assert GOLDEN.is_file(), "golden vector missing (python -m tools.make_conformance --regenerate)"
     expected = GOLDEN.with_suffix(".md5").read_text()
     assert [line.split()[1] for line in expected.splitlines()] == ["z", "y", "y_indexes", "y_hat_g", "p3", "p4", "p5"]
     data = GOLDEN.read_bytes()
@@ -377,6 +377,27 @@ def test_golden_vector_with_a_foreign_model_hash_is_refused():
     p2 = parse_container(data)
     with pytest.raises(WeightsMismatchError, match="codec model weights differ"):
         learned_e2e.decode_symbols(p2.header, p2.units)
+
+
+def test_the_loader_always_verifies_the_weights_against_their_record(tmp_path):
+    from codec.errors import CodecModelError
+
+    path = tmp_path / "tiny.pt"
+    save_fenet(tiny_model(), path)
+    path.with_suffix(".json").unlink()  # no record: nothing to verify against, refused
+    with pytest.raises(CodecModelError, match="have no record tiny.json"):
+        load_fenet(path)
+    digest = save_fenet(tiny_model(), path)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(CodecModelError, match="corrupt or replaced"):
+        load_fenet(path)
+    path.write_bytes(b"not a torch file")
+    js = path.with_suffix(".json")
+    js.write_text(js.read_text().replace(digest, hashlib.sha256(b"not a torch file").hexdigest()))
+    with pytest.raises(CodecModelError, match="cannot load codec model weights"):
+        load_fenet(path)
 
 
 # -- latent at a finer scale (latent_scale) ------------------------------------------

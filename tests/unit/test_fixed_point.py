@@ -102,3 +102,27 @@ def test_fixed_leaky_relu_matches_float_slope_on_the_grid():
 def test_unsupported_conv_rejected():
     with pytest.raises(ValueError, match="groups 1"):
         FixedConv2d(nn.Conv2d(4, 4, 3, padding=1, groups=2))
+
+
+def test_one_engine_for_both_learned_codecs_and_an_exact_overflow_check():
+    from codec.errors import CodecModelError
+    from codec.models.msff import EXACT_ACT_BITS, EXACT_ACT_LIMIT, ExactMsfr, MsffCodecModel, MsffConfig
+    from codec.vision.base import ScaleInfo
+
+    cfg = MsffConfig(scales=(ScaleInfo("a", 4, 8), ScaleInfo("b", 4, 16)), fused_channels=8, width=8, fuse_blocks=1)
+    exact = ExactMsfr(MsffCodecModel(cfg).msfr)
+    assert isinstance(exact.trunk_in, FixedConv2d) and exact.trunk_in.act_limit == EXACT_ACT_LIMIT == 1 << 30
+    conv = torch.nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        conv.weight.fill_(0.5)
+        conv.bias.fill_(0.25)
+    layer = FixedConv2d(conv, act_bits=EXACT_ACT_BITS, act_limit=EXACT_ACT_LIMIT)
+    assert float(layer.bias_int) == 0.25 * 2 ** (14 + 16) and layer.bound == (1 << 13) * (1 << 30) + (1 << 28)
+    # a bound past 2^63 is computed exactly (Python integers), not wrapped around in int64
+    big = torch.full((1, 1 << 12), float(1 << 40))
+    assert accumulation_bound(big, None, 1 << 30) == (1 << 52) * (1 << 30)
+    with torch.no_grad():
+        conv.weight.fill_(1e9)
+    with pytest.raises(FixedPointOverflowError) as info:
+        FixedConv2d(conv, act_bits=EXACT_ACT_BITS, act_limit=EXACT_ACT_LIMIT)
+    assert isinstance(info.value, CodecModelError)

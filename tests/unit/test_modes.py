@@ -19,7 +19,7 @@ from codec.bitstream import (
     parse_container,
 )
 from codec.errors import EncodeError, InnerCodecError, MalformedError, UnsupportedModeError
-from codec.modes import EncodeParams, anchor, available_modes, bypass, mode_by_id, mode_by_name
+from codec.modes import anchor, available_modes, bypass, mode_by_id, mode_by_name
 from codec.vision.base import Preprocessing, ScaleInfo, SplitPoint
 
 SPLIT = SplitPoint("neck", 1, (ScaleInfo("p3", 16, 8), ScaleInfo("p4", 16, 16), ScaleInfo("p5", 16, 32)))
@@ -42,7 +42,7 @@ def smooth_features(seed: int = 0, split: SplitPoint = SPLIT, size: int = 128) -
 
 
 def header_for(mode, mode_header) -> ContainerHeader:
-    return ContainerHeader(NetworkId.NANODET, bytes(32), 1, "neck", PREP, mode.MODE_ID, mode_header)
+    return ContainerHeader(NetworkId.NANODET, bytes(32), 1, "neck", PREP, mode.MODE.mode_id, mode_header)
 
 
 # --- anchor: layout -----------------------------------------------------------------
@@ -141,12 +141,21 @@ def test_non_finite_features_are_rejected():
 def test_anchor_parameter_errors():
     feats = smooth_features()
     with pytest.raises(EncodeError, match="qp must be an integer in 0..63"):
-        anchor.encode(feats, SPLIT, EncodeParams(qp=64))
+        anchor.encode(feats, SPLIT, anchor.Params(qp=64))
     with pytest.raises(EncodeError, match="preset"):
-        anchor.encode(feats, SPLIT, EncodeParams(preset="ultrafast"))
+        anchor.encode(feats, SPLIT, anchor.Params(preset="ultrafast"))
     bad = dict(feats, p3=feats["p3"][:, :8])
     with pytest.raises(EncodeError, match="8 channels, split point says 16"):
-        anchor.encode(bad, SPLIT, EncodeParams())
+        anchor.encode(bad, SPLIT, anchor.Params())
+    # the mode's own check of its parameter dataclass, before anything is encoded
+    with pytest.raises(EncodeError, match="anchor parameter qp must be an integer in 0..63, got 64"):
+        anchor.MODE.make_params({"qp": 64})
+    with pytest.raises(EncodeError, match="anchor parameter preset must be one of faster, fast"):
+        anchor.MODE.make_params({"preset": "ultrafast"})
+    with pytest.raises(EncodeError, match="mode anchor has no parameter phi; its parameters: qp, preset"):
+        anchor.MODE.make_params({"phi": 3})
+    with pytest.raises(EncodeError, match="must be an integer"):
+        anchor.MODE.make_params({"qp": True})
 
 
 # --- bypass ---------------------------------------------------------------------------
@@ -156,7 +165,7 @@ def test_anchor_parameter_errors():
 def test_bypass_round_trip(dtype):
     feats = smooth_features(4)
     feats["p3"][0, 0, 0, 0] = 1e-3  # a value float16 cannot represent exactly
-    mh, units = bypass.encode(feats, SPLIT, EncodeParams(mode="bypass", bypass_dtype=dtype))
+    mh, units = bypass.encode(feats, SPLIT, bypass.Params(bypass_dtype=dtype))
     parsed = parse_container(build_container(header_for(bypass, mh), units))
     out = bypass.decode(parsed.header, parsed.units)
     assert list(out) == ["p3", "p4", "p5"]
@@ -171,7 +180,7 @@ def test_bypass_round_trip(dtype):
 
 
 def test_bypass_payload_size_mismatch_and_missing_unit():
-    mh, units = bypass.encode(smooth_features(), SPLIT, EncodeParams(mode="bypass"))
+    mh, units = bypass.encode(smooth_features(), SPLIT, bypass.Params())
     header = header_for(bypass, mh)
     short = [PayloadUnit(UnitType.RAW_TENSOR, units[0].data[:-2], 0), *units[1:]]
     with pytest.raises(MalformedError, match="RAW_TENSOR of scale 0 \\(p3\\) has 8190 bytes, expected 8192"):
@@ -179,23 +188,38 @@ def test_bypass_payload_size_mismatch_and_missing_unit():
     with pytest.raises(MalformedError, match="scale 2 \\(p5\\) has 0 RAW_TENSOR units"):
         bypass.decode(header, units[:2])
     with pytest.raises(EncodeError, match="bypass_dtype"):
-        bypass.encode(smooth_features(), SPLIT, EncodeParams(mode="bypass", bypass_dtype="int8"))
+        bypass.encode(smooth_features(), SPLIT, bypass.Params(bypass_dtype="int8"))
 
 
 def test_registry():
-    from codec.modes import MODES
+    from codec.modes import all_modes
 
     names = available_modes()
-    assert {"anchor", "bypass"} <= set(names) and names == sorted(names)
-    assert mode_by_id(ModeId.ANCHOR) is anchor and mode_by_name("bypass") is bypass
-    assert all(MODES[m].MODE_ID == m for m in MODES)  # the registry key is the module's own id
-    for missing in (m for m in ModeId if m not in MODES):
-        with pytest.raises(UnsupportedModeError, match=f"{missing.name} \\({int(missing)}\\) is not implemented"):
-            mode_by_id(missing)
-    with pytest.raises(UnsupportedModeError, match="coding mode id 99 is reserved"):
-        mode_by_id(99)
+    assert set(names) == {"anchor", "bypass", "vvc_msff", "learned_e2e"} and names == sorted(names)
+    assert mode_by_id(ModeId.ANCHOR) is anchor.MODE and mode_by_name("bypass") is bypass.MODE
+    # every built-in mode's id is the spec's ModeId of its name, and every ModeId has its mode
+    spec_names = {m.name.lower() for m in ModeId}
+    assert {ModeId(m.mode_id).name.lower(): m.name for m in all_modes()} == {n: n for n in spec_names}
+    with pytest.raises(UnsupportedModeError, match="coding mode id 200 is not implemented"):
+        mode_by_id(200)
     with pytest.raises(EncodeError, match="unknown coding mode 'msff'"):
         mode_by_name("msff")
+
+
+def test_every_mode_declares_its_rate_parameter_with_a_valid_default():
+    from codec.modes import all_modes
+
+    rates = {m.name: m.rate_param for m in all_modes()}
+    assert rates == {"bypass": "bypass_dtype", "anchor": "qp", "vvc_msff": "qp", "learned_e2e": "phi"}
+    for m in all_modes():
+        defaults = m.make_params()  # the defaults pass the mode's own checks
+        spec = next(s for s in m.param_specs() if s.rate)
+        assert getattr(defaults, spec.name) == spec.default
+        assert spec.range is not None or spec.choices is not None, m.name
+    e2e = mode_by_name("learned_e2e")
+    assert e2e.make_params().phi == 3 and e2e.describe(e2e.make_params({"phi": 1})) == "phi 1"
+    with pytest.raises(EncodeError, match="learned_e2e parameter phi must be an integer in 0..5, got 32"):
+        e2e.make_params({"phi": 32})
 
 
 # --- anchor through VVC -------------------------------------------------------------------
@@ -214,7 +238,7 @@ needs_vvc = pytest.mark.skipif(not _vvc_available(), reason="ffmpeg lacks libvve
 @needs_vvc
 def test_anchor_round_trip_through_vvc():
     feats = smooth_features(5)
-    mh, units = anchor.encode(feats, SPLIT, EncodeParams(qp=22))
+    mh, units = anchor.encode(feats, SPLIT, anchor.Params(qp=22))
     assert mh.inner.qp == 22 and mh.inner.bit_depth == 10 and units[0].scale_index == ALL_SCALES
     parsed = parse_container(build_container(header_for(anchor, mh), units))
     symbols = anchor.decode_symbols(parsed.header, parsed.units)
@@ -239,23 +263,26 @@ def test_anchor_round_trip_through_vvc():
 @pytest.mark.needs_ffmpeg
 @needs_vvc
 def test_anchor_garbage_vvc_payload_is_inner_codec_error():
-    mh, units = anchor.encode(smooth_features(6), SPLIT, EncodeParams(qp=37))
+    mh, units = anchor.encode(smooth_features(6), SPLIT, anchor.Params(qp=37))
     garbage = [PayloadUnit(UnitType.VVC_NAL_STREAM, b"\x00\x00\x01" + bytes(range(256)) * 4)]
     with pytest.raises(InnerCodecError, match="VVC payload could not be decoded"):
         anchor.decode(header_for(anchor, mh), garbage)
 
 
-def test_lazy_registry_names_match_the_modules_and_apps_do_not_import_compressai():
+def test_listing_the_modes_and_inspecting_imports_neither_torch_nor_compressai():
     import subprocess
     import sys
+    from pathlib import Path
 
-    from codec.modes import _MODE_TABLE, MODES
-
-    for mode_id, (_, name) in _MODE_TABLE.items():
-        assert MODES[mode_id].NAME == name and MODES[mode_id].MODE_ID == mode_id
-    code = (
-        "import sys, codec.apps.fcm_dec, codec.apps.fcm_enc, codec.apps.fcm_inspect; "
-        "print('compressai' in sys.modules)"
-    )
+    vectors = Path(__file__).resolve().parents[1] / "conformance"
+    for vector in ("bypass-f16.bin", "anchor-qp22.bin", "v2-anchor-qp37.bin"):  # a non-learned stream: no torch
+        code = (
+            "import sys, codec.apps.fcm_inspect as app, codec.modes as m; m.all_modes(); "
+            f"rc = app.main([{str(vectors / vector)!r}]); "
+            "print(rc, 'torch' in sys.modules, 'compressai' in sys.modules, file=sys.stderr)"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert out.stderr.strip().splitlines()[-1] == "0 False False", out.stderr
+    code = "import sys, codec.apps.fcm_dec, codec.apps.fcm_enc; print('compressai' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -4,7 +4,6 @@ table and the vvc_msff mode (codec/modes/vvc_msff.py)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -13,13 +12,13 @@ import pytest
 import torch
 
 from codec.bitstream import CodecModelId, ContainerHeader, build_container, parse_container
-from codec.errors import EncodeError, MalformedError
+from codec.errors import CodecModelError, CodecModelMismatchError, EncodeError, MalformedError
+from codec.files import assets_path
 from codec.models.msff import (
     ExactMsfr,
     MsffCodecModel,
     MsffConfig,
     MsffConfigError,
-    MsffWeightsError,
     count_parameters,
     file_sha256,
     init_linear_path,
@@ -28,7 +27,7 @@ from codec.models.msff import (
     sls_mask,
     stacked_channels,
 )
-from codec.modes import MODES, available_modes, vvc_msff
+from codec.modes import available_modes, mode_by_id, mode_by_name, vvc_msff
 from codec.vision.base import NetworkId, Preprocessing, ResizeMode, ScaleInfo, SplitPoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,9 +37,7 @@ RCNN_FPN = SplitPoint("fpn", 1, tuple(ScaleInfo(f"p{i}", 256, 2**i) for i in ran
 
 def _features(sp: SplitPoint, h: int, w: int, seed: int = 0, scale: float = 0.1) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {
-        name: torch.randn(1, c, hh, ww, generator=g) * scale for name, (c, hh, ww) in sp.shapes(h, w).items()
-    }
+    return {name: torch.randn(1, c, hh, ww, generator=g) * scale for name, (c, hh, ww) in sp.shapes(h, w).items()}
 
 
 def _vvc_available() -> bool:
@@ -78,9 +75,7 @@ def test_rcnn_fpn_like_config_shapes_with_odd_sizes():
         z = model.msff(feats)
         rec = model(feats, kept_channels=10)
     assert tuple(z.shape) == (1, 64, 4, 5)
-    assert {k: tuple(v.shape[1:]) for k, v in rec.items()} == {
-        k: v for k, v in RCNN_FPN.shapes(200, 296).items()
-    }
+    assert {k: tuple(v.shape[1:]) for k, v in rec.items()} == {k: v for k, v in RCNN_FPN.shapes(200, 296).items()}
     assert list(rec) == RCNN_FPN.scale_names()
 
 
@@ -276,7 +271,10 @@ def test_shipped_weights_match_their_record():
     model, rec2, sha = load_msff()
     assert sha == record["weights_sha256"] and rec2 == record
     assert torch.allclose(model.msff.feature_scale, torch.tensor(record["feature_scale"]))
-    assert vvc_msff.MODEL_FILES[CodecModelId.MSFF_NANODET_NECK] == pt.stem
+    from codec.models.registry import entry
+
+    assert entry(CodecModelId.MSFF_NANODET_NECK).weights == pt
+    assert vvc_msff.MODEL_IDS == (CodecModelId.MSFF_NANODET_NECK,)
 
 
 def test_tampered_weights_are_refused(tmp_path):
@@ -287,32 +285,31 @@ def test_tampered_weights_are_refused(tmp_path):
     state[key] = state[key] + 1e-3
     torch.save(state, bad)
     shutil.copy(js, bad.with_suffix(".json"))
-    with pytest.raises(MsffWeightsError):
+    with pytest.raises(CodecModelError, match="corrupt or replaced"):
         load_msff(bad)
 
 
 def test_mode_is_registered():
     assert "vvc_msff" in available_modes()
-    assert MODES[vvc_msff.MODE_ID] is vvc_msff
+    assert mode_by_id(vvc_msff.MODE_ID) is vvc_msff.MODE and mode_by_name("vvc_msff") is vvc_msff.MODE
 
 
 # -- mode round trip through the container ----------------------------------------------------
 
 
-def _container(mh, units, h: int, w: int) -> bytes:
+def _container(mh, units, h: int, w: int, version_major: int | None = None) -> bytes:
     prep = Preprocessing(w, h, w, h, ResizeMode.STRETCH, 1.0, 1.0)
     header = ContainerHeader(NetworkId.NANODET, bytes(32), 1, "neck", prep, vvc_msff.MODE_ID, mh)
-    return build_container(header, units)
+    return build_container(header, units, version_major)
 
 
 @pytest.mark.needs_ffmpeg
 @needs_vvc
 def test_round_trip_through_the_container_with_shipped_weights(tmp_path):
-    from codec.modes.base import EncodeParams
 
     feats = _features(NANODET_NECK, 128, 128, seed=3)
     qp = 32
-    mh, units = vvc_msff.encode(feats, NANODET_NECK, EncodeParams(mode="vvc_msff", qp=qp))
+    mh, units = vvc_msff.encode(feats, NANODET_NECK, vvc_msff.Params(qp=qp))
     data = _container(mh, units, 128, 128)
     parsed = parse_container(data)
     h = parsed.header
@@ -346,7 +343,7 @@ def test_round_trip_through_the_container_with_shipped_weights(tmp_path):
     record = json.loads(pt.with_suffix(".json").read_text())
     record["weights_sha256"] = file_sha256(other)
     other.with_suffix(".json").write_text(json.dumps(record))
-    with pytest.raises(vvc_msff.CodecModelMismatchError):
+    with pytest.raises(CodecModelMismatchError):
         vvc_msff.decode_symbols(h, parsed.units, weights=other)
 
 
@@ -355,13 +352,12 @@ def test_round_trip_through_the_container_with_shipped_weights(tmp_path):
 def test_inconsistent_kept_fields_are_malformed():
     from dataclasses import replace
 
-    from codec.modes.base import EncodeParams
-
     feats = _features(NANODET_NECK, 64, 64, seed=4)
-    mh, units = vvc_msff.encode(feats, NANODET_NECK, EncodeParams(mode="vvc_msff", qp=42))
+    mh, units = vvc_msff.encode(feats, NANODET_NECK, vvc_msff.Params(qp=42))
     scales = list(mh.scales)
     scales[1] = replace(scales[1], kept_channels=1)  # not greedy: scale 0 is not full
-    parsed = parse_container(_container(replace(mh, scales=tuple(scales)), units, 64, 64))
+    # container 1.0 carries KeptChannels spread over the scales (2.0 carries it once)
+    parsed = parse_container(_container(replace(mh, scales=tuple(scales)), units, 64, 64, version_major=1))
     with pytest.raises(MalformedError):
         vvc_msff.validate(parsed.header, parsed.units)
 
@@ -370,15 +366,15 @@ def test_inconsistent_kept_fields_are_malformed():
 @pytest.mark.needs_assets
 @needs_vvc
 def test_nanodet_pipeline_round_trip_keeps_detections():
-    assets = Path(os.environ.get("FCM_ASSETS", REPO.parent / "shared" / "assets"))
+    assets = assets_path()
     if not (assets / "models").is_dir():
         pytest.skip(f"assets not found at {assets}")
-    from codec.pipeline import EncodeParams, decode_bitstream, encode_image, load_image, run_part2
+    from codec.pipeline import decode_bitstream, encode_image, load_image, run_part2
     from codec.vision import get_network
 
     net = get_network("nanodet")
     image = load_image(REPO / "samples" / "baseball.jpg")
-    enc = encode_image(image, net, "neck", EncodeParams(mode="vvc_msff", qp=27))
+    enc = encode_image(image, net, "neck", "vvc_msff", {"qp": 27})
     dec = decode_bitstream(enc.bitstream, net)
     for k, f in enc.features.items():
         rel = float((dec.features[k] - f).pow(2).mean() / f.pow(2).mean())
@@ -393,3 +389,41 @@ def test_nanodet_pipeline_round_trip_keeps_detections():
     best = ref.boxes[np.argmax(ref.scores)][None]
     iou = box_iou(torch.as_tensor(best), torch.as_tensor(got.boxes)).max()
     assert float(iou) > 0.5
+
+
+@pytest.mark.needs_ffmpeg
+@needs_vvc
+def test_an_ablation_is_the_mode_with_other_weights_through_the_one_data_path(tmp_path, capsys):
+    """vvc_msff with the shipped no-SLS weights and a kept-channel count, coded and decoded
+    by codec.pipeline (the apps' and the CTC's path); the decoder needs the same weights."""
+    from codec.apps import fcm_dec, fcm_inspect
+    from codec.pipeline import decode_bitstream, encode_features
+    from codec.vision.base import Preprocessing, ResizeMode
+
+    class Net:
+        name, network_id, default_split = "nanodet", NetworkId.NANODET, "neck"
+        split_points = {"neck": NANODET_NECK}
+
+        def weights_sha256(self) -> str:
+            return "ab" * 32
+
+    nosls = shipped_weights_paths("msff_nanodet_neck_nosls")[0]
+    feats = _features(NANODET_NECK, 256, 256, seed=5)
+    prep = Preprocessing(256, 256, 256, 256, ResizeMode.STRETCH, 1.0, 1.0)
+    params = {"qp": 32, "kept_channels": 40, "codec_weights": str(nosls)}
+    data = encode_features(feats, Net(), "neck", prep, "vvc_msff", params)
+    header = parse_container(data).header
+    assert sum(s.kept_channels for s in header.scales) == 40
+    shipped = encode_features(feats, Net(), "neck", prep, "vvc_msff", {"qp": 32, "kept_channels": 40})
+    assert parse_container(shipped).header.mode.codec_model_hash != header.mode.codec_model_hash
+    dec = decode_bitstream(data, Net(), nosls)
+    assert set(dec.features) == {"p3", "p4", "p5"}
+    with pytest.raises(CodecModelMismatchError):
+        decode_bitstream(data, Net())  # the shipped weights refuse the ablation's stream
+    path = tmp_path / "ablation.bin"
+    path.write_bytes(data)
+    assert fcm_inspect.main([str(path), "--codec-weights", str(nosls)]) == 0
+    assert fcm_dec.main([str(path), "--codec-weights", str(nosls)]) == 0
+    capsys.readouterr()
+    assert fcm_dec.main([str(path)]) == 2
+    assert "codec model weights differ" in capsys.readouterr().err

@@ -65,7 +65,10 @@ def test_split_points_and_feature_shapes(nanodet, val_image):
         assert list(feats) == sp.scale_names()
         assert {k: tuple(v.shape[1:]) for k, v in feats.items()} == sp.shapes(416, 416)
     assert nanodet.split_points["neck"].shapes(416, 416) == {
-        "p3": (128, 52, 52), "p4": (128, 26, 26), "p5": (128, 13, 13)}
+        "p3": (128, 52, 52),
+        "p4": (128, 26, 26),
+        "p5": (128, 13, 13),
+    }
 
 
 def test_backbone_and_neck_splits_give_the_same_detections(nanodet, val_image):
@@ -80,8 +83,10 @@ def test_backbone_and_neck_splits_give_the_same_detections(nanodet, val_image):
 def test_detections_match_the_ground_truth_of_a_val_image(nanodet, val_image, assets):
     ann = json.loads((assets / "coco/val2017-103/annotations/instances_val2017_103.json").read_text())
     gt = [a for a in ann["annotations"] if a["image_id"] == 1000]
-    gt_boxes = [(a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3],
-                 a["category_id"]) for a in gt]
+    gt_boxes = [
+        (a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3], a["category_id"])
+        for a in gt
+    ]
     x, meta = nanodet.preprocess(val_image)
     det = nanodet.part2(nanodet.part1(x), None, meta)
     assert np.all(np.diff(det.scores) <= 0)  # sorted by score
@@ -89,8 +94,10 @@ def test_detections_match_the_ground_truth_of_a_val_image(nanodet, val_image, as
     confident = det.scores > 0.4
     assert confident.sum() >= 3
     # the confident detections are mostly true positives: IoU > 0.5 with a box of their class
-    hits = [max((_iou(box, g[:4]) for g in gt_boxes if g[4] == cat), default=0.0) > 0.5
-            for box, cat in zip(det.boxes[confident], det.category_ids[confident])]
+    hits = [
+        max((_iou(box, g[:4]) for g in gt_boxes if g[4] == cat), default=0.0) > 0.5
+        for box, cat in zip(det.boxes[confident], det.category_ids[confident])
+    ]
     assert all(hits[:3]) and sum(hits) >= 0.75 * len(hits), hits
     coco = det.to_coco(1000)
     assert coco[0]["image_id"] == 1000 and len(coco[0]["bbox"]) == 4

@@ -51,5 +51,5 @@ def test_head_outputs_match_tfjs(fixture, nanodet, assets):
     full = [sc[0].double().numpy() for sc, _ in outs] + [di[0].double().numpy() for _, di in outs]
     for name, t, ref_sum, ref_sq in zip(z["output_names"], full, z["output_sum"], z["output_sumsq"]):
         n = t.size
-        assert abs(t.sum() - ref_sum) <= TOL * n ** 0.5 * 4, name
+        assert abs(t.sum() - ref_sum) <= TOL * n**0.5 * 4, name
         assert abs((t**2).sum() - ref_sq) <= 1e-4 * max(1.0, abs(ref_sq)), name

@@ -11,7 +11,14 @@ import construct as cs
 import pytest
 
 from codec.bitstream import ids, syntax
-from codec.bitstream.syntax import SYNTAX_STRUCTURES
+from codec.bitstream.syntax import SYNTAX_STRUCTURES as CONTAINER_STRUCTURES
+from codec.modes import anchor, bypass, learned_e2e, vvc_msff
+
+# every syntax table of the spec: the container's and the built-in modes' mode_header( )s
+SYNTAX_STRUCTURES = {
+    **CONTAINER_STRUCTURES,
+    **{name: st for m in (bypass, anchor, vvc_msff, learned_e2e) for name, st in m.SYNTAX_STRUCTURES.items()},
+}
 
 SPEC = Path(__file__).resolve().parents[2] / "bitstream_spec.md"
 
@@ -39,6 +46,11 @@ def _descriptor(sc: cs.Construct, size_name: str | None = None) -> str:
         return f"bytes({size_name})"
     if isinstance(sc, cs.Struct):
         return f"{_struct_name(sc)}( )"
+    if isinstance(sc, cs.Switch):  # the header body by version, the mode header by mode_id
+        key = re.findall(r"\w+", repr(sc.keyfunc))[-1]
+        if sc.cases is syntax.MODE_HEADERS:
+            return f"mode_header( ) of {key}"
+        return ", ".join(f"{_struct_name(v)}( ) ({key} {k})" for k, v in sorted(sc.cases.items()))
     if isinstance(sc, cs.Array):
         count = re.findall(r"\w+", repr(sc.count))[-1]  # this.a.b / this['a']['b'] -> b
         return f"{_descriptor(sc.subcon)}[ {count} ]"
@@ -85,7 +97,7 @@ def _tables_after(pattern: str) -> dict[str, list[list[str]]]:
 
 
 def spec_syntax_tables() -> dict[str, list[tuple[str, str]]]:
-    tables = _tables_after(r"^#{2,4} [\d.]+ (\w+)\( \) syntax\s*$")
+    tables = _tables_after(r"^#{2,4} [\d.]+ (\w+)\( \) syntax(?: \(version [\d.]+\))?\s*$")
     return {name: [(r[0], r[1]) for r in rows] for name, rows in tables.items()}
 
 
@@ -157,4 +169,101 @@ def test_limits_table_matches_code():
 def test_magic_and_version_in_spec():
     text = SPEC.read_text(encoding="utf-8")
     assert f'("{syntax.MAGIC.decode()}")' in text
-    assert f"**version_major** is {syntax.VERSION_MAJOR}" in text
+    assert syntax.SUPPORTED_VERSIONS == (1, 2) and syntax.VERSION_MAJOR == 2
+    assert "**version_major** is 1 or 2" in text and "an encoder of this version writes 2.0" in text
+
+
+def spec_constraint_tables() -> dict[str, dict[str, str]]:
+    tables = _tables_after(r"^#{2,5} [\d.]+ Header constraints of mode (\w+)\s*$")
+    return {mode: {r[0]: r[1] for r in rows} for mode, rows in tables.items()}
+
+
+def test_every_built_in_mode_has_its_constraint_table_and_they_match_the_code():
+    from codec.modes import all_modes
+    from codec.modes.base import HEADER_FIELDS, SCALE_FIELDS
+
+    spec = spec_constraint_tables()
+    modes = {m.name: m for m in all_modes() if m.mode_id in set(ids.ModeId)}
+    assert set(spec) == set(modes) == {m.name.lower() for m in ids.ModeId}
+    for name, mode in modes.items():
+        code = {f: mode.header_rules[f].text for f in HEADER_FIELDS}
+        code |= {f"scale_info.{f}": mode.scale_rules[f].text for f in SCALE_FIELDS}
+        assert spec[name] == code, name
+
+
+def test_constraint_tables_name_header_fields_of_the_syntax_and_their_enums():
+    from codec.modes import all_modes
+    from codec.modes.base import HEADER_FIELDS, SCALE_FIELDS
+
+    header = {r[0] for r in code_rows(syntax.header_body)}
+    scale = {r[0] for r in code_rows(syntax.scale_info)}
+    assert set(HEADER_FIELDS) <= header and set(SCALE_FIELDS) <= scale
+    # which enum validates which field: the id named in a table row is a member of that field's enum
+    field_enum = {
+        "sample_format": ids.SampleFormat,
+        "inner_codec_id": ids.InnerCodecId,
+        "inner_preset_id": ids.PresetId,
+        "codec_model_id": ids.CodecModelId,
+        "entropy_coder_id": ids.EntropyCoderId,
+    }
+    for mode in all_modes():
+        for field, cls in field_enum.items():
+            rule = mode.header_rules[field]
+            assert rule.values is not None and set(rule.values) <= {int(m) for m in cls}, (mode.name, field)
+            names = [m.name for m in cls if int(m) in rule.values]
+            assert rule.text == " or ".join(names), (mode.name, field, rule.text)
+
+
+def test_the_spec_calls_no_implemented_value_reserved():
+    from codec.modes import all_modes
+
+    used = {m.name.upper() for m in all_modes() if m.mode_id in set(ids.ModeId)}
+    used |= {"LATENT_STRING", "RAW_TENSOR", "VVC_NAL_STREAM", "RANS_COMPRESSAI"}
+    for table in spec_id_tables().values():
+        assert table  # parsed
+    text = SPEC.read_text(encoding="utf-8")
+    for line in text.splitlines():
+        if line.startswith("|") and "reserved" in line.lower():
+            assert not any(f"| {name} |" in line for name in used), line
+
+
+def test_network_weights_hash_is_defined_byte_for_byte():
+    import hashlib
+
+    import torch
+
+    from codec.vision.base import state_dict_sha256
+
+    state = {"b": torch.tensor([1.0, 2.0]), "a.w": torch.zeros(2, 1, dtype=torch.float32), "c": torch.tensor(3)}
+    expected = hashlib.sha256(
+        b"a.w"
+        + b"(2, 1)"
+        + bytes(8)
+        + b"b"
+        + b"(2,)"
+        + b"\x00\x00\x80\x3f\x00\x00\x00\x40"
+        + b"c"
+        + b"()"
+        + b"\x00\x00\x40\x40"
+    ).hexdigest()
+    assert state_dict_sha256(state) == expected
+    assert "(d,)" in SPEC.read_text(encoding="utf-8") and "state_dict_sha256" in SPEC.read_text(encoding="utf-8")
+
+
+def test_each_id_field_is_validated_by_the_enum_its_spec_table_names():
+    """The headings of section 8 ("8.n field (`Enum`)") name which enum validates which
+    field; every header_body( ) field with a table is checked by exactly that enum."""
+    lines = SPEC.read_text(encoding="utf-8").splitlines()
+    spec = dict(m.groups() for line in lines if (m := re.match(r"^### 8\.\d+ (\w+) \(`(\w+)`\)\s*$", line)))
+    code = {field: cls.__name__ for field, cls in syntax.enum_fields(syntax.header_body).items()}
+    header_fields = {r[0] for r in code_rows(syntax.header_body)}
+    assert code == {f: e for f, e in spec.items() if f in header_fields}
+    assert set(code) >= {"network_id", "mode_id", "sample_format", "codec_model_id"}
+    # unit_type lives in payload_unit_body( ): parse_container skips unknown optional units there
+    assert set(spec) - set(code) == {"unit_type"}
+    # the same in every other syntax structure, the modes' mode_header( )s of container 2.0 included
+    for name, struct in SYNTAX_STRUCTURES.items():
+        rows = {r[0] for r in code_rows(struct)}
+        got = {field: cls.__name__ for field, cls in syntax.enum_fields(struct).items()}
+        want = {f: e for f, e in spec.items() if f in rows and f != "unit_type"}
+        assert got == want, name
