@@ -46,19 +46,28 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     dev = tdev.coco_dev_set(net, "neck", root / imgs, root / ann, args.limit, args.dataset)
     ref = tdev.evaluate_uncompressed(dev, net, "neck")
-    out = {"weights": str(args.weights), "sha256": digest, "dataset": args.dataset, "images": len(dev),
-           "uncompressed": {"map50": round(ref["map50"], 5), "map": round(ref["map"], 5)}}
+    out = {
+        "weights": str(args.weights),
+        "sha256": digest,
+        "dataset": args.dataset,
+        "images": len(dev),
+        "uncompressed": {"map50": round(ref["map50"], 5), "map": round(ref["map"], 5)},
+    }
     out["ceiling"] = ceiling_eval(model, dev, net, sp)
     out["ceiling"]["relative_map50"] = round(out["ceiling"]["map50"] / ref["map50"], 5)
     print(f"{args.dataset} ({len(dev)} images): uncompressed mAP@0.5 {ref['map50']:.4f}  mAP {ref['map']:.4f}")
-    print(f"ceiling (no quantisation): mAP@0.5 {out['ceiling']['map50']:.4f} "
-          f"({100 * out['ceiling']['relative_map50']:.2f} %)  mAP {out['ceiling']['map']:.4f}")
+    print(
+        f"ceiling (no quantisation): mAP@0.5 {out['ceiling']['map50']:.4f} "
+        f"({100 * out['ceiling']['relative_map50']:.2f} %)  mAP {out['ceiling']['map']:.4f}"
+    )
     if args.phis != "none":
         phis = [int(v) for v in args.phis.split(",")] if args.phis else list(range(model.cfg.num_qualities))
         out["per_phi"] = container_eval(model, dev, net, sp, phis)
         for phi, r in out["per_phi"].items():
-            print(f"phi {phi}: bpp {r['bpp']:.4f}  mAP@0.5 {r['map50']:.4f} ({100 * r['map50'] / ref['map50']:.2f} %)"
-                  f"  mAP {r['map']:.4f}")
+            print(
+                f"phi {phi}: bpp {r['bpp']:.4f}  mAP@0.5 {r['map50']:.4f} ({100 * r['map50'] / ref['map50']:.2f} %)"
+                f"  mAP {r['map']:.4f}"
+            )
     print(f"({time.time() - t0:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")

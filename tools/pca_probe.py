@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     model = MsffCodecModel(cfg).eval()
     model.set_feature_scale(feature_scales(cache, names, n_rows))
     mean, comp, explained = pca_of_cache(model.msff.stack, cache, names, n_rows, args.pca_views, max(ks))
-    print(f"PCA of {stacked_channels(cfg)}-channel stacks over {min(args.pca_views, n_rows)} cached training views; "
-          f"{max(ks)} components hold {100 * explained:.2f} % of the variance")
+    print(
+        f"PCA of {stacked_channels(cfg)}-channel stacks over {min(args.pca_views, n_rows)} cached training views; "
+        f"{max(ks)} components hold {100 * explained:.2f} % of the variance"
+    )
 
     root = assets_dir()
     images, annotations = (root / p for p in DATASETS[args.dataset])

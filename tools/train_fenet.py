@@ -75,10 +75,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--latent-channels", type=int, default=80)
     ap.add_argument("--hyper-channels", type=int, default=48)
     ap.add_argument("--latent-stride", type=int, default=1, choices=(1, 2), help="y stride / coarsest stride")
-    ap.add_argument("--latent-scale", type=int, default=-1,
-                    help="index of the scale at whose stride y lies (-1: coarsest; 1: NanoDet p4, stride 16)")
-    ap.add_argument("--linear-path", action="store_true",
-                    help="add the linear path (codec/models/linear_path.py), initialised from PCA of the cache")
+    ap.add_argument(
+        "--latent-scale",
+        type=int,
+        default=-1,
+        help="index of the scale at whose stride y lies (-1: coarsest; 1: NanoDet p4, stride 16)",
+    )
+    ap.add_argument(
+        "--linear-path",
+        action="store_true",
+        help="add the linear path (codec/models/linear_path.py), initialised from PCA of the cache",
+    )
     ap.add_argument("--pca-views", type=int, default=400, help="cached views the PCA is computed from")
     ap.add_argument("--init", default=None, help="start from these weights (.pt of save_fenet, same config)")
     ap.add_argument("--lambdas", default="0.03,0.1,0.3,1,3,10", help="lambda per quality index")
@@ -128,7 +135,9 @@ def ceiling_eval(model: FenetCodec, dev_set: tdev.DevSet, net, sp) -> dict:
     names = sp.scale_names()
     cpu = copy.deepcopy(model).cpu().eval()  # the dev features and NN part 2 live on the CPU
     m = tdev.evaluate_transform(
-        dev_set, net, sp.name,
+        dev_set,
+        net,
+        sp.name,
         lambda f: dict(zip(names, denormalise(cpu, transform_only(cpu, [f[n] for n in names])[0]))),
     )
     return {"map50": round(m["map50"], 5), "map": round(m["map"], 5)}
@@ -151,6 +160,7 @@ def container_eval(model: FenetCodec, dev_set: tdev.DevSet, net, sp, phis: list[
         wpath.with_suffix(".json").write_text(json.dumps({"weights_sha256": digest}))
         m_loaded, digest2 = learned_e2e.model_for(model_id, wpath)
         for phi in phis:
+
             def encode(img, phi=phi):
                 header, units = learned_e2e.encode_with_model(img.features, sp, phi, m_loaded, model_id, digest2)
                 return build_bitstream(net, sp, img.prep, learned_e2e.MODE_ID, header, units, wh)
@@ -231,16 +241,21 @@ def main(argv: list[str] | None = None) -> int:
         model.set_feature_scale(feature_scale, feature_mean)
         pca_record = None
         if args.linear_path and not resuming:
-            mean, comp, explained = tdata.pca_of_cache(model.stack, cache, names, n_rows, args.pca_views,
-                                                       cfg.latent_channels)
+            mean, comp, explained = tdata.pca_of_cache(
+                model.stack, cache, names, n_rows, args.pca_views, cfg.latent_channels
+            )
             model.init_linear_path(mean, comp)
             pca_record = {"views": min(args.pca_views, n_rows), "explained_variance_kept": explained}
-            print(f"PCA over {pca_record['views']} views: the first {cfg.latent_channels} components hold "
-                  f"{100 * explained:.2f} % of the variance", flush=True)
+            print(
+                f"PCA over {pca_record['views']} views: the first {cfg.latent_channels} components hold "
+                f"{100 * explained:.2f} % of the variance",
+                flush=True,
+            )
     model.to(device).train()
     lambdas = torch.tensor(lambdas_list, device=device)
     weights = (
-        torch.tensor([float(w) for w in args.scale_weights.split(",")]) if args.scale_weights
+        torch.tensor([float(w) for w in args.scale_weights.split(",")])
+        if args.scale_weights
         else torch.ones(len(names))
     ).to(device)
     if len(weights) != len(names):
@@ -283,8 +298,10 @@ def main(argv: list[str] | None = None) -> int:
             imgs, ann = DEV_SETS[args.dev]
             dev_set = tdev.coco_dev_set(net, args.split, root / imgs, root / ann, args.dev_limit, args.dev)
         ref = tdev.evaluate_uncompressed(dev_set, net, args.split)
-        log.write(f"dev set {dev_set.name}: {len(dev_set)} images, uncompressed mAP@0.5 {ref['map50']:.4f} "
-                  f"({time.time() - t0:.0f} s)")
+        log.write(
+            f"dev set {dev_set.name}: {len(dev_set)} images, uncompressed mAP@0.5 {ref['map50']:.4f} "
+            f"({time.time() - t0:.0f} s)"
+        )
         state.extra["dev_uncompressed"] = ref
         phis = [int(v) for v in args.dev_phis.split(",")] if args.dev_phis else list(range(cfg.num_qualities))
         dev_fn = make_dev_fn(args, net, dev_set, sp, model, phis)
@@ -328,14 +345,27 @@ def main(argv: list[str] | None = None) -> int:
             aux_opt.zero_grad(set_to_none=True)
             aux.backward()
             aux_opt.step()
-        return {"loss": float(loss.detach()), "bpp": float(bpp.detach().mean()),
-                "mse": float(mse.detach().sum(0).mean()), **metrics, "aux": float(aux.detach())}
+        return {
+            "loss": float(loss.detach()),
+            "bpp": float(bpp.detach().mean()),
+            "mse": float(mse.detach().sum(0).mean()),
+            **metrics,
+            "aux": float(aux.detach()),
+        }
 
     t_call = time.time()
     state = train(
-        state=state, steps=args.steps, step_fn=step_fn, lr_fn=lambda: sched.get_last_lr()[0],
-        checkpoint=checkpoint, log=log, time_limit_min=args.time_limit, ckpt_every_min=args.ckpt_every,
-        dev_every_min=args.dev_every if dev_fn is not None else 0.0, dev_fn=dev_fn, on_best=on_best,
+        state=state,
+        steps=args.steps,
+        step_fn=step_fn,
+        lr_fn=lambda: sched.get_last_lr()[0],
+        checkpoint=checkpoint,
+        log=log,
+        time_limit_min=args.time_limit,
+        ckpt_every_min=args.ckpt_every,
+        dev_every_min=args.dev_every if dev_fn is not None else 0.0,
+        dev_fn=dev_fn,
+        on_best=on_best,
     )
     # the shipped file: the best dev checkpoint (or the last state without a dev set)
     if dev_fn is not None and out.with_suffix(".best.pt").is_file():
@@ -375,11 +405,14 @@ def main(argv: list[str] | None = None) -> int:
         "this_call_seconds": round(time.time() - t_call, 1),
         "device": str(device),
         "threads": args.threads,
-        "dev": None if dev_set is None else {
+        "dev": None
+        if dev_set is None
+        else {
             "set": dev_set.name,
             "images": len(dev_set),
             "uncompressed": state.extra.get("dev_uncompressed"),
-            "figure": "mAP@0.5 of the unquantised transform" if args.ceiling
+            "figure": "mAP@0.5 of the unquantised transform"
+            if args.ceiling
             else "mean over phi of mAP@0.5 through the container",
             "best_step": state.best_step,
             "best_figure": state.best_figure,

@@ -59,8 +59,19 @@ from codec.training.data import (  # the shared training data (re-exported for t
 from codec.vision import get_network
 
 __all__ = [
-    "IMAGE_EXTS", "assets_dir", "augment", "build_cache", "feature_scales", "file_list_sha256", "filled_rows",
-    "list_images", "load_cache", "pca_of_cache", "random_crop", "split_train_images", "main",
+    "IMAGE_EXTS",
+    "assets_dir",
+    "augment",
+    "build_cache",
+    "feature_scales",
+    "file_list_sha256",
+    "filled_rows",
+    "list_images",
+    "load_cache",
+    "pca_of_cache",
+    "random_crop",
+    "split_train_images",
+    "main",
 ]
 
 
@@ -85,8 +96,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--fused-channels", type=int, default=256)
     ap.add_argument("--width", type=int, default=80)
     ap.add_argument("--fuse-blocks", type=int, default=1)
-    ap.add_argument("--linear-path", action="store_true",
-                    help="add the linear (space-to-depth + 1x1) path, initialised from PCA of the cache")
+    ap.add_argument(
+        "--linear-path",
+        action="store_true",
+        help="add the linear (space-to-depth + 1x1) path, initialised from PCA of the cache",
+    )
     ap.add_argument("--pca-views", type=int, default=400, help="cached views the PCA is computed from")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=8)
@@ -98,16 +112,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-sls", action="store_true", help="ablation: keep all fused channels in training")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--max-minutes", type=float, default=0.0,
-                    help="stop after this much training wall time (LR follows the larger progress)")
+    ap.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        help="stop after this much training wall time (LR follows the larger progress)",
+    )
     ap.add_argument("--ckpt-every", type=int, default=250)
     ap.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
     ap.add_argument("--out", required=True, help="output weights .pt (json written beside it)")
     ap.add_argument("--cache-only", action="store_true", help="build the feature cache and stop")
-    ap.add_argument("--partial-cache", default=None,
-                    help="train on the rows already written by a cache build running in this directory")
-    ap.add_argument("--crop", type=int, default=0,
-                    help="train on aligned random crops of this many coarsest-scale cells (0: whole maps)")
+    ap.add_argument(
+        "--partial-cache",
+        default=None,
+        help="train on the rows already written by a cache build running in this directory",
+    )
+    ap.add_argument(
+        "--crop",
+        type=int,
+        default=0,
+        help="train on aligned random crops of this many coarsest-scale cells (0: whole maps)",
+    )
     return ap.parse_args(argv)
 
 
@@ -119,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     if not images_root.is_dir():
         print(f"error: training images not found: {images_root}", file=sys.stderr)
         return 2
-    cache_root = Path(args.cache_dir) if args.cache_dir else Path(
-        __import__("platformdirs").user_cache_dir("fcm-codec")
-    ) / "msff"
+    cache_root = (
+        Path(args.cache_dir)
+        if args.cache_dir
+        else Path(__import__("platformdirs").user_cache_dir("fcm-codec")) / "msff"
+    )
     all_files = list_images(images_root)
     train_files, held = split_train_images(all_files, args.holdout, args.seed)
     net = get_network(args.network)
@@ -154,8 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         init_linear_path(model, mean, comp)
         pca_record = {"views": min(args.pca_views, n_samples), "explained_variance_kept": explained}
-        print(f"PCA over {pca_record['views']} views: the first {cfg.fused_channels} components hold "
-              f"{100 * explained:.2f} % of the variance", flush=True)
+        print(
+            f"PCA over {pca_record['views']} views: the first {cfg.fused_channels} components hold "
+            f"{100 * explained:.2f} % of the variance",
+            flush=True,
+        )
     model.to(device)
     weights = (
         torch.tensor([float(w) for w in args.scale_weights.split(",")])
@@ -174,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def lr_at(progress: float) -> float:  # cosine to 2 % of --lr; progress in steps or wall time
         return args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
     out = Path(args.out)
     ckpt = out_ckpt(out)
     step, history, elapsed0 = 0, [], 0.0

@@ -122,8 +122,10 @@ class FenetConfig:
         for i in range(self.level + 1, k):
             q = self.scales[i].stride // self.scales[self.level].stride
             if self.scales[i].channels % (q * q):
-                raise FenetConfigError(f"scale {self.scales[i].name}: {self.scales[i].channels} channels cannot be "
-                                       f"shuffled depth-to-space by {q}")
+                raise FenetConfigError(
+                    f"scale {self.scales[i].name}: {self.scales[i].channels} channels cannot be "
+                    f"shuffled depth-to-space by {q}"
+                )
 
     @property
     def level(self) -> int:

@@ -233,8 +233,9 @@ def pca_of_cache(
     return linear_path.pca(stacks(), components)
 
 
-def data_record(images_root: Path, all_files: list[str], train: list[str], held: list[str], views: int,
-                seed: int) -> dict:
+def data_record(
+    images_root: Path, all_files: list[str], train: list[str], held: list[str], views: int, seed: int
+) -> dict:
     """What a weights record says about its training data."""
     try:
         folder = "${assets}/" + images_root.resolve().relative_to(assets_dir().resolve()).as_posix()

@@ -62,8 +62,9 @@ def _features(net, split: str, image: np.ndarray) -> tuple[Features, Preprocessi
     return {k: v.clone() for k, v in feats.items()}, prep
 
 
-def coco_dev_set(net, split: str, images_dir: Path, annotation_file: Path, limit: int | None = None,
-                 name: str = "coco") -> DevSet:
+def coco_dev_set(
+    net, split: str, images_dir: Path, annotation_file: Path, limit: int | None = None, name: str = "coco"
+) -> DevSet:
     """A labelled COCO set (images sorted by id; the first `limit`)."""
     from codec.pipeline import load_image
 
@@ -83,7 +84,9 @@ def heldout_dev_set(net, split: str, root: Path, files: list[str], pseudo_score:
     from codec.pipeline import load_image
     from codec.vision.nanodet import COCO80_TO_COCO91
 
-    images, gt_images, annotations = [], [], []
+    images: list[DevImage] = []
+    gt_images: list[dict] = []
+    annotations: list[dict] = []
     for k, rel in enumerate(files):
         image = load_image(Path(root) / rel)
         feats, prep = _features(net, split, image)
@@ -94,8 +97,16 @@ def heldout_dev_set(net, split: str, root: Path, files: list[str], pseudo_score:
             dets = net.part2(feats, split, prep)
         for r in dets.to_coco(k + 1):
             if r["score"] >= pseudo_score and r["bbox"][2] > 0 and r["bbox"][3] > 0:
-                annotations.append({"id": len(annotations) + 1, "image_id": k + 1, "category_id": r["category_id"],
-                                    "bbox": r["bbox"], "area": r["bbox"][2] * r["bbox"][3], "iscrowd": 0})
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": k + 1,
+                        "category_id": r["category_id"],
+                        "bbox": r["bbox"],
+                        "area": r["bbox"][2] * r["bbox"][3],
+                        "iscrowd": 0,
+                    }
+                )
     tmp = tempfile.TemporaryDirectory(prefix="fcm-dev-")
     path = Path(tmp.name) / "pseudo_labels.json"
     categories = [{"id": int(c), "name": str(c)} for c in COCO80_TO_COCO91]
@@ -133,8 +144,9 @@ def evaluate_transform(dev: DevSet, net, split: str, reconstruct: Callable[[Feat
     return evaluate(dev, net, split, decode)
 
 
-def evaluate_container(dev: DevSet, net, split: str, encode: Callable[[DevImage], bytes],
-                       decode: Callable[[bytes], Features]) -> dict:
+def evaluate_container(
+    dev: DevSet, net, split: str, encode: Callable[[DevImage], bytes], decode: Callable[[bytes], Features]
+) -> dict:
     """The real container path: `encode` gives the container bytes, `decode` parses and decodes them."""
 
     def run(img: DevImage) -> tuple[Features, int]:

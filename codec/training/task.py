@@ -74,17 +74,18 @@ class NanoDetHeadLoss(nn.Module):
         self, rec: list[torch.Tensor], teacher: list[tuple[torch.Tensor, torch.Tensor]]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (task loss per sample (B,), class term (B,), box term (B,))."""
-        cls_sum = box_sum = norm = 0.0
+        cls_parts, box_parts, norm_parts = [], [], []
         for (s_cls, s_dist), (t_prob, t_logp) in zip(self.logits(rec), teacher):
             p = s_cls.sigmoid()
             bce = F.binary_cross_entropy_with_logits(s_cls, t_prob, reduction="none")
-            cls_sum = cls_sum + (bce * (p - t_prob).abs().pow(self.cfg.gamma)).sum(dim=(1, 2))
+            cls_parts.append((bce * (p - t_prob).abs().pow(self.cfg.gamma)).sum(dim=(1, 2)))
             conf = t_prob.max(dim=-1).values  # (B, HW)
             kl = (t_logp.exp() * (t_logp - s_dist.log_softmax(-1))).sum(-1).mean(-1)  # (B, HW)
-            box_sum = box_sum + (kl * conf).sum(dim=1)
-            norm = norm + conf.sum(dim=1)
-        norm = norm.clamp(min=self.cfg.min_confidence)
-        cls_term, box_term = cls_sum / norm, box_sum / norm
+            box_parts.append((kl * conf).sum(dim=1))
+            norm_parts.append(conf.sum(dim=1))
+        norm = torch.stack(norm_parts).sum(0).clamp(min=self.cfg.min_confidence)
+        cls_term = torch.stack(cls_parts).sum(0) / norm
+        box_term = torch.stack(box_parts).sum(0) / norm
         return cls_term + self.cfg.box_weight * box_term, cls_term, box_term
 
 

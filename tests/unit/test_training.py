@@ -81,9 +81,16 @@ def _toy_run(tmp_path, steps: int, resume: bool):
         return {"loss": float(loss.detach())}
 
     figures = iter(range(100))
-    state = train(state=state, steps=steps, step_fn=step_fn, lr_fn=lambda: sched.get_last_lr()[0], checkpoint=ck,
-                  log=MinuteLog(tmp_path / "toy.log"), dev_every_min=1e-9,
-                  dev_fn=lambda st: (float(next(figures)), {}))
+    state = train(
+        state=state,
+        steps=steps,
+        step_fn=step_fn,
+        lr_fn=lambda: sched.get_last_lr()[0],
+        checkpoint=ck,
+        log=MinuteLog(tmp_path / "toy.log"),
+        dev_every_min=1e-9,
+        dev_fn=lambda st: (float(next(figures)), {}),
+    )
     return model, state
 
 
@@ -111,10 +118,36 @@ def test_train_fenet_end_to_end_and_resume(tmp_path, assets, monkeypatch):
     for p in sorted((assets / "train-images").rglob("*.jpg"))[:6]:
         shutil.copy(p, images / p.name)
     out = tmp_path / "run" / "f.pt"
-    args = ["--images", str(images), "--cache-dir", str(tmp_path / "cache"), "--views", "1", "--holdout", "2",
-            "--width", "8", "--latent-channels", "8", "--hyper-channels", "8", "--lambdas", "0.1,1",
-            "--task-weight", "1", "--steps", "2", "--batch", "2", "--dev-every", "1e-9", "--dev-phis", "0,1",
-            "--out", str(out)]
+    args = [
+        "--images",
+        str(images),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--views",
+        "1",
+        "--holdout",
+        "2",
+        "--width",
+        "8",
+        "--latent-channels",
+        "8",
+        "--hyper-channels",
+        "8",
+        "--lambdas",
+        "0.1,1",
+        "--task-weight",
+        "1",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--dev-every",
+        "1e-9",
+        "--dev-phis",
+        "0,1",
+        "--out",
+        str(out),
+    ]
     assert train_fenet.main(args) == 0
     rec = json.loads(out.with_suffix(".json").read_text())
     assert rec["steps"] == 2 and rec["data"]["train_count"] == 4 and rec["data"]["holdout_count"] == 2
