@@ -105,8 +105,8 @@ def _header(mode, mode_header: ModeHeader) -> ContainerHeader:
     )
 
 
-def learned_e2e_vector(version_major: int = 1) -> bytes:
-    """learned_e2e at quality index 3 with its shipped model (codec/models/weights/fenet_nanodet_neck.pt):
+def learned_e2e_vector(version_major: int = 1, codec_model: str = "fenet_nanodet_neck") -> bytes:
+    """learned_e2e at quality index 3 with a shipped model (codec/models/weights/<codec_model>.pt):
     smooth 128-channel features with NanoDet-neck-like magnitudes (the channels the model was trained for)."""
     split = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32)))
     rng = np.random.default_rng(2026)
@@ -117,7 +117,7 @@ def learned_e2e_vector(version_major: int = 1) -> bytes:
         f = rng.uniform(0.3, 1.5, (s.channels, 1, 1)) * np.sin(2 * np.pi * (xx + rng.uniform(0, 1, (s.channels, 1, 1))))
         f = 0.15 * f * np.cos(2 * np.pi * yy * rng.uniform(0.2, 1.2, (s.channels, 1, 1)))
         feats[s.name] = torch.from_numpy(f[None].astype(np.float32))
-    return code(feats, "learned_e2e", {"phi": 3}, split, version_major)
+    return code(feats, "learned_e2e", {"phi": 3, "codec_model": codec_model}, split, version_major)
 
 
 def golden_vectors() -> dict[str, bytes]:
@@ -140,6 +140,9 @@ def golden_vectors() -> dict[str, bytes]:
     out["v2-anchor-qp37"] = code(feats, "anchor", {"qp": 37, "preset": "faster"}, version_major=2)
     out["v2-vvc_msff-qp37"] = code(msff_feats, "vvc_msff", {"qp": 37, "preset": "faster"}, MSFF_SPLIT, 2)
     out["v2-learned_e2e-phi3"] = learned_e2e_vector(2)
+    # the second-generation model (latent at p4, task-aware), the encoder's default
+    out["learned_e2e-p4-phi3"] = learned_e2e_vector(1, "fenet_nanodet_neck_p4")
+    out["v2-learned_e2e-p4-phi3"] = learned_e2e_vector(2, "fenet_nanodet_neck_p4")
     return out
 
 
@@ -201,8 +204,26 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "tests" / "conformance", help="output folder")
     p.add_argument("--regenerate", action="store_true", help="replace existing vectors in --out")
+    p.add_argument(
+        "--only", action="append", default=[], metavar="NAME",
+        help="write only this golden vector (repeatable; e.g. a new model's), leaving every other file as it is",
+    )  # fmt: skip
     args = p.parse_args(argv)
     out: Path = args.out
+    if args.only:
+        golden = golden_vectors()
+        unknown = sorted(set(args.only) - set(golden))
+        if unknown:
+            print(f"unknown golden vector(s): {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        for name in args.only:
+            if (out / f"{name}.bin").exists() and not args.regenerate:
+                print(f"{out / name}.bin exists; pass --regenerate to replace it", file=sys.stderr)
+                return 2
+            (out / f"{name}.bin").write_bytes(golden[name])
+            (out / f"{name}.md5").write_text(conformance_digest(golden[name]))
+            print(f"{name}.bin {len(golden[name])} bytes")
+        return 0
     if any(out.glob("*.bin")) and not args.regenerate:
         print(f"{out} already holds vectors; pass --regenerate to replace them", file=sys.stderr)
         return 2

@@ -147,12 +147,12 @@ def container_eval(model: FenetCodec, dev_set: tdev.DevSet, net, sp, phis: list[
     """Per phi: bpp and mAP through the real container path (learned_e2e's encoder and
     decoder, the container builder and parser) with `model`'s weights written to a
     temporary weights file, as fcm_enc / fcm_dec would use them."""
-    from codec.bitstream import CodecModelId, parse_container
+    from codec.bitstream import parse_container
     from codec.modes import learned_e2e
     from codec.pipeline import build_bitstream, weights_hash_bytes
 
     wh = weights_hash_bytes(net)
-    model_id = CodecModelId.FENET_NANODET_NECK
+    model_id = learned_e2e.MODEL_IDS[0]  # the header of the encoder's default model (weights given)
     per_phi = {}
     with tempfile.TemporaryDirectory(prefix="fcm-dev-weights-") as tmp:
         wpath = Path(tmp) / f"dev_{time.time_ns()}.pt"

@@ -46,6 +46,12 @@ CODEC_MODELS: dict[CodecModelId, CodecModelEntry] = {
     CodecModelId.FENET_NANODET_NECK: CodecModelEntry(
         CodecModelId.FENET_NANODET_NECK, "fenet_nanodet_neck", "codec.models.fenet:model_from_file", "fenet_drnet"
     ),
+    CodecModelId.FENET_NANODET_NECK_P4: CodecModelEntry(
+        CodecModelId.FENET_NANODET_NECK_P4,
+        "fenet_nanodet_neck_p4",
+        "codec.models.fenet:model_from_file",
+        "fenet_drnet",
+    ),
     CodecModelId.MSFF_NANODET_NECK: CodecModelEntry(
         CodecModelId.MSFF_NANODET_NECK, "msff_nanodet_neck", "codec.models.msff:model_from_file", "msff_msfr"
     ),

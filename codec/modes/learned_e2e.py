@@ -67,6 +67,12 @@ NUM_QUALITIES = 6  # phi 0..5: the gain-unit rows of the shipped model (checked 
 @dataclass(frozen=True)
 class Params:
     phi: int = option(3, "quality index (gain-unit row), higher is better", range=(0, NUM_QUALITIES - 1), rate=True)
+    codec_model: str = option(
+        "fenet_nanodet_neck_p4",
+        "codec model (codec_model_id): fenet_nanodet_neck_p4 (2nd generation, latent at p4, task-aware) or "
+        "fenet_nanodet_neck (1st generation, for comparisons)",
+        choices=("fenet_nanodet_neck_p4", "fenet_nanodet_neck"),
+    )
     codec_weights: str | None = option(
         None,
         "codec-model weights file instead of the shipped one (the decoder needs the same)",
@@ -75,7 +81,12 @@ class Params:
     )
 
 
-MODEL_IDS: tuple[CodecModelId, ...] = (CodecModelId.FENET_NANODET_NECK,)  # its models in codec.models.registry
+# its models in codec.models.registry, the encoder's default first; every one stays decodable
+MODEL_IDS: tuple[CodecModelId, ...] = (CodecModelId.FENET_NANODET_NECK_P4, CodecModelId.FENET_NANODET_NECK)
+MODEL_NAMES: dict[str, CodecModelId] = {
+    "fenet_nanodet_neck_p4": CodecModelId.FENET_NANODET_NECK_P4,
+    "fenet_nanodet_neck": CodecModelId.FENET_NANODET_NECK,
+}
 
 
 def model_for(model_id: CodecModelId, weights: Weights = None) -> tuple[FenetCodec, bytes]:
@@ -87,8 +98,16 @@ def model_for(model_id: CodecModelId, weights: Weights = None) -> tuple[FenetCod
     return load_codec_model(model_id, weights)
 
 
-def model_id_for(split_point: SplitPoint) -> CodecModelId:
-    """The codec model trained for a split point (matched on scale names, channels, strides)."""
+def model_id_for(split_point: SplitPoint, name: str | None = None) -> CodecModelId:
+    """The codec model trained for a split point (matched on scale names, channels, strides):
+    the named one, or the first of MODEL_IDS that fits."""
+    if name is not None:
+        if name not in MODEL_NAMES:
+            raise EncodeError(f"unknown learned_e2e codec model {name!r}; choose {', '.join(MODEL_NAMES)}")
+        model, _ = model_for(MODEL_NAMES[name])
+        if tuple(model.cfg.scales) != tuple(split_point.scales):
+            raise EncodeError(f"codec model {name} is not for split point {split_point.name!r}")
+        return MODEL_NAMES[name]
     for mid in MODEL_IDS:
         model, _ = model_for(mid)
         if tuple(model.cfg.scales) == tuple(split_point.scales):
@@ -139,7 +158,7 @@ def encode_with_model(
 
 
 def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple[ModeHeader, list[PayloadUnit]]:
-    model_id = model_id_for(split_point)
+    model_id = model_id_for(split_point, params.codec_model)
     model, digest = model_for(model_id, params.codec_weights)
     if tuple(model.cfg.scales) != tuple(split_point.scales):
         raise EncodeError(f"codec model {params.codec_weights} is not for split point {split_point.name!r}")
@@ -268,7 +287,7 @@ HEADER_SYNTAX = ModeHeaderSyntax(learned_e2e_header, _to_header_value, _from_hea
 HEADER_RULES = {
     "sample_format": enum_rule(SampleFormat.NONE),
     **NO_INNER_CODEC,
-    "codec_model_id": enum_rule(*MODEL_IDS),
+    "codec_model_id": enum_rule(*sorted(MODEL_IDS)),
     "codec_model_hash": other_than(ZERO_HASH, "32 zero bytes"),
     "entropy_coder_id": enum_rule(EntropyCoderId.RANS_COMPRESSAI),
     "entropy_precision": is_(ENTROPY_PRECISION),
@@ -296,6 +315,7 @@ MODE = CodingMode(
         "codec/models/fixed_point.py",
         "codec/models/linear_path.py",
         "codec/models/weights/fenet_nanodet_neck.pt",
+        "codec/models/weights/fenet_nanodet_neck_p4.pt",
     ),
     description="end-to-end learned codec (FENet/DRNet, CompressAI rANS)",
 )

@@ -23,6 +23,8 @@ EXPECTED_GOLDEN = {
     "learned_e2e-phi3",
     # container 2.0: each mode's header part in its own syntax
     "v2-bypass-f16", "v2-anchor-qp37", "v2-vvc_msff-qp37", "v2-learned_e2e-phi3",
+    # the second-generation learned_e2e model (codec_model_id FENET_NANODET_NECK_P4)
+    "learned_e2e-p4-phi3", "v2-learned_e2e-p4-phi3",
 }  # fmt: skip
 EXPECTED_INVALID = {
     "invalid-bad-magic", "invalid-version-major", "invalid-unknown-mode", "invalid-header-crc",

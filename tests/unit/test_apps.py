@@ -269,7 +269,7 @@ def test_every_mode_encodes_with_its_defaults_and_echoes_its_rate_parameter(
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "no record"])
-@pytest.mark.parametrize("vector", ["learned_e2e-phi3", "vvc_msff-qp37"])
+@pytest.mark.parametrize("vector", ["learned_e2e-phi3", "learned_e2e-p4-phi3", "vvc_msff-qp37"])
 def test_missing_or_corrupt_codec_model_weights_give_exit_2_and_one_line(
     fake_net, image_file, tmp_path, monkeypatch, capsys, damage, vector
 ):
@@ -282,7 +282,10 @@ def test_missing_or_corrupt_codec_model_weights_give_exit_2_and_one_line(
     weights.mkdir()
     for f in registry.WEIGHTS_DIR.iterdir():
         shutil.copy(f, weights / f.name)
-    pt = weights / f"{'fenet' if mode == 'learned_e2e' else 'msff'}_nanodet_neck.pt"
+    stem = {"learned_e2e-phi3": "fenet_nanodet_neck", "learned_e2e-p4-phi3": "fenet_nanodet_neck_p4"}.get(
+        vector, "msff_nanodet_neck"
+    )
+    pt = weights / f"{stem}.pt"
     if damage == "missing":
         pt.unlink()
     elif damage == "corrupt":
@@ -299,7 +302,11 @@ def test_missing_or_corrupt_codec_model_weights_give_exit_2_and_one_line(
         (fcm_inspect, [str(vectors / f"{vector}.bin")])
         if mode == "vvc_msff"
         else (fcm_dec, [str(vectors / f"{vector}.bin")]),
-        (fcm_enc, [str(image_file), "-o", str(tmp_path / "o.bin"), "--mode", mode]),
+        (
+            fcm_enc,
+            [str(image_file), "-o", str(tmp_path / "o.bin"), "--mode", mode]
+            + (["--codec-model", stem] if mode == "learned_e2e" else []),
+        ),
     ):
         assert app.main(args) == 2
         err = capsys.readouterr().err
