@@ -108,6 +108,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dev-phis", default=None, help="quality indices of the dev evaluation (default: all)")
     ap.add_argument("--dev-limit", type=int, default=None, help="first N dev images only")
     ap.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
+    ap.add_argument(
+        "--reset-best",
+        action="store_true",
+        help="with --resume after a change of the loss (e.g. other --lambdas): dev figures before it are not "
+        "comparable, so the best is chosen among the evaluations from now on (one runs at the end)",
+    )
     ap.add_argument("--out", required=True, help="output weights .pt (json written beside it)")
     return ap.parse_args(argv)
 
@@ -281,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     if resuming:
         state = checkpoint.load(device)
         print(f"resumed at step {state.step} ({state.train_seconds / 60:.1f} training minutes)", flush=True)
+        if args.reset_best:
+            state.best_figure, state.best_step = float("-inf"), -1
+            state.dev_history.append({"step": state.step, "reset_best": True})
     this_command = "python -m tools.train_fenet " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     state.extra.setdefault("calls", []).append({"command": this_command, "from_step": state.step})
     log = MinuteLog(out.with_suffix(".log"))

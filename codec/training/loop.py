@@ -140,7 +140,8 @@ def train(
         elif time.time() - last_ckpt >= ckpt_every_min * 60:
             checkpoint.save(state)
             last_ckpt = time.time()
-    if dev_fn is not None and (not state.dev_history or state.dev_history[-1]["step"] != state.step):
-        dev()
+    last_eval = next((h for h in reversed(state.dev_history) if "figure" in h), None)
+    if dev_fn is not None and (last_eval is None or last_eval["step"] != state.step or state.best_step < 0):
+        dev()  # the final state is always evaluated (and is a candidate for the best)
     checkpoint.save(state)
     return state

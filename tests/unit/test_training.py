@@ -163,3 +163,10 @@ def test_train_fenet_end_to_end_and_resume(tmp_path, assets, monkeypatch):
     assert train_fenet.main([*args[:-4], "--steps", "3", "--resume", "--dev-phis", "0", "--out", str(out)]) == 0
     rec2 = json.loads(out.with_suffix(".json").read_text())
     assert rec2["steps"] == 3 and [h["step"] for h in rec2["dev"]["history"]] == [1, 2, 3]
+    # a changed loss: --reset-best forgets the earlier figures; the final state is evaluated and wins
+    argv = [*args[:-4], "--steps", "3", "--resume", "--reset-best", "--dev-phis", "0", "--out", str(out)]
+    assert train_fenet.main(argv) == 0
+    rec3 = json.loads(out.with_suffix(".json").read_text())
+    assert rec3["steps"] == 3 and rec3["dev"]["best_step"] == 3
+    assert {"step": 3, "reset_best": True} in rec3["dev"]["history"]
+    assert len(rec3["calls"]) == 3 and "--reset-best" in rec3["calls"][-1]["command"]
