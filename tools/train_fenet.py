@@ -229,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = FenetConfig.from_json({**cfg.to_json(), "lambdas": list(lambdas_list)})
             model.cfg = cfg
         init_record = {"weights": Path(args.init).name, "sha256": init_digest}
+        init_json = Path(args.init).with_suffix(".json")
+        if init_json.is_file():  # how the starting point was trained (its own record)
+            prev = json.loads(init_json.read_text())
+            init_record.update({k: prev[k] for k in ("command", "steps", "train_hours", "loss", "dev") if k in prev})
         pca_record = None
     else:
         cfg = FenetConfig.for_split_point(
@@ -287,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     if resuming:
         state = checkpoint.load(device)
         print(f"resumed at step {state.step} ({state.train_seconds / 60:.1f} training minutes)", flush=True)
+        if init_record:  # a later call may know more about the starting point
+            state.extra["init"] = {**(state.extra.get("init") or {}), **init_record}
         if args.reset_best:
             state.best_figure, state.best_step = float("-inf"), -1
             state.dev_history.append({"step": state.step, "reset_best": True})
