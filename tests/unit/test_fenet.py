@@ -150,6 +150,30 @@ def linear_model(seed: int = 0) -> tuple[FenetCodec, dict[str, torch.Tensor]]:
     return model, feats
 
 
+def check_exact_round_trip(model: FenetCodec, feats: dict[str, torch.Tensor]) -> None:
+    """compress -> decompress equals the quantised forward pass for every phi, the error falls
+    with phi, and decoding gives the same bits with 1 and 2 torch threads."""
+    errs = []
+    for phi in range(3):
+        c = model.compress(feats, phi)
+        out = model.decompress(c)
+        _, ref = model.forward_quantised(feats, phi)
+        assert all(out[k].shape == feats[k].shape and torch.equal(out[k], ref[k]) for k in feats)
+        errs.append(sum(float((out[k] - feats[k]).pow(2).mean() / feats[k].pow(2).mean()) for k in feats))
+    assert errs[2] < errs[0]  # finer quantisation, closer to the features
+    threads = torch.get_num_threads()
+    c = model.compress(feats, 1)
+    digests = set()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            rec = model.decompress(c)
+            digests.add(_md5(*[rec[k].numpy() for k in rec]))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(digests) == 1
+
+
 def test_linear_path_starts_as_pca_and_round_trips_bit_exactly():
     model, feats = linear_model()
     with torch.no_grad():
@@ -167,25 +191,7 @@ def test_linear_path_starts_as_pca_and_round_trips_bit_exactly():
     parts = model.drnet._unstack(proj.float(), sizes)
     for r, p in zip(rec, parts):
         assert torch.allclose(r, p, atol=1e-4)
-    errs = []
-    for phi in range(3):
-        c = model.compress(feats, phi)
-        out = model.decompress(c)
-        _, ref = model.forward_quantised(feats, phi)
-        assert all(torch.equal(out[k], ref[k]) for k in feats)
-        errs.append(sum(float((out[k] - feats[k]).pow(2).mean() / feats[k].pow(2).mean()) for k in feats))
-    assert errs[2] < errs[0]  # finer quantisation, closer to the features
-    threads = torch.get_num_threads()
-    c = model.compress(feats, 1)
-    digests = set()
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            rec = model.decompress(c)
-            digests.add(_md5(*[rec[k].numpy() for k in rec]))
-    finally:
-        torch.set_num_threads(threads)
-    assert len(digests) == 1
+    check_exact_round_trip(model, feats)
 
 
 def test_linear_path_config_checks():
@@ -453,24 +459,7 @@ def test_latent_at_a_finer_scale_round_trips_bit_exactly(latent_scale):
     assert (hy, wy) == lv_size
     d = model.decode_latents(c.z_string, c.y_string, 2, c.sizes, c.z_crc32, c.y_crc32)
     assert d.y_symbols.shape == (cfg.latent_channels, hy, wy)
-    errs = []
-    for phi in range(3):
-        c = model.compress(feats, phi)
-        out = model.decompress(c)
-        _, ref = model.forward_quantised(feats, phi)
-        assert all(out[k].shape == feats[k].shape and torch.equal(out[k], ref[k]) for k in feats)
-        errs.append(sum(float((out[k] - feats[k]).pow(2).mean() / feats[k].pow(2).mean()) for k in feats))
-    assert errs[2] < errs[0]
-    threads = torch.get_num_threads()
-    digests = set()
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            rec = model.decompress(c)
-            digests.add(_md5(*[rec[k].numpy() for k in rec]))
-    finally:
-        torch.set_num_threads(threads)
-    assert len(digests) == 1
+    check_exact_round_trip(model, feats)
 
 
 def test_latent_scale_config_checks():
