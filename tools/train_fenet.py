@@ -122,10 +122,17 @@ def denormalise(model: FenetCodec, rec_norm: list[torch.Tensor]) -> list[torch.T
     return [r * model.feature_scale[i] + model._mean(i) for i, r in enumerate(rec_norm)]
 
 
-def transform_only(model: FenetCodec, xs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """FENet -> DRNet without quantisation: (normalised reconstruction, normalised targets)."""
+def transform_only(
+    model: FenetCodec, xs: list[torch.Tensor], phi: int | None = None
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """FENet -> DRNet without quantisation: (normalised reconstruction, normalised targets).
+    With `phi`, y passes that quality index's gain and inverse gain (unrounded), as DRNet sees
+    it in the codec: after rate-distortion training the two no longer cancel exactly."""
     xn = model._normalised(xs)
     y = model.fenet(xn)
+    if phi is not None:
+        t = torch.tensor([phi], device=y.device)
+        y = y * model._gains(t, "gain") * model._gains(t, "inv_gain")
     return model.drnet(y, [tuple(x.shape[-2:]) for x in xn]), xn
 
 
@@ -136,15 +143,16 @@ def export(model: FenetCodec, path: Path) -> str:
     return save_fenet(m, path)
 
 
-def ceiling_eval(model: FenetCodec, dev_set: tdev.DevSet, net, sp) -> dict:
-    """mAP of NN part 2 on the unquantised FENet -> DRNet reconstruction (the ceiling)."""
+def ceiling_eval(model: FenetCodec, dev_set: tdev.DevSet, net, sp, phi: int | None = None) -> dict:
+    """mAP of NN part 2 on the unquantised FENet -> DRNet reconstruction (the ceiling); with
+    `phi`, through that quality index's gains (the ceiling of a rate-distortion-trained model)."""
     names = sp.scale_names()
     cpu = copy.deepcopy(model).cpu().eval()  # the dev features and NN part 2 live on the CPU
     m = tdev.evaluate_transform(
         dev_set,
         net,
         sp.name,
-        lambda f: dict(zip(names, denormalise(cpu, transform_only(cpu, [f[n] for n in names])[0]))),
+        lambda f: dict(zip(names, denormalise(cpu, transform_only(cpu, [f[n] for n in names], phi)[0]))),
     )
     return {"map50": round(m["map50"], 5), "map": round(m["map"], 5)}
 
