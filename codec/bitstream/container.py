@@ -192,12 +192,9 @@ def _mode_header_syntax(mode_id: int) -> ModeHeaderSyntax:
     return found
 
 
-def header_to_dict(header: ContainerHeader, num_payload_units: int) -> dict[str, Any]:
-    """ContainerHeader -> the value of its version's header body for construct."""
-    if header.version_major >= 2:
-        _load_mode_headers()
-        return header_to_dict_v2(header, num_payload_units)
-    p, m = header.preprocessing, header.mode
+def _common_header_fields(header: ContainerHeader) -> dict[str, Any]:
+    """The fields that header_body( ) (1.0) and header_body_v2( ) (2.0) share, up to mode_id."""
+    p = header.preprocessing
     return dict(
         network_id=int(header.network_id),
         network_weights_hash=bytes(header.network_weights_hash),
@@ -213,6 +210,17 @@ def header_to_dict(header: ContainerHeader, num_payload_units: int) -> dict[str,
         pad_x=p.pad_x,
         pad_y=p.pad_y,
         mode_id=int(header.mode_id),
+    )
+
+
+def header_to_dict(header: ContainerHeader, num_payload_units: int) -> dict[str, Any]:
+    """ContainerHeader -> the value of its version's header body for construct."""
+    if header.version_major >= 2:
+        _load_mode_headers()
+        return header_to_dict_v2(header, num_payload_units)
+    m = header.mode
+    return dict(
+        **_common_header_fields(header),
         sample_format=int(m.sample_format),
         inner_codec_id=int(m.inner.codec_id),
         inner_qp=m.inner.qp,
@@ -230,22 +238,9 @@ def header_to_dict(header: ContainerHeader, num_payload_units: int) -> dict[str,
 
 def header_to_dict_v2(header: ContainerHeader, num_payload_units: int) -> dict[str, Any]:
     """ContainerHeader -> the value of header_body_v2( ): the mode's part in its own syntax."""
-    p, m = header.preprocessing, header.mode
+    m = header.mode
     return dict(
-        network_id=int(header.network_id),
-        network_weights_hash=bytes(header.network_weights_hash),
-        split_point_id=header.split_point_id,
-        split_point_name=header.split_point_name,
-        orig_width=p.orig_w,
-        orig_height=p.orig_h,
-        input_width=p.input_w,
-        input_height=p.input_h,
-        resize_mode=int(p.resize_mode),
-        scale_x=float(p.scale_x),
-        scale_y=float(p.scale_y),
-        pad_x=p.pad_x,
-        pad_y=p.pad_y,
-        mode_id=int(header.mode_id),
+        **_common_header_fields(header),
         num_scales=len(m.scales),
         scales=[
             dict(scale_name=s.name, scale_channels=s.channels, scale_height=s.height, scale_width=s.width)
