@@ -129,23 +129,29 @@ def test_round_trip_equals_forward_pass_quantised_reconstruction():
     assert bits[0] < bits[1] < bits[2]  # larger gain, more bits (even untrained)
 
 
-def linear_model(seed: int = 0) -> tuple[FenetCodec, dict[str, torch.Tensor]]:
-    """A tiny model with the linear path, initialised from PCA of its own test features."""
+def linear_model(
+    seed: int = 0, latent_scale: int = -1, input_size: int = 128, feature_seed: int = 7, perturb: bool = False
+) -> tuple[FenetCodec, dict[str, torch.Tensor]]:
+    """A tiny model with the linear path, initialised from PCA of its own test features (y at
+    scale `latent_scale`; `perturb`: non-zero conv paths in DRNet, so that every branch counts)."""
     from codec.models import linear_path
 
     torch.manual_seed(seed)
     cfg = FenetConfig.for_split_point(
         NECK, width=8, latent_channels=24, hyper_channels=8, latent_downsample=False, num_qualities=3,
-        lambdas=(0.01, 0.1, 1.0), linear_path=True,
+        lambdas=(0.01, 0.1, 1.0), linear_path=True, latent_scale=latent_scale,
     )  # fmt: skip
     model = FenetCodec(cfg).eval()
-    feats = smooth_features(NECK, 128, seed=7)
+    feats = smooth_features(NECK, input_size, seed=feature_seed)
     model.set_feature_scale(torch.tensor([1.0, 1.5, 2.0]))
     mean, comp, _ = linear_path.pca([model.stack(feats)], cfg.latent_channels)
     model.init_linear_path(mean, comp)
     with torch.no_grad():
         model.gain.mul_(torch.tensor([4.0, 16.0, 64.0]).view(3, 1))
         model.inv_gain.div_(torch.tensor([4.0, 16.0, 64.0]).view(3, 1))
+        if perturb:
+            for p in model.drnet.parameters():
+                p.add_(0.01 * torch.randn_like(p))
     model.update()
     return model, feats
 
@@ -410,26 +416,8 @@ def test_the_loader_always_verifies_the_weights_against_their_record(tmp_path):
 
 
 def level_model(latent_scale: int = 1, seed: int = 0) -> tuple[FenetCodec, dict[str, torch.Tensor]]:
-    """A tiny model with y at the stride of scale `latent_scale` and the linear path from PCA."""
-    from codec.models import linear_path
-
-    torch.manual_seed(seed)
-    cfg = FenetConfig.for_split_point(
-        NECK, width=8, latent_channels=24, hyper_channels=8, latent_downsample=False, num_qualities=3,
-        lambdas=(0.01, 0.1, 1.0), linear_path=True, latent_scale=latent_scale,
-    )  # fmt: skip
-    model = FenetCodec(cfg).eval()
-    feats = smooth_features(NECK, 120, seed=3)  # 15x15 / 8x8 / 4x4: odd sizes, padding on the way down
-    model.set_feature_scale(torch.tensor([1.0, 1.5, 2.0]))
-    mean, comp, _ = linear_path.pca([model.stack(feats)], cfg.latent_channels)
-    model.init_linear_path(mean, comp)
-    with torch.no_grad():
-        model.gain.mul_(torch.tensor([4.0, 16.0, 64.0]).view(3, 1))
-        model.inv_gain.div_(torch.tensor([4.0, 16.0, 64.0]).view(3, 1))
-        for p in model.drnet.parameters():  # non-zero conv paths, so that every branch is exercised
-            p.add_(0.01 * torch.randn_like(p))
-    model.update()
-    return model, feats
+    """y at the stride of scale `latent_scale`; 120x120 input: 15x15 / 8x8 / 4x4, odd sizes and padding."""
+    return linear_model(seed, latent_scale, input_size=120, feature_seed=3, perturb=True)
 
 
 @pytest.mark.parametrize("latent_scale", [0, 1])
