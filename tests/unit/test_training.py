@@ -170,3 +170,44 @@ def test_train_fenet_end_to_end_and_resume(tmp_path, assets, monkeypatch):
     assert rec3["steps"] == 3 and rec3["dev"]["best_step"] == 3
     assert {"step": 3, "reset_best": True} in rec3["dev"]["history"]
     assert len(rec3["calls"]) == 3 and "--reset-best" in rec3["calls"][-1]["command"]
+
+
+def test_eval_fenet_reports_uncompressed_ceiling_and_rate_points(tmp_path, assets, capsys):
+    """tools/eval_fenet on the first 3 val2017-103 images with the shipped default model."""
+    from codec.models.registry import WEIGHTS_DIR
+    from tools import eval_fenet
+
+    out = tmp_path / "eval.json"
+    weights = WEIGHTS_DIR / "fenet_nanodet_neck_p4.pt"
+    argv = ["--weights", str(weights), "--dataset", "val2017-103", "--limit", "3", "--phis", "0,5", "--json", str(out)]
+    assert eval_fenet.main(argv) == 0
+    rec = json.loads(out.read_text())
+    assert rec["images"] == 3 and rec["ceiling"]["phi"] == 5
+    assert 0 < rec["uncompressed"]["map50"] <= 1 and 0 <= rec["ceiling"]["map50"] <= 1
+    assert set(rec["per_phi"]) == {"0", "5"} and rec["per_phi"]["0"]["bpp"] < rec["per_phi"]["5"]["bpp"]
+    assert "ceiling (no quantisation, gains of phi 5)" in capsys.readouterr().out
+
+
+def test_ablation_table_lists_every_run(tmp_path, capsys):
+    from tools import ablation_table
+
+    scales = [{"name": n, "channels": 128, "stride": s} for n, s in (("p3", 8), ("p4", 16), ("p5", 32))]
+    for name, latent_scale, loss in (
+        ("a", -1, {"feature_weight": 1.0, "task_weight": 0.0}),
+        ("b", 1, {"feature_weight": 0.0, "task_weight": 1.0, "ceiling": True}),
+    ):
+        run = tmp_path / name
+        run.mkdir()
+        cfg = {"scales": scales, "width": 64, "latent_channels": 128, "latent_scale": latent_scale}
+        (run / "f.json").write_text(
+            json.dumps({"config": cfg, "loss": loss, "steps": 10, "train_hours": 0.5, "dev": {"best_figure": 0.9}})
+        )
+    (tmp_path / "b" / "eval_val.json").write_text(
+        json.dumps({"uncompressed": {"map50": 0.4}, "ceiling": {"map50": 0.38}})
+    )
+    assert ablation_table.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 4
+    assert "| a | rate-distortion | feature MSE only | 32 |" in rows[2]
+    assert "| b | transform only (ceiling) | task only | 16 |" in rows[3] and "0.3800 (95.0 %)" in rows[3]
+    assert ablation_table.main([str(tmp_path / "missing")]) == 2
