@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from codec.files import file_sha256
 from codec.models.fenet import FenetCodec, FenetConfig, count_parameters, load_fenet, save_fenet
 from codec.training import data as tdata
 from codec.training import dev as tdev
@@ -393,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     # the shipped file: the best dev checkpoint (or the last state without a dev set)
     if dev_fn is not None and out.with_suffix(".best.pt").is_file():
         out.write_bytes(out.with_suffix(".best.pt").read_bytes())
-        digest = tdata_sha256(out)
+        digest = file_sha256(out)
     else:
         digest = export(model, out)
     record = {
@@ -447,12 +448,6 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out} ({out.stat().st_size} bytes) sha256 {digest}", flush=True)
     return 0
-
-
-def tdata_sha256(path: Path) -> str:
-    from codec.models.fenet import file_sha256
-
-    return file_sha256(path)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from codec.files import assets_dir as _assets_dir
 from codec.models import linear_path
-from codec.vision.weights import assets_dir as _assets_dir
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 REPO = Path(__file__).resolve().parents[2]

@@ -53,10 +53,7 @@ class Checkpoint:
     def load(self, map_location: str | torch.device = "cpu") -> RunState:
         blob = torch.load(self.path, map_location=map_location, weights_only=False)
         for name, m in self.modules.items():
-            if name == "model" and hasattr(m, "load_training_state"):
-                m.load_training_state(blob[name])
-            else:
-                m.load_state_dict(blob[name])
+            m.load_state_dict(blob[name])
         self.rng.bit_generator.state = blob["rng"]
         torch.set_rng_state(blob["torch_rng"])
         return RunState(**blob["run_state"])
