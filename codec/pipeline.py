@@ -94,9 +94,10 @@ def build_bitstream(
     units: list[PayloadUnit],
     weights_hash: bytes | None = None,
     version_major: int | None = None,
+    version_minor: int | None = None,
 ) -> bytes:
     """The container for a mode's header and payload units, with the network's fields, in
-    the syntax of `version_major` (default: container 2.0, bitstream_spec.md)."""
+    the syntax of `version_major` (default: container 2.1, bitstream_spec.md)."""
     header = ContainerHeader(
         network_id=network.network_id,
         network_weights_hash=weights_hash if weights_hash is not None else weights_hash_bytes(network),
@@ -106,7 +107,7 @@ def build_bitstream(
         mode_id=mode_id,
         mode=mode_header,
     )
-    return build_container(header, units, version_major)
+    return build_container(header, units, version_major, version_minor)
 
 
 def resolve_mode(mode: str | CodingMode, params: Mapping[str, Any] | Any = None) -> tuple[CodingMode, Any]:
@@ -152,14 +153,17 @@ def encode_features(
     params: Mapping[str, Any] | Any = None,
     weights_hash: bytes | None = None,
     version_major: int | None = None,
+    version_minor: int | None = None,
 ) -> bytes:
     """NN part 1 output -> container bytes: the coding mode, then the container with the
-    network's fields (container 2.0 unless `version_major` says 1). The tools that code
+    network's fields (container 2.1 unless `version_major` / `version_minor` say otherwise). The tools that code
     features they computed themselves use this."""
     mode, params = resolve_mode(mode, params)
     split_point = _split_point(network, split or network.default_split)
     mode_header, units = mode.encode(features, split_point, params)
-    return build_bitstream(network, split_point, prep, mode.mode_id, mode_header, units, weights_hash, version_major)
+    return build_bitstream(
+        network, split_point, prep, mode.mode_id, mode_header, units, weights_hash, version_major, version_minor
+    )
 
 
 def network_name_of(header: ContainerHeader) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from codec.bitstream import (
     ResizeMode,
     UnitType,
     build_container,
+    parse_container,
     syntax,
 )
 from codec.bitstream.container import header_to_dict, unit_to_dict
@@ -41,20 +43,29 @@ from codec.vision.base import Preprocessing, ScaleInfo, SplitPoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SPLIT = SplitPoint("neck", 1, (ScaleInfo("p3", 16, 8), ScaleInfo("p4", 16, 16), ScaleInfo("p5", 16, 32)))
-MSFF_SPLIT = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32)))
+# NanoDet "neck" as table 8.2 of the spec has it (the vectors of the bypass and anchor modes
+# use a 64 x 64 input to stay small; vvc_msff and learned_e2e a 128 x 128 one)
+SPLIT = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32)))
+MSFF_SPLIT = SPLIT
+# the 16-channel "neck" of the bypass and anchor vectors before table 8.2 was enforced: kept as
+# invalid vectors (invalid-neck-16-channels*), a decoder must refuse them
+SPLIT16 = SplitPoint("neck", 1, (ScaleInfo("p3", 16, 8), ScaleInfo("p4", 16, 16), ScaleInfo("p5", 16, 32)))
 INPUT = 128
 PREP = Preprocessing(160, 120, INPUT, INPUT, ResizeMode.STRETCH, INPUT / 160, INPUT / 120)
+SMALL_INPUT = 64
+PREP_SMALL = Preprocessing(80, 60, SMALL_INPUT, SMALL_INPUT, ResizeMode.STRETCH, SMALL_INPUT / 80, SMALL_INPUT / 60)
 WEIGHTS_HASH = hashlib.sha256(b"fcm conformance weights").digest()
 MAX_VECTOR_BYTES = 100_000
+# errors that only decoding finds (fcm_inspect does not entropy-decode); NAME.expected says so
+FOUND_BY_DECODING = {"LatentChecksumError"}
 
 
-def synthetic_features(seed: int = 2024, split: SplitPoint = SPLIT) -> dict[str, torch.Tensor]:
-    """Smooth, ReLU-like channels with a different range per scale."""
+def synthetic_features(seed: int = 2024, split: SplitPoint = SPLIT, size: int = INPUT) -> dict[str, torch.Tensor]:
+    """Smooth, ReLU-like channels with a different range per scale (for a `size` x `size` input)."""
     rng = np.random.default_rng(seed)
     out = {}
     for k, s in enumerate(split.scales):
-        n = INPUT // s.stride
+        n = size // s.stride
         yy, xx = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n), indexing="ij")
         chans = []
         for _ in range(s.channels):
@@ -84,28 +95,36 @@ class ConformanceNetwork:
 
 
 def code(
-    feats: dict[str, torch.Tensor], mode: str, params: dict, split: SplitPoint = SPLIT, version_major: int = 1
+    feats: dict[str, torch.Tensor],
+    mode: str,
+    params: dict,
+    split: SplitPoint = SPLIT,
+    version: tuple[int, int] = (1, 0),
+    prep: Preprocessing = PREP,
 ) -> bytes:
-    """One vector through the data path; the vectors named without a version are container 1.0."""
+    """One vector through the data path, in container `version`: the vectors named without a
+    version are 1.0, v2-NAME 2.0, v21-NAME 2.1."""
     return encode_features(
-        feats, ConformanceNetwork(split), split.name, PREP, mode, params, version_major=version_major
-    )
+        feats, ConformanceNetwork(split), split.name, prep, mode, params, version_major=version[0],
+        version_minor=version[1],
+    )  # fmt: skip
 
 
-def _header(mode, mode_header: ModeHeader) -> ContainerHeader:
+def _header(mode, mode_header: ModeHeader, prep: Preprocessing = PREP_SMALL, version=(1, 0)) -> ContainerHeader:
     return ContainerHeader(
         NetworkId.NANODET,
         WEIGHTS_HASH,
         SPLIT.split_id,
         SPLIT.name,
-        PREP,
+        prep,
         mode.MODE.mode_id,
         mode_header,
-        version_major=1,
+        version_major=version[0],
+        version_minor=version[1],
     )
 
 
-def learned_e2e_vector(version_major: int = 1, codec_model: str = "fenet_nanodet_neck") -> bytes:
+def learned_e2e_vector(version: tuple[int, int] = (1, 0), codec_model: str = "fenet_nanodet_neck") -> bytes:
     """learned_e2e at quality index 3 with a shipped model (codec/models/weights/<codec_model>.pt):
     smooth 128-channel features with NanoDet-neck-like magnitudes (the channels the model was trained for)."""
     split = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32)))
@@ -117,33 +136,48 @@ def learned_e2e_vector(version_major: int = 1, codec_model: str = "fenet_nanodet
         f = rng.uniform(0.3, 1.5, (s.channels, 1, 1)) * np.sin(2 * np.pi * (xx + rng.uniform(0, 1, (s.channels, 1, 1))))
         f = 0.15 * f * np.cos(2 * np.pi * yy * rng.uniform(0.2, 1.2, (s.channels, 1, 1)))
         feats[s.name] = torch.from_numpy(f[None].astype(np.float32))
-    return code(feats, "learned_e2e", {"phi": 3, "codec_model": codec_model}, split, version_major)
+    return code(feats, "learned_e2e", {"phi": 3, "codec_model": codec_model}, split, version)
+
+
+def small_features() -> dict[str, torch.Tensor]:
+    """The features of the bypass and anchor vectors (NanoDet neck, 64 x 64 input)."""
+    return synthetic_features(size=SMALL_INPUT)
 
 
 def golden_vectors() -> dict[str, bytes]:
-    feats = synthetic_features()
+    feats = small_features()
+    small = {"prep": PREP_SMALL}
     out = {}
     for name, dtype in (("bypass-f16", "float16"), ("bypass-f32", "float32")):
-        out[name] = code(feats, "bypass", {"bypass_dtype": dtype})
+        out[name] = code(feats, "bypass", {"bypass_dtype": dtype}, **small)
     # a unit of a later minor version inserted: built by hand, the mode cannot write it
     mh, units = bypass.encode(feats, SPLIT, bypass.Params(bypass_dtype="float16"))
     optional = PayloadUnit(200, b"an optional unit of a later minor version", ALL_SCALES, required=False)
     out["bypass-f16-optional-unit"] = build_container(_header(bypass, mh), [units[0], optional, *units[1:]])
     for qp in (22, 37):
-        out[f"anchor-qp{qp}"] = code(feats, "anchor", {"qp": qp, "preset": "faster"})
+        out[f"anchor-qp{qp}"] = code(feats, "anchor", {"qp": qp, "preset": "faster"}, **small)
     # vvc_msff needs the channel counts its shipped MSFF/MSFR model was trained for (128)
     msff_feats = {k: v * 0.1 for k, v in synthetic_features(2025, MSFF_SPLIT).items()}
     out["vvc_msff-qp37"] = code(msff_feats, "vvc_msff", {"qp": 37, "preset": "faster"}, MSFF_SPLIT)
     out["learned_e2e-phi3"] = learned_e2e_vector()
     # container 2.0: the same content, each mode's header part in its own syntax
-    out["v2-bypass-f16"] = code(feats, "bypass", {"bypass_dtype": "float16"}, version_major=2)
-    out["v2-anchor-qp37"] = code(feats, "anchor", {"qp": 37, "preset": "faster"}, version_major=2)
-    out["v2-vvc_msff-qp37"] = code(msff_feats, "vvc_msff", {"qp": 37, "preset": "faster"}, MSFF_SPLIT, 2)
-    out["v2-learned_e2e-phi3"] = learned_e2e_vector(2)
+    out["v2-bypass-f16"] = code(feats, "bypass", {"bypass_dtype": "float16"}, version=(2, 0), **small)
+    out["v2-anchor-qp37"] = code(feats, "anchor", {"qp": 37, "preset": "faster"}, version=(2, 0), **small)
+    out["v2-vvc_msff-qp37"] = code(msff_feats, "vvc_msff", {"qp": 37, "preset": "faster"}, MSFF_SPLIT, (2, 0))
+    out["v2-learned_e2e-phi3"] = learned_e2e_vector((2, 0))
     # the second-generation model (latent at p4, task-aware), the encoder's default
-    out["learned_e2e-p4-phi3"] = learned_e2e_vector(1, "fenet_nanodet_neck_p4")
-    out["v2-learned_e2e-p4-phi3"] = learned_e2e_vector(2, "fenet_nanodet_neck_p4")
+    out["learned_e2e-p4-phi3"] = learned_e2e_vector((1, 0), "fenet_nanodet_neck_p4")
+    out["v2-learned_e2e-p4-phi3"] = learned_e2e_vector((2, 0), "fenet_nanodet_neck_p4")
+    # container 2.1: the 2.0 content, the header binding the payload units (payload_units_crc32)
+    for name in ("bypass-f16", "anchor-qp37", "vvc_msff-qp37", "learned_e2e-p4-phi3"):
+        out[f"v21-{name}"] = rewrapped(out[f"v2-{name}"], (2, 1))
     return out
+
+
+def rewrapped(data: bytes, version: tuple[int, int]) -> bytes:
+    """The header and units of `data` in container `version` (the same decoded content)."""
+    parsed = parse_container(data)
+    return build_container(parsed.header, parsed.units, version_major=version[0], version_minor=version[1])
 
 
 def _with_field(data_header: ContainerHeader, units: list[PayloadUnit], **fields) -> bytes:
@@ -163,16 +197,53 @@ def _flip(data: bytes, offset: int) -> bytes:
     return data[:offset] + bytes([data[offset] ^ 0x01]) + data[offset + 1 :]
 
 
+def _head(data: bytes) -> bytes:
+    """magic .. header_crc32 of a container."""
+    return data[: 10 + int.from_bytes(data[6:10], "big") + 4]
+
+
+def _with_units(data: bytes, units: list[PayloadUnit]) -> bytes:
+    """The head of `data` (its payload_units_crc32 kept) followed by `units`."""
+    return _head(data) + b"".join(syntax.payload_unit.build(unit_to_dict(u)) for u in units)
+
+
+def _resized(data: bytes, k: int) -> bytes:
+    """`data` with the input and every scale k times larger (consistently, CRCs recomputed)."""
+    parsed = parse_container(data)
+    h = parsed.header
+    p = h.preprocessing
+    prep = replace(p, input_w=p.input_w * k, input_h=p.input_h * k)
+    scales = tuple(replace(s, height=s.height * k, width=s.width * k) for s in h.scales)
+    return build_container(replace(h, preprocessing=prep, mode=replace(h.mode, scales=scales)), parsed.units)
+
+
+def legacy_16_channel_vectors() -> dict[str, bytes]:
+    """The bypass / anchor golden vectors as they were before table 8.2 was enforced: NanoDet's
+    neck with 16 channels per scale (the table says 128), container 1.0 and 2.0."""
+    feats = synthetic_features(split=SPLIT16)
+    return {
+        "invalid-neck-16-channels": code(feats, "bypass", {"bypass_dtype": "float16"}, SPLIT16),
+        "invalid-neck-16-channels-v2": code(feats, "anchor", {"qp": 37, "preset": "faster"}, SPLIT16, (2, 0)),
+    }
+
+
 def invalid_vectors(golden: dict[str, bytes]) -> dict[str, tuple[bytes, str, str]]:
     """name -> (bytes, error class, message substring)."""
-    feats = synthetic_features()
+    feats = small_features()
     mh, units = bypass.encode(feats, SPLIT, bypass.Params(bypass_dtype="float16"))
     header = _header(bypass, mh)
     good = golden["bypass-f16"]
-    head_end = 4 + 2 + 4 + int.from_bytes(good[6:10], "big") + 4
+    head_end = len(_head(good))
     big = list(header_to_dict(header, len(units))["scales"])
     big[0] = dict(big[0], scale_channels=4096, scale_height=4096, scale_width=4096, kept_channels=4096)
     huge_c = [dict(big[0], scale_channels=60000)] + big[1:]
+    unit_bytes = len(units[0].data)
+    anchor22 = parse_container(
+        code(feats, "anchor", {"qp": 22, "preset": "faster"}, version=(2, 1), prep=PREP_SMALL)
+    ).units
+    v21_bypass = parse_container(golden["v21-bypass-f16"]).units
+    legacy = legacy_16_channel_vectors()
+    e2e = golden["v21-learned_e2e-p4-phi3"]
     return {
         "invalid-bad-magic": (b"FCMX" + good[4:], "BadMagicError", "not an FCM container"),
         "invalid-version-major": (good[:4] + b"\x03" + good[5:], "UnsupportedVersionError", "version_major 3"),
@@ -195,8 +266,32 @@ def invalid_vectors(golden: dict[str, bytes]) -> dict[str, tuple[bytes, str, str
         "invalid-payload-size": (
             build_container(header, [PayloadUnit(UnitType.RAW_TENSOR, units[0].data[:-2], 0), *units[1:]]),
             "MalformedError",
-            "has 8190 bytes, expected 8192",
+            f"has {unit_bytes - 2} bytes, expected {unit_bytes}",
         ),
+        # table 8.2: the split point, its scales and their sizes
+        "invalid-neck-16-channels": (legacy["invalid-neck-16-channels"], "MalformedError", "has scales"),
+        "invalid-neck-16-channels-v2": (legacy["invalid-neck-16-channels-v2"], "MalformedError", "has scales"),
+        "invalid-split-point-id": (
+            _with_field(header, units, split_point_id=5),
+            "MalformedError",
+            "split_point_id 5 is not a split point of NANODET",
+        ),
+        "invalid-scale-size": (_with_field(header, units, input_width=100), "MalformedError", "at stride 8 gives"),
+        # container 2.1: payload_units_crc32 binds the units to the header
+        "invalid-unit-spliced": (
+            _with_units(golden["v21-anchor-qp37"], anchor22),
+            "PayloadCrcError",
+            "payload_units_crc32 mismatch",
+        ),
+        "invalid-units-reordered": (
+            _with_units(golden["v21-bypass-f16"], [v21_bypass[1], v21_bypass[0], *v21_bypass[2:]]),
+            "PayloadCrcError",
+            "payload_units_crc32 mismatch",
+        ),
+        # learned_e2e: the latent size comes from the header; a short string must not crash the
+        # rANS decoder (codec/inner/rans.py) and the symbol count is bounded
+        "invalid-learned_e2e-enlarged": (_resized(e2e, 2), "LatentChecksumError", "hyper-latent symbols CRC32"),
+        "invalid-learned_e2e-latent-limit": (_resized(e2e, 24), "SizeLimitError", "more than the limit 1048576"),
     }
 
 
@@ -241,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise SystemExit(f"{name}: decoded without error")
         (out / f"{name}.bin").write_bytes(data)
-        (out / f"{name}.expected").write_text(f"{cls}\n{message}\n")
+        found_by = "found by decoding\n" if cls in FOUND_BY_DECODING else ""
+        (out / f"{name}.expected").write_text(f"{cls}\n{message}\n{found_by}")
     for f in sorted(out.glob("*.bin")):
         size = f.stat().st_size
         if size > MAX_VECTOR_BYTES:

@@ -15,6 +15,7 @@ from construct import ConstructError, StreamError, Struct, TerminatedError
 from codec.errors import (
     BitstreamError,
     MalformedError,
+    PayloadCrcError,
     SizeLimitError,
     TrailingDataError,
     TruncatedError,
@@ -25,6 +26,8 @@ from codec.errors import (
 from . import syntax
 from .ids import (
     ALL_SCALES,
+    SPLIT_POINT_TABLE,
+    TABLED_NETWORKS,
     UNIT_FLAG_REQUIRED,
     CodecModelId,
     EntropyCoderId,
@@ -91,7 +94,11 @@ class ContainerHeader:
     mode_id: ModeId | int  # an int for a private-use mode id (ids.PRIVATE_MODE_IDS)
     mode: ModeHeader
     version_major: int = syntax.VERSION_MAJOR
-    version_minor: int = syntax.VERSION_MINOR
+    version_minor: int = -1  # -1: the latest minor version of version_major (syntax.LATEST_MINOR)
+
+    def __post_init__(self) -> None:
+        if self.version_minor < 0:
+            object.__setattr__(self, "version_minor", syntax.LATEST_MINOR.get(self.version_major, 0))
 
     @property
     def scales(self) -> tuple[ScaleHeader, ...]:
@@ -213,11 +220,14 @@ def _common_header_fields(header: ContainerHeader) -> dict[str, Any]:
     )
 
 
-def header_to_dict(header: ContainerHeader, num_payload_units: int) -> dict[str, Any]:
-    """ContainerHeader -> the value of its version's header body for construct."""
+def header_to_dict(
+    header: ContainerHeader, num_payload_units: int, payload_units_crc32: int | None = None
+) -> dict[str, Any]:
+    """ContainerHeader -> the value of its version's header body for construct
+    (`payload_units_crc32`: the binding field of container 2.1 and later)."""
     if header.version_major >= 2:
         _load_mode_headers()
-        return header_to_dict_v2(header, num_payload_units)
+        return header_to_dict_v2(header, num_payload_units, payload_units_crc32)
     m = header.mode
     return dict(
         **_common_header_fields(header),
@@ -236,7 +246,9 @@ def header_to_dict(header: ContainerHeader, num_payload_units: int) -> dict[str,
     )
 
 
-def header_to_dict_v2(header: ContainerHeader, num_payload_units: int) -> dict[str, Any]:
+def header_to_dict_v2(
+    header: ContainerHeader, num_payload_units: int, payload_units_crc32: int | None = None
+) -> dict[str, Any]:
     """ContainerHeader -> the value of header_body_v2( ): the mode's part in its own syntax."""
     m = header.mode
     return dict(
@@ -248,6 +260,7 @@ def header_to_dict_v2(header: ContainerHeader, num_payload_units: int) -> dict[s
         ],
         mode_header=_mode_header_syntax(header.mode_id).to_value(m),
         num_payload_units=num_payload_units,
+        payload_units_crc32=payload_units_crc32 if header.version_minor >= 1 else None,
     )
 
 
@@ -265,19 +278,34 @@ def unit_to_dict(unit: PayloadUnit) -> dict[str, Any]:
     )
 
 
-def build_container(header: ContainerHeader, units: list[PayloadUnit], version_major: int | None = None) -> bytes:
+def build_container(
+    header: ContainerHeader,
+    units: list[PayloadUnit],
+    version_major: int | None = None,
+    version_minor: int | None = None,
+) -> bytes:
     """Serialise a header and its payload units in the syntax of `version_major` (default:
-    the header's, i.e. VERSION_MAJOR unless set). Building does not validate (see syntax.py)."""
+    the header's, i.e. VERSION_MAJOR.VERSION_MINOR unless set; another major version is
+    written in its latest minor version unless `version_minor` says otherwise). From
+    container 2.1 on, the header's payload_units_crc32 binds the units to it. Building does
+    not validate (see syntax.py)."""
     if version_major is not None and version_major != header.version_major:
-        header = replace(header, version_major=version_major)
+        # another major version: its latest minor version
+        header = replace(header, version_major=version_major, version_minor=syntax.LATEST_MINOR.get(version_major, 0))
+    if version_minor is not None:
+        header = replace(header, version_minor=version_minor)
     if header.version_major not in syntax.HEADER_BODIES:
         raise ValueError(f"container version_major {header.version_major} has no syntax")
+    unit_values = [unit_to_dict(u) for u in units]
+    binding = syntax.units_binding_crc32(
+        [zlib.crc32(syntax.payload_unit_body.build(u["unit"]["value"])) & 0xFFFFFFFF for u in unit_values]
+    )
     value = dict(
         version_major=header.version_major,
         version_minor=header.version_minor,
-        header=dict(value=header_to_dict(header, len(units))),
+        header=dict(value=header_to_dict(header, len(units), binding)),
         header_crc32=None,
-        payload_units=[unit_to_dict(u) for u in units],
+        payload_units=unit_values,
     )
     return syntax.fcm_container.build(value)
 
@@ -403,6 +431,52 @@ def validate_header(header: ContainerHeader) -> None:
         if s.name in names:
             raise MalformedError(f"scale name {s.name!r} occurs twice")
         names.add(s.name)
+    check_split_point_table(header)
+
+
+def check_split_point_table(header: ContainerHeader) -> None:
+    """For a network of the split_point_id table (bitstream_spec.md, section 8.2): the split
+    point is a row of the table, its scales are the row's (names and channels, in order) and
+    each scale is Ceil(input size / stride) large."""
+    net = int(header.network_id)
+    if net not in TABLED_NETWORKS:
+        return
+    row = SPLIT_POINT_TABLE.get((net, header.split_point_id))
+    net_name = NetworkId(net).name
+    if row is None:
+        raise MalformedError(f"split_point_id {header.split_point_id} is not a split point of {net_name} (table 8.2)")
+    name, scales = row
+    if header.split_point_name != name:
+        raise MalformedError(
+            f"split point {header.split_point_id} of {net_name} is {name!r}, "
+            f"the header says {header.split_point_name!r}"
+        )
+    want = [(n, c) for n, c, _ in scales]
+    got = [(s.name, s.channels) for s in header.scales]
+    if got != want:
+        raise MalformedError(f"split point {name} of {net_name} has scales {want}, the header has {got}")
+    p = header.preprocessing
+    for s, (_, _, stride) in zip(header.scales, scales):
+        hw = (-(-p.input_h // stride), -(-p.input_w // stride))
+        if (s.height, s.width) != hw:
+            raise MalformedError(
+                f"scale {s.name} is {s.height}x{s.width}, but a {p.input_w}x{p.input_h} input at stride "
+                f"{stride} gives {hw[0]}x{hw[1]}"
+            )
+
+
+def check_units_binding(parsed: Any) -> None:
+    """Container 2.1 and later: payload_units_crc32 against the parsed units' unit_crc32
+    values (PayloadCrcError on a unit spliced in from another stream, reordered, dropped or added)."""
+    stored = parsed.header.value.get("payload_units_crc32")
+    if stored is None:
+        return  # container 1.0 / 2.0: no binding field
+    computed = syntax.units_binding_crc32([u.unit_crc32 for u in parsed.payload_units])
+    if stored != computed:
+        raise PayloadCrcError(
+            f"payload_units_crc32 mismatch: stored 0x{stored:08x}, computed 0x{computed:08x} "
+            "(the payload units are not the ones the header was written with)"
+        )
 
 
 def _unit_from(c: Any) -> PayloadUnit:
@@ -424,6 +498,7 @@ def parse_container(data: bytes) -> ParsedContainer:
     _load_mode_headers()
     parsed = _parse(syntax.fcm_container, data)
     header = header_from_parsed(parsed)
+    check_units_binding(parsed)
     validate_header(header)
     units: list[PayloadUnit] = []
     skipped: list[PayloadUnit] = []

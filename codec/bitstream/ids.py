@@ -19,6 +19,16 @@ class NetworkId(enum.IntEnum):
     KEYPOINT_RCNN_R50_FPN = 20
 
 
+# split_point_id table of bitstream_spec.md, section 8.2: (network_id, split_point_id) ->
+# (split_point_name, ((scale name, channels, stride), ...)). Networks not listed here define
+# their split points in the reference software only (their SplitNetwork definitions).
+SPLIT_POINT_TABLE: dict[tuple[int, int], tuple[str, tuple[tuple[str, int, int], ...]]] = {
+    (NetworkId.NANODET, 1): ("neck", (("p3", 128, 8), ("p4", 128, 16), ("p5", 128, 32))),
+    (NetworkId.NANODET, 2): ("backbone", (("c3", 128, 8), ("c4", 256, 16), ("c5", 512, 32))),
+}
+TABLED_NETWORKS = frozenset(n for n, _ in SPLIT_POINT_TABLE)
+
+
 class ResizeMode(enum.IntEnum):
     """How the image is brought to the network's input size (table "resize_mode")."""
 

@@ -26,6 +26,7 @@ from construct import (
     Float32b,
     Float64b,
     GreedyBytes,
+    If,
     Int8ub,
     Int16ub,
     Int32ub,
@@ -63,7 +64,8 @@ from .ids import (
 
 MAGIC = b"FCMB"
 VERSION_MAJOR = 2  # what the encoder writes
-VERSION_MINOR = 0
+VERSION_MINOR = 1  # 2.1: header_body_v2( ) ends with payload_units_crc32 (bitstream_spec.md, 5.3a)
+LATEST_MINOR = {1: 0, 2: VERSION_MINOR}  # version_major -> the minor version an encoder writes
 SUPPORTED_VERSIONS = (1, 2)  # version_major values this decoder implements (bitstream_spec.md, 5.1)
 
 # Limits of bitstream conformance (bitstream_spec.md, section 6.3). Checked
@@ -280,7 +282,16 @@ header_body_v2 = Struct(
     "scales" / Array(this.num_scales, scale_shape),
     "mode_header" / Prefixed(Int16ub, Switch(this.mode_id, MODE_HEADERS, default=GreedyBytes)),
     "num_payload_units" / _limit(Int16ub, 0, MAX_PAYLOAD_UNITS, "num_payload_units"),
+    # 2.1: binds the payload units to the header (units_binding_crc32); a 2.0 decoder skips it
+    "payload_units_crc32" / If(this._.version_minor >= 1, Int32ub),
 )
+
+
+def units_binding_crc32(unit_crcs: list[int]) -> int:
+    """payload_units_crc32: the CRC-32 of the units' unit_crc32 values, each as 4 bytes big-endian,
+    in bitstream order (bitstream_spec.md, section 5.3a)."""
+    return zlib.crc32(b"".join(int(c).to_bytes(4, "big") for c in unit_crcs)) & 0xFFFFFFFF
+
 
 HEADER_BODIES = {1: header_body, 2: header_body_v2}  # version_major -> header body syntax
 

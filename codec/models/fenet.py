@@ -52,8 +52,9 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.layers import GDN
 from torch import nn
 
-from codec.errors import BitstreamError, CodecModelError
+from codec.errors import BitstreamError, CodecModelError, SizeLimitError
 from codec.files import file_sha256
+from codec.inner import rans
 from codec.vision.base import Features, ScaleInfo, SplitPoint
 
 from . import linear_path
@@ -506,6 +507,21 @@ class FenetCodec(nn.Module):
             hy, wy = _half(hy), _half(wy)
         return (hy, wy), (_half(hy), _half(wy))
 
+    def symbol_counts(self, sizes: list[tuple[int, int]]) -> tuple[int, int]:
+        """(latent symbols, hyper-latent symbols) of an image whose scales have `sizes`."""
+        (hy, wy), (hz, wz) = self.latent_sizes(sizes)
+        return self.cfg.latent_channels * hy * wy, self.cfg.hyper_channels * hz * wz
+
+    def check_symbol_counts(self, sizes: list[tuple[int, int]]) -> tuple[int, int]:
+        """symbol_counts, or SizeLimitError when a string would hold more than the decoder's
+        limit (codec.inner.rans.MAX_SYMBOLS; bitstream_spec.md, section 7.5)."""
+        n_y, n_z = self.symbol_counts(sizes)
+        if max(n_y, n_z) > rans.MAX_SYMBOLS:
+            raise SizeLimitError(
+                f"the latent of these scale sizes has {n_y} symbols, more than the limit {rans.MAX_SYMBOLS}"
+            )
+        return n_y, n_z
+
     def _normalised(self, features: Features | list[torch.Tensor]) -> list[torch.Tensor]:
         xs = [features[s.name] for s in self.cfg.scales] if isinstance(features, dict) else list(features)
         if len(xs) != len(self.cfg.scales):
@@ -671,7 +687,9 @@ class FenetCodec(nn.Module):
     def _z_hat(self, z_symbols_string: bytes, zshape: tuple[int, int], phi: int) -> tuple[torch.Tensor, np.ndarray]:
         eb = self.entropy_bottleneck
         dev = self.feature_scale.device
-        z_hat_g = eb.decompress([z_symbols_string], zshape)  # symbols + medians, element-wise
+        n_z = self.cfg.hyper_channels * zshape[0] * zshape[1]
+        # the string padded so that no string can take CompressAI's decoder out of its buffer
+        z_hat_g = eb.decompress([rans.padded(z_symbols_string, n_z)], zshape)  # symbols + medians, element-wise
         med = eb._get_medians().detach().view(1, -1, 1, 1)
         z_sym = torch.round(z_hat_g - med).to(torch.int32)
         return z_hat_g.to(dev) * self.hyper_inv_gain.abs()[phi].view(1, -1, 1, 1), z_sym[0].cpu().numpy()
@@ -684,6 +702,7 @@ class FenetCodec(nn.Module):
         if xs[0].shape[0] != 1:
             raise ValueError("compress() takes one image (batch size 1)")
         sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in xs]
+        self.check_symbol_counts(sizes)  # a stream no decoder would accept is not written
         y = self.fenet(xs)
         phi_t = torch.tensor([phi], device=y.device)
         y_g = y * self._gains(phi_t, "gain")
@@ -725,6 +744,7 @@ class FenetCodec(nn.Module):
     ) -> DecodedLatents:
         """rANS strings -> integer symbols, scale indices and y_hat; checks the CRCs when given."""
         self._check_phi(phi)
+        n_y, _ = self.check_symbol_counts(sizes)
         (hy, wy), (hz, wz) = self.latent_sizes(sizes)
         z_hat, z_sym = self._z_hat(z_string, (hz, wz), phi)
         if z_crc32 is not None and _crc32(z_sym) != z_crc32:
@@ -733,7 +753,7 @@ class FenetCodec(nn.Module):
             )
         hp = self.hyper_params_fixed(z_hat, hy, wy)
         dec = RansDecoder()
-        dec.set_stream(y_string)
+        dec.set_stream(rans.padded(y_string, n_y))  # see codec/inner/rans.py
         cdf, cdf_len, offs = self._cdf_lists()
 
         def decoded(where_anchor: bool) -> SymbolsFn:

@@ -201,13 +201,15 @@ def _check_header(header: ContainerHeader, model: FenetCodec, digest: bytes) -> 
         raise MalformedError(f"learned_e2e model has scales {want}, header has {got}")
     if phi >= model.cfg.num_qualities:
         raise MalformedError(f"phi_index {phi} exceeds the model's {model.cfg.num_qualities} quality indices")
+    model.check_symbol_counts([(s.height, s.width) for s in header.scales])
     return phi
 
 
 def validate(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> None:
-    """Check the header fields and payload units of the mode without entropy decoding
-    (the codec model hash is checked by decoding, which needs the model)."""
-    _check_structure(header)
+    """Check the header fields and payload units of the mode without entropy decoding:
+    the codec model (its hash), the scales it was trained for, phi and the latent size."""
+    model, digest = model_for(header.mode.codec_model_id, weights)
+    _check_header(header, model, digest)
     _latents(units)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
+from dataclasses import replace
 
 import pytest
 from construct import SizeofError
@@ -54,7 +56,7 @@ def make_header(mode_id: ModeId = ModeId.ANCHOR, scales=None, **kw) -> Container
     )
     mode = ModeHeader(scales=tuple(scales), inner=InnerCodecParams(InnerCodecId.VVC_VVENC, 37, PresetId.FAST, 10))
     args = dict(
-        network_id=NetworkId.NANODET,
+        network_id=NetworkId.CENTERNET_MBV3,  # a network without rows in table 8.2: any scales
         network_weights_hash=bytes(range(32)),
         split_point_id=1,
         split_point_name="neck",
@@ -117,7 +119,7 @@ def test_header_body_round_trip_and_size():
     per_scale = 1 + 2 + 3 * 2 + 1 + 2 + 2 * 4  # name size + "pN", C/H/W, phi, kept, min/max
     assert len(data) == fixed + 2 * per_scale == 153
     back = syntax.header_body.parse(data)
-    assert back.num_payload_units == 3 and back.mode_id is ModeId.ANCHOR and back.network_id is NetworkId.NANODET
+    assert back.num_payload_units == 3 and back.mode_id is ModeId.ANCHOR and back.network_id is NetworkId.CENTERNET_MBV3
     assert back.scale_x == 0.65 and back.scales[0].quant_max == 2.25
     assert syntax.header_body.build(back) == data
 
@@ -328,11 +330,13 @@ def test_container_v2_round_trip_puts_the_mode_part_in_the_mode_s_syntax():
 
     header = make_header(version_major=2)
     data = build_container(header, UNITS)
-    assert data[:6] == b"FCMB\x02\x00"
+    assert data[:6] == b"FCMB\x02\x01"  # container 2.1
     parsed = parse_container(data)
     assert parsed.header == header and parsed.units[0].data == UNITS[0].data
     value = syntax.fcm_container.parse(data).header.value
-    assert [sc.name for sc in syntax.header_body_v2.subcons][-3:] == ["scales", "mode_header", "num_payload_units"]
+    assert [sc.name for sc in syntax.header_body_v2.subcons][-4:] == [
+        "scales", "mode_header", "num_payload_units", "payload_units_crc32",
+    ]  # fmt: skip
     assert dict(value.mode_header)["inner_qp"] == 37 and len(value.mode_header.scale_ranges) == 2
     assert syntax.MODE_HEADERS[int(ModeId.ANCHOR)] is anchor.anchor_header
     # the same header in 1.0 is longer: every mode field of every scale
@@ -391,3 +395,82 @@ def test_inspect_shows_the_mode_header_of_a_v2_stream(capsys):
     assert mh["inner_qp"] == 37 and len(mh["codec_model_hash"]) == 64 and 1 <= mh["kept_channels"] <= 192
     assert fcm_inspect.main([str(vector)]) == 0
     assert "mode_header.kept_channels" in capsys.readouterr().out
+
+
+# --- container 2.1: payload_units_crc32 binds the units to the header ------------------
+
+
+def _units(n: int, tag: bytes = b"") -> list[PayloadUnit]:
+    return [PayloadUnit(UnitType.VVC_NAL_STREAM, tag + bytes([i]) * (10 + i), ALL_SCALES) for i in range(n)]
+
+
+def _container_with_units(units: list[PayloadUnit], like: bytes) -> bytes:
+    """`units` after the head (magic .. header_crc32) of `like`: its payload_units_crc32 kept."""
+    from codec.bitstream.container import unit_to_dict
+
+    head = like[: 10 + int.from_bytes(like[6:10], "big") + 4]
+    return head + b"".join(syntax.payload_unit.build(unit_to_dict(u)) for u in units)
+
+
+def test_container_2_1_binds_the_payload_units_to_the_header():
+    header = make_header(version_major=2)
+    units = _units(3)
+    data = build_container(header, units)
+    value = syntax.fcm_container.parse(data)
+    crcs = [u.unit_crc32 for u in value.payload_units]
+    assert value.header.value.payload_units_crc32 == zlib.crc32(b"".join(c.to_bytes(4, "big") for c in crcs))
+    assert parse_container(data).units == [PayloadUnit(u.unit_type, u.data, u.scale_index, True, 1) for u in units]
+    other = _units(3, b"x")
+    cases = {
+        "spliced": [units[0], other[1], units[2]],  # a unit of another stream, its own CRC intact
+        "reordered": [units[1], units[0], units[2]],
+        "dropped and replaced": [units[0], units[2], units[2]],
+    }
+    for what, changed in cases.items():
+        with pytest.raises(PayloadCrcError, match="payload_units_crc32 mismatch"):
+            parse_container(_container_with_units(changed, data))
+        # each unit is intact (its own CRC): with the header they were written with, they parse
+        assert len(parse_container(build_container(header, changed)).units) == 3, what
+
+
+def test_container_2_0_has_no_binding_and_still_parses():
+    header = make_header(version_major=2, version_minor=0)
+    data = build_container(header, _units(2))
+    assert data[4:6] == b"\x02\x00"
+    assert syntax.fcm_container.parse(data).header.value.payload_units_crc32 is None
+    assert parse_container(data).header.version_minor == 0
+    # another major version is written in its latest minor version unless told
+    assert build_container(header, _units(2), version_major=1)[4:6] == b"\x01\x00"
+    assert build_container(make_header(version_major=1), _units(2), version_major=2)[4:6] == b"\x02\x01"
+
+
+# --- table 8.2: the split points of NanoDet -------------------------------------------------
+
+
+def _nanodet_header(**kw) -> ContainerHeader:
+    scales = tuple(
+        ScaleHeader(n, 128, -(-416 // st), -(-416 // st), kept_channels=128)
+        for n, st in (("p3", 8), ("p4", 16), ("p5", 32))
+    )
+    return make_header(scales=scales, network_id=NetworkId.NANODET, **kw)
+
+
+def test_split_point_table_matches_the_network_and_is_enforced():
+    from codec.bitstream.ids import SPLIT_POINT_TABLE
+    from codec.vision.nanodet import SPLIT_POINTS
+
+    for sp in SPLIT_POINTS.values():
+        assert SPLIT_POINT_TABLE[(NetworkId.NANODET, sp.split_id)] == (
+            sp.name, tuple((s.name, s.channels, s.stride) for s in sp.scales),
+        )  # fmt: skip
+    assert parse_container(build_container(_nanodet_header(), UNITS)).header.split_point_name == "neck"
+    h = _nanodet_header()
+    cases = [
+        (replace(h, split_point_id=9), "split_point_id 9 is not a split point of NANODET"),
+        (replace(h, split_point_name="backbone"), "is 'neck', the header says 'backbone'"),
+        (make_header(network_id=NetworkId.NANODET), "has scales"),  # 4 channels, 2 scales
+        (replace(h, preprocessing=replace(PREP, input_w=320)), "a 320x416 input at stride 8 gives 52x40"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(MalformedError, match=re.escape(message)):
+            parse_container(build_container(bad, UNITS))

@@ -51,6 +51,9 @@ def _descriptor(sc: cs.Construct, size_name: str | None = None) -> str:
         if sc.cases is syntax.MODE_HEADERS:
             return f"mode_header( ) of {key}"
         return ", ".join(f"{_struct_name(v)}( ) ({key} {k})" for k, v in sorted(sc.cases.items()))
+    if isinstance(sc, cs.IfThenElse) and sc.elsesubcon is cs.Pass:  # a field of later minor versions
+        cond = re.sub(r"this(\['_'\])?\['(\w+)'\]", r"\2", repr(sc.condfunc)).strip("()")
+        return f"{_descriptor(sc.thensubcon)} if {cond}"
     if isinstance(sc, cs.Array):
         count = re.findall(r"\w+", repr(sc.count))[-1]  # this.a.b / this['a']['b'] -> b
         return f"{_descriptor(sc.subcon)}[ {count} ]"
@@ -169,8 +172,9 @@ def test_limits_table_matches_code():
 def test_magic_and_version_in_spec():
     text = SPEC.read_text(encoding="utf-8")
     assert f'("{syntax.MAGIC.decode()}")' in text
-    assert syntax.SUPPORTED_VERSIONS == (1, 2) and syntax.VERSION_MAJOR == 2
-    assert "**version_major** is 1 or 2" in text and "an encoder of this version writes 2.0" in text
+    assert syntax.SUPPORTED_VERSIONS == (1, 2) and (syntax.VERSION_MAJOR, syntax.VERSION_MINOR) == (2, 1)
+    assert syntax.LATEST_MINOR == {1: 0, 2: 1}
+    assert "**version_major** is 1 or 2" in text and "an encoder of this version writes 2.1" in text
 
 
 def spec_constraint_tables() -> dict[str, dict[str, str]]:
