@@ -56,8 +56,8 @@ SMALL_INPUT = 64
 PREP_SMALL = Preprocessing(80, 60, SMALL_INPUT, SMALL_INPUT, ResizeMode.STRETCH, SMALL_INPUT / 80, SMALL_INPUT / 60)
 WEIGHTS_HASH = hashlib.sha256(b"fcm conformance weights").digest()
 MAX_VECTOR_BYTES = 100_000
-# errors that only decoding finds (fcm_inspect does not entropy-decode); NAME.expected says so
-FOUND_BY_DECODING = {"LatentChecksumError"}
+# invalid vectors whose defect only decoding finds (fcm_inspect does not decode); NAME.expected says so
+FOUND_BY_DECODING = {"invalid-learned_e2e-enlarged", "invalid-nonfinite-feature"}
 
 
 def synthetic_features(seed: int = 2024, split: SplitPoint = SPLIT, size: int = INPUT) -> dict[str, torch.Tensor]:
@@ -292,6 +292,12 @@ def invalid_vectors(golden: dict[str, bytes]) -> dict[str, tuple[bytes, str, str
         # rANS decoder (codec/inner/rans.py) and the symbol count is bounded
         "invalid-learned_e2e-enlarged": (_resized(e2e, 2), "LatentChecksumError", "hyper-latent symbols CRC32"),
         "invalid-learned_e2e-latent-limit": (_resized(e2e, 24), "SizeLimitError", "more than the limit 1048576"),
+        # a float16 NaN in a bypass tensor (section 7.1: decoded features are finite)
+        "invalid-nonfinite-feature": (
+            build_container(header, [PayloadUnit(UnitType.RAW_TENSOR, b"\x00\x7e" + units[0].data[2:], 0), *units[1:]]),
+            "MalformedError",
+            "decoded scale p3 holds 1 NaN or infinite values",
+        ),
     }
 
 
@@ -336,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise SystemExit(f"{name}: decoded without error")
         (out / f"{name}.bin").write_bytes(data)
-        found_by = "found by decoding\n" if cls in FOUND_BY_DECODING else ""
+        found_by = "found by decoding\n" if name in FOUND_BY_DECODING else ""
         (out / f"{name}.expected").write_text(f"{cls}\n{message}\n{found_by}")
     for f in sorted(out.glob("*.bin")):
         size = f.stat().st_size

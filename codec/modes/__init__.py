@@ -104,7 +104,7 @@ def conformance_digest(data: bytes) -> str:
     mode = mode_by_id(parsed.header.mode_id)
     mode.check(parsed.header, parsed.units)
     symbols = mode.decode_symbols(parsed.header, parsed.units)
-    features = mode.reconstruct(parsed.header, symbols)
+    features = mode.features(parsed.header, symbols)
     lines = []
     for key, arr in symbols.items():
         le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))

