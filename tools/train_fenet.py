@@ -39,8 +39,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
-import shlex
 import sys
 import tempfile
 import time
@@ -51,27 +49,18 @@ import torch
 
 from codec.files import file_sha256
 from codec.models.fenet import FenetCodec, FenetConfig, count_parameters, load_fenet, save_fenet
+from codec.training import common
 from codec.training import data as tdata
 from codec.training import dev as tdev
 from codec.training.loop import Checkpoint, MinuteLog, RunState, train
 from codec.training.task import TaskLossConfig, task_loss_for
-from codec.vision import get_network
 
-DEV_SETS = {
-    "val2017-103": ("coco/val2017-103/images", "coco/val2017-103/annotations/instances_val2017_103.json"),
-    "coco128": ("coco/coco128/images", "coco/coco128/annotations/instances_train2017.json"),
-}
+DEV_SETS = common.DEV_SETS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", default=None, help="training images (default: <assets>/train-images)")
-    ap.add_argument("--network", default="nanodet")
-    ap.add_argument("--split", default="neck")
-    ap.add_argument("--cache-dir", default=None, help="feature cache (default: <user cache>/fcm-codec/msff)")
-    ap.add_argument("--views", type=int, default=4, help="augmented views per image")
-    ap.add_argument("--holdout", type=int, default=64, help="images left out (the heldout dev set)")
-    ap.add_argument("--seed", type=int, default=0)
+    common.add_data_args(ap, views=4)
     ap.add_argument("--width", type=int, default=56)
     ap.add_argument("--latent-channels", type=int, default=80)
     ap.add_argument("--hyper-channels", type=int, default=48)
@@ -87,35 +76,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="add the linear path (codec/models/linear_path.py), initialised from PCA of the cache",
     )
-    ap.add_argument("--pca-views", type=int, default=400, help="cached views the PCA is computed from")
-    ap.add_argument("--init", default=None, help="start from these weights (.pt of save_fenet, same config)")
     ap.add_argument("--lambdas", default="0.03,0.1,0.3,1,3,10", help="lambda per quality index")
-    ap.add_argument("--scale-weights", default=None, help="comma-separated feature-MSE weight per scale (default 1)")
-    ap.add_argument("--feature-weight", type=float, default=1.0, help="weight of the feature MSE in D")
-    ap.add_argument("--task-weight", type=float, default=0.0, help="weight of the task loss in D (0: off)")
-    ap.add_argument("--task-box-weight", type=float, default=1.0, help="box term weight inside the task loss")
-    ap.add_argument("--ceiling", action="store_true", help="train the transform pair alone (no quantisation/rate)")
-    ap.add_argument("--steps", type=int, default=4000)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lr-floor", type=float, default=0.03, help="final LR as a fraction of --lr (cosine)")
+    common.add_loss_args(ap)
+    common.add_loop_args(ap, steps=4000, lr=1e-3)
     ap.add_argument("--aux-lr", type=float, default=1e-3)
-    ap.add_argument("--time-limit", type=float, default=0.0, help="stop this call after so many minutes (0: none)")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--ckpt-every", type=float, default=5.0, help="minutes between checkpoints")
-    ap.add_argument("--dev", default="heldout", choices=("heldout", "none", *DEV_SETS), help="dev set")
-    ap.add_argument("--dev-every", type=float, default=15.0, help="training minutes between dev evaluations")
     ap.add_argument("--dev-phis", default=None, help="quality indices of the dev evaluation (default: all)")
-    ap.add_argument("--dev-limit", type=int, default=None, help="first N dev images only")
-    ap.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
-    ap.add_argument(
-        "--reset-best",
-        action="store_true",
-        help="with --resume after a change of the loss (e.g. other --lambdas): dev figures before it are not "
-        "comparable, so the best is chosen among the evaluations from now on (one runs at the end)",
-    )
-    ap.add_argument("--out", required=True, help="output weights .pt (json written beside it)")
     return ap.parse_args(argv)
 
 
@@ -205,23 +170,13 @@ def make_dev_fn(args, net, dev_set, sp, model: FenetCodec, phis: list[int]):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    images_root = Path(args.images) if args.images else tdata.assets_dir() / "train-images"
-    if not images_root.is_dir():
-        print(f"error: training images not found: {images_root}", file=sys.stderr)
+    try:
+        data = common.prepare_data(args)
+    except common.TrainingSetupError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    cache_root = Path(args.cache_dir) if args.cache_dir else tdata.default_cache_root()
-    all_files = tdata.list_images(images_root)
-    train_files, held = tdata.split_train_images(all_files, args.holdout, args.seed)
-    net = get_network(args.network)
-    sp = net.split_points[args.split]
-    names = sp.scale_names()
-    strides = [s.stride for s in sp.scales]
-    cache_path = tdata.build_cache(net, args.split, images_root, train_files, args.views, args.seed, cache_root)
-    cache = tdata.load_cache(cache_path, names)
-    n_rows = len(cache[names[0]])
-    print(f"cache: {cache_path} ({n_rows} views)", flush=True)
+    net, sp, names, strides = data.net, data.split_point, data.names, data.strides
+    cache, n_rows = data.cache, data.n_rows
 
     device = torch.device(args.device)
     lambdas_list = tuple(float(v) for v in args.lambdas.split(","))
@@ -272,13 +227,10 @@ def main(argv: list[str] | None = None) -> int:
             )
     model.to(device).train()
     lambdas = torch.tensor(lambdas_list, device=device)
-    weights = (
-        torch.tensor([float(w) for w in args.scale_weights.split(",")])
-        if args.scale_weights
-        else torch.ones(len(names))
-    ).to(device)
-    if len(weights) != len(names):
-        print(f"error: --scale-weights needs {len(names)} values", file=sys.stderr)
+    try:
+        weights = common.scale_weights(args, len(names), device)
+    except common.TrainingSetupError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     task = None
     if args.task_weight > 0:
@@ -290,42 +242,18 @@ def main(argv: list[str] | None = None) -> int:
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     opt = torch.optim.Adam(main_params, lr=args.lr)
     aux_opt = torch.optim.Adam(aux_params, lr=args.aux_lr)
-    floor = args.lr_floor
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
-    )
+    sched = common.cosine_schedule(opt, args.steps, args.lr_floor)
     rng = np.random.default_rng(args.seed + 2)
     checkpoint = Checkpoint(ckpt_path, {"model": model, "opt": opt, "aux_opt": aux_opt, "sched": sched}, rng)
     state = RunState(extra={"pca_record": pca_record, "init": init_record})
-    if resuming:
-        state = checkpoint.load(device)
-        print(f"resumed at step {state.step} ({state.train_seconds / 60:.1f} training minutes)", flush=True)
-        if init_record:  # a later call may know more about the starting point
-            state.extra["init"] = {**(state.extra.get("init") or {}), **init_record}
-        if args.reset_best:
-            state.best_figure, state.best_step = float("-inf"), -1
-            state.dev_history.append({"step": state.step, "reset_best": True})
-    this_command = "python -m tools.train_fenet " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    state.extra.setdefault("calls", []).append({"command": this_command, "from_step": state.step})
+    state, this_command = common.start_run(args, argv, "train_fenet", checkpoint, state, init_record, device)
     log = MinuteLog(out.with_suffix(".log"))
     log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} train_fenet {' '.join(argv or sys.argv[1:])}")
     log.write(f"config {json.dumps(cfg.to_json())} parameters {count_parameters(model)}")
 
     dev_fn = on_best = None
-    dev_set = None
-    if args.dev != "none":
-        t0 = time.time()
-        if args.dev == "heldout":
-            dev_set = tdev.heldout_dev_set(net, args.split, images_root, held[: args.dev_limit])
-        else:
-            root = tdata.assets_dir()
-            imgs, ann = DEV_SETS[args.dev]
-            dev_set = tdev.coco_dev_set(net, args.split, root / imgs, root / ann, args.dev_limit, args.dev)
-        ref = tdev.evaluate_uncompressed(dev_set, net, args.split)
-        log.write(
-            f"dev set {dev_set.name}: {len(dev_set)} images, uncompressed mAP@0.5 {ref['map50']:.4f} "
-            f"({time.time() - t0:.0f} s)"
-        )
+    dev_set, ref = common.make_dev_set(args, data, log)
+    if dev_set is not None:
         state.extra["dev_uncompressed"] = ref
         phis = [int(v) for v in args.dev_phis.split(",")] if args.dev_phis else list(range(cfg.num_qualities))
         dev_fn = make_dev_fn(args, net, dev_set, sp, model, phis)
@@ -410,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": this_command,
         "calls": state.extra.get("calls"),  # every call of a resumed run, with the step it started from
         "data": {
-            **tdata.data_record(images_root, all_files, train_files, held, args.views, args.seed),
+            **data.record(),
             "augmentation": "cache (codec/training/data.py): view 0 full image, other views random resized crop "
             "(area 0.25-1, aspect 3/4-4/3), hflip p=0.5, stretch to 416x416; training: aligned feature crops "
             f"(coarsest size from {list(tdata.CROP_SIZES)} with p={list(tdata.CROP_PROBS)}) and hflip p=0.5",
@@ -429,19 +357,14 @@ def main(argv: list[str] | None = None) -> int:
         "this_call_seconds": round(time.time() - t_call, 1),
         "device": str(device),
         "threads": args.threads,
-        "dev": None
-        if dev_set is None
-        else {
-            "set": dev_set.name,
-            "images": len(dev_set),
-            "uncompressed": state.extra.get("dev_uncompressed"),
-            "figure": "mAP@0.5 of the unquantised transform"
+        "dev": common.dev_record(
+            args,
+            dev_set,
+            state,
+            "mAP@0.5 of the unquantised transform"
             if args.ceiling
             else "mean over phi of mAP@0.5 through the container",
-            "best_step": state.best_step,
-            "best_figure": state.best_figure,
-            "history": state.dev_history,
-        },
+        ),
         "weights_bytes": out.stat().st_size,
         "weights_sha256": digest,
     }

@@ -1,47 +1,58 @@
-"""Train the MSFF/MSFR pair of codec/models/msff.py with selective learning (SLS).
+"""Train the MSFF/MSFR pair of codec/models/msff.py (vvc_msff's fusion and reconstruction)
+with the shared training programme of codec/training (feature cache, task-aware loss,
+resumable loop, dev evaluation through the real container path, keep-the-best).
 
-Training-image features are extracted ONCE with NN part 1 (K augmented views per
-image: random resized crops, flips, fixed seed) and cached as float16 .npy files
-under --cache-dir; training then reads only the cache.
+Data: NN part 1 features of the training images (default <assets>/train-images, never
+the evaluation sets), `--views` augmented views per image, from the float16 feature
+cache shared with tools/train_fenet.py.
 
-Each step draws n uniformly in 0..C per sample and zeroes fused channels n..C-1
-before MSFR (``--no-sls`` for the ablation: all channels kept). Loss: weighted MSE
-over the reconstructed (normalised) scales, plus an optional task loss through
-NanoDet's head (MSE between head outputs of the original and reconstructed
-features). Gaussian noise relative to the fused tensor's range is added before
-MSFR so that the model tolerates 10-bit quantisation and VVC coding error.
+Loss per sample (VVC does the rate, so there is no rate term):
 
-Example (the reduced CPU configuration used for the shipped weights; the exact
-command is recorded in codec/models/weights/msff_nanodet_neck.json)::
+    D = feature_weight * sum_i w_i * MSE_i + task_weight * T
 
-    python -m tools.train_msff --cache-only --threads 2 --out x.pt
-    python -m tools.train_msff --partial-cache <cache dir> --linear-path --fused-channels 192 --width 24 \\
-        --steps 100000 --max-minutes 35 --batch 8 --crop 8 --noise 0.02 --task-weight 1 --task-every 4 \\
-        --lr 2e-4 --threads 1 --out codec/models/weights/msff_nanodet_neck.pt
+* MSE_i on features normalised by per-scale RMS (computed on the training set).
+* T: the task loss of codec/training/task.py (NanoDet's frozen heads on the
+  reconstruction against the heads on the original features).
+* Selective learning (SLS): a random number n of leading fused channels is kept
+  per sample (``--no-sls``: all), so one model serves every truncation; Gaussian noise
+  relative to the fused tensor's range (``--noise``) stands in for 10-bit quantisation
+  and VVC coding error.
+
+``--ceiling`` trains and evaluates the pair without truncation or noise: its dev
+figure (mAP@0.5 of MSFF -> MSFR unquantised) is the accuracy no QP can exceed.
+
+Dev evaluation every ``--dev-every`` training minutes: mAP@0.5 on the dev set
+(``heldout``: the 64 held-out training images with the uncompressed detections as
+pseudo-labels) through vvc_msff's encoder (with the weights being trained, written to a
+temporary file), the container and the bit-exact decoder, at ``--dev-qps`` (each QP
+with its kept channels from the truncation table); the figure is the mean over QPs.
+The best checkpoint by that figure is what ``--out`` gets.
+
+Example (a long CPU run in the background, resumable with the same command + --resume)::
+
+    nohup python -m tools.train_msff --linear-path --fused-channels 192 --width 48 --task-weight 1 \\
+        --feature-weight 1 --steps 30000 --lr 2e-4 --threads 1 --out runs/msff/msff_nanodet_neck.pt \\
+        > runs/msff/train.log 2>&1 &
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import copy
 import json
-import math
-import os
-import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from codec.models.msff import (
-    MsffCodecModel,
-    MsffConfig,
-    count_parameters,
-    file_sha256,
-    init_linear_path,
-)
+from codec.files import file_sha256
+from codec.models.msff import MsffCodecModel, MsffConfig, count_parameters, init_linear_path, load_msff, sls_mask
+from codec.training import common
+from codec.training import data as tdata
+from codec.training import dev as tdev
 from codec.training.data import (  # the shared training data (re-exported for tools that import them from here)
     IMAGE_EXTS,
     assets_dir,
@@ -56,7 +67,8 @@ from codec.training.data import (  # the shared training data (re-exported for t
     random_crop,
     split_train_images,
 )
-from codec.vision import get_network
+from codec.training.loop import Checkpoint, MinuteLog, RunState, train
+from codec.training.task import TaskLossConfig, task_loss_for
 
 __all__ = [
     "IMAGE_EXTS",
@@ -75,24 +87,9 @@ __all__ = [
 ]
 
 
-def _num(v: float) -> float | None:
-    """JSON-safe: None for NaN (no training step was run)."""
-    return None if math.isnan(float(v)) else float(v)
-
-
-def out_ckpt(out: str | Path) -> Path:
-    return Path(out).with_suffix(".ckpt")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", default=None, help="training images (default: <assets>/train-images)")
-    ap.add_argument("--network", default="nanodet")
-    ap.add_argument("--split", default="neck")
-    ap.add_argument("--cache-dir", default=None, help="feature cache (default: <user cache>/fcm-codec/msff)")
-    ap.add_argument("--views", type=int, default=2, help="augmented views per image")
-    ap.add_argument("--holdout", type=int, default=64, help="images held out for tune_truncation")
-    ap.add_argument("--seed", type=int, default=0)
+    common.add_data_args(ap, views=4)
     ap.add_argument("--fused-channels", type=int, default=256)
     ap.add_argument("--width", type=int, default=80)
     ap.add_argument("--fuse-blocks", type=int, default=1)
@@ -101,232 +98,240 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="add the linear (space-to-depth + 1x1) path, initialised from PCA of the cache",
     )
-    ap.add_argument("--pca-views", type=int, default=400, help="cached views the PCA is computed from")
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--scale-weights", default=None, help="comma-separated loss weight per scale (default 1 each)")
-    ap.add_argument("--task-weight", type=float, default=0.0, help="weight of the head-output MSE (0: off)")
-    ap.add_argument("--task-every", type=int, default=1, help="apply the task loss every N steps")
+    common.add_loss_args(ap)
     ap.add_argument("--noise", type=float, default=0.01, help="max noise std relative to the fused range")
     ap.add_argument("--no-sls", action="store_true", help="ablation: keep all fused channels in training")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument(
-        "--max-minutes",
-        type=float,
-        default=0.0,
-        help="stop after this much training wall time (LR follows the larger progress)",
-    )
-    ap.add_argument("--ckpt-every", type=int, default=250)
-    ap.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
-    ap.add_argument("--out", required=True, help="output weights .pt (json written beside it)")
+    common.add_loop_args(ap, steps=3000, lr=1e-3)
+    ap.add_argument("--dev-qps", default="32,37,42", help="VVC QPs of the dev evaluation")
     ap.add_argument("--cache-only", action="store_true", help="build the feature cache and stop")
-    ap.add_argument(
-        "--partial-cache",
-        default=None,
-        help="train on the rows already written by a cache build running in this directory",
-    )
-    ap.add_argument(
-        "--crop",
-        type=int,
-        default=0,
-        help="train on aligned random crops of this many coarsest-scale cells (0: whole maps)",
-    )
     return ap.parse_args(argv)
+
+
+def export(model: MsffCodecModel, path: Path) -> str:
+    """The weights file (float32 state dict) of a copy of `model`; -> sha256."""
+    m = copy.deepcopy(model).cpu().eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.float().contiguous() for k, v in m.state_dict().items()}, path)
+    return file_sha256(path)
+
+
+def _write_record(path: Path, model: MsffCodecModel, digest: str) -> None:
+    path.with_suffix(".json").write_text(json.dumps({"config": model.cfg.to_json(), "weights_sha256": digest}))
+
+
+def ceiling_eval(model: MsffCodecModel, dev_set: tdev.DevSet, net, sp) -> dict:
+    """mAP of NN part 2 on MSFF -> MSFR with every fused channel and no quantisation."""
+    cpu = copy.deepcopy(model).cpu().eval()
+    m = tdev.evaluate_transform(dev_set, net, sp.name, lambda f: cpu(f))
+    return {"map50": round(m["map50"], 5), "map": round(m["map"], 5)}
+
+
+def container_eval(model: MsffCodecModel, dev_set: tdev.DevSet, net, sp, qps: list[int]) -> dict[str, dict]:
+    """Per QP: bpp and mAP through vvc_msff's encoder and decoder and the container, with
+    `model`'s weights in a temporary weights file, as fcm_enc / fcm_dec would use them."""
+    from codec.bitstream import parse_container
+    from codec.modes import vvc_msff
+    from codec.pipeline import build_bitstream, weights_hash_bytes
+
+    wh = weights_hash_bytes(net)
+    model_id = vvc_msff.MODEL_IDS[0]
+    per_qp = {}
+    with tempfile.TemporaryDirectory(prefix="fcm-dev-weights-") as tmp:
+        wpath = Path(tmp) / f"dev_{time.time_ns()}.pt"
+        _write_record(wpath, model, export(model, wpath))
+        loaded, _, digest = vvc_msff.model_for(model_id, wpath)
+        c = loaded.cfg.fused_channels
+        for qp in qps:
+            kept = vvc_msff.kept_channels_for_qp(qp, c)
+
+            def encode(img, qp=qp, kept=kept):
+                header, units = vvc_msff.encode_with_model(
+                    img.features, sp, qp, "faster", kept, loaded, model_id, digest
+                )
+                return build_bitstream(net, sp, img.prep, vvc_msff.MODE_ID, header, units, wh)
+
+            def decode(data):
+                parsed = parse_container(data)
+                return vvc_msff.MODE.decode(parsed.header, parsed.units, wpath)
+
+            r = tdev.evaluate_container(dev_set, net, sp.name, encode, decode)
+            per_qp[str(qp)] = {
+                "kept": kept, "bpp": round(r["bpp"], 5), "map50": round(r["map50"], 5), "map": round(r["map"], 5),
+            }  # fmt: skip
+    return per_qp
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    images_root = Path(args.images) if args.images else assets_dir() / "train-images"
-    if not images_root.is_dir():
-        print(f"error: training images not found: {images_root}", file=sys.stderr)
+    try:
+        data = common.prepare_data(args)
+    except common.TrainingSetupError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    cache_root = (
-        Path(args.cache_dir)
-        if args.cache_dir
-        else Path(__import__("platformdirs").user_cache_dir("fcm-codec")) / "msff"
-    )
-    all_files = list_images(images_root)
-    train_files, held = split_train_images(all_files, args.holdout, args.seed)
-    net = get_network(args.network)
-    sp = net.split_points[args.split]
-    names = sp.scale_names()
-    if args.partial_cache:
-        cache_path = Path(args.partial_cache)
-    else:
-        cache_path = build_cache(net, args.split, images_root, train_files, args.views, args.seed, cache_root)
-    print(f"cache: {cache_path}", flush=True)
     if args.cache_only:
         return 0
-    cache = load_cache(cache_path, names)
-    n_samples = filled_rows(cache, names) if args.partial_cache else len(cache[names[0]])
-    strides = [s.stride for s in sp.scales]
-
+    net, sp, names, strides = data.net, data.split_point, data.names, data.strides
     device = torch.device(args.device)
-    cfg = MsffConfig.for_split_point(
-        sp, fused_channels=args.fused_channels, width=args.width, fuse_blocks=args.fuse_blocks
-    )
-    if args.linear_path:
-        cfg = dataclasses.replace(cfg, linear_path=True)
-    model = MsffCodecModel(cfg)
-    scale = feature_scales(cache, names, n_samples)
-    model.set_feature_scale(scale)
-    pca_record = None
-    if args.linear_path and not (args.resume and out_ckpt(args.out).is_file()):
-        mean, comp, explained = pca_of_cache(
-            model.msff.stack, cache, names, n_samples, args.pca_views, cfg.fused_channels
-        )
-        init_linear_path(model, mean, comp)
-        pca_record = {"views": min(args.pca_views, n_samples), "explained_variance_kept": explained}
-        print(
-            f"PCA over {pca_record['views']} views: the first {cfg.fused_channels} components hold "
-            f"{100 * explained:.2f} % of the variance",
-            flush=True,
-        )
-    model.to(device)
-    weights = (
-        torch.tensor([float(w) for w in args.scale_weights.split(",")])
-        if args.scale_weights
-        else torch.ones(len(names))
-    )
-    if len(weights) != len(names):
-        print(f"error: --scale-weights needs {len(names)} values", file=sys.stderr)
-        return 2
-    head = None
-    if args.task_weight > 0:
-        head = net.model.head.to(device).eval()
-        for p in head.parameters():
-            p.requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-
-    def lr_at(progress: float) -> float:  # cosine to 2 % of --lr; progress in steps or wall time
-        return args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
     out = Path(args.out)
-    ckpt = out_ckpt(out)
-    step, history, elapsed0 = 0, [], 0.0
-    rng = np.random.default_rng(args.seed + 1)
-    if args.resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step, history, elapsed0 = state["step"], state["history"], state["elapsed"]
-        pca_record = state.get("pca_record", pca_record)
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        print(f"resumed at step {step}", flush=True)
-    t0 = time.time()
-    c = cfg.fused_channels
-    model.train()
-    limit = args.max_minutes * 60.0
-
-    def progress() -> float:
-        p = step / args.steps if args.steps > 0 else 1.0  # --steps 0: the initialisation only
-        return max(p, (elapsed0 + time.time() - t0) / limit) if limit > 0 else p
-
-    while progress() < 1.0:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(progress())
-        if args.partial_cache and step % 100 == 0:
-            n_samples = filled_rows(cache, names)
-        idx = np.sort(rng.choice(n_samples, args.batch, replace=False))
-        crops = random_crop({n: cache[n][idx] for n in names}, names, strides, args.crop, rng)
-        feats = {n: torch.from_numpy(crops[n].astype(np.float32)).to(device) for n in names}
-        z = model.msff(feats)
-        if not args.no_sls:
-            kept = torch.from_numpy(rng.integers(0, c + 1, args.batch)).to(device)
-            from codec.models.msff import sls_mask
-
-            z = sls_mask(z, kept)
-        if args.noise > 0:
-            rngz = (z.amax(dim=(1, 2, 3), keepdim=True) - z.amin(dim=(1, 2, 3), keepdim=True)).detach()
-            sigma = torch.rand(args.batch, 1, 1, 1, device=device) * args.noise * rngz
-            z = z + torch.randn_like(z) * sigma
-        sizes = {n: tuple(feats[n].shape[-2:]) for n in names}
-        rec = model.msfr(z, sizes)
-        per_scale = torch.stack([((rec[n] - feats[n]) / scale[i]).pow(2).mean() for i, n in enumerate(names)])
-        loss = (per_scale * weights.to(device)).sum() / weights.sum()
-        task = torch.zeros(())
-        if head is not None and step % args.task_every == 0:
-            with torch.no_grad():
-                ref = head([feats[n] for n in names])
-            got = head([rec[n] for n in names])
-            task = sum(((a - b) ** 2).mean() + ((da - db) ** 2).mean() for (a, da), (b, db) in zip(got, ref))
-            loss = loss + args.task_weight * task
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        history.append([loss.item(), *per_scale.tolist(), float(task.detach())])
-        if step % 50 == 0:
-            recent = np.mean(history[-50:], axis=0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out.with_suffix(".ckpt")
+    resuming = args.resume and ckpt_path.is_file()
+    init_record = pca_record = None
+    if args.init:
+        model, record, init_digest = load_msff(args.init)
+        cfg = model.cfg
+        init_record = {"weights": Path(args.init).name, "sha256": init_digest}
+        init_record.update({k: record[k] for k in ("command", "steps", "train_hours", "loss", "dev") if k in record})
+    else:
+        cfg = MsffConfig.for_split_point(
+            sp, fused_channels=args.fused_channels, width=args.width, fuse_blocks=args.fuse_blocks,
+            linear_path=args.linear_path,
+        )  # fmt: skip
+        model = MsffCodecModel(cfg)
+        model.set_feature_scale(feature_scales(data.cache, names, data.n_rows))
+        if args.linear_path and not resuming:
+            mean, comp, explained = pca_of_cache(
+                model.msff.stack, data.cache, names, data.n_rows, args.pca_views, cfg.fused_channels
+            )
+            init_linear_path(model, mean, comp)
+            pca_record = {"views": min(args.pca_views, data.n_rows), "explained_variance_kept": explained}
             print(
-                f"step {step} loss {recent[0]:.4f} mse {' '.join(f'{v:.4f}' for v in recent[1:-1])} "
-                f"task {recent[-1]:.4f} lr {opt.param_groups[0]['lr']:.2e} {elapsed0 + time.time() - t0:.0f}s",
+                f"PCA over {pca_record['views']} views: the first {cfg.fused_channels} components hold "
+                f"{100 * explained:.2f} % of the variance",
                 flush=True,
             )
-        if step % args.ckpt_every == 0 or progress() >= 1.0:
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "opt": opt.state_dict(),
-                    "elapsed": elapsed0 + time.time() - t0,
-                    "step": step,
-                    "history": history,
-                    "rng": rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state(),
-                    "pca_record": pca_record,
-                },
-                tmp,
-            )
-            os.replace(tmp, ckpt)
-
-    model.eval().cpu()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.float().contiguous() for k, v in model.state_dict().items()}, out)
-    final = np.mean(history[-100:], axis=0) if history else np.full(len(names) + 2, np.nan)
+    scale = model.msff.feature_scale.detach().clone().to(device)
+    model.to(device).train()
     try:
-        data_folder = images_root.resolve().relative_to(assets_dir().resolve()).as_posix()
-        data_folder = "${assets}/" + data_folder
-    except ValueError:
-        data_folder = images_root.name
+        weights = common.scale_weights(args, len(names), device)
+    except common.TrainingSetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    task = None
+    if args.task_weight > 0:
+        task = task_loss_for(net, args.split, TaskLossConfig(box_weight=args.task_box_weight)).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    sched = common.cosine_schedule(opt, args.steps, args.lr_floor)
+    rng = np.random.default_rng(args.seed + 1)
+    checkpoint = Checkpoint(ckpt_path, {"model": model, "opt": opt, "sched": sched}, rng)
+    state = RunState(extra={"pca_record": pca_record, "init": init_record})
+    state, this_command = common.start_run(args, argv, "train_msff", checkpoint, state, init_record, device)
+    log = MinuteLog(out.with_suffix(".log"))
+    log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} train_msff {' '.join(argv or sys.argv[1:])}")
+    log.write(f"config {json.dumps(cfg.to_json())} parameters {count_parameters(model)}")
+
+    dev_fn = on_best = None
+    dev_set, ref = common.make_dev_set(args, data, log)
+    if dev_set is not None:
+        state.extra["dev_uncompressed"] = ref
+        qps = [int(v) for v in args.dev_qps.split(",")]
+
+        def dev_fn(st: RunState) -> tuple[float, dict]:
+            if args.ceiling:
+                m = ceiling_eval(model, dev_set, net, sp)
+                return m["map50"], m
+            per_qp = container_eval(model, dev_set, net, sp, qps)
+            mean = float(np.mean([v["map50"] for v in per_qp.values()]))
+            return mean, {"mean_map50": round(mean, 5), "per_qp": per_qp}
+
+        def on_best(st: RunState, entry: dict) -> None:
+            st.extra["best_sha256"] = export(model, out.with_suffix(".best.pt"))
+
+    c = cfg.fused_channels
+
+    def step_fn(step: int) -> dict[str, float]:
+        xs = [t.to(device) for t in tdata.sample_batch(data.cache, names, strides, args.batch, rng)]
+        feats = dict(zip(names, xs))
+        teacher = task.teacher(xs) if task is not None else None
+        z = model.msff(feats)
+        b = z.shape[0]
+        if not args.ceiling:
+            if not args.no_sls:
+                z = sls_mask(z, torch.from_numpy(rng.integers(1, c + 1, b)).to(device))
+            if args.noise > 0:
+                span = (z.amax(dim=(1, 2, 3), keepdim=True) - z.amin(dim=(1, 2, 3), keepdim=True)).detach()
+                z = z + torch.randn_like(z) * torch.rand(b, 1, 1, 1, device=device) * args.noise * span
+        rec = model.msfr(z, {n: tuple(f.shape[-2:]) for n, f in feats.items()})
+        mse = torch.stack([((rec[n] - feats[n]) / scale[i]).pow(2).flatten(1).mean(1) for i, n in enumerate(names)])
+        dist = args.feature_weight * (mse * weights.view(-1, 1)).sum(0) / weights.sum()
+        metrics = {}
+        if task is not None:
+            t_loss, t_cls, t_box = task([rec[n] for n in names], teacher)
+            dist = dist + args.task_weight * t_loss
+            metrics.update(cls=float(t_cls.detach().mean()), box=float(t_box.detach().mean()))
+        loss = dist.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        return {"loss": float(loss.detach()), "mse": float(mse.detach().mean()), **metrics}
+
+    t_call = time.time()
+    state = train(
+        state=state,
+        steps=args.steps,
+        step_fn=step_fn,
+        lr_fn=lambda: sched.get_last_lr()[0],
+        checkpoint=checkpoint,
+        log=log,
+        time_limit_min=args.time_limit,
+        ckpt_every_min=args.ckpt_every,
+        dev_every_min=args.dev_every if dev_fn is not None else 0.0,
+        dev_fn=dev_fn,
+        on_best=on_best,
+    )
+    if dev_fn is not None and out.with_suffix(".best.pt").is_file():
+        out.write_bytes(out.with_suffix(".best.pt").read_bytes())
+        digest = file_sha256(out)
+    else:
+        digest = export(model, out)
     record = {
         "model": "msff_msfr",
         "network": args.network,
         "split": args.split,
         "network_weights_sha256": net.weights_sha256(),
         "config": cfg.to_json(),
-        "feature_scale": [float(v) for v in scale],
+        "feature_scale": [float(v) for v in scale.cpu()],
         "parameters": count_parameters(model),
         "sls": not args.no_sls,
-        "linear_path_init": pca_record,
-        "command": "python -m tools.train_msff " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "linear_path_init": state.extra.get("pca_record"),
+        "init": state.extra.get("init"),
+        "command": this_command,
+        "calls": state.extra.get("calls"),
         "data": {
-            "folder": data_folder,
-            "count": len(all_files),
-            "sha256_sorted_file_list": file_list_sha256(all_files),
-            "train_count": len(train_files),
-            "holdout_count": len(held),
-            "holdout_seed": args.seed,
-            "views_per_image": args.views,
-            "cached_views_used": int(n_samples),
-            "augmentation": "view 0 full image, other views random resized crop (area 0.25-1, aspect 3/4-4/3); "
-            "hflip p=0.5; stretch to 416x416",
+            **data.record(),
+            "augmentation": "cache (codec/training/data.py): view 0 full image, other views random resized crop "
+            "(area 0.25-1, aspect 3/4-4/3), hflip p=0.5, stretch to 416x416; training: aligned feature crops "
+            f"(coarsest size from {list(tdata.CROP_SIZES)} with p={list(tdata.CROP_PROBS)}) and hflip p=0.5",
         },
-        "steps": step,
-        "train_seconds": round(elapsed0 + time.time() - t0, 1),
+        "loss": {
+            "feature_weight": args.feature_weight,
+            "task_weight": args.task_weight,
+            "task_box_weight": args.task_box_weight,
+            "noise": 0.0 if args.ceiling else args.noise,
+            "ceiling": args.ceiling,
+        },
+        "steps": state.step,
         "batch": args.batch,
-        "final_loss": _num(final[0]),
-        "final_mse_per_scale": {n: _num(v) for n, v in zip(names, final[1:-1])},
-        "final_task_loss": _num(final[-1]),
-        "weights_sha256": file_sha256(out),
+        "lr": args.lr,
+        "train_hours": round(state.train_seconds / 3600, 3),
+        "this_call_seconds": round(time.time() - t_call, 1),
+        "device": str(device),
+        "threads": args.threads,
+        "dev": common.dev_record(
+            args,
+            dev_set,
+            state,
+            "mAP@0.5 of the untruncated, unquantised pair"
+            if args.ceiling
+            else "mean over the dev QPs of mAP@0.5 through the container",
+        ),
+        "weights_bytes": out.stat().st_size,
+        "weights_sha256": digest,
     }
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out} ({out.stat().st_size} bytes) sha256 {record['weights_sha256']}", flush=True)
+    print(f"wrote {out} ({out.stat().st_size} bytes) sha256 {digest}", flush=True)
     return 0
 
 

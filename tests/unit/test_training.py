@@ -211,3 +211,43 @@ def test_ablation_table_lists_every_run(tmp_path, capsys):
     assert "| a | rate-distortion | feature MSE only | 32 |" in rows[2]
     assert "| b | transform only (ceiling) | task only | 16 |" in rows[3] and "0.3800 (95.0 %)" in rows[3]
     assert ablation_table.main([str(tmp_path / "missing")]) == 2
+
+
+def test_train_msff_end_to_end_ceiling_and_resume(tmp_path, assets):
+    """tools/train_msff on the shared programme: 6 real training images, 2 steps with the
+    task loss, a dev evaluation through vvc_msff's container path on 2 held-out images,
+    a weights file the mode loads, its record, --resume, and a ceiling run."""
+    from codec.inner import vvc
+    from tools import train_msff
+
+    if not vvc.ffmpeg_supports_vvc():
+        pytest.skip("ffmpeg without libvvenc / VVC decoder")
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((assets / "train-images").rglob("*.jpg"))[:6]:
+        shutil.copy(p, images / p.name)
+    out = tmp_path / "run" / "m.pt"
+    args = [
+        "--images", str(images), "--cache-dir", str(tmp_path / "cache"), "--views", "1", "--holdout", "2",
+        "--fused-channels", "8", "--width", "8", "--linear-path", "--pca-views", "4", "--task-weight", "1",
+        "--batch", "2", "--dev-every", "1e-9", "--dev-qps", "37", "--steps", "2", "--out", str(out),
+    ]  # fmt: skip
+    assert train_msff.main(args) == 0
+    rec = json.loads(out.with_suffix(".json").read_text())
+    assert rec["steps"] == 2 and rec["data"]["train_count"] == 4 and rec["loss"]["task_weight"] == 1
+    hist = rec["dev"]["history"]
+    assert [h["step"] for h in hist] == [1, 2] and set(hist[0]["per_qp"]) == {"37"}
+    assert hist[0]["per_qp"]["37"]["bpp"] > 0 and hist[0]["per_qp"]["37"]["kept"] == 8
+    from codec.models.msff import file_sha256, load_msff
+
+    assert rec["weights_sha256"] == file_sha256(out)
+    model, _, _ = load_msff(out)
+    assert model.cfg.fused_channels == 8
+    assert train_msff.main([*args[:-4], "--steps", "3", "--resume", "--out", str(out)]) == 0
+    rec2 = json.loads(out.with_suffix(".json").read_text())
+    assert rec2["steps"] == 3 and [h["step"] for h in rec2["dev"]["history"]] == [1, 2, 3]
+    assert len(rec2["calls"]) == 2
+    ceil = tmp_path / "run" / "c.pt"
+    assert train_msff.main([*args[:-4], "--steps", "1", "--ceiling", "--init", str(out), "--out", str(ceil)]) == 0
+    rec3 = json.loads(ceil.with_suffix(".json").read_text())
+    assert rec3["loss"]["ceiling"] and "map50" in rec3["dev"]["history"][0] and rec3["init"]["sha256"]
