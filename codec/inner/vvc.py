@@ -17,17 +17,30 @@ Sizes vvenc cannot take (not a multiple of 8, or below 16 samples in a dimension
 edge replication to ``coded_size(width, height)`` before encoding and cropped after decoding.
 
 Argument lists are built by pure functions (``vvenc_encode_args``, ``vvc_decode_args``,
-``rgb_encode_args``, ``rgb_decode_args``) and run by the single runner ``run_ffmpeg``.
+``rgb_encode_args``, ``rgb_decode_args``) and run by the single runner ``run_ffmpeg``, which runs
+ffmpeg in a session of its own so that a timeout ends ffmpeg and every process it started.
+
+Timeouts: an explicit ``timeout`` argument, else the value set by ``ffmpeg_timeout(seconds)``
+(the applications' ``--ffmpeg-timeout``), else ``$FCM_FFMPEG_TIMEOUT`` (seconds), else a default
+scaled to the picture size and preset (``default_timeout``).
+
+Every stream the encoder functions return has passed ``check_intra_stream`` (Annex-B start codes,
+NAL unit headers, SPS and PPS before the slices of one intra picture); ``verify=True`` also
+decodes it with the native decoder and checks the picture size.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import math
 import os
 import re
+import signal
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -38,6 +51,13 @@ from codec.bitstream.ids import PRESET_NAMES
 
 __all__ = [
     "FfmpegError",
+    "FfmpegToolError",
+    "FfmpegTimeoutError",
+    "TIMEOUT_ENV",
+    "check_intra_stream",
+    "default_timeout",
+    "ffmpeg_timeout",
+    "resolve_timeout",
     "NalParseError",
     "NalUnit",
     "VvcNalUnitType",
@@ -95,7 +115,8 @@ class FfmpegError(RuntimeError):
     """ffmpeg could not be run, failed, timed out, or produced no usable output.
 
     ``cmd`` is the argument list, ``stderr`` ffmpeg's full error output (str), ``returncode``
-    the exit status (None if ffmpeg never ran to completion). ``str()`` is one line.
+    the exit status (None if ffmpeg never ran to completion, negative: the signal that ended it).
+    ``str()`` is one line.
     """
 
     def __init__(self, message: str, cmd: list[str], stderr: str = "", returncode: int | None = None):
@@ -108,6 +129,17 @@ class FfmpegError(RuntimeError):
     def __str__(self) -> str:
         detail = _stderr_summary(self.stderr)
         return f"{self.message}: {detail}" if detail else self.message
+
+
+class FfmpegToolError(FfmpegError):
+    """ffmpeg itself failed, whatever its input: it is missing or not executable, lacks the VVC
+    encoder or decoder, was killed by a signal, or timed out. A decoder maps the other
+    FfmpegErrors of a decoding run (ffmpeg ran and rejected the stream) to a bitstream error;
+    these it lets through (exit status 1 in the applications, see codec/apps/_cli.py)."""
+
+
+class FfmpegTimeoutError(FfmpegToolError):
+    """ffmpeg ran longer than its timeout; it and the processes it started were killed."""
 
 
 def _stderr_summary(stderr: str, limit: int = 300) -> str:
@@ -129,31 +161,157 @@ def ffmpeg_exe() -> str:
     try:
         import imageio_ffmpeg
     except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise FfmpegError("imageio-ffmpeg is not installed", cmd=[]) from exc
+        raise FfmpegToolError("imageio-ffmpeg is not installed", cmd=[]) from exc
     try:
         return str(imageio_ffmpeg.get_ffmpeg_exe())
     except RuntimeError as exc:
-        raise FfmpegError(f"no ffmpeg binary found ({exc})", cmd=[]) from exc
+        raise FfmpegToolError(f"no ffmpeg binary found ({exc})", cmd=[]) from exc
 
 
-def run_ffmpeg(args: list[str], timeout: float = 300.0) -> subprocess.CompletedProcess:
-    """Run ffmpeg with ``args`` (without the program name); raise FfmpegError on any failure."""
-    cmd = [ffmpeg_exe(), *args]
+# --------------------------------------------------------------------------------------------
+# Timeouts
+# --------------------------------------------------------------------------------------------
+
+TIMEOUT_ENV = "FCM_FFMPEG_TIMEOUT"
+
+# Seconds of libvvenc per million luma samples, measured with ffmpeg 9.0 / vvenc on a 256x256
+# textured frame at QP 1 and 12 (the slowest QPs), one core of a 2-core machine shared with two
+# training jobs: faster 5, fast 17, medium 115, slow 275, slower 320. The default timeout
+# allows TIMEOUT_MARGIN times that, plus TIMEOUT_BASE for start-up: a stall guard, not a
+# deadline. Decoding (native decoder, one thread) measured 0.26 s per million samples.
+_ENCODE_SECONDS_PER_MSAMPLE: dict[str, float] = {
+    "faster": 5.0,
+    "fast": 20.0,
+    "medium": 120.0,
+    "slow": 300.0,
+    "slower": 350.0,
+}
+_DECODE_SECONDS_PER_MSAMPLE = 2.0
+TIMEOUT_BASE = 60.0
+TIMEOUT_MARGIN = 4.0
+
+_timeout_override: contextvars.ContextVar[float | None] = contextvars.ContextVar("fcm_ffmpeg_timeout", default=None)
+
+
+def default_timeout(luma_samples: int, preset: str | None = None) -> float:
+    """Default ffmpeg timeout (seconds) for coding a picture of ``luma_samples`` luma samples:
+    encoding with vvenc ``preset``, or decoding when ``preset`` is None."""
+    rate = _DECODE_SECONDS_PER_MSAMPLE if preset is None else _ENCODE_SECONDS_PER_MSAMPLE.get(preset, 350.0)
+    return TIMEOUT_BASE + TIMEOUT_MARGIN * rate * max(1.0, luma_samples / 1e6)
+
+
+def parse_timeout(text: str, what: str = "ffmpeg timeout") -> float:
+    """A timeout in seconds from text: a finite number > 0; ValueError otherwise."""
     try:
-        return subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{what} must be a finite number of seconds > 0, got {text!r}")
+    return value
+
+
+def env_timeout() -> float | None:
+    """``$FCM_FFMPEG_TIMEOUT`` in seconds, None if unset or empty; ValueError if not a number > 0."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    return parse_timeout(text, f"${TIMEOUT_ENV}") if text else None
+
+
+@contextlib.contextmanager
+def ffmpeg_timeout(seconds: float | None) -> Iterator[None]:
+    """Within the block, every ffmpeg run without an explicit timeout gets ``seconds``
+    (None: no change). The applications wrap their work in it for ``--ffmpeg-timeout``."""
+    if seconds is not None:
+        seconds = parse_timeout(str(seconds))
+    token = _timeout_override.set(seconds if seconds is not None else _timeout_override.get())
+    try:
+        yield
+    finally:
+        _timeout_override.reset(token)
+
+
+def resolve_timeout(timeout: float | None, luma_samples: int, preset: str | None = None) -> float:
+    """The timeout of one ffmpeg run: ``timeout`` if given, else the ``ffmpeg_timeout`` block's,
+    else ``$FCM_FFMPEG_TIMEOUT``, else ``default_timeout(luma_samples, preset)``."""
+    if timeout is not None:
+        return parse_timeout(str(timeout))
+    for value in (_timeout_override.get(), env_timeout()):
+        if value is not None:
+            return value
+    return default_timeout(luma_samples, preset)
+
+
+# --------------------------------------------------------------------------------------------
+# The runner
+# --------------------------------------------------------------------------------------------
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL ffmpeg's process group (its own session: ffmpeg and whatever it started)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+
+
+def run_ffmpeg(args: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run ffmpeg with ``args`` (without the program name); raise FfmpegError on any failure.
+    ``timeout`` in seconds; None: see ``resolve_timeout`` (for a small picture).
+
+    ffmpeg runs in a new session (its own process group); on a timeout, an interrupt or any
+    other exception the whole group is killed, so no process started by ffmpeg (or by a
+    wrapper script standing in for it) outlives the call.
+    """
+    cmd = [ffmpeg_exe(), *args]
+    timeout = resolve_timeout(timeout, 0)
+    try:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
     except FileNotFoundError as exc:
-        raise FfmpegError(f"ffmpeg not found at {cmd[0]}", cmd=cmd) from exc
+        raise FfmpegToolError(f"ffmpeg not found at {cmd[0]}", cmd=cmd) from exc
     except PermissionError as exc:
-        raise FfmpegError(f"ffmpeg at {cmd[0]} is not executable", cmd=cmd) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise FfmpegError(f"ffmpeg timed out after {timeout:g} s", cmd=cmd, stderr=_decode(exc.stderr)) from exc
-    except subprocess.CalledProcessError as exc:
-        raise FfmpegError(
-            f"ffmpeg exited with status {exc.returncode}",
+        raise FfmpegToolError(f"ffmpeg at {cmd[0]} is not executable", cmd=cmd) from exc
+    except OSError as exc:
+        raise FfmpegToolError(f"ffmpeg at {cmd[0]} could not be started: {exc.strerror}", cmd=cmd) from exc
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        try:  # a process that left the group may still hold the pipes: do not wait for it
+            stdout, stderr = proc.communicate(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            stdout, stderr = b"", b""
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            proc.wait()
+        raise FfmpegTimeoutError(
+            f"ffmpeg timed out after {timeout:g} s (set --ffmpeg-timeout or ${TIMEOUT_ENV})",
             cmd=cmd,
-            stderr=_decode(exc.stderr),
-            returncode=exc.returncode,
-        ) from exc
+            stderr=_decode(stderr),
+        ) from None
+    except BaseException:
+        _kill_group(proc)
+        proc.wait()
+        raise
+    if proc.returncode < 0:
+        raise FfmpegToolError(
+            f"ffmpeg was killed by signal {-proc.returncode}",
+            cmd=cmd,
+            stderr=_decode(stderr),
+            returncode=proc.returncode,
+        )
+    if proc.returncode != 0:
+        raise FfmpegError(
+            f"ffmpeg exited with status {proc.returncode}",
+            cmd=cmd,
+            stderr=_decode(stderr),
+            returncode=proc.returncode,
+        )
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def _decode(data: bytes | str | None) -> str:
@@ -377,11 +535,68 @@ def _read_output(path: Path, args: list[str], stderr: str) -> bytes:
     return data
 
 
-def encode_luma10(frame: np.ndarray, qp: int, preset: str = "faster", timeout: float = 300.0) -> bytes:
+def _run_checked(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """run_ffmpeg, where a failing run of a binary without VVC support is a FfmpegToolError
+    saying so (instead of an error blamed on the stream)."""
+    try:
+        return run_ffmpeg(args, timeout=timeout)
+    except FfmpegToolError:
+        raise
+    except FfmpegError as exc:
+        if not ffmpeg_supports_vvc():
+            raise FfmpegToolError(
+                f"ffmpeg at {exc.cmd[0] if exc.cmd else '?'} lacks the libvvenc encoder or the vvc decoder",
+                cmd=exc.cmd,
+                stderr=exc.stderr,
+                returncode=exc.returncode,
+            ) from None
+        raise
+
+
+def _encode_output(
+    dst: Path, args: list[str], timeout: float, width: int, height: int, decode: Callable[[bytes], object] | None
+) -> bytes:
+    """Run an encoding, then check what ffmpeg wrote before anyone stores it: the structure of
+    one intra picture (check_intra_stream) and, with ``decode``, that the native decoder decodes
+    it to the expected size. Failures are FfmpegToolError: the encoder's input was ours."""
+    proc = _run_checked(args, timeout)
+    stderr = _decode(proc.stderr)
+    data = dst.read_bytes() if dst.exists() else b""
+    if not data:
+        raise FfmpegToolError("ffmpeg exited 0 but wrote no VVC stream", cmd=args, stderr=stderr, returncode=0)
+    try:
+        check_intra_stream(data)
+    except NalParseError as exc:
+        raise FfmpegToolError(
+            f"ffmpeg exited 0 but wrote {len(data)} bytes that are not a VVC intra picture ({exc})",
+            cmd=args,
+            stderr=stderr,
+            returncode=0,
+        ) from None
+    if decode is not None:
+        try:
+            decode(data)
+        except FfmpegToolError:
+            raise
+        except (FfmpegError, ValueError) as exc:
+            raise FfmpegToolError(
+                f"the VVC stream ffmpeg wrote for a {width}x{height} picture does not decode: {exc}",
+                cmd=args,
+                stderr=stderr,
+                returncode=0,
+            ) from None
+    return data
+
+
+def encode_luma10(
+    frame: np.ndarray, qp: int, preset: str = "faster", timeout: float | None = None, *, verify: bool = False
+) -> bytes:
     """Code a (H, W) plane of 10-bit samples (0..1023) as one VVC intra picture.
 
     The plane goes in the luma channel of a 4:2:0 10-bit picture whose chroma planes are 512.
-    Returns the raw Annex-B bitstream (start codes + NAL units).
+    Returns the raw Annex-B bitstream (start codes + NAL units), checked by check_intra_stream;
+    ``verify``: also decoded once (FfmpegToolError if it does not decode to the frame's size).
+    ``timeout``: seconds per ffmpeg run, None: resolve_timeout.
     """
     frame = np.asarray(frame)
     if frame.ndim != 2:
@@ -405,8 +620,8 @@ def encode_luma10(frame: np.ndarray, qp: int, preset: str = "faster", timeout: f
             f.write(chroma.tobytes())
             f.write(chroma.tobytes())
         args = vvenc_encode_args(src, dst, cw, ch, qp, preset)
-        proc = run_ffmpeg(args, timeout=timeout)
-        return _read_output(dst, args, _decode(proc.stderr))
+        check = functools.partial(decode_luma10, width=width, height=height, timeout=timeout) if verify else None
+        return _encode_output(dst, args, resolve_timeout(timeout, cw * ch, preset), width, height, check)
 
 
 def _decode_to_raw(
@@ -416,25 +631,26 @@ def _decode_to_raw(
         src, dst = Path(tmp, "in.vvc"), Path(tmp, "out.raw")
         src.write_bytes(bitstream)
         args = args_for(src, dst)
-        proc = run_ffmpeg(args, timeout=timeout)
+        proc = _run_checked(args, timeout)
         stderr = _decode(proc.stderr)
         return _read_output(dst, args, stderr), args, stderr
 
 
-def decode_luma10(bitstream: bytes, width: int, height: int, timeout: float = 300.0) -> np.ndarray:
+def decode_luma10(bitstream: bytes, width: int, height: int, timeout: float | None = None) -> np.ndarray:
     """Decode the first picture of an Annex-B VVC stream; return its (height, width) luma as uint16.
 
     The stream may be coded at ``coded_size(width, height)`` (as ``encode_luma10`` does) or at
-    exactly width x height; anything else raises FfmpegError.
+    exactly width x height; anything else raises FfmpegError. A FfmpegToolError means ffmpeg
+    itself failed (missing, no VVC decoder, killed, timed out), not the stream.
     """
     data = _check_bitstream(bitstream)
     _check_size(width, height)
-    raw, args, stderr = _decode_to_raw(data, vvc_decode_args, timeout)
+    cw, ch = coded_size(width, height)
+    raw, args, stderr = _decode_to_raw(data, vvc_decode_args, resolve_timeout(timeout, cw * ch))
     for w, h in (coded_size(width, height), (width, height)):
         if len(raw) == _yuv420_nbytes(w, h):
             luma = np.frombuffer(raw, dtype="<u2", count=w * h).reshape(h, w)
             return luma[:height, :width].astype(np.uint16)
-    cw, ch = coded_size(width, height)
     raise FfmpegError(
         f"decoded picture has {len(raw)} bytes, not a 4:2:0 10-bit picture of {cw}x{ch} or {width}x{height}",
         cmd=args,
@@ -452,11 +668,13 @@ def encode_rgb_image(
     image: np.ndarray,
     qp: int,
     preset: str = "faster",
-    timeout: float = 300.0,
+    timeout: float | None = None,
     *,
     matrix: str = DEFAULT_RGB_MATRIX,
+    verify: bool = False,
 ) -> bytes:
-    """Code an (H, W, 3) uint8 RGB image as one VVC intra picture (limited-range 4:2:0 10-bit)."""
+    """Code an (H, W, 3) uint8 RGB image as one VVC intra picture (limited-range 4:2:0 10-bit).
+    The stream is checked as in encode_luma10 (``verify``: decoded once as well)."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must have shape (H, W, 3), got {image.shape}")
@@ -473,15 +691,19 @@ def encode_rgb_image(
         src, dst = Path(tmp, "in.rgb"), Path(tmp, "out.vvc")
         src.write_bytes(padded.tobytes())
         args = rgb_encode_args(src, dst, cw, ch, qp, preset, matrix)
-        proc = run_ffmpeg(args, timeout=timeout)
-        return _read_output(dst, args, _decode(proc.stderr))
+        check = (
+            functools.partial(decode_rgb_image, width=width, height=height, timeout=timeout, matrix=matrix)
+            if verify
+            else None
+        )
+        return _encode_output(dst, args, resolve_timeout(timeout, cw * ch, preset), width, height, check)
 
 
 def decode_rgb_image(
     bitstream: bytes,
     width: int,
     height: int,
-    timeout: float = 300.0,
+    timeout: float | None = None,
     *,
     matrix: str = DEFAULT_RGB_MATRIX,
 ) -> np.ndarray:
@@ -489,12 +711,14 @@ def decode_rgb_image(
     data = _check_bitstream(bitstream)
     _check_size(width, height)
     _check_matrix(matrix)
-    raw, args, stderr = _decode_to_raw(data, functools.partial(rgb_decode_args, matrix=matrix), timeout)
+    cw, ch = coded_size(width, height)
+    raw, args, stderr = _decode_to_raw(
+        data, functools.partial(rgb_decode_args, matrix=matrix), resolve_timeout(timeout, cw * ch)
+    )
     for w, h in (coded_size(width, height), (width, height)):
         if len(raw) == 3 * w * h:
             rgb = np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
             return rgb[:height, :width].copy()
-    cw, ch = coded_size(width, height)
     raise FfmpegError(
         f"decoded picture has {len(raw)} bytes, not an RGB picture of {cw}x{ch} or {width}x{height}",
         cmd=args,
@@ -619,4 +843,63 @@ def parse_nal_units(bitstream: bytes) -> list[NalUnit]:
                 temporal_id=tid_plus1 - 1,
             )
         )
+    return units
+
+
+# NAL unit types of one intra-coded picture, as the encoder functions produce it: parameter
+# sets, then the slices of an IRAP picture (H.266 clause 7.4.2.2 orders them so).
+_IRAP_TYPES = frozenset({VvcNalUnitType.IDR_W_RADL, VvcNalUnitType.IDR_N_LP, VvcNalUnitType.CRA})
+_INTRA_STREAM_TYPES = _IRAP_TYPES | {
+    VvcNalUnitType.OPI,
+    VvcNalUnitType.DCI,
+    VvcNalUnitType.VPS,
+    VvcNalUnitType.SPS,
+    VvcNalUnitType.PPS,
+    VvcNalUnitType.PREFIX_APS,
+    VvcNalUnitType.SUFFIX_APS,
+    VvcNalUnitType.PH,
+    VvcNalUnitType.AUD,
+    VvcNalUnitType.EOS,
+    VvcNalUnitType.EOB,
+    VvcNalUnitType.PREFIX_SEI,
+    VvcNalUnitType.SUFFIX_SEI,
+    VvcNalUnitType.FD,
+}
+
+
+def check_intra_stream(bitstream: bytes) -> list[NalUnit]:
+    """Check that ``bitstream`` is an Annex-B stream of one intra (IRAP) picture, structurally:
+    it starts with a start code, every NAL unit header is valid (parse_nal_units), every
+    nal_unit_type is a named, non-reserved type a single intra picture may use, all in layer 0
+    with temporal id 0, and an SPS and a PPS precede the picture's slices (one or more IRAP
+    slices, nothing VCL of another type). Returns the NAL units; NalParseError otherwise.
+
+    This is what ``encode_luma10`` and ``encode_rgb_image`` require of ffmpeg's output before
+    returning it; it rejects random bytes (no start code, or a reserved header) without running
+    a decoder."""
+    data = bytes(bitstream)
+    if not data:
+        raise NalParseError("empty stream")
+    if not (data.startswith(b"\x00\x00\x01") or data.startswith(b"\x00\x00\x00\x01")):
+        raise NalParseError("the stream does not start with an Annex-B start code")
+    units = parse_nal_units(data)
+    seen: set[int] = set()
+    slices = 0
+    for u in units:
+        if u.nal_unit_type not in _INTRA_STREAM_TYPES:
+            raise NalParseError(f"NAL unit at byte {u.offset} has type {u.type_name}, not one of an intra picture")
+        if u.layer_id != 0 or u.temporal_id != 0:
+            raise NalParseError(
+                f"NAL unit {u.type_name} at byte {u.offset} is in layer {u.layer_id}, temporal id {u.temporal_id}"
+            )
+        if u.is_vcl:
+            missing = [t.name for t in (VvcNalUnitType.SPS, VvcNalUnitType.PPS) if t not in seen]
+            if missing:
+                raise NalParseError(f"slice at byte {u.offset} comes before any {' and '.join(missing)}")
+            if u.size < 3:
+                raise NalParseError(f"slice at byte {u.offset} has {u.size} bytes, no slice header")
+            slices += 1
+        seen.add(u.nal_unit_type)
+    if slices == 0:
+        raise NalParseError("no slice NAL unit (the stream has no picture)")
     return units

@@ -232,6 +232,8 @@ def decode_symbols(header: ContainerHeader, units: list[PayloadUnit], weights: W
     stream = _stream_of(units)
     try:
         frame = vvc.decode_luma10(stream.data, layout.width, layout.height)
+    except vvc.FfmpegToolError:
+        raise  # ffmpeg itself failed (missing, killed, timed out): not the stream's fault
     except (vvc.FfmpegError, ValueError) as e:
         raise InnerCodecError(f"VVC payload could not be decoded: {str(e).splitlines()[0]}") from None
     if frame.shape != (layout.height, layout.width) or int(frame.max(initial=0)) > MAX_CODE:

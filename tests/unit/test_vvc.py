@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,15 +12,20 @@ from codec.inner import vvc
 from codec.inner.vvc import (
     VVENC_PRESETS,
     FfmpegError,
+    FfmpegTimeoutError,
+    FfmpegToolError,
     NalParseError,
     NalUnit,
+    check_intra_stream,
     coded_size,
     decode_luma10,
     decode_rgb_image,
+    default_timeout,
     encode_luma10,
     encode_rgb_image,
     nal_unit_type_name,
     parse_nal_units,
+    resolve_timeout,
     rgb_decode_args,
     rgb_encode_args,
     run_ffmpeg,
@@ -222,24 +228,158 @@ def test_runner_reports_missing_binary(monkeypatch):
     assert info.value.returncode is None
 
 
-def test_runner_reports_timeout_and_failure(monkeypatch):
-    def fake_run(cmd, **kwargs):
-        if "slow" in cmd:
-            raise subprocess.TimeoutExpired(cmd, kwargs["timeout"], stderr=b"still working")
-        raise subprocess.CalledProcessError(1, cmd, stderr=b"first: bad option\nsecond line\n")
+def fake_ffmpeg(tmp_path, monkeypatch, body: str) -> Path:
+    """A shell script standing in for ffmpeg (its last argument is the output path)."""
+    script = tmp_path / "fake-ffmpeg"
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(vvc, "ffmpeg_exe", lambda: str(script))
+    return script
 
-    monkeypatch.setattr(vvc, "ffmpeg_exe", lambda: "ffmpeg")
-    monkeypatch.setattr(vvc.subprocess, "run", fake_run)
-    with pytest.raises(FfmpegError, match=r"timed out after 2 s: still working"):
-        run_ffmpeg(["slow"], timeout=2)
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for its parent to reap it counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_runner_reports_failure_with_the_first_stderr_line(tmp_path, monkeypatch):
+    script = fake_ffmpeg(tmp_path, monkeypatch, 'printf "first: bad option\\nsecond line\\n" >&2; exit 1')
     with pytest.raises(FfmpegError) as info:
-        run_ffmpeg(["-bad"])
+        run_ffmpeg(["-bad"], timeout=30)
     err = info.value
     assert str(err) == "ffmpeg exited with status 1: first: bad option"
-    assert "\n" not in str(err)
+    assert not isinstance(err, FfmpegToolError)  # ffmpeg ran and refused: may be the input's fault
     assert err.returncode == 1
     assert err.stderr == "first: bad option\nsecond line\n"
-    assert err.cmd == ["ffmpeg", "-bad"]
+    assert err.cmd == [str(script), "-bad"]
+
+
+def test_runner_reports_a_signal_as_a_tool_failure(tmp_path, monkeypatch):
+    fake_ffmpeg(tmp_path, monkeypatch, "kill -9 $$")
+    with pytest.raises(FfmpegToolError, match="killed by signal 9") as info:
+        run_ffmpeg(["-version"], timeout=30)
+    assert info.value.returncode == -9
+
+
+def test_timeout_kills_ffmpeg_and_the_processes_it_started(tmp_path, monkeypatch):
+    """A stalled ffmpeg whose child holds its pipes: the timeout ends both, at once."""
+    pid_file = tmp_path / "child.pid"
+    fake_ffmpeg(tmp_path, monkeypatch, f"sleep 30 &\necho $! > {pid_file}\necho stalling >&2\nsleep 30")
+    t0 = time.monotonic()
+    with pytest.raises(FfmpegTimeoutError, match=r"timed out after 1 s .*FCM_FFMPEG_TIMEOUT.*: stalling") as info:
+        run_ffmpeg(["-i", "x"], timeout=1)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 10, elapsed  # not the 30 s of the child holding stdout/stderr
+    assert isinstance(info.value, FfmpegToolError) and info.value.returncode is None
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "ffmpeg's child outlived the timeout"
+
+
+def test_timeout_resolution_order(monkeypatch):
+    monkeypatch.delenv(vvc.TIMEOUT_ENV, raising=False)
+    assert resolve_timeout(None, 10**6, "faster") == default_timeout(10**6, "faster")
+    monkeypatch.setenv(vvc.TIMEOUT_ENV, "12.5")
+    assert resolve_timeout(None, 10**6, "faster") == 12.5
+    with vvc.ffmpeg_timeout(7):
+        assert resolve_timeout(None, 10**6) == 7.0
+        with vvc.ffmpeg_timeout(None):  # no change
+            assert resolve_timeout(None, 10**6) == 7.0
+        assert resolve_timeout(3, 10**6) == 3.0  # an explicit argument wins
+    assert resolve_timeout(None, 10**6) == 12.5
+    for bad in ("soon", "0", "-1", "nan", "inf"):
+        monkeypatch.setenv(vvc.TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match="FCM_FFMPEG_TIMEOUT"):
+            resolve_timeout(None, 100)
+
+
+def test_default_timeout_scales_with_picture_size_and_preset():
+    small, large = default_timeout(64 * 64, "faster"), default_timeout(4096 * 4096, "faster")
+    assert small == vvc.TIMEOUT_BASE + vvc.TIMEOUT_MARGIN * 5.0  # pictures below 1 M samples count as 1 M
+    assert large > 4 * small
+    assert default_timeout(10**6, "slower") > 50 * default_timeout(10**6, "faster") - 60 * 50
+    assert default_timeout(10**6, "slower") > 1000  # measured: > 300 s for 1 M samples at QP 12 here
+    assert default_timeout(10**6) < default_timeout(10**6, "faster")  # decoding
+
+
+def test_encoder_and_decoder_pass_a_timeout_scaled_to_the_coded_size(monkeypatch):
+    seen = []
+
+    def fake_run(args, timeout=None):
+        seen.append(timeout)
+        raise FfmpegToolError("stop", cmd=args)
+
+    monkeypatch.delenv(vvc.TIMEOUT_ENV, raising=False)
+    monkeypatch.setattr(vvc, "run_ffmpeg", fake_run)
+    for size in ((64, 64), (2048, 2048)):
+        with pytest.raises(FfmpegToolError):
+            encode_luma10(np.zeros(size, np.uint16), 30, "medium")
+        with pytest.raises(FfmpegToolError):
+            decode_luma10(b"\x00\x00\x01\x00\x79", *size)
+    assert seen == [
+        default_timeout(64 * 64, "medium"),
+        default_timeout(64 * 64),
+        default_timeout(2048 * 2048, "medium"),
+        default_timeout(2048 * 2048),
+    ]
+
+
+def test_encoder_output_that_is_not_a_vvc_stream_is_a_tool_failure(tmp_path, monkeypatch):
+    """An ffmpeg that exits 0 after writing 1000 random bytes (or nothing)."""
+    fake_ffmpeg(tmp_path, monkeypatch, 'for a; do out="$a"; done\nhead -c 1000 /dev/urandom > "$out"')
+    with pytest.raises(FfmpegToolError, match="wrote 1000 bytes that are not a VVC intra picture"):
+        encode_luma10(np.zeros((32, 32), np.uint16), 30)
+    with pytest.raises(FfmpegToolError, match="not a VVC intra picture"):
+        encode_rgb_image(np.zeros((32, 32, 3), np.uint8), 30)
+    fake_ffmpeg(tmp_path, monkeypatch, "exit 0")
+    with pytest.raises(FfmpegToolError, match="wrote no VVC stream"):
+        encode_luma10(np.zeros((32, 32), np.uint16), 30)
+
+
+def _nal(nut: int, payload: bytes = b"\x80", layer: int = 0, tid_plus1: int = 1) -> bytes:
+    return b"\x00\x00\x01" + bytes([layer & 0x3F, (nut << 3) | tid_plus1]) + payload
+
+
+def test_check_intra_stream_accepts_parameter_sets_then_irap_slices():
+    stream = b"\x00" + _nal(20) + _nal(15, b"\x01\x02") + _nal(16) + _nal(7, b"\x11\x22") + _nal(7, b"\x33")
+    assert [u.type_name for u in check_intra_stream(stream)] == ["AUD", "SPS", "PPS", "IDR_W_RADL", "IDR_W_RADL"]
+
+
+@pytest.mark.parametrize(
+    ("stream", "message"),
+    [
+        (b"", "empty"),
+        (bytes(range(1, 251)) * 4, "does not start with an Annex-B start code"),
+        (b"\x12\x00\x00\x01" + _nal(15)[3:], "does not start with an Annex-B start code"),
+        (_nal(15) + _nal(16), "no slice"),
+        (_nal(15) + _nal(7, b"\x11\x22"), "before any PPS"),
+        (_nal(16) + _nal(7, b"\x11\x22"), "before any SPS"),
+        (_nal(15) + _nal(16) + _nal(0, b"\x11\x22"), "type TRAIL, not one of an intra picture"),
+        (_nal(15) + _nal(16) + _nal(5, b"\x11\x22"), "RSV_VCL_5"),
+        (_nal(15) + _nal(16) + _nal(29, b"\x11"), "UNSPEC_29"),
+        (_nal(15, layer=3) + _nal(16) + _nal(7, b"\x11\x22"), "layer 3"),
+        (_nal(15) + _nal(16) + _nal(7, b"\x11\x22", tid_plus1=2), "temporal id 1"),
+        (_nal(15) + _nal(16) + _nal(7, b""), "no slice header"),
+    ],
+)
+def test_check_intra_stream_rejects_other_streams(stream, message):
+    with pytest.raises(NalParseError, match=message):
+        check_intra_stream(stream)
+
+
+def test_random_bytes_are_never_an_intra_stream():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        data = rng.integers(0, 256, 1000, dtype=np.uint8).tobytes()
+        for candidate in (data, b"\x00\x00\x01" + data):
+            with pytest.raises(NalParseError):
+                check_intra_stream(candidate)
 
 
 # ---------------------------------------------------------------------------------------------
