@@ -7,9 +7,13 @@ features -> NN part 2 -> detections                                    (run_part
 
 from __future__ import annotations
 
+import contextlib
 import os
+import struct
+import threading
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,21 +53,149 @@ class DecodeResult:
     timings: dict[str, float]  # seconds: "decode"
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as RGB uint8 (H, W, 3)."""
+# Input image limits. A side is at most 65535 pixels: orig_width and orig_height are u(16) in
+# the container (bitstream_spec.md). The pixel count is limited before anything is decoded, so
+# that a small file declaring a huge picture (a decompression bomb) costs nothing: 2**27
+# pixels (e.g. 16384 x 8192, larger than any camera's photo) decode to 384 MiB as RGB uint8.
+MAX_IMAGE_SIDE = 65535
+DEFAULT_MAX_PIXELS = 1 << 27
+# Transparent pixels are composited over white, as a viewer on a page shows them.
+ALPHA_BACKGROUND = (255, 255, 255)
+
+# Pillow's decompression-bomb guard is a module global (Image.MAX_IMAGE_PIXELS) that Image.open
+# and some plugins consult (the latter while decoding frames or tiles). load_image sets it
+# for the duration of one load, under this lock, and restores it: off while Image.open parses
+# the header (load_image checks the declared size itself right after, with its own message,
+# before anything is decoded), then at the load's pixel limit.
+_PILLOW_GUARD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_guard() -> Iterator[Callable[[int | None], None]]:
+    from PIL import Image
+
+    def set_limit(pixels: int | None) -> None:
+        Image.MAX_IMAGE_PIXELS = pixels
+
+    with _PILLOW_GUARD_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        try:
+            with warnings.catch_warnings():
+                # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; load_image
+                # has already refused everything above its limit by then.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                yield set_limit
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def check_image_size(width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image") -> None:
+    """InputError unless a width x height picture is within the input limits (MAX_IMAGE_SIDE a
+    side, ``max_pixels`` in all)."""
+    if width < 1 or height < 1:
+        raise InputError(f"{what} is {width}x{height} pixels: empty")
+    if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE:
+        raise InputError(
+            f"{what} is {width}x{height} pixels: a side is longer than {MAX_IMAGE_SIDE}, the largest the "
+            "container records"
+        )
+    if width * height > max_pixels:
+        raise InputError(
+            f"{what} is {width}x{height} = {width * height} pixels, more than the limit of {max_pixels} "
+            "(--max-pixels raises it)"
+        )
+
+
+def _scale_16_to_8(a: np.ndarray) -> np.ndarray:
+    """0..65535 -> 0..255, rounded (v * 255 / 65535 = v / 257)."""
+    return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _composite(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) uint8 RGBA -> RGB over ALPHA_BACKGROUND, rounded."""
+    if rgba[..., 3].min() == 255:  # opaque: the colour as it is
+        return rgba[..., :3].copy()
+    alpha = rgba[..., 3:].astype(np.uint32)
+    bg = np.asarray(ALPHA_BACKGROUND, dtype=np.uint32)
+    rgb = (rgba[..., :3].astype(np.uint32) * alpha + bg * (255 - alpha) + 127) // 255
+    return rgb.astype(np.uint8)
+
+
+def to_rgb8(im: Any, what: str = "image") -> np.ndarray:
+    """A decoded Pillow image as RGB uint8 (H, W, 3), never silently clipped:
+
+    * 8-bit RGB, greyscale, bilevel, palette without transparency, YCbCr, CMYK (no ICC
+      profile applied), LAB, HSV: Pillow's conversion to RGB, as before;
+    * with alpha (RGBA, LA, PA, palette with transparency, premultiplied La / RGBa):
+      composited over ALPHA_BACKGROUND;
+    * 16-bit greyscale (I;16, I;16B, I;16L, and mode I with samples in 0..65535, as Pillow
+      gives 16-bit PGM/PPM files): scaled to 8 bit (v / 257, rounded). 16-bit RGB(A) PNGs
+      Pillow already reduces to 8 bit (the high byte);
+    * other modes (I with samples outside 0..65535, 32-bit float F): InputError, since no
+      8-bit mapping is defined for them.
+    """
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im, dtype=np.uint8).copy()
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im)
+        if a.dtype.kind not in "iu" or (a.size and (int(a.min()) < 0 or int(a.max()) > 65535)):
+            lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+            raise InputError(
+                f"{what} has {mode} samples in {lo}..{hi}, outside 0..65535: no defined conversion to 8 bit "
+                "(convert it to 8 or 16 bit first)"
+            )
+        grey = _scale_16_to_8(a)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "F":
+        raise InputError(
+            f"{what} has 32-bit float samples (mode F): no defined conversion to 8 bit "
+            "(convert it to 8 or 16 bit first)"
+        )
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in im.info)
+    try:
+        if has_alpha:
+            if mode == "La":
+                im = im.convert("LA")
+            return _composite(np.asarray(im.convert("RGBA"), dtype=np.uint8))
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except ValueError as e:  # a mode Pillow cannot convert
+        raise InputError(f"{what} has pixel mode {mode}, which cannot be converted to RGB: {e}") from None
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as RGB uint8 (H, W, 3) (see to_rgb8 for the pixel modes).
+
+    Its size is checked from the file's header before anything is decoded (check_image_size;
+    Pillow's decompression-bomb guard is set to ``max_pixels`` for the decoding); every failure,
+    including a file that is damaged or truncated, is an InputError naming ``path``."""
     from PIL import Image, UnidentifiedImageError
 
+    name = os.fspath(path)
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise InputError(f"the pixel limit must be a positive integer, got {max_pixels!r}")
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+        with _pillow_guard() as set_pillow_limit:
+            set_pillow_limit(None)  # Image.open only parses the header; the size check follows
+            with Image.open(path) as im:
+                width, height = im.size
+                check_image_size(width, height, max_pixels, f"image {name}")
+                set_pillow_limit(max_pixels)  # for the frame and tile sizes plugins check
+                try:
+                    im.load()
+                except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
+                    raise InputError(f"cannot decode image {name}: {e}") from None
+                return to_rgb8(im, f"image {name}")
+    except Image.DecompressionBombError as e:  # a frame or tile larger than the picture declared
+        raise InputError(f"image {name} is too large: {e} (--max-pixels raises the limit)") from None
     except FileNotFoundError:
-        raise InputError(f"image not found: {os.fspath(path)}") from None
+        raise InputError(f"image not found: {name}") from None
     except IsADirectoryError:
-        raise InputError(f"image path is a directory: {os.fspath(path)}") from None
+        raise InputError(f"image path is a directory: {name}") from None
     except UnidentifiedImageError:
-        raise InputError(f"not an image file: {os.fspath(path)}") from None
+        raise InputError(f"not an image file: {name}") from None
     except OSError as e:
-        raise InputError(f"cannot read image {os.fspath(path)}: {e}") from None
+        raise InputError(f"cannot read image {name}: {e}") from None
 
 
 def weights_hash_bytes(network: SplitNetwork) -> bytes:
@@ -132,6 +264,9 @@ def encode_image(
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise EncodeError(f"image must be RGB uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    if not (1 <= w <= MAX_IMAGE_SIDE and 1 <= h <= MAX_IMAGE_SIDE):  # orig_width, orig_height: u(16)
+        raise EncodeError(f"image is {w}x{h} pixels; the container records 1..{MAX_IMAGE_SIDE} a side")
     weights_hash = weights_hash_bytes(network)
 
     t0 = time.perf_counter()
@@ -237,11 +372,15 @@ __all__ = [
     "EncodeResult",
     "ModeId",
     "available_modes",
+    "DEFAULT_MAX_PIXELS",
+    "MAX_IMAGE_SIDE",
     "build_bitstream",
+    "check_image_size",
     "decode_bitstream",
     "encode_features",
     "encode_image",
     "load_image",
     "resolve_mode",
     "run_part2",
+    "to_rgb8",
 ]
