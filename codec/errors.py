@@ -95,7 +95,12 @@ class InputError(FcmError):
     """An input file is missing or unreadable (image, bitstream)."""
 
 
-class OutputExistsError(FcmError):
+class OutputError(FcmError):
+    """An output file cannot be written: its folder is missing, the path is a folder, the
+    folder is not writable, or writing failed (the message names the user's path)."""
+
+
+class OutputExistsError(OutputError):
     """An output file exists and overwriting was not requested."""
 
 

@@ -1,5 +1,19 @@
 """What the applications share: the one place that maps errors to exit codes,
-atomic output files, and network loading."""
+output paths checked before any work, atomic output files, the ffmpeg timeout
+option, and network loading.
+
+Exit status, the same in every application:
+
+* 0: success.
+* 1: an external tool failed on its own: ffmpeg is missing or not executable, lacks the
+  VVC encoder or decoder, timed out, was killed by a signal, or (when encoding) exited with
+  an error or wrote something that is not a VVC intra picture (FfmpegError). Retrying with
+  another ffmpeg, or a longer --ffmpeg-timeout, may succeed; the input is not at fault.
+* 2: bad arguments (argparse too), a bad input file, an invalid bitstream (including a VVC
+  payload the decoder ran on and rejected), or an output that cannot be written or exists
+  without --force (FcmError, OSError).
+* 130: interrupted.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +21,36 @@ import argparse
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from codec.errors import FcmError, InputError, OutputExistsError
+from codec.errors import FcmError, InputError, OutputError, OutputExistsError
 
-__all__ = ["InputError", "NetworkLoadError", "atomic_write", "atomic_write_check", "load_network", "run_app"]
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_OK",
+    "EXIT_TOOL_FAILURE",
+    "InputError",
+    "NetworkLoadError",
+    "OutputError",
+    "add_ffmpeg_timeout_option",
+    "atomic_write",
+    "check_outputs",
+    "external_tool_settings",
+    "load_network",
+    "run_app",
+]
 
 EXIT_OK = 0
-EXIT_FAILURE = 1  # an external tool failed (ffmpeg), or output could not be written
-EXIT_BAD_INPUT = 2  # bad arguments, bad input file, invalid bitstream (argparse also exits 2)
+EXIT_TOOL_FAILURE = 1  # an external tool (ffmpeg) failed on its own, see the module docstring
+EXIT_BAD_INPUT = 2  # bad arguments, input, bitstream or output path (argparse also exits 2)
+EXIT_INTERRUPTED = 130
+
+EXIT_STATUS_HELP = (
+    "exit status: 0 ok; 1 an external tool failed on its own (ffmpeg missing, without VVC, timed out,\n"
+    "killed, or its encoder output invalid); 2 bad arguments, input, bitstream or output path."
+)
 
 
 class NetworkLoadError(InputError):
@@ -27,10 +61,10 @@ def exit_code_for(error: BaseException) -> int | None:
     """Exit code for an error the applications report in one line; None: a bug (traceback)."""
     from codec.inner.vvc import FfmpegError
 
+    if isinstance(error, FfmpegError):
+        return EXIT_TOOL_FAILURE
     if isinstance(error, FcmError):
         return EXIT_BAD_INPUT
-    if isinstance(error, FfmpegError):
-        return EXIT_FAILURE
     if isinstance(error, OSError):
         return EXIT_BAD_INPUT
     return None
@@ -54,7 +88,7 @@ def run_app(
         return body(args)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as e:
         code = exit_code_for(e)
         if code is None:
@@ -74,29 +108,188 @@ def read_input_file(path: str | os.PathLike, what: str = "input") -> bytes:
         raise InputError(f"cannot read {what} file {os.fspath(path)}: {e.strerror}") from None
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, force: bool = True) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and
-    os.replace, so `path` is either untouched or complete. Without `force` an
-    existing `path` is an OutputExistsError."""
-    path = Path(path)
-    if not force and path.exists():
-        raise OutputExistsError(f"output exists: {path} (use --force to overwrite)")
-    folder = path.parent if str(path.parent) else Path(".")
+# -- outputs ---------------------------------------------------------------------------
+
+
+def _folder_of(path: Path) -> Path:
+    return path.parent if str(path.parent) else Path(".")
+
+
+def check_output(path: str | os.PathLike, force: bool, what: str = "output") -> None:
+    """Refuse an output path before any work: a folder, a missing or read-only parent folder,
+    or an existing file without `force` (OutputExistsError)."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{what} path is a directory: {p}")
+    folder = _folder_of(p)
+    if not folder.exists():
+        raise OutputError(f"output folder does not exist: {folder}")
     if not folder.is_dir():
-        raise InputError(f"output folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        raise OutputError(f"output folder is not a folder: {folder}")
+    if not force and (p.exists() or p.is_symlink()):
+        raise OutputExistsError(f"{what} exists: {p} (use --force to overwrite)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder is not writable: {folder}")
+
+
+def check_outputs(outputs: Iterable[tuple[str | os.PathLike | None, str]], force: bool) -> None:
+    """check_output for each (path, what) given (None: not requested), and no file twice."""
+    seen: dict[str, str] = {}
+    for path, what in outputs:
+        if path is None:
+            continue
+        check_output(path, force, what)
+        key = os.path.realpath(path)
+        if key in seen:
+            raise OutputError(f"{seen[key]} and {what} are the same file: {os.fspath(path)}")
+        seen[key] = what
+
+
+def atomic_write_check(path: str | os.PathLike, force: bool) -> None:
+    """Fail early (before slow work) if `path` exists and overwriting was not requested."""
+    check_output(path, force)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (/proc/self/status,
+    so no other thread sees a changed umask); elsewhere by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _output_mode(path: Path) -> int:
+    """Permission bits of the output: an overwritten regular file keeps its own (as a shell
+    redirection does); a new file gets 0666 less the umask (as open() would give it)."""
+    try:
+        st = path.stat()
+        if path.is_file():
+            return st.st_mode & 0o7777
+    except OSError:
+        pass
+    return 0o666 & ~current_umask()
+
+
+def _cannot_write(path: Path, error: OSError) -> OutputError:
+    return OutputError(f"cannot write {path}: {error.strerror or error}")
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, force: bool = True) -> None:
+    """Write `data` to `path` through a temporary file in the same folder, renamed over
+    `path`, so `path` is either untouched or complete. Without `force` an existing `path`
+    is an OutputExistsError (also when it appears while writing: the rename is then a hard
+    link, which refuses an existing name, where the file system has them). The file gets
+    the permissions a plain open() would give it (see _output_mode); every failure is an
+    OutputError naming `path`, never the temporary file."""
+    path = Path(path)
+    check_output(path, force)
+    folder = _folder_of(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise _cannot_write(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), _output_mode(path))
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if force or not _link_no_replace(tmp, path):
+            os.replace(tmp, path)
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise _cannot_write(path, e) from e
         raise
+
+
+def _link_no_replace(tmp: str, path: Path) -> bool:
+    """Hard-link `tmp` to `path` unless `path` exists (atomically), then drop `tmp`. False
+    where the file system has no hard links (the caller renames instead)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputExistsError(f"output exists: {path} (use --force to overwrite)") from None
+    except OSError:
+        if path.exists():
+            raise OutputExistsError(f"output exists: {path} (use --force to overwrite)") from None
+        return False
+    os.unlink(tmp)
+    return True
+
+
+# -- external tools --------------------------------------------------------------------
+
+
+def _seconds(text: str) -> float:
+    from codec.inner.vvc import parse_timeout
+
+    try:
+        return parse_timeout(text, "--ffmpeg-timeout")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_ffmpeg_timeout_option(p: argparse.ArgumentParser) -> None:
+    from codec.inner import vvc
+
+    p.add_argument(
+        "--ffmpeg-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help=f"time limit of each ffmpeg run; ffmpeg and the processes it started are killed when it "
+        f"runs out (exit status 1). Default: ${vvc.TIMEOUT_ENV} if set, else {vvc.TIMEOUT_BASE:g} s plus "
+        f"{vvc.TIMEOUT_MARGIN:g} times the time measured per million samples for the preset "
+        "(VVenC faster: 5 s ... slower: 350 s; decoding: 2 s)",
+    )
+
+
+@contextmanager
+def external_tool_settings(args: argparse.Namespace) -> Iterator[None]:
+    """The block runs with the ffmpeg timeout of --ffmpeg-timeout; a bad $FCM_FFMPEG_TIMEOUT
+    is an InputError here, before any work."""
+    from codec.inner import vvc
+
+    try:
+        vvc.env_timeout()
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    with vvc.ffmpeg_timeout(getattr(args, "ffmpeg_timeout", None)):
+        yield
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (underscores and a float form like 2e8 accepted)."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if not value.is_integer() or value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(value)
+
+
+def add_max_pixels_option(p: argparse.ArgumentParser, what: str = "the input image") -> None:
+    from codec.pipeline import DEFAULT_MAX_PIXELS, MAX_IMAGE_SIDE
+
+    p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"refuse {what} if it has more than N pixels, checked from the file's header before "
+        f"decoding (default: %(default)s; a side is at most {MAX_IMAGE_SIDE} whatever N)",
+    )
 
 
 def load_network(name: str, weights: str | None = None):
@@ -111,9 +304,3 @@ def load_network(name: str, weights: str | None = None):
 
 def fmt_seconds(t: float) -> str:
     return f"{t * 1000:.1f} ms" if t < 1 else f"{t:.2f} s"
-
-
-def atomic_write_check(path: str | os.PathLike, force: bool) -> None:
-    """Fail early (before slow work) if `path` exists and overwriting was not requested."""
-    if not force and Path(path).exists():
-        raise OutputExistsError(f"output exists: {path} (use --force to overwrite)")

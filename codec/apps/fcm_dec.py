@@ -17,7 +17,8 @@ from codec.pipeline import decode_bitstream, load_image, network_name_of, run_pa
 
 DRAW_THR_DEFAULT = 0.3
 
-EXAMPLES = """\
+EXAMPLES = (
+    """\
 examples:
   fcm_dec baseball.bin -o baseball_features.npz
   fcm_dec 000000000139.bin --detections dets.json           # image id 139 from the file name
@@ -28,8 +29,11 @@ the scale (e.g. p3, p4, p5). Detections need NN part 2: the network named in the
 container is loaded, and its weights must match the encoder's (sha256 in the
 container). --score-thr filters both the JSON and the drawing; without it the
 JSON has every detection and the drawing those scoring >= 0.3.
-exit status: 0 ok, 1 an external tool failed, 2 bad arguments, input or bitstream.
+Every output path is checked before decoding; an existing output is refused
+without --force.
 """
+    + _cli.EXIT_STATUS_HELP
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="codec-model weights instead of the shipped ones (the file the encoder was given)",
     )
     p.add_argument("--score-thr", type=float, help="drop detections scoring below this (see below)")
+    p.add_argument("--force", action="store_true", help="overwrite output files that exist")
+    _cli.add_max_pixels_option(p, "the --draw image")
+    _cli.add_ffmpeg_timeout_option(p)
     return p
 
 
@@ -67,6 +74,15 @@ def image_id_from_name(path: str) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
+    # Refuse early, before decoding, if an output cannot be written.
+    outputs = [(args.output, "features output"), (args.detections, "detections output")]
+    outputs.append((args.draw[1] if args.draw else None, "drawing output"))
+    _cli.check_outputs(outputs, args.force)
+    with _cli.external_tool_settings(args):
+        return _decode_body(args)
+
+
+def _decode_body(args: argparse.Namespace) -> int:
     data = _cli.read_input_file(args.input, "bitstream")
     want_dets = bool(args.detections or args.draw)
     network = None
@@ -83,7 +99,7 @@ def _decode(args: argparse.Namespace) -> int:
     if args.output:
         buf = io.BytesIO()
         np.savez(buf, **{k: v.numpy() for k, v in decoded.features.items()})
-        _cli.atomic_write(args.output, buf.getvalue())
+        _cli.atomic_write(args.output, buf.getvalue(), force=args.force)
         print(f"features -> {args.output}")
     if network is not None:
         dets, t = run_part2(network, decoded)
@@ -93,13 +109,13 @@ def _decode(args: argparse.Namespace) -> int:
             keep = dets.scores >= thr
             image_id = args.image_id if args.image_id is not None else image_id_from_name(args.input)
             results = [r for r, k in zip(dets.to_coco(image_id), keep) if k]
-            _cli.atomic_write(args.detections, json.dumps(results).encode())
+            _cli.atomic_write(args.detections, json.dumps(results).encode(), force=args.force)
             print(f"{len(results)} detections (image id {image_id}) -> {args.detections}")
         if args.draw:
             from codec.apps._draw import draw_detections
 
             image_path, out_png = args.draw
-            image = load_image(image_path)
+            image = load_image(image_path, args.max_pixels)
             prep = decoded.preprocessing
             if image.shape[:2] != (prep.orig_h, prep.orig_w):
                 raise _cli.InputError(
@@ -107,7 +123,7 @@ def _decode(args: argparse.Namespace) -> int:
                     f"a {prep.orig_w}x{prep.orig_h} image"
                 )
             thr = args.score_thr if args.score_thr is not None else DRAW_THR_DEFAULT
-            _cli.atomic_write(out_png, draw_detections(image, dets, thr))
+            _cli.atomic_write(out_png, draw_detections(image, dets, thr), force=args.force)
             print(f"drawing (score >= {thr}) -> {out_png}")
     print("time: " + ", ".join(f"{k} {_cli.fmt_seconds(v)}" for k, v in times.items()))
     return _cli.EXIT_OK

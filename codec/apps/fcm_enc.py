@@ -17,7 +17,8 @@ from codec.vision import DEFAULT_NETWORK, available_networks
 
 DEFAULT_MODE = "anchor"
 
-EXAMPLES = """\
+EXAMPLES = (
+    """\
 examples:
   fcm_enc samples/baseball.jpg -o baseball.bin                 # NanoDet neck, anchor, QP 32
   fcm_enc img.jpg -o img_qp37.bin --mode anchor --qp 37 --preset fast
@@ -26,8 +27,14 @@ examples:
 
 Prints the container size in bytes, bits per pixel of the input image
 (container bits / (width * height)) and the time of each stage.
-exit status: 0 ok, 1 the VVC encoder failed, 2 bad arguments or input.
+
+The input image is read as 8-bit RGB: 16-bit greyscale is scaled to 8 bit,
+transparency is composited over white, a 32-bit float image is refused; its
+size is checked from the file's header before decoding (--max-pixels).
+The output path is checked before any work.
 """
+    + _cli.EXIT_STATUS_HELP
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         + "; ".join(f"{m.name}: {m.description}" if m.description else m.name for m in modes),
     )
     p.add_argument("--force", action="store_true", help="overwrite OUT.bin if it exists")
+    _cli.add_max_pixels_option(p)
+    _cli.add_ffmpeg_timeout_option(p)
     add_mode_options(p, modes)
     return p
 
@@ -102,13 +111,14 @@ def mode_params(args: argparse.Namespace, mode: CodingMode) -> Any:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    # Refuse early, before the slow part, if the output exists or the parameters are bad.
-    _cli.atomic_write_check(args.output, args.force)
+    # Refuse early, before the slow part, if the output cannot be written or the parameters are bad.
+    _cli.check_outputs([(args.output, "output")], args.force)
     mode = mode_by_name(args.mode)
     params = mode_params(args, mode)
-    image = load_image(args.input)
-    network = _cli.load_network(args.network, args.weights)
-    result = encode_image(image, network, args.split, mode, params)
+    with _cli.external_tool_settings(args):
+        image = load_image(args.input, args.max_pixels)
+        network = _cli.load_network(args.network, args.weights)
+        result = encode_image(image, network, args.split, mode, params)
     _cli.atomic_write(args.output, result.bitstream, force=args.force)
     h, w = image.shape[:2]
     nbytes = len(result.bitstream)

@@ -19,7 +19,8 @@ examples:
   fcm_inspect baseball.bin --json | python -m json.tool
 
 A damaged file is still shown as far as it parses; the error is printed last.
-exit status: 0 a valid container, 2 an invalid one (or bad arguments / input).
+fcm_inspect runs no external tool: exit status 0 a valid container, 2 an invalid
+one (or bad arguments / input); 1 is the other applications' external-tool failure.
 """
 
 # header field -> its id table, from the container syntax (the IntEnum that validates it)

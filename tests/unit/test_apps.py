@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from codec.apps import _cli, fcm_dec, fcm_enc, fcm_inspect
+from codec.errors import OutputError
 from codec.vision.base import Detections, NetworkId, Preprocessing, ResizeMode, ScaleInfo, SplitPoint
 
 
@@ -123,8 +124,9 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full") as info:
         _cli.atomic_write(target, b"new contents")
+    assert str(info.value) == f"cannot write {target}: disk full"  # the user's path, not the temp file
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]  # no temp file left behind
     monkeypatch.undo()
@@ -326,3 +328,231 @@ def test_codec_weights_of_another_model_family_are_refused_in_one_line(capsys):
     assert fcm_dec.main([str(vector), "--codec-weights", str(WEIGHTS_DIR / "fenet_nanodet_neck.pt")]) == 2
     err = capsys.readouterr().err
     assert "hold a fenet_drnet model, not msff_msfr" in err and len(err.strip().splitlines()) == 1
+
+
+# -- inputs, external tools and outputs (issue 15, items 5 and 6) -----------------------------
+
+VECTORS = Path(__file__).resolve().parents[1] / "conformance"
+
+
+def _no_network(name, weights=None):
+    raise AssertionError("the network was loaded before the input and outputs were checked")
+
+
+def _bomb_png(path: Path, width: int, height: int) -> Path:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [((20000, 20000), "20000x20000 = 400000000 pixels, more than the limit"), ((70000, 1), "longer than 65535")],
+)
+def test_oversized_images_exit_2_before_the_network_loads(tmp_path, monkeypatch, capsys, size, message):
+    monkeypatch.setattr(_cli, "load_network", _no_network)
+    image = _bomb_png(tmp_path / "big.png", *size)
+    assert fcm_enc.main([str(image), "-o", str(tmp_path / "o.bin"), "--mode", "bypass"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "o.bin").exists()
+
+
+def test_max_pixels_flag(fake_net, image_file, tmp_path, capsys):
+    out = tmp_path / "o.bin"
+    assert fcm_enc.main([str(image_file), "-o", str(out), "--mode", "bypass", "--max-pixels", "3071"]) == 2
+    assert "64x48 = 3072 pixels, more than the limit of 3071 (--max-pixels raises it)" in capsys.readouterr().err
+    assert fcm_enc.main([str(image_file), "-o", str(out), "--mode", "bypass", "--max-pixels", "3072"]) == 0
+    assert fcm_enc.main([str(image_file), "-o", str(out), "--max-pixels", "0"]) == 2
+    assert "--max-pixels: expected a positive integer" in capsys.readouterr().err
+
+
+def test_16_bit_greyscale_input_is_scaled(fake_net, tmp_path):
+    grey16 = (np.arange(48 * 64).reshape(48, 64) * 21).astype(np.uint16)  # 0 .. 64491
+    img16, img8 = tmp_path / "g16.png", tmp_path / "g8.png"
+    Image.fromarray(grey16).save(img16)
+    Image.fromarray(np.round(grey16 / 257).astype(np.uint8)).save(img8)
+    for img in (img16, img8):
+        out = img.with_suffix(".bin")
+        assert fcm_enc.main([str(img), "-o", str(out), "--mode", "bypass", "--bypass-dtype", "float32"]) == 0
+    assert (tmp_path / "g16.bin").read_bytes() == (tmp_path / "g8.bin").read_bytes()
+
+
+def _fake_ffmpeg(tmp_path: Path, monkeypatch, body: str) -> None:
+    from codec.inner import vvc
+
+    script = tmp_path / "fake-ffmpeg"
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(vvc, "ffmpeg_exe", lambda: str(script))
+
+
+def test_an_ffmpeg_writing_random_bytes_gives_exit_1_and_no_container(fake_net, image_file, tmp_path, monkeypatch):
+    _fake_ffmpeg(tmp_path, monkeypatch, 'for a; do out="$a"; done\nhead -c 1000 /dev/urandom > "$out"')
+    out = tmp_path / "a.bin"
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert fcm_enc.main([str(image_file), "-o", str(out), "--mode", "anchor"]) == 1
+    assert "wrote 1000 bytes that are not a VVC intra picture" in err.getvalue()
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "000000000139.png",
+        "fake-ffmpeg",
+    ]
+
+
+@pytest.mark.parametrize("body", ["exit 0", "kill -9 $$"], ids=["missing", "killed"])
+def test_the_same_ffmpeg_failure_gives_exit_1_in_encoder_and_decoder(
+    fake_net, image_file, tmp_path, monkeypatch, capsys, body
+):
+    from codec.inner import vvc
+
+    if body == "exit 0":
+        monkeypatch.setattr(vvc, "ffmpeg_exe", lambda: str(tmp_path / "no-such-ffmpeg"))
+        message = "ffmpeg not found"
+    else:
+        _fake_ffmpeg(tmp_path, monkeypatch, body)
+        message = "killed by signal 9"
+    assert fcm_enc.main([str(image_file), "-o", str(tmp_path / "a.bin"), "--mode", "anchor"]) == 1
+    assert message in capsys.readouterr().err
+    for vector in ("v2-anchor-qp37", "vvc_msff-qp37"):
+        assert fcm_dec.main([str(VECTORS / f"{vector}.bin"), "-o", str(tmp_path / "f.npz")]) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a.bin").exists() and not (tmp_path / "f.npz").exists()
+
+
+@pytest.mark.needs_ffmpeg
+def test_a_vvc_payload_the_decoder_rejects_is_still_exit_2(tmp_path, capsys):
+    import dataclasses
+
+    from codec.bitstream import build_container, parse_container
+
+    parsed = parse_container((VECTORS / "v2-anchor-qp37.bin").read_bytes())
+    garbage = b"\x00\x00\x01" + bytes(range(256)) * 4
+    bad = build_container(parsed.header, [dataclasses.replace(parsed.units[0], data=garbage)])
+    (tmp_path / "bad.bin").write_bytes(bad)
+    assert fcm_dec.main([str(tmp_path / "bad.bin")]) == 2
+    assert "VVC payload could not be decoded" in capsys.readouterr().err
+
+
+def test_ffmpeg_timeout_flag_and_environment(fake_net, image_file, tmp_path, monkeypatch, capsys):
+    import time
+
+    _fake_ffmpeg(tmp_path, monkeypatch, "sleep 30 &\nsleep 30")
+    t0 = time.monotonic()
+    assert fcm_enc.main([str(image_file), "-o", str(tmp_path / "a.bin"), "--ffmpeg-timeout", "0.5"]) == 1
+    assert "ffmpeg timed out after 0.5 s" in capsys.readouterr().err
+    monkeypatch.setenv("FCM_FFMPEG_TIMEOUT", "0.5")
+    assert fcm_dec.main([str(VECTORS / "v2-anchor-qp37.bin")]) == 1
+    assert "ffmpeg timed out after 0.5 s" in capsys.readouterr().err
+    assert time.monotonic() - t0 < 20  # not the 30 s of the stalled tool
+    monkeypatch.setenv("FCM_FFMPEG_TIMEOUT", "soon")
+    monkeypatch.setattr(_cli, "load_network", _no_network)
+    assert fcm_enc.main([str(image_file), "-o", str(tmp_path / "a.bin")]) == 2
+    assert "$FCM_FFMPEG_TIMEOUT must be a number of seconds, got 'soon'" in capsys.readouterr().err
+    assert fcm_dec.main([str(VECTORS / "v2-anchor-qp37.bin"), "--ffmpeg-timeout", "-3"]) == 2
+    assert "--ffmpeg-timeout must be a finite number of seconds > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_outputs_honour_the_umask(fake_net, image_file, tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        out, npz = tmp_path / "o.bin", tmp_path / "f.npz"
+        assert fcm_enc.main([str(image_file), "-o", str(out), "--mode", "bypass"]) == 0
+        assert fcm_dec.main([str(out), "-o", str(npz)]) == 0
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == mode and npz.stat().st_mode & 0o777 == mode
+
+
+def test_an_overwritten_output_keeps_its_permissions(fake_net, image_file, tmp_path):
+    out = tmp_path / "o.bin"
+    out.write_bytes(b"old")
+    out.chmod(0o640)
+    assert fcm_enc.main([str(image_file), "-o", str(out), "--mode", "bypass", "--force"]) == 0
+    assert out.read_bytes()[:4] == b"FCMB" and out.stat().st_mode & 0o777 == 0o640
+
+
+def test_write_errors_name_the_users_path(fake_net, image_file, tmp_path, monkeypatch, capsys):
+    real_fsync = os.fsync
+
+    def full(fd):
+        real_fsync(fd)
+        raise OSError(28, "No space left on device", os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "o.bin"
+    assert fcm_enc.main([str(image_file), "-o", str(out), "--mode", "bypass"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"fcm_enc: error: cannot write {out}: No space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000000139.png"]  # no temp file left
+
+
+@pytest.mark.parametrize("app", ["enc", "dec"])
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing folder", "output folder does not exist"),
+        ("a folder", "path is a directory"),
+        ("exists", "exists: {out} (use --force to overwrite)"),
+        ("parent is a file", "output folder is not a folder"),
+    ],
+)
+def test_output_paths_are_checked_before_any_work(image_file, tmp_path, monkeypatch, capsys, app, case, message):
+    monkeypatch.setattr(_cli, "load_network", _no_network)
+
+    def no_decode(*a, **k):
+        raise AssertionError("decoded before the outputs were checked")
+
+    monkeypatch.setattr(fcm_dec, "decode_bitstream", no_decode)
+    out = {
+        "missing folder": tmp_path / "nodir" / "o.out",
+        "a folder": tmp_path,
+        "exists": tmp_path / "o.out",
+        "parent is a file": tmp_path / "000000000139.png" / "o.out",
+    }[case]
+    if case == "exists":
+        out.write_bytes(b"precious")
+    if app == "enc":
+        code = fcm_enc.main([str(image_file), "-o", str(out), "--mode", "bypass"])
+    else:
+        code = fcm_dec.main([str(VECTORS / "bypass-f16.bin"), "--detections", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message.format(out=out) in err and len(err.strip().splitlines()) == 1
+    if case == "exists":
+        assert out.read_bytes() == b"precious"
+
+
+def test_decoder_refuses_to_overwrite_without_force(fake_net, image_file, tmp_path, capsys):
+    npz, dets, png = tmp_path / "f.npz", tmp_path / "d.json", tmp_path / "d.png"
+    vector = str(tmp_path / "b.bin")
+    assert fcm_enc.main([str(image_file), "-o", vector, "--mode", "bypass"]) == 0
+    png.write_bytes(b"precious")
+    args = [vector, "-o", str(npz), "--detections", str(dets), "--draw", str(image_file), str(png)]
+    assert fcm_dec.main(args) == 2
+    assert f"drawing output exists: {png} (use --force to overwrite)" in capsys.readouterr().err
+    assert not npz.exists() and not dets.exists() and png.read_bytes() == b"precious"
+    png.unlink()
+    assert fcm_dec.main(args[:-3]) == 0
+    assert fcm_dec.main(args[:3]) == 2  # the features file is there now
+    assert "features output exists" in capsys.readouterr().err
+    assert fcm_dec.main([*args[:3], "--force"]) == 0
+
+
+def test_decoder_refuses_one_file_for_two_outputs(fake_net, tmp_path, capsys):
+    same = str(tmp_path / "x.out")
+    assert fcm_dec.main([str(VECTORS / "bypass-f16.bin"), "-o", same, "--detections", same]) == 2
+    assert "features output and detections output are the same file" in capsys.readouterr().err
