@@ -100,14 +100,15 @@ def select_images(
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """An image file as RGB uint8 (H, W, 3), pixels as stored (no EXIF rotation, as COCO annotates)."""
-    from PIL import Image
+    """An image file as RGB uint8 (H, W, 3), pixels as stored (no EXIF rotation, as COCO annotates),
+    read as fcm_enc reads it (codec.pipeline.load_image: size limits, 16-bit and alpha handling)."""
+    from codec.errors import InputError
+    from codec.pipeline import load_image
 
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"cannot read image {path}: {e}") from None
+        return load_image(path)
+    except InputError as e:
+        raise DatasetError(f"cannot read image: {e}") from None
 
 
 # -- network ---------------------------------------------------------------------------
