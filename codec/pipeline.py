@@ -128,15 +128,22 @@ def to_rgb8(im: Any, what: str = "image") -> np.ndarray:
       profile applied), LAB, HSV: Pillow's conversion to RGB, as before;
     * with alpha (RGBA, LA, PA, palette with transparency, premultiplied La / RGBa):
       composited over ALPHA_BACKGROUND;
-    * 16-bit greyscale (I;16, I;16B, I;16L, and mode I with samples in 0..65535, as Pillow
-      gives 16-bit PGM/PPM files): scaled to 8 bit (v / 257, rounded). 16-bit RGB(A) PNGs
-      Pillow already reduces to 8 bit (the high byte);
-    * other modes (I with samples outside 0..65535, 32-bit float F): InputError, since no
-      8-bit mapping is defined for them.
+    * 16-bit greyscale (I;16, I;16B, I;16L, and mode I with samples in 0..65535 from a PNM
+      or PNG file or from memory, as Pillow gives 16-bit PGM files): scaled to 8 bit (v / 257,
+      rounded). 16-bit RGB(A) PNGs Pillow already reduces to 8 bit (the high byte);
+    * other modes (I from other formats such as 32-bit or signed TIFF, I outside 0..65535,
+      32-bit float F): InputError, since no 8-bit mapping is defined for them.
     """
     mode = im.mode
     if mode == "RGB":
         return np.asarray(im, dtype=np.uint8).copy()
+    if mode == "I" and im.format not in (None, "PPM", "PNG"):
+        # Pillow's PNM and PNG readers give 16-bit samples as mode I; elsewhere (TIFF) it holds
+        # 32-bit or signed 16-bit integers, whose range means nothing in 8 bit
+        raise InputError(
+            f"{what} has 32-bit or signed integer samples (mode I, {im.format}): no defined conversion to 8 bit "
+            "(convert it to 8 or 16 bit first)"
+        )
     if mode.startswith("I;16") or mode == "I":
         a = np.asarray(im)
         if a.dtype.kind not in "iu" or (a.size and (int(a.min()) < 0 or int(a.max()) > 65535)):

@@ -126,6 +126,12 @@ def test_other_16_bit_modes_are_scaled(mode):
     assert list(to_rgb8(im)[0, :, 1]) == [0, 1, 128, 255]
 
 
+def test_mode_i_outside_16_bit_is_refused():
+    im = Image.fromarray(np.array([[-1, 0, 70000]], np.int32))
+    with pytest.raises(InputError, match="I samples in -1..70000, outside 0..65535"):
+        to_rgb8(im)
+
+
 def test_16_bit_pgm_is_read_as_16_bit(tmp_path):
     path = tmp_path / "g.pgm"
     path.write_bytes(b"P5\n3 1\n4095\n" + np.array([0, 2048, 4095], ">u2").tobytes())
@@ -147,7 +153,8 @@ def test_16_bit_rgb_and_grey_alpha_pngs_keep_their_range(tmp_path):
     ("samples", "message"),
     [
         (np.array([[0.0, 0.5, 1.0]], np.float32), "32-bit float samples"),
-        (np.array([[-1, 0, 70000]], np.int32), "samples in -1..70000, outside 0..65535"),
+        (np.array([[-1, 0, 70000]], np.int32), r"32-bit or signed integer samples \(mode I, TIFF\)"),
+        (np.array([[0, 100, 255]], np.int32), r"32-bit or signed integer samples \(mode I, TIFF\)"),
     ],
 )
 def test_modes_without_an_8_bit_meaning_are_refused(tmp_path, samples, message):
