@@ -164,7 +164,7 @@ def test_toy_mode_through_fcm_enc_dec_inspect(toy, image_file, tmp_path, monkeyp
             {"scale_name", "scale_channels", "scale_height", "scale_width"}
         ] * 2
         npz = tmp_path / f"toy{bits}.npz"
-        assert fcm_dec.main([str(out), "-o", str(npz), "--detections", str(tmp_path / "d.json")]) == 0
+        assert fcm_dec.main([str(out), "-o", str(npz), "--detections", str(tmp_path / f"d{bits}.json")]) == 0
         assert "mode toy, network nanodet" in capsys.readouterr().out
         with np.load(npz) as z:
             decoded[bits] = {k: z[k] for k in z.files}
