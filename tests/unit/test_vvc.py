@@ -342,6 +342,36 @@ def test_encoder_output_that_is_not_a_vvc_stream_is_a_tool_failure(tmp_path, mon
         encode_luma10(np.zeros((32, 32), np.uint16), 30)
 
 
+def test_verify_decodes_the_encoder_output(tmp_path, monkeypatch):
+    """A stream that looks like one intra picture but that the decoder refuses: returned
+    without verify, a FfmpegToolError with it."""
+    fake_ffmpeg(
+        tmp_path,
+        monkeypatch,
+        'for a; do out="$a"; done\n'
+        'case "$*" in *libvvenc*) ;; *) echo "Invalid data found when processing input" >&2; exit 1;; esac\n'
+        "printf '\\000\\000\\001\\000\\241\\020\\000\\000\\001\\000\\171\\200"
+        '\\000\\000\\001\\000\\201\\200\\000\\000\\001\\000\\071\\021\\042\' > "$out"',
+    )
+    monkeypatch.setattr(vvc, "ffmpeg_supports_vvc", lambda: True)
+    frame = np.zeros((32, 32), np.uint16)
+    stream = encode_luma10(frame, 30)
+    assert [u.type_name for u in check_intra_stream(stream)] == ["AUD", "SPS", "PPS", "IDR_W_RADL"]
+    with pytest.raises(FfmpegToolError, match="for a 32x32 picture does not decode: .*Invalid data found"):
+        encode_luma10(frame, 30, verify=True)
+    with pytest.raises(FfmpegToolError, match="does not decode"):
+        encode_rgb_image(np.zeros((32, 32, 3), np.uint8), 30, verify=True)
+
+
+@pytest.mark.needs_ffmpeg
+@needs_vvc
+def test_verify_passes_a_real_stream():
+    frame = _textured_frame(40, 56, seed=4)
+    assert encode_luma10(frame, 30, verify=True) == encode_luma10(frame, 30)
+    image = _test_image(24, 40)
+    assert encode_rgb_image(image, 30, verify=True) == encode_rgb_image(image, 30)
+
+
 def _nal(nut: int, payload: bytes = b"\x80", layer: int = 0, tid_plus1: int = 1) -> bytes:
     return b"\x00\x00\x01" + bytes([layer & 0x3F, (nut << 3) | tid_plus1]) + payload
 
