@@ -217,7 +217,17 @@ def _stream_of(units: list[PayloadUnit]) -> PayloadUnit:
             f"anchor mode needs exactly one VVC_NAL_STREAM unit for all scales and no other units, "
             f"got {len(streams)} and {len(others)} others"
         )
-    return streams[0]
+    return check_vvc_payload(streams[0])
+
+
+def check_vvc_payload(unit: PayloadUnit) -> PayloadUnit:
+    """The structural check of a VVC_NAL_STREAM unit that needs no decoder (NAL headers of one
+    intra picture, SPS and PPS first: vvc.check_intra_stream); InnerCodecError otherwise."""
+    try:
+        vvc.check_intra_stream(unit.data)
+    except vvc.NalParseError as e:
+        raise InnerCodecError(f"VVC payload is not one intra picture: {str(e).splitlines()[0]}") from None
+    return unit
 
 
 def validate(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> None:

@@ -248,7 +248,7 @@ def _stream_of(units: list[PayloadUnit]) -> PayloadUnit:
     streams = units_of_type(units, UnitType.VVC_NAL_STREAM)
     if len(streams) != 1 or streams[0].scale_index != ALL_SCALES or len(units) != 1:
         raise MalformedError("vvc_msff needs exactly one VVC_NAL_STREAM unit for all scales and no other units")
-    return streams[0]
+    return anchor.check_vvc_payload(streams[0])
 
 
 def validate(header: ContainerHeader, units: list[PayloadUnit], weights: Weights = None) -> None:

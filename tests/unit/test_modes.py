@@ -267,7 +267,7 @@ def test_anchor_round_trip_through_vvc():
 def test_anchor_garbage_vvc_payload_is_inner_codec_error():
     mh, units = anchor.encode(smooth_features(6), SPLIT, anchor.Params(qp=37))
     garbage = [PayloadUnit(UnitType.VVC_NAL_STREAM, b"\x00\x00\x01" + bytes(range(256)) * 4)]
-    with pytest.raises(InnerCodecError, match="VVC payload could not be decoded"):
+    with pytest.raises(InnerCodecError, match="VVC payload is not one intra picture"):
         anchor.decode(header_for(anchor, mh), garbage)
 
 
@@ -288,3 +288,26 @@ def test_listing_the_modes_and_inspecting_imports_neither_torch_nor_compressai()
     code = "import sys, codec.apps.fcm_dec, codec.apps.fcm_enc; print('compressai' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_vvc_payload_that_is_not_an_intra_picture_is_refused_without_decoding():
+    """fcm_inspect and the decoders check the NAL structure of the VVC unit (no decoder run):
+    random bytes from a broken encoder, or a stream cut before its slice, are refused."""
+    from pathlib import Path
+
+    from codec.bitstream import build_container, parse_container
+    from codec.errors import InnerCodecError
+    from codec.modes import mode_by_id
+
+    vectors = Path(__file__).resolve().parents[1] / "conformance"
+    for name in ("v21-anchor-qp37.bin", "v21-vvc_msff-qp37.bin"):
+        parsed = parse_container((vectors / name).read_bytes())
+        unit = parsed.units[0]
+        mode = mode_by_id(parsed.header.mode_id)
+        mode.check(parsed.header, parsed.units)  # the real stream passes
+        rng = np.random.default_rng(0)
+        for bad in (rng.bytes(1000), unit.data[:40], b"\x00\x00\x01" + rng.bytes(200)):
+            data = build_container(parsed.header, [PayloadUnit(unit.unit_type, bad, unit.scale_index)])
+            p = parse_container(data)
+            with pytest.raises(InnerCodecError, match="VVC payload is not one intra picture"):
+                mode.check(p.header, p.units)
