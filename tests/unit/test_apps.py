@@ -443,7 +443,15 @@ def test_a_vvc_payload_the_decoder_rejects_is_still_exit_2(tmp_path, capsys):
     bad = build_container(parsed.header, [dataclasses.replace(parsed.units[0], data=garbage)])
     (tmp_path / "bad.bin").write_bytes(bad)
     assert fcm_dec.main([str(tmp_path / "bad.bin")]) == 2
-    assert "VVC payload could not be decoded" in capsys.readouterr().err
+    assert "VVC payload is not one intra picture" in capsys.readouterr().err  # refused before ffmpeg runs
+    # a payload with a valid NAL structure whose slice data ffmpeg cannot decode: still exit 2
+    real = parsed.units[0].data
+    cut = real[: len(real) // 2]
+    bad = build_container(parsed.header, [dataclasses.replace(parsed.units[0], data=cut)])
+    (tmp_path / "cut.bin").write_bytes(bad)
+    code = fcm_dec.main([str(tmp_path / "cut.bin")])
+    err = capsys.readouterr().err
+    assert code == 2 and "VVC payload" in err, err
 
 
 def test_ffmpeg_timeout_flag_and_environment(fake_net, image_file, tmp_path, monkeypatch, capsys):
