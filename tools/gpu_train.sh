@@ -28,6 +28,10 @@ else
 fi
 export FCM_MODELS_DIR="$PWD/$PACK/models" FCM_OFFLINE=1 PYTHONUNBUFFERED=1
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+# first the bit-exactness check: learned_e2e decodes to the same integers and features on CUDA
+# as on the CPU (tests/unit/test_fenet.py, marker gpu); its result comes back in $OUT
+"$PY" -m pytest -q -p no:cacheprovider -m gpu tests/unit/test_fenet.py 2>&1 | tee "$OUT/gpu_check.log" || \
+  echo "gpu check FAILED (see gpu_check.log)"
 "$PY" -m tools.train_fenet --device "$DEVICE" --images "$PACK/images" --holdout 32 --views 8 \
   --cache-dir /tmp/fcm-gpu-cache --init "$INIT" --lambdas "$LAMBDAS" --task-weight 1 --feature-weight 0.1 \
   --steps "$STEPS" --lr 3e-4 --batch 16 --threads 8 --time-limit "$MINUTES" --dev-every 3 \
