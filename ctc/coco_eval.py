@@ -1,8 +1,9 @@
-"""COCO box mAP of detection results, through pycocotools (quiet).
+"""COCO box and mask mAP of detection results, through pycocotools (quiet).
 
 Results use the COCO results format: one dict per detection with ``image_id``, ``category_id``
 (COCO category id, not a 0-based class index), ``bbox`` = [x, y, w, h] in original-image pixels and
-``score``; ``codec.vision.base.Detections.to_coco(image_id)`` produces it.
+``score``, plus ``segmentation`` (an RLE {"size": [h, w], "counts": str}) for mask AP;
+``codec.vision.base.Detections.to_coco(image_id)`` produces it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CocoEvalError", "METRIC_KEYS", "evaluate_detections"]
+__all__ = ["CocoEvalError", "IOU_TYPES", "METRIC_KEYS", "evaluate_detections"]
 
 # Keys returned by evaluate_detections, in COCOeval.stats order (indices 0..5).
 METRIC_KEYS: tuple[str, ...] = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
+IOU_TYPES = ("bbox", "segm")  # box AP, mask AP
 
 
 class CocoEvalError(ValueError):
@@ -46,8 +48,10 @@ def _ground_truth(annotation_file: str | os.PathLike) -> Any:
         raise CocoEvalError(f"cannot read COCO annotations from {path}: {exc}") from exc
 
 
-def _clean_result(r: Mapping[str, Any], index: int) -> dict[str, Any]:
-    """A fresh, plain-python copy of one result (pycocotools mutates the dicts it is given)."""
+def _clean_result(r: Mapping[str, Any], index: int, iou_type: str = "bbox") -> dict[str, Any]:
+    """A fresh, plain-python copy of one result (pycocotools mutates the dicts it is given).
+    For mask AP it keeps the RLE and leaves the box out: pycocotools' loadRes would otherwise
+    replace the segmentation by the box's polygon."""
     try:
         image_id = int(r["image_id"])
         category_id = int(r["category_id"])
@@ -59,16 +63,34 @@ def _clean_result(r: Mapping[str, Any], index: int) -> dict[str, Any]:
         raise CocoEvalError(f"result {index}: bbox must be 4 finite numbers [x, y, w, h] with w, h >= 0")
     if not math.isfinite(score):
         raise CocoEvalError(f"result {index}: score must be finite")
-    return {"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score}
+    if iou_type == "bbox":
+        return {"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score}
+    seg = r.get("segmentation")
+    try:
+        size = [int(v) for v in seg["size"]]  # type: ignore[index]
+        counts = seg["counts"]  # type: ignore[index]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CocoEvalError(f"result {index}: mask AP needs a segmentation RLE {{'size', 'counts'}} ({exc})") from exc
+    if len(size) != 2 or not isinstance(counts, (str, bytes)):
+        raise CocoEvalError(f"result {index}: segmentation must be an RLE with size [h, w] and string counts")
+    return {
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": {"size": size, "counts": counts},
+        "score": score,
+    }
 
 
 def evaluate_detections(
     results: list[dict],
     annotation_file: str | os.PathLike,
     image_ids: list[int] | None = None,
+    iou_type: str = "bbox",
 ) -> dict[str, float]:
-    """Box AP of ``results`` against the annotation file, restricted to ``image_ids`` if given
-    (default: every image of the annotation file; results for other images are dropped).
+    """Box AP (``iou_type="bbox"``) or mask AP (``"segm"``: the results' RLE masks against the
+    annotations' polygons and crowd RLEs) of ``results`` against the annotation file,
+    restricted to ``image_ids`` if given (default: every image of the annotation file; results
+    for other images are dropped).
 
     Returns {"map": AP@[.5:.95], "map50", "map75", "map_small", "map_medium", "map_large",
     "n_images"}, AP in [0, 1] with 100 detections per image, as COCOeval.stats. As in pycocotools, a
@@ -77,6 +99,8 @@ def evaluate_detections(
     """
     from pycocotools.cocoeval import COCOeval
 
+    if iou_type not in IOU_TYPES:
+        raise CocoEvalError(f"iou_type must be one of {', '.join(IOU_TYPES)}, got {iou_type!r}")
     gt = _ground_truth(annotation_file)
     known_images = set(gt.getImgIds())
     if image_ids is None:
@@ -89,7 +113,7 @@ def evaluate_detections(
         if unknown:
             raise CocoEvalError(f"{len(unknown)} image ids not in {annotation_file}: {unknown[:5]}")
 
-    cleaned = [_clean_result(r, k) for k, r in enumerate(results)]
+    cleaned = [_clean_result(r, k, iou_type) for k, r in enumerate(results)]
     not_in_file = sorted({r["image_id"] for r in cleaned} - known_images)
     if not_in_file:
         raise CocoEvalError(f"results for image ids not in {annotation_file}: {not_in_file[:5]}")
@@ -99,6 +123,11 @@ def evaluate_detections(
         raise CocoEvalError(f"results use category ids not in {annotation_file}: {bad_cats[:5]}")
     wanted = set(eval_ids)
     cleaned = [r for r in cleaned if r["image_id"] in wanted]
+    if iou_type == "segm":
+        sizes = {i["id"]: [int(i["height"]), int(i["width"])] for i in gt.loadImgs(sorted(wanted))}
+        wrong = [r["image_id"] for r in cleaned if r["segmentation"]["size"] != sizes[r["image_id"]]]
+        if wrong:
+            raise CocoEvalError(f"masks of image {wrong[0]} are not the image's size {sizes[wrong[0]]}")
 
     out: dict[str, float] = {}
     if not cleaned:
@@ -106,7 +135,7 @@ def evaluate_detections(
     else:
         with contextlib.redirect_stdout(io.StringIO()):
             dt = gt.loadRes(cleaned)
-            ev = COCOeval(gt, dt, iouType="bbox")
+            ev = COCOeval(gt, dt, iouType=iou_type)
             ev.params.imgIds = eval_ids
             ev.evaluate()
             ev.accumulate()

@@ -51,17 +51,35 @@ class SplitPoint:
 
 @dataclass
 class Detections:
-    """Detections in original-image pixels: boxes as (x1, y1, x2, y2)."""
+    """Detections in original-image pixels: boxes as (x1, y1, x2, y2); for instance
+    segmentation networks also one binary mask per detection at the original image size."""
 
     boxes: np.ndarray  # (N, 4) float
     scores: np.ndarray  # (N,) float
     category_ids: np.ndarray  # (N,) int, COCO category ids (1..90)
-    extra: dict = field(default_factory=dict)  # masks, keypoints (R-CNN variants)
+    extra: dict = field(default_factory=dict)  # network-specific outputs (R-CNN: mask probabilities, keypoints)
+    masks: np.ndarray | None = None  # (N, orig_h, orig_w) bool instance masks, or None (boxes only)
+
+    def __post_init__(self) -> None:
+        if self.masks is not None and (self.masks.ndim != 3 or self.masks.shape[0] != len(self.scores)):
+            raise ValueError(f"masks must be (N, H, W) with N = {len(self.scores)}, got {self.masks.shape}")
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
+    def masks_rle(self) -> list[dict]:
+        """The masks as COCO run-length encodings ({"size": [h, w], "counts": str})."""
+        if self.masks is None:
+            return []
+        from pycocotools import mask as mask_utils
+
+        # pycocotools wants (H, W, N) in Fortran order: each mask column-major
+        rles = mask_utils.encode(np.asfortranarray(self.masks.transpose(1, 2, 0), dtype=np.uint8))
+        return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in rles]
+
     def to_coco(self, image_id: int) -> list[dict]:
+        """COCO results: one dict per detection with image_id, category_id, bbox [x, y, w, h]
+        and score, plus "segmentation" (RLE) when the detections carry masks."""
         out = []
         for (x1, y1, x2, y2), s, c in zip(self.boxes, self.scores, self.category_ids):
             out.append(
@@ -77,6 +95,8 @@ class Detections:
                     "score": round(float(s), 5),
                 }
             )
+        for r, rle in zip(out, self.masks_rle()):
+            r["segmentation"] = rle
         return out
 
 

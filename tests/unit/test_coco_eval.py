@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from codec.files import assets_path
@@ -141,3 +142,61 @@ def test_malformed_results_are_rejected(bad):
 def test_missing_annotation_file(tmp_path):
     with pytest.raises(CocoEvalError, match="annotation file not found"):
         evaluate_detections([], tmp_path / "missing.json")
+
+
+# -- mask AP (iou_type="segm") on coco128, whose annotations have polygons and crowd RLEs ------
+
+COCO128 = ASSETS / "coco" / "coco128" / "annotations" / "instances_train2017.json"
+SEGM_IMAGE_IDS = [9, 25, 30, 34, 36, 42, 49, 61]
+
+
+@pytest.fixture(scope="module")
+def gt_mask_results() -> list[dict]:
+    """Non-crowd ground truth of SEGM_IMAGE_IDS as results with RLE masks, score 1.0."""
+    if not COCO128.is_file():
+        pytest.skip(f"coco128 annotations not found at {COCO128}")
+    from pycocotools.coco import COCO
+
+    gt = COCO(str(COCO128))
+    out = []
+    for a in gt.loadAnns(gt.getAnnIds(imgIds=SEGM_IMAGE_IDS, iscrowd=False)):
+        rle = gt.annToRLE(a)
+        counts = rle["counts"].decode() if isinstance(rle["counts"], bytes) else rle["counts"]
+        seg = {"size": list(rle["size"]), "counts": counts}
+        out.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": a["bbox"],
+                "score": 1.0,
+                "segmentation": seg,
+            }
+        )
+    return out
+
+
+def test_ground_truth_masks_give_mask_map_1_and_boxes_alone_do_not(gt_mask_results):
+    assert len(gt_mask_results) > 20
+    segm = evaluate_detections(gt_mask_results, COCO128, SEGM_IMAGE_IDS, iou_type="segm")
+    assert segm["map"] == pytest.approx(1.0) and segm["n_images"] == len(SEGM_IMAGE_IDS)
+    assert evaluate_detections(gt_mask_results, COCO128, SEGM_IMAGE_IDS)["map"] == pytest.approx(1.0)
+    # the box's own mask (a filled rectangle) is a poor instance mask
+    from pycocotools import mask as mask_utils
+
+    boxes_as_masks = []
+    for r in gt_mask_results:
+        h, w = r["segmentation"]["size"]
+        rle = mask_utils.frPyObjects(np.array([r["bbox"]], dtype=np.float64), h, w)[0]
+        boxes_as_masks.append(dict(r, segmentation={"size": [h, w], "counts": rle["counts"].decode()}))
+    assert evaluate_detections(boxes_as_masks, COCO128, SEGM_IMAGE_IDS, iou_type="segm")["map"] < 0.6
+
+
+def test_mask_ap_needs_masks_of_the_image_size(gt_mask_results):
+    no_mask = [{k: v for k, v in r.items() if k != "segmentation"} for r in gt_mask_results]
+    with pytest.raises(CocoEvalError, match="segmentation RLE"):
+        evaluate_detections(no_mask, COCO128, SEGM_IMAGE_IDS, iou_type="segm")
+    wrong = [dict(r, segmentation=dict(r["segmentation"], size=[10, 10])) for r in gt_mask_results]
+    with pytest.raises(CocoEvalError, match="not the image's size"):
+        evaluate_detections(wrong, COCO128, SEGM_IMAGE_IDS, iou_type="segm")
+    with pytest.raises(CocoEvalError, match="iou_type"):
+        evaluate_detections(gt_mask_results, COCO128, iou_type="keypoints")
