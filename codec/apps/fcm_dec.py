@@ -28,7 +28,9 @@ The features file holds one float32 array (1, C, H, W) per scale, named after
 the scale (e.g. p3, p4, p5). Detections need NN part 2: the network named in the
 container is loaded, and its weights must match the encoder's (sha256 in the
 container). --score-thr filters both the JSON and the drawing; without it the
-JSON has every detection and the drawing those scoring >= 0.3.
+JSON has every detection and the drawing those scoring >= 0.3. For an instance
+segmentation network (yolov5s_seg) each detection also has a "segmentation": its mask
+at the original image size as COCO RLE.
 Every output path is checked before decoding; an existing output is refused
 without --force.
 """

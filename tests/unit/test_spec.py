@@ -149,14 +149,21 @@ def test_id_table_matches_enum(enum_name):
     assert spec_id_tables()[enum_name] == {int(m): m.name for m in cls}
 
 
-def test_split_point_table_matches_nanodet():
-    from codec.vision.nanodet import SPLIT_POINTS
+def test_split_point_table_matches_the_code_and_the_networks():
+    from codec.vision.nanodet import SPLIT_POINTS as NANODET
+    from codec.vision.yolov5_seg import SPLIT_POINTS as YOLOV5S_SEG
 
     rows = _tables_after(r"^#{2,4} [\d.]+ (split_point_id)\s*$")["split_point_id"]
     spec = {(r[0], int(r[1]), r[2]): r[3] for r in rows}
-    for sp in SPLIT_POINTS.values():
-        scales = "; ".join(f"{s.name}: {s.channels}, {s.stride}" for s in sp.scales)
-        assert spec[("NANODET", sp.split_id, sp.name)] == scales
+    code = {
+        (ids.NetworkId(net).name, sid, name): "; ".join(f"{n}: {c}, {st}" for n, c, st in scales)
+        for (net, sid), (name, scales) in ids.SPLIT_POINT_TABLE.items()
+    }
+    assert spec == code
+    for net, split_points in (("NANODET", NANODET), ("YOLOV5S_SEG", YOLOV5S_SEG)):
+        for sp in split_points.values():
+            scales = "; ".join(f"{s.name}: {s.channels}, {s.stride}" for s in sp.scales)
+            assert spec[(net, sp.split_id, sp.name)] == scales
 
 
 def test_limits_table_matches_code():
