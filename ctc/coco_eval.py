@@ -124,6 +124,9 @@ def evaluate_detections(
     wanted = set(eval_ids)
     cleaned = [r for r in cleaned if r["image_id"] in wanted]
     if iou_type == "segm":
+        eval_anns = gt.loadAnns(gt.getAnnIds(imgIds=eval_ids))
+        if any(not a.get("segmentation") for a in eval_anns):
+            raise CocoEvalError(f"{annotation_file} has annotations without a mask (segmentation): no mask AP")
         sizes = {i["id"]: [int(i["height"]), int(i["width"])] for i in gt.loadImgs(sorted(wanted))}
         wrong = [r["image_id"] for r in cleaned if r["segmentation"]["size"] != sizes[r["image_id"]]]
         if wrong:

@@ -7,8 +7,10 @@ image -> NN part 1 -> NN part 2 -> detections -> pycocotools mAP.
   python -m tools.eval_network --images DIR --annotations instances.json [--limit N]
   python -m tools.eval_network --dataset coco128 --net-arg normalisation=rgb255     # ablations
   python -m tools.eval_network --dataset val2017-103 --net-arg resize_mode=letterbox
+  python -m tools.eval_network --network yolov5s_seg --dataset coco128      # box and mask AP
 
-Prints mAP@[.5:.95] and mAP@0.5 (the numbers in README.md come from this)."""
+Prints mAP@[.5:.95] and mAP@0.5 (the numbers in README.md come from this): box AP, and mask
+AP too for a network whose detections carry masks (the annotations need segmentations)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from codec.vision import DEFAULT_NETWORK, available_networks, get_network
+from codec.vision import DEFAULT_NETWORK, available_networks, get_network, networks_help
 from codec.vision.weights import assets_dir
 
 DATASETS = {
@@ -32,7 +34,7 @@ DATASETS = {
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--network", default=DEFAULT_NETWORK, choices=available_networks())
+    ap.add_argument("--network", default=DEFAULT_NETWORK, choices=available_networks(), help=networks_help())
     ap.add_argument("--weights", help="local weights file instead of the default source")
     ap.add_argument("--split", help="split point (default: the network's default)")
     ap.add_argument("--dataset", choices=sorted(DATASETS), help="a set from the shared assets")
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from codec.pipeline import load_image
-    from ctc.coco_eval import evaluate_detections
+    from ctc.coco_eval import CocoEvalError, evaluate_detections
 
     if args.dataset:
         root = assets_dir()
@@ -91,7 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         t1 += mid - start
         t2 += time.perf_counter() - mid
         results += dets.to_coco(info["id"])
-    m = evaluate_detections(results, annotations, [i["id"] for i in infos])
+    ids = [i["id"] for i in infos]
+    m = evaluate_detections(results, annotations, ids)
+    segm, no_segm = None, ""
+    if results and "segmentation" in results[0]:
+        try:
+            segm = evaluate_detections(results, annotations, ids, iou_type="segm")
+        except CocoEvalError as e:  # a set with boxes only (val2017-103)
+            no_segm = str(e)
     if args.save:
         args.save.write_text(json.dumps(results))
     n = len(infos)
@@ -99,8 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"network {net.name}  split {split}  weights sha256 {net.weights_sha256()[:16]}...{extra}")
     print(f"images {n} from {images}")
     print(f"mAP@[.5:.95] {m['map']:.4f}   mAP@0.5 {m['map50']:.4f}   mAP@0.75 {m['map75']:.4f}")
+    if segm is not None:
+        print(f"mask mAP@[.5:.95] {segm['map']:.4f}   mAP@0.5 {segm['map50']:.4f}   mAP@0.75 {segm['map75']:.4f}")
+    elif no_segm:
+        print(f"mask mAP: none ({no_segm})")
     print(
-        f"NN part 1 {1000 * t1 / n:.1f} ms/img (incl. preprocessing)   NN part 2 {1000 * t2 / n:.1f} ms/img (incl. NMS)"
+        f"NN part 1 {1000 * t1 / n:.1f} ms/img (incl. preprocessing)   "
+        f"NN part 2 {1000 * t2 / n:.1f} ms/img (incl. NMS and masks)   threads {torch.get_num_threads()}"
     )
     return 0
 

@@ -200,3 +200,7 @@ def test_mask_ap_needs_masks_of_the_image_size(gt_mask_results):
         evaluate_detections(wrong, COCO128, SEGM_IMAGE_IDS, iou_type="segm")
     with pytest.raises(CocoEvalError, match="iou_type"):
         evaluate_detections(gt_mask_results, COCO128, iou_type="keypoints")
+    # val2017-103 has boxes only
+    on_val = [dict(r, image_id=1000, category_id=1) for r in gt_mask_results[:1]]
+    with pytest.raises(CocoEvalError, match="without a mask"):
+        evaluate_detections(on_val, ANNOTATIONS, [1000], iou_type="segm")
