@@ -29,6 +29,7 @@ examples:
 Network weights are fetched on first use and verified, never shipped with the codec
 (Apache-2.0); each network's weight licence is listed under --network (YOLOv5s-seg's
 weights are AGPL-3.0).
+
 Prints the container size in bytes, bits per pixel of the input image
 (container bits / (width * height)) and the time of each stage.
 
