@@ -73,6 +73,9 @@ def _run(args: argparse.Namespace) -> int:
     )
     report = build_report(args.out, run_environment())
     print(report.table())
+    if report.bd:
+        print()
+        print(report.bd_table())
     print(f"wall time {time.perf_counter() - t0:.1f} s; outputs in {Path(args.out)} (report.html)")
     return 0
 

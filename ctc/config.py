@@ -22,12 +22,20 @@ silently)::
     reference: uncompressed           # optional: the uncompressed line for near-lossless rates
     near_lossless:
       max_rel_loss: 0.01
+    bd_rate:                          # optional
+      curves: [front, monotone]       # how a curve becomes monotone: its front, MPEG's fit, or both
+      min_overlap: 0.75               # warn when two curves overlap on less of their range
     codecs:
       - name: image_anchor
         type: image_anchor            # see ctc.codecs.available_codec_types()
         param: qp                     # the rate parameter ...
         values: [47, 42, 37, 32]      # ... and its rate points
         options: {preset: faster}     # fixed parameters of every point
+        bd: true                      # optional: false for a codec that is no BD curve
+
+Every value is checked when the file is loaded, before any network or job starts: the
+parameters through each codec's parameter dataclass (names, kinds, ranges), and every
+curve that is compared against the anchors (the anchors too) needs 4 to 8 rate points.
 
 Paths are relative to the configuration file, or start with ``${assets}``: the
 assets directory given by ``--assets``, else the ``FCM_ASSETS`` environment
@@ -50,6 +58,7 @@ from .errors import ConfigError
 ASSETS_VAR = "${assets}"
 METRICS = ("map50", "map", "map75")
 MAX_RATE_POINTS = 12
+BD_CURVES = ("front", "monotone")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -91,6 +100,7 @@ class CodecConfig:
     type: str
     points: tuple[RatePoint, ...]
     mode: str | None = None  # container mode for type "container"
+    bd: bool = True  # compared against the anchors (BD-rate), unless a reference point
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,8 @@ class CtcConfig:
     report_metrics: tuple[str, ...] = ("map50", "map")
     reference: str | None = None
     near_lossless_max_rel_loss: float = 0.01
+    bd_curves: tuple[str, ...] = BD_CURVES
+    bd_min_overlap: float = 0.75
     source: str = ""  # the YAML text, recorded in the report
     source_path: str | None = None
     raw: dict = field(default_factory=dict, compare=False)
@@ -221,7 +233,7 @@ def _parse_codec(i: int, data: Any) -> CodecConfig:
     from .codecs import get_codec_type
 
     section = f"codecs[{i}]"
-    d = _check_keys(section, data, {"name", "type", "mode", "param", "values", "options"}, {"name", "type"})
+    d = _check_keys(section, data, {"name", "type", "mode", "param", "values", "options", "bd"}, {"name", "type"})
     name = _name(f"{section}.name", d["name"])
     section = f"codec {name!r}"
     ctype = _str(f"{section}.type", d["type"])
@@ -260,7 +272,30 @@ def _parse_codec(i: int, data: Any) -> CodecConfig:
         points.append(RatePoint(point_name(p, v), p, v, params))
     if len({pt.name for pt in points}) != len(points):
         raise ConfigError(f"{section}: rate point names collide: {[pt.name for pt in points]}")
-    return CodecConfig(name=name, type=ctype, points=tuple(points), mode=plugin.mode)
+    bd = d.get("bd", True)
+    if not isinstance(bd, bool):
+        raise ConfigError(f"{section}.bd: expected true or false, got {bd!r}")
+    return CodecConfig(name=name, type=ctype, points=tuple(points), mode=plugin.mode, bd=bd)
+
+
+def _check_bd_curves(codecs: tuple[CodecConfig, ...], anchors: list[str]) -> None:
+    """Every curve that meets the anchors in the BD table (the anchors too) has enough points."""
+    from .bd_rate import MAX_POINTS, MIN_POINTS
+    from .metrics import is_bd_curve
+
+    if not anchors:
+        return
+    for c in codecs:
+        if not (c.name in anchors or is_bd_curve(c)):
+            continue
+        n = len(c.points)
+        if not MIN_POINTS <= n <= MAX_POINTS:
+            role = "an anchor" if c.name in anchors else "a curve compared against the anchors"
+            hint = "" if c.name in anchors else "; or set `bd: false` if it is not meant for BD-rates"
+            raise ConfigError(
+                f"codec {c.name!r}: {n} rate point{'s' if n != 1 else ''}; {role} needs {MIN_POINTS} to "
+                f"{MAX_POINTS} for a BD-rate{hint}"
+            )
 
 
 def parse_config(
@@ -271,7 +306,7 @@ def parse_config(
     d = _check_keys(
         "config",
         data,
-        {"name", "dataset", "network", "metric", "anchors", "reference", "near_lossless", "codecs"},
+        {"name", "dataset", "network", "metric", "anchors", "reference", "near_lossless", "bd_rate", "codecs"},
         {"dataset", "network", "codecs"},
     )
     name = _name("name", d.get("name", "ctc"))
@@ -304,6 +339,7 @@ def parse_config(
             raise ConfigError(f"anchors: {a!r} is not a codec of this config ({', '.join(names)})")
         if len(next(c for c in codecs if c.name == a).points) < 2:
             raise ConfigError(f"anchors: {a!r} has fewer than 2 rate points; an anchor needs an RD curve")
+    _check_bd_curves(codecs, anchors)
 
     reference = d.get("reference")
     if reference is None:
@@ -314,6 +350,18 @@ def parse_config(
     max_rel = nl.get("max_rel_loss", 0.01)
     if isinstance(max_rel, bool) or not isinstance(max_rel, (int, float)) or not 0 < max_rel < 1:
         raise ConfigError(f"near_lossless.max_rel_loss: expected a number in (0, 1), got {max_rel!r}")
+    bd = _check_keys("bd_rate", d.get("bd_rate") or {}, {"curves", "min_overlap"})
+    bd_curves = bd.get("curves", list(BD_CURVES))
+    if (
+        not isinstance(bd_curves, list)
+        or not bd_curves
+        or any(k not in BD_CURVES for k in bd_curves)
+        or len(set(bd_curves)) != len(bd_curves)
+    ):
+        raise ConfigError(f"bd_rate.curves: expected a list drawn from {', '.join(BD_CURVES)}, got {bd_curves!r}")
+    min_overlap = bd.get("min_overlap", 0.75)
+    if isinstance(min_overlap, bool) or not isinstance(min_overlap, (int, float)) or not 0 <= min_overlap <= 1:
+        raise ConfigError(f"bd_rate.min_overlap: expected a number in [0, 1], got {min_overlap!r}")
 
     return CtcConfig(
         name=name,
@@ -325,6 +373,8 @@ def parse_config(
         report_metrics=tuple(dict.fromkeys(report)),
         reference=reference,
         near_lossless_max_rel_loss=float(max_rel),
+        bd_curves=tuple(bd_curves),
+        bd_min_overlap=float(min_overlap),
         source=source,
         source_path=source_path,
         raw=d,
@@ -415,6 +465,7 @@ def config_from_dict(d: dict[str, Any]) -> CtcConfig:
             name=c["name"],
             type=c["type"],
             mode=c.get("mode"),
+            bd=bool(c.get("bd", True)),
             points=tuple(RatePoint(p["name"], p["param"], p["value"], dict(p["params"])) for p in c["points"]),
         )
         for c in d["codecs"]
@@ -429,6 +480,8 @@ def config_from_dict(d: dict[str, Any]) -> CtcConfig:
         report_metrics=tuple(d["report_metrics"]),
         reference=d.get("reference"),
         near_lossless_max_rel_loss=float(d["near_lossless_max_rel_loss"]),
+        bd_curves=tuple(d.get("bd_curves", BD_CURVES)),
+        bd_min_overlap=float(d.get("bd_min_overlap", 0.75)),
         source=d.get("source", ""),
         source_path=d.get("source_path"),
     )

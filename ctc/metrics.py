@@ -15,10 +15,20 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bd_rate import METHODS, BDError, bd_metric, bd_rate, near_lossless_rate
+from .bd_rate import (
+    METHODS,
+    MIN_OVERLAP,
+    BDError,
+    bd_metric_result,
+    bd_rate_result,
+    monotone_fit,
+    near_lossless_rate,
+)
 from .coco_eval import evaluate_detections
 from .codecs import STAGES
 from .config import CtcConfig
+
+METRIC_NAMES = {"map50": "mAP@0.5", "map": "mAP@[.5:.95]", "map75": "mAP@0.75"}
 
 
 @dataclass
@@ -113,51 +123,120 @@ def rate_accuracy_front(curve: list[PointResult], metric: str) -> list[PointResu
 # codec types whose points are references (lossless or no coding at all), never BD curves
 REFERENCE_POINT_TYPES = frozenset({"uncompressed", "bypass"})
 
+# how a measured curve becomes the monotone curve the BD integral needs
+BD_CURVES = ("front", "monotone")
+BD_COLUMNS = [f"{kind}_{method}" for kind in ("bd_rate", "bd_metric") for method in METHODS]
+
 
 def _is_reference_point(c) -> bool:
     return c.type in REFERENCE_POINT_TYPES or c.mode == "bypass"
 
 
+def is_bd_curve(c) -> bool:
+    """A codec whose curve is compared against the anchors (not a reference point, not opted out)."""
+    return not _is_reference_point(c) and getattr(c, "bd", True)
+
+
+def bd_points(curve: list[PointResult], metric: str, kind: str) -> tuple[list[float], list[float], str]:
+    """(rates, metric values, note) of a curve as the BD integral sees it: its rate-accuracy
+    front ("front"), or all its points with MPEG's monotone fit of the metric ("monotone")."""
+    if kind == "front":
+        front = rate_accuracy_front(curve, metric)
+        dropped = [p.point for p in curve if p not in front]
+        note = f"dominated points left out: {', '.join(map(str, dropped))}" if dropped else ""
+        return [p.bpp for p in front], [p.metric(metric) for p in front], note
+    if kind == "monotone":
+        rates = [p.bpp for p in curve]
+        measured = [p.metric(metric) for p in curve]
+        fitted = [float(v) for v in monotone_fit(rates, measured, 0.0, 1.0)]
+        moved = max(abs(f - m) for f, m in zip(fitted, measured))
+        return rates, fitted, f"monotone fit moves points by up to {100 * moved:.2f} points of %"
+    raise ValueError(f"unknown BD curve kind {kind!r}")
+
+
+def _axis(metric: str, kind: str) -> str:
+    return {"bd_rate": METRIC_NAMES.get(metric, metric), "bd_metric": "log-rate"}[kind]
+
+
 def bd_rows(config: CtcConfig, points: list[PointResult]) -> list[dict[str, Any]]:
     """BD-rate (%) and BD-metric (mAP, same units as mAP) of every codec against every anchor,
-    for every reported metric, with both interpolation methods, over each curve's
-    rate-accuracy front (see rate_accuracy_front; the dropped points are named in `note`)."""
+    for every reported metric, with both interpolation methods, once per curve kind of the
+    config (``front``: each curve's rate-accuracy front, see rate_accuracy_front, the dropped
+    points named in `note`; ``monotone``: MPEG's monotone fit of every curve, see monotone_fit).
+
+    Each row also carries the overlap of the two curves (``overlap_metric``: on the metric axis,
+    the range BD-rate integrates over; ``overlap_rate``: on the log-rate axis, BD-metric's) as
+    a fraction of their combined range, a ``warning`` when one is below the config's minimum
+    (the reference implementation's rule, 75 %), and in ``unreliable`` the columns whose figure
+    lies outside the interval any monotone curve through the points allows (a cubic overshoot):
+    those columns are left empty."""
     by_codec = curves(points)
+    curve_kinds = getattr(config, "bd_curves", ("front",))
+    min_overlap = getattr(config, "bd_min_overlap", MIN_OVERLAP)
+    prepared: dict[tuple[str, str, str], tuple[list[float], list[float], str] | BDError] = {}
+
+    def prepare(codec: str, metric: str, kind: str):
+        key = (codec, metric, kind)
+        if key not in prepared:
+            try:
+                prepared[key] = bd_points(by_codec[codec], metric, kind)
+            except BDError as e:
+                prepared[key] = e
+        return prepared[key]
+
     rows = []
     for anchor in config.anchors:
         if anchor not in by_codec:
             continue
         for c in config.codecs:
-            if c.name == anchor or c.name not in by_codec or _is_reference_point(c):
+            if c.name == anchor or c.name not in by_codec or not is_bd_curve(c):
                 # the uncompressed network and the lossless bypass dtypes are reference
                 # points, not rate-accuracy curves; a real curve with too few points still
                 # gets a row whose note says why it has no figure
                 continue
             for metric in config.report_metrics:
-                row: dict[str, Any] = {"codec": c.name, "anchor": anchor, "metric": metric}
-                notes = []
-                a = rate_accuracy_front(by_codec[anchor], metric)
-                t = rate_accuracy_front(by_codec[c.name], metric)
-                for name, full, front in ((anchor, by_codec[anchor], a), (c.name, by_codec[c.name], t)):
-                    dropped = [p.point for p in full if p not in front]
-                    if dropped:
-                        notes.append(f"{name}: dominated points left out: {', '.join(map(str, dropped))}")
-                for method in METHODS:
-                    for kind, fn in (("bd_rate", bd_rate), ("bd_metric", bd_metric)):
-                        try:
-                            row[f"{kind}_{method}"] = fn(
-                                [p.bpp for p in a],
-                                [p.metric(metric) for p in a],
-                                [p.bpp for p in t],
-                                [p.metric(metric) for p in t],
-                                method=method,
-                            )
-                        except BDError as e:
-                            row[f"{kind}_{method}"] = math.nan
-                            if str(e) not in notes:
-                                notes.append(str(e))
-                row["note"] = "; ".join(notes)
-                rows.append(row)
+                for kind in curve_kinds:
+                    row: dict[str, Any] = {"codec": c.name, "anchor": anchor, "metric": metric, "curve": kind}
+                    row.update({col: math.nan for col in BD_COLUMNS})
+                    row.update(overlap_metric=math.nan, overlap_rate=math.nan)
+                    notes, unreliable, warnings = [], [], []
+                    a, t = prepare(anchor, metric, kind), prepare(c.name, metric, kind)
+                    for name, prep in ((anchor, a), (c.name, t)):
+                        text = str(prep) if isinstance(prep, BDError) else prep[2]
+                        if text:
+                            notes.append(f"{name}: {text}")
+                    if isinstance(a, tuple) and isinstance(t, tuple):
+                        for method in METHODS:
+                            for kind_name, fn in (("bd_rate", bd_rate_result), ("bd_metric", bd_metric_result)):
+                                col = f"{kind_name}_{method}"
+                                try:
+                                    res = fn(a[0], a[1], t[0], t[1], method=method)
+                                except BDError as e:
+                                    if str(e) not in notes:
+                                        notes.append(str(e))
+                                    continue
+                                overlap_col = "overlap_metric" if kind_name == "bd_rate" else "overlap_rate"
+                                row[overlap_col] = res.overlap
+                                if res.reliable:
+                                    row[col] = res.value
+                                else:
+                                    unreliable.append(col)
+                        for overlap_col, kind_name in (("overlap_metric", "bd_rate"), ("overlap_rate", "bd_metric")):
+                            v = row[overlap_col]
+                            if math.isfinite(v) and v < min_overlap:
+                                warnings.append(
+                                    f"curves overlap on {100 * v:.0f} % of the {_axis(metric, kind_name)} range "
+                                    f"(< {100 * min_overlap:.0f} %)"
+                                )
+                    if unreliable:
+                        notes.append(
+                            f"{', '.join(unreliable)} outside the range any monotone curve through the points "
+                            "allows (cubic overshoot): unreliable, not given"
+                        )
+                    row["unreliable"] = " ".join(unreliable)
+                    row["warning"] = "; ".join(warnings)
+                    row["note"] = "; ".join(notes)
+                    rows.append(row)
     return rows
 
 

@@ -4,8 +4,13 @@ In DIR:
 * ``summary.csv``: one row per (codec, rate point): bpp (total bits / total pixels),
   bpp_mean, mAP@0.5, mAP@[.5:.95], mAP@0.75, mean seconds per image per stage,
   kMAC per pixel per stage, raw float32 feature bpp.
-* ``bd_rate.csv``: every codec against every anchor, per metric: BD-rate (%) and
-  BD-mAP (mAP units, [0, 1]) with pchip and cubic interpolation.
+* ``bd_rate.csv``: every codec against every anchor, per metric and per curve kind (``front``:
+  the rate-accuracy front; ``monotone``: MPEG's monotone fit): BD-rate (%) and BD-mAP (mAP
+  units, [0, 1]) with pchip and cubic interpolation; ``overlap_metric`` / ``overlap_rate``: the
+  overlap of the two curves as a fraction of their combined range (metric axis for BD-rate,
+  log-rate axis for BD-mAP); ``warning``: an overlap below the config's ``min_overlap``;
+  ``unreliable``: the columns left empty because their figure lies outside what any monotone
+  curve through the points allows (see ``ctc.bd_rate``); ``note``: why a figure is missing.
 * ``near_lossless.csv``: lowest bpp with < 1 % relative mAP loss vs the uncompressed
   network, and its compression ratio vs raw float32 features.
 * ``cttc/<codec>.csv``: the MPEG FCM CTTC reporting layout of CompressAI-Vision
@@ -17,7 +22,9 @@ In DIR:
   follows its ``summary_complexity.csv``: ``Metric, nn_part1, feature reduction,
   feature restoration, nn_part2`` in kMAC/pixel (reduction/restoration = encode/decode).
 * ``detections/<codec>/<point>.json``: COCO results-format detections.
-* ``report.html``: self-contained (RD curves as embedded PNGs, tables, run metadata).
+* ``report.html``: self-contained (RD curves as embedded PNGs, tables, run metadata). What a
+  reader sees (report.html, the tables `fcm_ctc` prints) is in one unit: mAP and BD-mAP in
+  (points of) %, BD-rate in %, rounded; each codec keeps its colour in every plot.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +49,21 @@ from .cache import ResultCache
 from .codecs import STAGES
 from .config import CtcConfig, config_from_dict
 from .errors import CacheError
-from .metrics import PointResult, aggregate_point, bd_rows, curves, near_lossless_rows
+from .metrics import BD_COLUMNS, PointResult, aggregate_point, bd_rows, curves, near_lossless_rows
 
 METRIC_LABELS = {"map50": "mAP@0.5", "map": "mAP@[.5:.95]", "map75": "mAP@0.75"}
+BD_CSV_COLUMNS = [
+    "codec",
+    "anchor",
+    "metric",
+    "curve",
+    *BD_COLUMNS,
+    "overlap_metric",
+    "overlap_rate",
+    "warning",
+    "unreliable",
+    "note",
+]
 
 
 @dataclass
@@ -56,6 +77,9 @@ class Report:
 
     def table(self) -> str:
         return format_table(self.points)
+
+    def bd_table(self) -> str:
+        return format_bd_table(self.config, self.bd)
 
 
 # -- environment -------------------------------------------------------------------------
@@ -165,11 +189,7 @@ def build_report(out_dir: str | os.PathLike, environment: dict[str, Any] | None 
         run = cache.get_meta("run") or {}
 
     _write_csv(out / "summary.csv", summary_rows(points))
-    _write_csv(
-        out / "bd_rate.csv",
-        bd,
-        ["codec", "anchor", "metric", "bd_rate_pchip", "bd_rate_cubic", "bd_metric_pchip", "bd_metric_cubic", "note"],
-    )
+    _write_csv(out / "bd_rate.csv", bd, BD_CSV_COLUMNS)
     _write_csv(
         out / "near_lossless.csv",
         nl,
@@ -184,6 +204,10 @@ def build_report(out_dir: str | os.PathLike, environment: dict[str, Any] | None 
             "note",
         ],
     )
+    # outputs are rebuilt whole: a codec no longer in the run leaves no files behind
+    for folder in ("cttc", "detections"):
+        if (out / folder).is_dir():
+            shutil.rmtree(out / folder)
     write_cttc(out / "cttc", config, points)
     for (codec, point), d in dets.items():
         path = out / "detections" / codec / f"{point}.json"
@@ -298,38 +322,158 @@ def format_table(points: list[PointResult]) -> str:
     )
 
 
+def bd_cell(row: dict[str, Any], column: str, scale: float = 1.0, spec: str = "+.1f") -> str:
+    """One BD figure as shown: the number (times `scale`, rounded), "unreliable" when it lies
+    outside the plausible range, "n/a" when there is none (the row's note says why)."""
+    if column in str(row.get("unreliable", "")).split():
+        return "unreliable"
+    v = row.get(column, math.nan)
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return "n/a"
+    return f"{scale * v:{spec}}" if math.isfinite(v) else "n/a"
+
+
+def format_bd_table(config: CtcConfig, rows: list[dict[str, Any]]) -> str:
+    """BD-rate of every codec against every anchor on the primary metric (pchip), one column
+    per curve kind, as a fixed-width text table (printed by fcm_ctc); '!' marks a low overlap."""
+    primary = [r for r in rows if r["metric"] == config.primary_metric]
+    if not primary:
+        return ""
+    kinds = list(dict.fromkeys(r["curve"] for r in primary))
+    by_pair: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for r in primary:
+        by_pair.setdefault((r["codec"], r["anchor"]), {})[r["curve"]] = r
+    head = ["codec", "anchor", *(f"BD-rate % ({k}, pchip)" for k in kinds)]
+    lines = [head]
+    flagged = False
+    for (codec, anchor), per_kind in by_pair.items():
+        cells = []
+        for k in kinds:
+            row = per_kind.get(k)
+            cell = "" if row is None else bd_cell(row, "bd_rate_pchip")
+            if row is not None and row.get("warning"):
+                cell += " !"
+                flagged = True
+            cells.append(cell)
+        lines.append([codec, anchor, *cells])
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    text = "\n".join(
+        "  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
+        for line in lines
+    )
+    title = f"BD-rate vs anchors, {METRIC_LABELS[config.primary_metric]} (negative: fewer bits for the same accuracy)"
+    legend = (
+        f"\n! the two curves overlap on less than {100 * config.bd_min_overlap:.0f} % of their range (bd_rate.csv)"
+        if flagged
+        else ""
+    )
+    return f"{title}\n{text}{legend}"
+
+
 # -- HTML --------------------------------------------------------------------------------
+
+# colours by codec name, so that a codec looks the same in every plot and every report
+_PALETTE = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+    "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354",
+)  # fmt: skip
+_KNOWN_COLOURS = {
+    "image_anchor": "#000000",
+    "feature_anchor": "#7f7f7f",
+    "uncompressed": "#2ca02c",
+    "bypass": "#17becf",
+    "vvc_msff": "#1f77b4",
+    "learned_e2e": "#d62728",
+}
+
+
+def codec_colours(names: list[str]) -> dict[str, str]:
+    """A colour per codec: the project's own codecs have fixed ones; any other name gets a
+    palette colour chosen by a hash of the name (the next free one if two collide), so that
+    it keeps its colour across plots and across runs."""
+    colours = {n: _KNOWN_COLOURS[n] for n in names if n in _KNOWN_COLOURS}
+    used = set(colours.values())
+    for n in names:
+        if n in colours:
+            continue
+        i = zlib.crc32(n.encode()) % len(_PALETTE)
+        for step in range(len(_PALETTE)):
+            c = _PALETTE[(i + step) % len(_PALETTE)]
+            if c not in used:
+                break
+        colours[n] = c
+        used.add(c)
+    return colours
+
+
+def _point_label(p: PointResult) -> str:
+    """A rate point's label on the plot: its parameter value ("37", "2", "float16")."""
+    return "" if p.value is None else (f"{p.value:g}" if isinstance(p.value, float) else str(p.value))
 
 
 def rd_plot_png(config: CtcConfig, points: list[PointResult], metric: str) -> bytes:
+    """The rate-accuracy curves of one metric (in %), zoomed to the coded curves' range: a
+    single-point reference (uncompressed, a one-dtype bypass) is a horizontal line whose label
+    gives its rate. Each point is labelled with its rate parameter's value."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    by_codec = curves(points)
+    colours = codec_colours([c.name for c in config.codecs if c.name in by_codec])
+    coded = [p for curve in by_codec.values() if len(curve) > 1 for p in curve]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     try:
-        for codec, curve in curves(points).items():
+        for codec, curve in by_codec.items():
             xs = [p.bpp for p in curve]
             ys = [100 * p.metric(metric) for p in curve]
+            colour = colours.get(codec)
             if len(curve) == 1:  # a reference line (uncompressed, one-point bypass)
-                (marker,) = ax.plot(xs, ys, "s", label=f"{codec} (reference)")
-                ax.axhline(ys[0], linestyle="--", linewidth=1, color=marker.get_color(), alpha=0.7)
-            else:
-                style = "o-" if codec in config.anchors else "^-"
-                ax.plot(xs, ys, style, label=codec + (" (anchor)" if codec in config.anchors else ""))
+                label = f"{codec} (reference, {xs[0]:.3g} bpp)"
+                ax.axhline(ys[0], linestyle="--", linewidth=1, color=colour, alpha=0.8, label=label)
+                if not coded:
+                    ax.plot(xs, ys, "s", color=colour)
+                continue
+            anchor = codec in config.anchors
+            ax.plot(xs, ys, "o-" if anchor else "^-", color=colour, label=codec + (" (anchor)" if anchor else ""))
+            for p, x, y in zip(curve, xs, ys):
+                ax.annotate(_point_label(p), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6,
+                            color=colour)  # fmt: skip
         ax.set_xscale("log")
+        if coded:  # zoom to the coded curves (a raw float32 reference sits far to the right)
+            lo, hi = min(p.bpp for p in coded), max(p.bpp for p in coded)
+            ax.set_xlim(lo / 1.25, hi * 1.25)
         ax.set_xlabel("bits per pixel (total bits / total pixels)")
         ax.set_ylabel(f"{METRIC_LABELS[metric]} (%)")
         ax.set_title(f"{config.name}: {METRIC_LABELS[metric]} vs rate ({config.network.name})")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         return buf.getvalue()
     finally:
         plt.close(fig)
+
+
+def _sig(v: Any, digits: int = 4) -> str:
+    """A number rounded to `digits` significant digits ("n/a" when missing)."""
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return "n/a"
+    return f"{v:.{digits}g}" if math.isfinite(v) else "n/a"
+
+
+def _fixed(v: Any, spec: str) -> str:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return "n/a"
+    return f"{v:{spec}}" if math.isfinite(v) else "n/a"
 
 
 def _html_table(rows: list[dict[str, Any]], columns: list[str], table_id: str) -> str:
@@ -355,23 +499,50 @@ def render_html(report: Report, env: dict[str, Any], stats: dict[str, Any], run:
         {
             "codec": p.codec,
             "point": p.point,
-            "bpp": p.bpp,
-            "bpp (mean/image)": p.bpp_mean,
-            "mAP@0.5 %": 100 * p.map50,
-            "mAP %": 100 * p.map,
-            "nn_part1 ms": 1000 * p.time_s["nn_part1"],
-            "encode ms": 1000 * p.time_s["encode"],
-            "decode ms": 1000 * p.time_s["decode"],
-            "nn_part2 ms": 1000 * p.time_s["nn_part2"],
-            "kMAC/px part1": p.kmac_per_pixel["nn_part1"],
-            "kMAC/px enc": p.kmac_per_pixel["encode"],
-            "kMAC/px dec": p.kmac_per_pixel["decode"],
-            "kMAC/px part2": p.kmac_per_pixel["nn_part2"],
+            "bpp": _sig(p.bpp),
+            "bpp (mean/image)": _sig(p.bpp_mean),
+            "mAP@0.5 %": _fixed(100 * p.map50, ".2f"),
+            "mAP %": _fixed(100 * p.map, ".2f"),
+            "nn_part1 ms": _fixed(1000 * p.time_s["nn_part1"], ".1f"),
+            "encode ms": _fixed(1000 * p.time_s["encode"], ".1f"),
+            "decode ms": _fixed(1000 * p.time_s["decode"], ".1f"),
+            "nn_part2 ms": _fixed(1000 * p.time_s["nn_part2"], ".1f"),
+            "kMAC/px part1": _fixed(p.kmac_per_pixel["nn_part1"], ".1f"),
+            "kMAC/px enc": _fixed(p.kmac_per_pixel["encode"], ".1f"),
+            "kMAC/px dec": _fixed(p.kmac_per_pixel["decode"], ".1f"),
+            "kMAC/px part2": _fixed(p.kmac_per_pixel["nn_part2"], ".1f"),
         }
         for p in report.points
     ]
-    bd = [{**r, "metric": METRIC_LABELS.get(r["metric"], r["metric"])} for r in report.bd]
-    nl = [{**r, "metric": METRIC_LABELS.get(r["metric"], r["metric"])} for r in report.near_lossless]
+    bd = [
+        {
+            "codec": r["codec"],
+            "anchor": r["anchor"],
+            "metric": METRIC_LABELS.get(r["metric"], r["metric"]),
+            "curve": r["curve"],
+            "BD-rate % (pchip)": bd_cell(r, "bd_rate_pchip"),
+            "BD-rate % (cubic)": bd_cell(r, "bd_rate_cubic"),
+            "BD-mAP, points of % (pchip)": bd_cell(r, "bd_metric_pchip", 100, "+.2f"),
+            "BD-mAP, points of % (cubic)": bd_cell(r, "bd_metric_cubic", 100, "+.2f"),
+            "overlap % (mAP / rate)": f"{_fixed(100 * r['overlap_metric'], '.0f')} / "
+            f"{_fixed(100 * r['overlap_rate'], '.0f')}",
+            "warning": r["warning"],
+            "note": r["note"],
+        }
+        for r in report.bd
+    ]
+    nl = [
+        {
+            "codec": r["codec"],
+            "metric": METRIC_LABELS.get(r["metric"], r["metric"]),
+            "uncompressed %": _fixed(100 * r["reference_map"], ".2f"),
+            "near-lossless bpp": _sig(r["near_lossless_bpp"]),
+            "raw float32 bpp": _fixed(r["raw_feature_bpp"], ".2f"),
+            "compression ratio": _fixed(r["compression_ratio"], ".0f"),
+            "note": r["note"],
+        }
+        for r in report.near_lossless
+    ]
     pk = env.get("packages", {})
     meta_rows = [
         {"item": "git commit", "value": env.get("git_commit", "unknown")},
@@ -425,35 +596,19 @@ accuracy: COCO box mAP over the whole set at each rate point (primary: {
     }). Anchors: {html.escape(", ".join(cfg.anchors) or "none")}.</p>
 <h2>Rate-accuracy curves</h2>
 {"".join(plots)}
-<h2>BD-rate (%) and BD-mAP vs anchors</h2>
-<p>Negative BD-rate: fewer bits than the anchor at equal accuracy. BD-mAP in mAP units ([0, 1]).</p>
-{
-        _html_table(
-            bd,
-            [
-                "codec",
-                "anchor",
-                "metric",
-                "bd_rate_pchip",
-                "bd_rate_cubic",
-                "bd_metric_pchip",
-                "bd_metric_cubic",
-                "note",
-            ],
-            "bd",
-        )
-    }
+<h2>BD-rate and BD-mAP vs anchors</h2>
+<p>Negative BD-rate: fewer bits than the anchor at equal accuracy; BD-mAP in points of %, positive: more
+accurate at equal rate. Curve <i>front</i>: dominated points left out; <i>monotone</i>: MPEG's monotone
+cubic fit of every curve. Overlap: the share of the two curves' combined range (mAP axis for BD-rate,
+log-rate axis for BD-mAP) that the figure averages over; below {100 * cfg.bd_min_overlap:.0f} % a warning.
+<i>unreliable</i>: a figure outside what any monotone curve through the points allows (a cubic
+overshoot), not given.</p>
+{_html_table(bd, list(bd[0]) if bd else ["codec"], "bd")}
 <h2>Near-lossless rates</h2>
 <p>Lowest bpp with relative mAP loss below {100 * cfg.near_lossless_max_rel_loss:g} % vs the uncompressed
 network ({html.escape(str(cfg.reference))}), interpolated in log-rate; compression ratio vs raw float32
 features.</p>
-{
-        _html_table(
-            nl,
-            ["codec", "metric", "reference_map", "near_lossless_bpp", "raw_feature_bpp", "compression_ratio", "note"],
-            "near_lossless",
-        )
-    }
+{_html_table(nl, list(nl[0]) if nl else ["codec"], "near_lossless")}
 <h2>Rate points</h2>
 <p>Times: mean per image on this machine. Complexity: kMAC per original-image pixel
 (Conv2d / ConvTranspose2d / Linear multiply-accumulates).</p>

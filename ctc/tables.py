@@ -56,25 +56,53 @@ def points_table(run_dir: Path) -> str:
 
 
 def bd_table(run_dir: Path) -> str:
-    """BD-rate (%) and BD-mAP (points of %) with both interpolations; n/a rows keep their reason."""
+    """BD-rate (%) and BD-mAP (points of %) with both interpolations, per curve kind (front /
+    monotone), with the overlap of the two curves; n/a rows keep their reason, figures outside
+    the plausible range read "unreliable"."""
+    from .report import bd_cell
+
     rows = []
     for r in _read(run_dir / "bd_rate.csv"):
+        overlap = f"{_fmt(100 * _num(r.get('overlap_metric', '')), '.0f', ' %')}"
+        if r.get("warning"):
+            overlap += " (low)"
         rows.append(
             [
                 r["codec"],
                 r["anchor"],
                 _METRIC_NAMES.get(r["metric"], r["metric"]),
-                _fmt(_num(r["bd_rate_pchip"]), "+.1f", " %"),
-                _fmt(_num(r["bd_rate_cubic"]), "+.1f", " %"),
-                _fmt(100 * _num(r["bd_metric_pchip"]), "+.2f"),
-                _fmt(100 * _num(r["bd_metric_cubic"]), "+.2f"),
+                r.get("curve", "front"),
+                bd_cell(r, "bd_rate_pchip", 1, "+.1f") + " %" * _is_number(bd_cell(r, "bd_rate_pchip")),
+                bd_cell(r, "bd_rate_cubic", 1, "+.1f") + " %" * _is_number(bd_cell(r, "bd_rate_cubic")),
+                bd_cell(r, "bd_metric_pchip", 100, "+.2f"),
+                bd_cell(r, "bd_metric_cubic", 100, "+.2f"),
+                overlap,
                 r["note"].replace("|", "/") or "",
             ]
         )
     return _table(
-        ["codec", "anchor", "metric", "BD-rate pchip", "BD-rate cubic", "BD-mAP pchip", "BD-mAP cubic", "note"],
+        [
+            "codec",
+            "anchor",
+            "metric",
+            "curve",
+            "BD-rate pchip",
+            "BD-rate cubic",
+            "BD-mAP pchip",
+            "BD-mAP cubic",
+            "overlap (mAP)",
+            "note",
+        ],
         rows,
     )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def near_lossless_table(run_dir: Path) -> str:

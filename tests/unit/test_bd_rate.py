@@ -7,7 +7,19 @@ import math
 import numpy as np
 import pytest
 
-from ctc.bd_rate import METHODS, BDError, bd_metric, bd_rate, near_lossless_rate
+from ctc.bd_rate import (
+    METHODS,
+    MIN_OVERLAP,
+    BDError,
+    BDResult,
+    bd_metric,
+    bd_metric_result,
+    bd_rate,
+    bd_rate_result,
+    monotone_fit,
+    near_lossless_rate,
+    overlap_fraction,
+)
 
 # --- Published reference data ------------------------------------------------------------------
 #
@@ -220,3 +232,157 @@ def test_near_lossless_rate_better_than_reference_counts():
 def test_near_lossless_rate_rejects_bad_input(args, message):
     with pytest.raises(BDError, match=message):
         near_lossless_rate(*args)
+
+
+# --- Reliability: overlap and plausible range --------------------------------------------------
+
+# an anchor that saturates slowly and a test curve that saturates early (the shape of
+# learned_e2e_gen1 against the image anchor on val2017-103): the cubic polynomial through the
+# test's four points overshoots between them
+SAT_A = ([0.05, 0.1, 0.2, 0.4, 0.8, 1.6], [0.15, 0.24, 0.30, 0.34, 0.365, 0.373])
+SAT_T = ([0.0448, 0.0887, 0.164, 0.205], [0.231, 0.277, 0.285, 0.286])
+
+
+def test_overlap_fraction_is_the_reference_rule():
+    # bjontegaard package: (overlap interval) / (combined interval) on the integration axis
+    assert overlap_fraction([30.0, 40.0], [35.0, 45.0]) == pytest.approx(5 / 15)
+    assert overlap_fraction([30.0, 32.0, 40.0], [30.0, 40.0]) == 1.0
+    assert overlap_fraction([30.0, 31.0], [35.0, 45.0]) == 0.0
+    assert overlap_fraction([1.0, 2.0], [2.0, 1.0]) == 1.0
+    res = bd_rate_result(*SAT_A, *SAT_T)
+    assert res.overlap == pytest.approx((0.286 - 0.231) / (0.373 - 0.15))  # on the mAP axis
+    assert res.low_overlap() and not res.low_overlap(0.2) and MIN_OVERLAP == 0.75
+    metric = bd_metric_result(*SAT_A, *SAT_T)  # on the log-rate axis
+    assert metric.overlap == pytest.approx(math.log(0.205 / 0.05) / math.log(1.6 / 0.0448))
+
+
+def test_cubic_overshoot_is_unreliable_and_pchip_is_not():
+    pchip = bd_rate_result(*SAT_A, *SAT_T, method="pchip")
+    cubic = bd_rate_result(*SAT_A, *SAT_T, method="cubic")
+    assert pchip.reliable and pchip.value == pytest.approx(-47.585, abs=1e-3)
+    assert not cubic.reliable and cubic.value > 400  # test needs 5x the anchor's bits: implausible
+    lo, hi = cubic.plausible  # the same interval for both methods: it depends on the points only
+    assert (lo, hi) == pchip.plausible and lo < pchip.value < hi and hi < cubic.value
+    # over the overlap [0.231, 0.286] of mAP, the anchor lies between its points at 0.15 and 0.30
+    # (rates 0.05 and 0.2), the test between 0.0448 and 0.205
+    assert lo == pytest.approx((0.0448 / 0.2 - 1) * 100) and hi == pytest.approx((0.205 / 0.05 - 1) * 100)
+    assert not BDResult(math.inf, 1.0, (-50.0, 50.0)).reliable
+    assert not BDResult(math.nan, 1.0, (-50.0, 50.0)).reliable
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pchip_figures_are_always_plausible(seed):
+    # pchip is monotone between points, so its figures lie in the interval whatever the curves
+    rng = np.random.default_rng(seed)
+    n_a, n_t = rng.integers(4, 9, 2)
+    ra, rt = np.sort(rng.uniform(0.01, 2.0, n_a)), np.sort(rng.uniform(0.01, 2.0, n_t))
+    ma, mt = np.sort(rng.uniform(0.1, 0.4, n_a)), np.sort(rng.uniform(0.1, 0.4, n_t))
+    try:
+        rate, metric = bd_rate_result(ra, ma, rt, mt), bd_metric_result(ra, ma, rt, mt)
+    except BDError:
+        return  # no overlap
+    assert rate.reliable and metric.reliable
+
+
+def test_float_results_are_the_values_of_the_results():
+    for method in METHODS:
+        assert bd_rate(*M33_A, *M33_B, method=method) == bd_rate_result(*M33_A, *M33_B, method=method).value
+        assert bd_metric(*M33_A, *M33_B, method=method) == bd_metric_result(*M33_A, *M33_B, method=method).value
+    assert bd_rate_result(*M33_A, *M33_B, method="cubic").reliable
+
+
+# --- MPEG's monotone fit -----------------------------------------------------------------------
+
+
+def _mpeg_formulation(rates, metrics_percent):
+    """The fit as MPEG's evaluation scripts pose it (cubic in log10 of the rate, metric in percent,
+    bounds 0 and 100), solved iteratively with SLSQP: an independent check of monotone_fit's
+    exact active-set solution."""
+    from scipy.optimize import minimize
+
+    x = np.log10(np.asarray(rates, dtype=np.float64))
+    y = np.asarray(metrics_percent, dtype=np.float64)
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+
+    def f(b, x):
+        return b[0] * x**3 + b[1] * x**2 + b[2] * x + b[3]
+
+    cons = [
+        {"type": "ineq", "fun": lambda b: 3 * b[0] * x**2 + 2 * b[1] * x + b[2]},  # f' >= 0
+        {"type": "ineq", "fun": lambda b: -(6 * b[0] * x + 2 * b[1])},  # f'' <= 0
+        {"type": "ineq", "fun": lambda b: f(b, x[0])},  # >= 0 at the lowest rate
+        {"type": "ineq", "fun": lambda b: 100 - f(b, x[-1])},  # <= 100 at the highest
+    ]
+    res = minimize(lambda b: np.sum((f(b, x) - y) ** 2), np.ones(4), method="SLSQP", constraints=cons,
+                   options={"ftol": 1e-14, "maxiter": 1000})  # fmt: skip
+    assert res.success
+    out = np.empty_like(y)
+    out[order] = f(res.x, x)
+    return out
+
+
+NON_MONOTONIC = [
+    ([0.05, 0.1, 0.2, 0.4, 0.8, 1.6], [0.30, 0.36, 0.38, 0.375, 0.39, 0.385]),
+    (np.geomspace(0.01, 1, 8), [0.10, 0.20, 0.25, 0.30, 0.29, 0.31, 0.30, 0.32]),
+    ([0.0448, 0.0887, 0.123, 0.164, 0.205, 0.239], [0.231, 0.277, 0.276, 0.285, 0.286, 0.284]),
+    ([0.3, 0.1, 0.2, 0.05], [0.30, 0.28, 0.31, 0.10]),  # unsorted input
+]
+
+
+@pytest.mark.parametrize(("rates", "maps"), NON_MONOTONIC)
+def test_monotone_fit_solves_mpegs_problem(rates, maps):
+    fitted = monotone_fit(rates, maps)
+    reference = _mpeg_formulation(rates, 100 * np.asarray(maps)) / 100
+    np.testing.assert_allclose(fitted, reference, atol=2e-6)
+    # and it is the constrained optimum: no lower squared error among the SLSQP solution's
+    assert np.sum((fitted - maps) ** 2) <= np.sum((reference - maps) ** 2) + 1e-12
+
+
+@pytest.mark.parametrize(("rates", "maps"), NON_MONOTONIC)
+def test_monotone_fit_is_monotone_concave_and_usable_for_bd(rates, maps):
+    fitted = monotone_fit(rates, maps)
+    order = np.argsort(rates)
+    f = fitted[order]
+    assert np.all(np.diff(f) > 0)  # strictly increasing at the points: bd_rate accepts it
+    lr = np.log(np.asarray(rates)[order])
+    slopes = np.diff(f) / np.diff(lr)
+    assert np.all(np.diff(slopes) <= 1e-9)  # concave
+    assert 0.0 <= f[0] and f[-1] <= 1.0
+    assert bd_rate(rates, fitted, rates, fitted) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_monotone_fit_keeps_points_that_already_lie_on_an_admissible_cubic():
+    lr = np.log(RATES8)
+    c = lr - lr.mean()
+    maps = 0.3 + 0.05 * c - 0.01 * c**2 - 0.001 * c**3  # increasing and concave over the range
+    np.testing.assert_allclose(monotone_fit(RATES8, maps), maps, atol=1e-12)
+    np.testing.assert_allclose(monotone_fit(RATES8[:4], MAPS8[:4] * 0 + maps[:4]), maps[:4], atol=1e-12)
+
+
+def test_monotone_fit_does_not_depend_on_units():
+    rates, maps = NON_MONOTONIC[0]
+    base = monotone_fit(rates, maps)
+    np.testing.assert_allclose(monotone_fit(np.asarray(rates) * 1000, maps), base, atol=1e-12)  # kbit vs bit
+    np.testing.assert_allclose(monotone_fit(rates, 100 * np.asarray(maps), 0, 100), 100 * base, atol=1e-10)
+
+
+def test_monotone_fit_respects_the_metric_range():
+    # a curve that wants to pass above 1 at its highest rate is held at the bound
+    rates = [0.1, 0.2, 0.4, 0.8]
+    fitted = monotone_fit(rates, [0.5, 0.8, 0.95, 1.2])
+    assert fitted[-1] == pytest.approx(1.0, abs=1e-12) and np.all(np.diff(fitted) > 0)
+
+
+@pytest.mark.parametrize(
+    ("rates", "maps", "message"),
+    [
+        ([0.1, 0.2, 0.3], [0.1, 0.2, 0.3], "3 points"),
+        ([0.1, 0.1, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4], "duplicate rate"),
+        ([0.0, 0.1, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4], "> 0"),
+        ([0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3], "equal length"),
+    ],
+)
+def test_monotone_fit_rejects_bad_input(rates, maps, message):
+    with pytest.raises(BDError, match=message):
+        monotone_fit(rates, maps)

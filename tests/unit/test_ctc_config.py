@@ -25,7 +25,7 @@ BASE = {
             "name": "feature_anchor",
             "type": "feature_anchor",
             "param": "qp",
-            "values": [40, 35],
+            "values": [40, 35, 30, 25],
             "options": {"preset": "fast"},
         },
         {"name": "bypass", "type": "bypass", "values": ["float16", "float32"]},
@@ -109,6 +109,14 @@ def test_valid_config_resolves_paths_points_and_defaults(tmp_path: Path) -> None
         (["codecs", 2, "values"], [16, 32], "bypass parameter bypass_dtype must be a string"),
         (["codecs", 3, "values"], [1, 2], "'values' given but the codec has no rate parameter"),
         (["codecs", 0, "mode"], "anchor", "'mode' is only allowed with type 'container'"),
+        (["codecs", 0, "values"], [47, 42, 37], "codec 'image_anchor': 3 rate points; an anchor needs 4 to 8"),
+        (["codecs", 1, "values"], [40, 35], "codec 'feature_anchor': 2 rate points; a curve compared against"),
+        (["codecs", 1, "values"], list(range(20, 29)), "9 rate points; a curve compared against the anchors needs"),
+        (["codecs", 1, "bd"], "no", "bd: expected true or false"),
+        (["bd_rate"], {"curves": ["hull"]}, "bd_rate.curves: expected a list drawn from front, monotone"),
+        (["bd_rate"], {"curves": []}, "bd_rate.curves"),
+        (["bd_rate"], {"min_overlap": 1.5}, "bd_rate.min_overlap: expected a number in [0, 1]"),
+        (["bd_rate"], {"fit": "x"}, "bd_rate: unknown key(s) fit"),
     ],
 )
 def test_invalid_configs_are_refused_with_a_clear_message(tmp_path: Path, path, value, message) -> None:
@@ -118,13 +126,30 @@ def test_invalid_configs_are_refused_with_a_clear_message(tmp_path: Path, path, 
     assert "\n" not in str(e.value)
 
 
+def test_bd_options_and_curves_not_meant_for_bd(tmp_path: Path) -> None:
+    cfg = _parse(BASE, tmp_path)
+    assert cfg.bd_curves == ("front", "monotone") and cfg.bd_min_overlap == 0.75  # the defaults
+    data = _modified(["bd_rate"], {"curves": ["monotone"], "min_overlap": 0.5})
+    cfg = _parse(data, tmp_path)
+    assert cfg.bd_curves == ("monotone",) and cfg.bd_min_overlap == 0.5
+    again = config_from_dict(config_to_dict(cfg))
+    assert again.bd_curves == ("monotone",) and again.bd_min_overlap == 0.5
+    # a single operating point is allowed beside the anchors when it says it is not a BD curve
+    data = _modified(["codecs", 1], {"name": "op", "type": "feature_anchor", "values": [32], "bd": False})
+    assert _parse(data, tmp_path).codec("op").bd is False
+    # without anchors there is no BD table, and no point count to check
+    data = _modified(["codecs", 1, "values"], [32])
+    data["anchors"] = []
+    assert len(_parse(data, tmp_path).codec("feature_anchor").points) == 1
+
+
 def test_container_type_needs_a_known_mode(tmp_path: Path) -> None:
-    data = _modified(["codecs", 1], {"name": "x", "type": "container", "mode": "warp", "values": [30, 35]})
+    data = _modified(["codecs", 1], {"name": "x", "type": "container", "mode": "warp", "values": [30, 35, 40, 45]})
     with pytest.raises(ConfigError, match="unknown container mode 'warp'"):
         _parse(data, tmp_path)
-    data = _modified(["codecs", 1], {"name": "x", "type": "container", "mode": "anchor", "values": [30, 35]})
+    data = _modified(["codecs", 1], {"name": "x", "type": "container", "mode": "anchor", "values": [30, 35, 40, 45]})
     assert _parse(data, tmp_path).codec("x").mode == "anchor"
-    data = _modified(["codecs", 1], {"name": "x", "type": "anchor", "values": [30, 35]})  # a mode name as type
+    data = _modified(["codecs", 1], {"name": "x", "type": "anchor", "values": [30, 35, 40, 45]})  # a mode name as type
     assert _parse(data, tmp_path).codec("x").points[0].params["qp"] == 30
 
 

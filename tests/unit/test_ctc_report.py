@@ -48,7 +48,8 @@ def test_report_loads_in_headless_chromium(tmp_path: Path) -> None:
             "return Object.fromEntries(['bd', 'near_lossless', 'summary', 'meta'].map("
             "id => [id, document.querySelectorAll('#' + id + ' tbody tr').length]))"
         )
-        assert rows["summary"] == 9 and rows["bd"] == 2 and rows["near_lossless"] == 4 and rows["meta"] > 5
+        # BD rows: fine vs coarse, 2 metrics, 2 curve kinds (front, monotone)
+        assert rows["summary"] == 9 and rows["bd"] == 4 and rows["near_lossless"] == 4 and rows["meta"] > 5
         first = driver.execute_script("return document.querySelector('#summary tbody td').textContent")
         assert first == "coarse"
     finally:

@@ -135,10 +135,13 @@ def test_run_then_rerun_computes_nothing_and_outputs_are_complete(tmp_path: Path
     )
 
     bd = list(csv.DictReader((out / "bd_rate.csv").open()))
-    assert {(r["codec"], r["anchor"], r["metric"]) for r in bd} == {
-        ("fine", "coarse", "map50"),
-        ("fine", "coarse", "map"),
+    assert {(r["codec"], r["anchor"], r["metric"], r["curve"]) for r in bd} == {
+        ("fine", "coarse", m, k) for m in ("map50", "map") for k in ("front", "monotone")
     }
+    assert list(bd[0]) == [
+        "codec", "anchor", "metric", "curve", "bd_rate_pchip", "bd_rate_cubic", "bd_metric_pchip",
+        "bd_metric_cubic", "overlap_metric", "overlap_rate", "warning", "unreliable", "note",
+    ]  # fmt: skip
     for r in bd:  # a value, or NaN with the reason (fake curves may be non-monotonic)
         for col in ("bd_rate_pchip", "bd_rate_cubic", "bd_metric_pchip", "bd_metric_cubic"):
             assert math.isfinite(float(r[col])) or r["note"]
