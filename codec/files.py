@@ -1,10 +1,15 @@
 """File helpers every layer shares, importable without torch: the sha256 of a
-file and the one lookup of the shared assets folder."""
+file, the one lookup of the shared assets folder, and the record of the data files
+(codec-model weights) a piece of work reads (`recording_inputs` / `note_input`: the
+CTC's result cache depends on them)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,4 +37,28 @@ def assets_dir() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-__all__ = ["REPO_ROOT", "assets_dir", "assets_path", "file_sha256"]
+_recording = threading.local()
+
+
+@contextmanager
+def recording_inputs() -> Iterator[set[Path]]:
+    """Collect, in the set it yields, the data files that code run in the block (in this
+    thread) reports with `note_input`, also those a cache serves without reading them again."""
+    files: set[Path] = set()
+    stack = getattr(_recording, "stack", None)
+    if stack is None:
+        stack = _recording.stack = []
+    stack.append(files)
+    try:
+        yield files
+    finally:
+        stack.remove(files)
+
+
+def note_input(path: str | os.PathLike) -> None:
+    """Report a data file that the current result depends on (a no-op outside recording_inputs)."""
+    for files in getattr(_recording, "stack", ()):
+        files.add(Path(path).resolve())
+
+
+__all__ = ["REPO_ROOT", "assets_dir", "assets_path", "file_sha256", "note_input", "recording_inputs"]

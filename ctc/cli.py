@@ -37,6 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, help="use only the first N images")
     r.add_argument("--codecs", help="comma-separated subset of the config's codecs")
     r.add_argument("--workers", type=int, default=1, help="local worker processes (default 1: in this process)")
+    r.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of every job, whatever the backend (default 1); part of the cache key, since "
+        "NN part 1's last bits, and so a bitstream, can differ between thread counts",
+    )
     r.add_argument("--dask", metavar="ADDRESS", help="submit the jobs to this Dask scheduler instead")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     rep = sub.add_parser("report", help="rebuild the outputs of DIR from its cache (runs nothing)")
@@ -53,6 +60,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise CtcError(f"--workers must be >= 1, got {args.workers}")
+    if args.threads < 1:
+        raise CtcError(f"--threads must be >= 1, got {args.threads}")
     if (args.images is None) != (args.annotations is None):
         raise CtcError("--images and --annotations go together")
     config = load_config(args.config, args.assets)
@@ -65,6 +74,7 @@ def _run(args: argparse.Namespace) -> int:
         workers=args.workers,
         dask_address=args.dask,
         progress=not args.no_progress and sys.stderr.isatty(),
+        torch_threads=args.threads,
     )
     s = info.stats
     print(
@@ -89,6 +99,11 @@ def _report(args: argparse.Namespace) -> int:
     print(report.table())
     if report.missing_jobs:
         print(f"{report.missing_jobs} planned jobs have no result yet; rerun `fcm_ctc run` to complete")
+    if report.stale_results:
+        print(
+            f"{report.stale_results} results were computed by code or weights that have changed since; "
+            "`fcm_ctc run` recomputes them"
+        )
     return 0
 
 

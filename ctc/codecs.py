@@ -24,6 +24,7 @@ subclass or instance), or registered with :func:`register_codec_type`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 import time
@@ -109,12 +110,29 @@ def _check_qp(params: dict[str, Any]) -> None:
 
 
 def _ffmpeg_version() -> str:
+    """The ffmpeg build that codes (with the vvenc it links): its version and the sha256 of the
+    binary, since a version string does not name the libvvenc inside."""
     import imageio_ffmpeg
 
+    from codec.inner.vvc import ffmpeg_exe
+
     try:
-        return f"imageio-ffmpeg {imageio_ffmpeg.__version__}; ffmpeg {imageio_ffmpeg.get_ffmpeg_version()}"
-    except RuntimeError as e:  # no binary: the job itself will fail with the runner's message
+        exe = Path(ffmpeg_exe())
+        st = exe.stat()
+        digest = _binary_sha256(str(exe), st.st_mtime_ns, st.st_size)
+        return f"imageio-ffmpeg {imageio_ffmpeg.__version__}; ffmpeg {imageio_ffmpeg.get_ffmpeg_version()}; {digest}"
+    except (
+        RuntimeError,
+        OSError,
+    ) as e:  # no binary (FfmpegError is a RuntimeError): the job itself fails with the runner's message
         return f"imageio-ffmpeg {imageio_ffmpeg.__version__}; ffmpeg unavailable ({e})"
+
+
+@functools.lru_cache(maxsize=4)
+def _binary_sha256(path: str, mtime_ns: int, size: int) -> str:
+    from codec.files import file_sha256
+
+    return file_sha256(path)
 
 
 class ImageAnchor(CodecType):

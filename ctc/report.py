@@ -74,6 +74,7 @@ class Report:
     near_lossless: list[dict[str, Any]]
     missing_jobs: int
     out_dir: Path
+    stale_results: int = 0  # results whose recorded files (code, weights) have changed since
 
     def table(self) -> str:
         return format_table(self.points)
@@ -213,7 +214,10 @@ def build_report(out_dir: str | os.PathLike, environment: dict[str, Any] | None 
         path = out / "detections" / codec / f"{point}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, json.dumps(d))
-    report = Report(config, points, bd, nl, missing, out)
+    with ResultCache(out / "cache.sqlite", create=False) as cache:
+        keys = [j["key"] for j in run.get("jobs", [])]
+        stale = len(cache.get_many(keys)) - len(cache.done_keys(keys))
+    report = Report(config, points, bd, nl, missing, out, stale)
     _atomic_write(out / "report.html", render_html(report, env, stats, run))
     return report
 
@@ -577,6 +581,13 @@ def render_html(report: Report, env: dict[str, Any], stats: dict[str, Any], run:
             "missing images are left out.</p>"
         )
         if report.missing_jobs
+        else ""
+    ) + (
+        (
+            f"<p class='warn'>{report.stale_results} results were computed by code or weights that have "
+            "changed since; <code>fcm_ctc run</code> recomputes them.</p>"
+        )
+        if report.stale_results
         else ""
     )
     style = (

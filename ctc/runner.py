@@ -4,13 +4,18 @@ each result as it arrives.
 
 A job is a picklable :class:`Job`; :func:`execute_job` is the one job function for
 every backend (in-process, ``ProcessPoolExecutor`` workers, Dask workers). Each
-worker process builds the network once (:func:`worker_network`) and runs torch
-with one thread, so N workers use N cores without oversubscription.
+worker process builds the network once (:func:`worker_network`). Every job runs
+torch with the run's thread count (default one, so N workers use N cores without
+oversubscription), whatever the backend: NN part 1 differs in its last bits between
+thread counts, and so can a bitstream, so the count is part of the job key.
+
+A job's key holds its inputs and the versions that change results (:func:`job_key`);
+the project's files its run depended on are recorded with each result
+(``ctc.dependencies``), and a result counts as cached only while they are unchanged.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib
 import json
@@ -30,9 +35,10 @@ from codec.files import file_sha256 as sha256_file
 
 from .cache import ResultCache
 from .config import CtcConfig, NetworkConfig, config_to_dict
+from .dependencies import package_versions
 from .errors import DatasetError, JobError
 
-HARNESS_VERSION = "1"  # bump when a change of this package changes job results
+HARNESS_VERSION = "2"  # bump when the format of a job's result changes (2: keys with packages and threads)
 
 
 # -- dataset ---------------------------------------------------------------------------
@@ -156,72 +162,12 @@ class Job:
     image: ImageItem = field(hash=False)
     network: NetworkConfig = field(hash=False)
     split: str = ""
-    torch_threads: int | None = None
+    torch_threads: int = 1
 
 
-# Sources whose changes change job results, so that an edit of a mode or network without
-# a version bump cannot leave stale results in a cache. Every job depends on the core; a
-# container mode also on the files its CodingMode declares (its module, models, weights),
-# so retraining one learned codec, or editing its mode, does not invalidate the cached
-# results of the anchors. A mode name that is not registered depends on all of
-# codec/modes and codec/models.
-_CORE_SOURCES = (
-    "codec/bitstream",
-    "codec/inner",
-    "codec/vision",
-    "codec/errors.py",
-    "codec/files.py",
-    "codec/pipeline.py",
-    "codec/modes/__init__.py",
-    "codec/modes/base.py",
-    "ctc/codecs.py",
-    "ctc/runner.py",
-)
-
-
-def _files_of(entries: Iterable[str | Path]) -> list[Path]:
-    root = Path(__file__).resolve().parent.parent
-    files: set[Path] = set()
-    for entry in entries:
-        p = Path(entry) if Path(entry).is_absolute() else root / entry
-        if p.is_dir():
-            files |= {f for f in p.rglob("*") if f.suffix in (".py", ".pt")}
-        elif p.is_file():
-            files.add(p)
-    return sorted(files)
-
-
-def _result_sources(mode: str | None) -> list[Path]:
-    """The files whose content the results of jobs of `mode` (None: no container mode) depend on."""
-    if mode is None:
-        return _files_of(_CORE_SOURCES)
-    from codec.errors import EncodeError
-    from codec.modes import mode_by_name
-
-    try:
-        extra: list[str | Path] = list(mode_by_name(mode).source_files())
-    except EncodeError:
-        extra = ["codec/modes", "codec/models"]
-    return _files_of([*_CORE_SOURCES, *extra])
-
-
-@functools.lru_cache(maxsize=16)
-def source_sha256(mode: str | None = None) -> str:
-    """sha256 over the Python sources and model weights that affect the results of jobs
-    of `mode` (None: no container mode); the split network's weights hash is a key field
-    of its own. Files inside the repository are named by their relative path."""
-    root = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for f in _result_sources(mode):
-        name = f.relative_to(root).as_posix() if f.is_relative_to(root) else f.name
-        h.update(name.encode() + b"\0")
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-def code_version(mode: str | None = None) -> dict[str, str]:
-    """Versions of this repository's code that change job results (git-independent): package and
-    container versions, the harness version and a hash of the result-producing sources."""
+def code_version() -> dict[str, str]:
+    """Versions of this repository's code that change job results, besides the files each
+    result records (ctc.dependencies): package and container versions, the harness version."""
     import codec
     from codec import bitstream
 
@@ -229,7 +175,6 @@ def code_version(mode: str | None = None) -> dict[str, str]:
         "codec": codec.__version__,
         "container": f"{bitstream.VERSION_MAJOR}.{bitstream.VERSION_MINOR}",
         "ctc": HARNESS_VERSION,
-        "source_sha256": source_sha256(mode),
     }
 
 
@@ -243,9 +188,18 @@ def job_key(
     split: str,
     image_sha256: str,
     versions: dict[str, str],
+    packages: dict[str, str] | None = None,
+    torch_threads: int = 1,
 ) -> str:
-    """sha256 of everything that affects a job's result (not the codec's display name,
-    not the image id or path: renaming or moving files keeps the cache valid)."""
+    """sha256 of the inputs of a job and of what runs it (not the codec's display name, not
+    the image id or path: renaming or moving files keeps the cache valid): the codec and its
+    parameters, the external tool's version (`codec_version`), the network and its weights,
+    the image, this code's versions, the packages that change results (default: those of
+    this interpreter) and the torch thread count (NN part 1 differs in the last bits between
+    thread counts, and so can a bitstream). The project's source files are not in the key:
+    each result records the ones its run depended on (ctc.dependencies)."""
+    from .dependencies import package_versions
+
     record = {
         "codec_type": codec_type,
         "mode": mode,
@@ -257,25 +211,40 @@ def job_key(
         "split": split,
         "image_sha256": image_sha256,
         "code_version": versions,
+        "packages": package_versions() if packages is None else packages,
+        "torch_threads": int(torch_threads),
     }
     text = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def plan_jobs(
-    config: CtcConfig, images: list[ImageItem], weights_sha256: str, split: str, torch_threads: int | None = None
+    config: CtcConfig, images: list[ImageItem], weights_sha256: str, split: str, torch_threads: int = 1
 ) -> list[Job]:
     from .codecs import get_codec_type
+    from .dependencies import package_versions
 
+    if isinstance(torch_threads, bool) or not isinstance(torch_threads, int) or torch_threads < 1:
+        raise ValueError(f"torch_threads must be an integer >= 1, got {torch_threads!r}")
     jobs = []
+    versions, packages = code_version(), package_versions()
     for c in config.codecs:
         plugin = get_codec_type(c.type, c.mode if c.type == "container" else None)
         cversion = plugin.version()
-        versions = code_version(plugin.mode)
         for p in c.points:
             for im in images:
                 key = job_key(
-                    c.type, c.mode, p.params, cversion, config.network, weights_sha256, split, im.sha256, versions
+                    c.type,
+                    c.mode,
+                    p.params,
+                    cversion,
+                    config.network,
+                    weights_sha256,
+                    split,
+                    im.sha256,
+                    versions,
+                    packages,
+                    torch_threads,
                 )
                 jobs.append(
                     Job(key, c.name, c.type, c.mode, p.name, p.params, im, config.network, split, torch_threads)
@@ -284,16 +253,17 @@ def plan_jobs(
 
 
 def execute_job(job: Job) -> dict[str, Any]:
-    """Run one job; the result is JSON-able (stored in the cache as is)."""
+    """Run one job; the result is JSON-able (stored in the cache as is), with under "deps" the
+    record of the files its run depended on (ctc.dependencies), which the cache keeps apart."""
     from .codecs import STAGES, get_codec_type
     from .complexity import MacCounter
+    from .dependencies import trace_job
 
     try:
-        if job.torch_threads is not None:
-            import torch
+        import torch
 
-            if torch.get_num_threads() != job.torch_threads:
-                torch.set_num_threads(job.torch_threads)
+        if torch.get_num_threads() != job.torch_threads:
+            torch.set_num_threads(job.torch_threads)
         network = worker_network(job.network)
         plugin = get_codec_type(job.codec_type, job.mode if job.codec_type == "container" else None)
         image = load_rgb(job.image.path)
@@ -304,9 +274,10 @@ def execute_job(job: Job) -> dict[str, Any]:
             )
         counter = MacCounter()
         t0 = time.perf_counter()
-        with counter.active():
+        with trace_job(also=[__file__]) as trace, counter.active():
             out = plugin.run(image, network, job.split, dict(job.params))
         wall = time.perf_counter() - t0
+        deps = trace.dependencies()
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
         where = traceback.extract_tb(e.__traceback__)[-1]
@@ -324,6 +295,7 @@ def execute_job(job: Job) -> dict[str, Any]:
         "timings": {s: float(out.timings.get(s, 0.0)) for s in STAGES},
         "macs": {s: int(counter.macs.get(s, 0)) for s in STAGES},
         "wall": wall,
+        "deps": deps,
     }
 
 
@@ -377,7 +349,8 @@ def run_jobs(
         raise ValueError(f"workers must be >= 1, got {workers}")
 
     def store(job: Job, result: dict) -> None:
-        cache.put(job.key, job.codec, job.point, job.image.image_id, result)
+        deps = result.pop("deps", None)
+        cache.put(job.key, job.codec, job.point, job.image.image_id, result, deps)
         stats.computed += 1
         bar.update(1)
         if on_result is not None:
@@ -401,7 +374,10 @@ def _run_pool(todo: list[Job], workers: int, store: Callable[[Job, dict], None])
     # spawn, not fork: forking a process that has started torch's thread pools can deadlock
     ctx = get_context("spawn")
     pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_init_worker, initargs=(todo[0].network, 1)
+        max_workers=min(workers, len(todo)),
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(todo[0].network, todo[0].torch_threads),
     )
     try:
         pending = {pool.submit(execute_job, j): j for j in todo}
@@ -419,9 +395,6 @@ def _run_dask(todo: list[Job], address: str, store: Callable[[Job, dict], None])
         from distributed import Client, as_completed
     except ImportError:
         raise JobError("--dask needs the 'distributed' package (pip install 'fcm-codec[dask]')") from None
-    from dataclasses import replace
-
-    todo = [replace(j, torch_threads=1) for j in todo]
     with Client(address, timeout=30) as client:
         futures = client.map(execute_job, todo, pure=False)
         by_key = {f.key: j for f, j in zip(futures, todo)}
@@ -445,7 +418,7 @@ class RunInfo:
     stats: RunStats
 
 
-def prepare_run(config: CtcConfig) -> tuple[list[ImageItem], list[Job], str, str]:
+def prepare_run(config: CtcConfig, torch_threads: int = 1) -> tuple[list[ImageItem], list[Job], str, str]:
     """Select the images, build the network once (weights hash, split) and plan the jobs."""
     images = select_images(
         config.dataset.images, config.dataset.annotations, config.dataset.limit, config.dataset.image_ids
@@ -457,7 +430,7 @@ def prepare_run(config: CtcConfig) -> tuple[list[ImageItem], list[Job], str, str
             f"network {config.network.name!r} has no split point {split!r} ({', '.join(network.split_points)})"
         )
     weights = network.weights_sha256()
-    return images, plan_jobs(config, images, weights, split), split, weights
+    return images, plan_jobs(config, images, weights, split, torch_threads), split, weights
 
 
 def run_ctc(
@@ -467,11 +440,14 @@ def run_ctc(
     dask_address: str | None = None,
     progress: bool = False,
     on_result: Callable[[Job, dict], None] | None = None,
+    torch_threads: int = 1,
 ) -> RunInfo:
-    """Run (or resume) every job of a config into out_dir/cache.sqlite and record the run."""
+    """Run (or resume) every job of a config into out_dir/cache.sqlite and record the run.
+    Every job runs torch with `torch_threads` threads, whatever the backend, so that results
+    do not depend on the number of workers."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    images, jobs, split, weights = prepare_run(config)
+    images, jobs, split, weights = prepare_run(config, torch_threads)
     with ResultCache(out / "cache.sqlite") as cache:
         cache.set_meta(
             "run",
@@ -484,10 +460,14 @@ def run_ctc(
                     {"key": j.key, "codec": j.codec, "point": j.point, "image_id": j.image.image_id} for j in jobs
                 ],
                 "code_version": code_version(),
+                "packages": package_versions(),
+                "torch_threads": torch_threads,
             },
         )
         stats = run_jobs(
             jobs, cache, workers=workers, dask_address=dask_address, progress=progress, on_result=on_result
         )
-        cache.set_meta("last_stats", asdict(stats) | {"workers": workers, "dask": dask_address})
+        cache.set_meta(
+            "last_stats", asdict(stats) | {"workers": workers, "dask": dask_address, "torch_threads": torch_threads}
+        )
     return RunInfo(config, images, jobs, split, weights, stats)

@@ -23,7 +23,7 @@ from typing import Any
 
 from codec.bitstream import CodecModelId
 from codec.errors import CodecModelError, CodecModelMismatchError, MalformedError
-from codec.files import file_sha256
+from codec.files import file_sha256, note_input
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -126,6 +126,8 @@ def load_codec_model(model_id: CodecModelId | int, weights: str | Path | None = 
     replaces the shipped file. Verified on every load; cached per file version."""
     e = entry(model_id)
     path = Path(weights) if weights is not None else e.weights
+    note_input(path)  # on every call: what a result depends on, also when served from the cache
+    note_input(record_path(path))
     try:
         st = path.stat()
     except OSError:

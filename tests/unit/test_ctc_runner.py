@@ -14,7 +14,6 @@ import pytest
 import torch
 from test_ctc_fakes import FakeNet, write_fake_config
 
-from codec.files import REPO_ROOT as REPO
 from ctc.cache import ResultCache
 from ctc.cli import main
 from ctc.complexity import MacCounter, count_macs
@@ -45,6 +44,8 @@ def test_job_key_covers_everything_that_changes_a_result() -> None:
         split="neck",
         image_sha256="cd" * 32,
         versions={"codec": "0.1.0", "container": "1.0", "ctc": "1"},
+        packages={"torch": "2.4.1", "numpy": "1.26.4"},
+        torch_threads=1,
     )
     key = job_key(**base)
     assert len(key) == 64 and key == job_key(**base)
@@ -60,13 +61,20 @@ def test_job_key_covers_everything_that_changes_a_result() -> None:
         {"image_sha256": "00" * 32},
         {"versions": {"codec": "0.2.0", "container": "1.0", "ctc": "1"}},
         {"versions": {"codec": "0.1.0", "container": "1.1", "ctc": "1"}},
+        {"packages": {"torch": "2.5.0", "numpy": "1.26.4"}},
+        {"packages": {"torch": "2.4.1", "numpy": "2.0.0"}},
+        {"torch_threads": 2},
     ]
     keys = {job_key(**{**base, **c}) for c in changes}
     assert key not in keys and len(keys) == len(changes)
+    from ctc.dependencies import RESULT_PACKAGES, package_versions
     from ctc.runner import code_version
 
-    v = code_version()
-    assert set(v) == {"codec", "container", "ctc", "source_sha256"} and len(v["source_sha256"]) == 64
+    assert set(code_version()) == {"codec", "container", "ctc"}  # sources: each result's own record
+    assert set(package_versions()) == {"python", *RESULT_PACKAGES}
+    assert {"torch", "numpy", "compressai", "pillow"} <= set(RESULT_PACKAGES)
+    # without packages given, the key uses this interpreter's
+    assert job_key(**{**base, "packages": None}) == job_key(**{**base, "packages": package_versions()})
     # the network's weights file path is not part of the key (its content hash is)
     assert job_key(**{**base, "network": NetworkConfig("nanodet", "neck", Path("/x/w.pt"))}) == key
 
@@ -273,18 +281,3 @@ def test_job_failure_names_the_job(tmp_path: Path, capsys) -> None:
     assert main(["run", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "coarse/step0.8/image 100" in err and "cannot read image" in err
-
-
-def test_a_mode_s_cache_key_depends_on_its_own_sources_only() -> None:
-    from ctc.runner import _result_sources, code_version
-
-    def rel(mode):
-        return {p.relative_to(REPO).as_posix() for p in _result_sources(mode)}
-
-    anchor, e2e = rel("anchor"), rel("learned_e2e")
-    assert "codec/modes/anchor.py" in anchor and not any("fenet" in s for s in anchor)
-    assert not any("learned_e2e" in s for s in anchor)
-    assert {"codec/models/fenet.py", "codec/modes/learned_e2e.py", "codec/pipeline.py"} <= e2e
-    assert "codec/models/weights/fenet_nanodet_neck.pt" in e2e
-    assert "codec/models/fenet.py" in rel("some_future_mode")  # unknown: depend on everything
-    assert code_version("anchor")["source_sha256"] != code_version("learned_e2e")["source_sha256"]

@@ -187,8 +187,8 @@ def test_toy_mode_through_fcm_enc_dec_inspect(toy, image_file, tmp_path, monkeyp
 
 
 def test_toy_mode_through_fcm_ctc(toy, tmp_path, capsys):
+    from ctc.cache import ResultCache
     from ctc.cli import main
-    from ctc.runner import _result_sources
 
     config = """
 name: toy
@@ -203,7 +203,7 @@ anchors: [toy]
 codecs:
   - name: toy
     type: toy
-    values: [2, 4, 8]
+    values: [2, 4, 6, 8]
     options: {flip: "yes"}
   - name: uncompressed
     type: uncompressed
@@ -212,13 +212,16 @@ codecs:
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
     rows = {r["point"]: r for r in csv.DictReader((out / "summary.csv").open()) if r["codec"] == "toy"}
-    assert set(rows) == {"bits2", "bits4", "bits8"}  # the default param is the mode's rate parameter
+    assert set(rows) == {"bits2", "bits4", "bits6", "bits8"}  # the default param is the mode's rate parameter
     bits = {p: int(r["total_bits"]) for p, r in rows.items()}
     assert bits["bits2"] == bits["bits4"] == bits["bits8"]  # one byte per sample whatever the bits: the toy's rate
-    # the CTC cache key depends on the file that defines the mode
-    assert __file__ in {str(p) for p in _result_sources("toy")}
+    # the CTC's cached results depend on the file that defines the mode (it ran in their jobs)
+    with ResultCache(out / "cache.sqlite") as cache:
+        keys = [j["key"] for j in cache.get_meta("run")["jobs"] if j["codec"] == "toy"]
+        deps = cache.dependencies_of(keys)
+    assert len(deps) == 8 and all("tests/unit/test_toy_mode.py" in {n for n, _ in d} for d in deps.values())
     capsys.readouterr()
-    bad = cfg.read_text().replace("values: [2, 4, 8]", "values: [2, 9]")
+    bad = cfg.read_text().replace("values: [2, 4, 6, 8]", "values: [2, 4, 6, 9]")
     cfg.write_text(bad)
     assert main(["run", str(cfg), "--out", str(tmp_path / "r2")]) == 2
     assert "toy parameter bits must be an integer in 1..8, got 9" in capsys.readouterr().err
