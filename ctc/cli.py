@@ -2,12 +2,16 @@
 
 Examples::
 
-    fcm_ctc run ctc/configs/quick.yaml --out runs/quick
-    fcm_ctc run ctc/configs/coco128.yaml --out runs/coco128 --workers 2
-    fcm_ctc run ctc/configs/val2017-103.yaml --out runs/val --codecs image_anchor,feature_anchor --limit 20
-    fcm_ctc run ctc/configs/coco128.yaml --out runs/coco128 --dask tcp://scheduler:8786
+    fcm_ctc configs                    # the bundled configurations
+    fcm_ctc run quick --out runs/quick # a bundled config by name (or any YAML file by path)
+    fcm_ctc run coco128 --out runs/coco128 --workers 2
+    fcm_ctc run val2017-103 --out runs/val --codecs image_anchor,feature_anchor --limit 20
+    fcm_ctc run my_config.yaml --out runs/mine --dask tcp://scheduler:8786
     fcm_ctc report runs/quick          # rebuild the csv files and report.html from the cache
     fcm_ctc tables runs/quick          # the run's rate points, BD-rates and near-lossless rates as Markdown
+
+A config is checked whole before anything runs. With stdout and stderr on a terminal,
+progress is a bar; otherwise (a log file, a pipe) a line at most every 30 seconds.
 """
 
 from __future__ import annotations
@@ -26,8 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run (or resume) a CTC configuration into DIR and write the report")
-    r.add_argument("config", help="CTC configuration (YAML), e.g. ctc/configs/quick.yaml")
+    r.add_argument("config", help="CTC configuration: a bundled one by name (see `fcm_ctc configs`) or a YAML file")
     r.add_argument("--out", required=True, help="run directory (cache.sqlite, csv files, report.html)")
+    r.add_argument(
+        "--force",
+        action="store_true",
+        help="use --out even if it holds another config's run (its outputs are replaced) or other files",
+    )
     r.add_argument(
         "--assets",
         help="assets directory for ${assets} in the config (default: $FCM_ASSETS, else <repo>/../shared/assets)",
@@ -45,12 +54,34 @@ def _parser() -> argparse.ArgumentParser:
         "NN part 1's last bits, and so a bitstream, can differ between thread counts",
     )
     r.add_argument("--dask", metavar="ADDRESS", help="submit the jobs to this Dask scheduler instead")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    r.add_argument(
+        "--progress-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="without a terminal: a progress line at most every SECONDS (default 30)",
+    )
     rep = sub.add_parser("report", help="rebuild the outputs of DIR from its cache (runs nothing)")
     rep.add_argument("dir", help="run directory of an earlier `fcm_ctc run`")
     tab = sub.add_parser("tables", help="print DIR's rate points, BD-rates and near-lossless rates as Markdown")
     tab.add_argument("dir", help="run directory of an earlier `fcm_ctc run`")
+    sub.add_parser("configs", help="list the bundled configurations (run one with `fcm_ctc run NAME`)")
     return p
+
+
+def _configs() -> int:
+    from .config import bundled_configs, config_summary
+
+    configs = bundled_configs()
+    if not configs:
+        print("no bundled configurations found (ctc/configs is missing from this installation)")
+        return 0
+    width = max(len(n) for n in configs)
+    for name, path in configs.items():
+        print(f"{name.ljust(width)}  {config_summary(path)}")
+    print("\nrun one with: fcm_ctc run NAME --out DIR")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -64,6 +95,8 @@ def _run(args: argparse.Namespace) -> int:
         raise CtcError(f"--threads must be >= 1, got {args.threads}")
     if (args.images is None) != (args.annotations is None):
         raise CtcError("--images and --annotations go together")
+    if not args.progress_every >= 0:
+        raise CtcError(f"--progress-every must be >= 0, got {args.progress_every}")
     config = load_config(args.config, args.assets)
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()] if args.codecs is not None else None
     config = with_overrides(config, args.images, args.annotations, args.limit, codecs)
@@ -73,8 +106,10 @@ def _run(args: argparse.Namespace) -> int:
         args.out,
         workers=args.workers,
         dask_address=args.dask,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress="none" if args.no_progress else "bar" if sys.stdout.isatty() and sys.stderr.isatty() else "lines",
         torch_threads=args.threads,
+        force=args.force,
+        progress_interval=args.progress_every,
     )
     s = info.stats
     print(
@@ -113,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
+        if args.command == "configs":
+            return _configs()
         if args.command == "tables":
             from .tables import markdown_tables
 

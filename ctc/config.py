@@ -381,11 +381,51 @@ def parse_config(
     )
 
 
+def bundled_configs() -> dict[str, Path]:
+    """The configurations shipped with the package (ctc/configs/*.yaml, package data), by name."""
+    from importlib import resources
+
+    folder = resources.files("ctc") / "configs"
+    if not folder.is_dir():
+        return {}
+    return {
+        Path(entry.name).stem: Path(str(entry))
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".yaml")
+    }
+
+
+def config_summary(path: str | os.PathLike, width: int = 110) -> str:
+    """What a config is for: the first sentence of its leading comment (at most `width` characters)."""
+    words: list[str] = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        text = line[1:] if line.startswith("#") else None
+        if text is None or not text.strip() or text.startswith("   "):  # the end, or a command example
+            break
+        words.append(text.strip())
+    summary = " ".join(words)
+    m = re.search(r"\.(\s|$)", summary)
+    summary = summary[: m.start() + 1] if m else summary.rstrip(":")
+    return summary if len(summary) <= width else summary[: width - 3].rstrip() + "..."
+
+
+def find_config(name_or_path: str | os.PathLike) -> Path:
+    """A config file: the path if it is a file, else the bundled config of that name
+    ("quick", "quick.yaml"); ConfigError naming the bundled ones otherwise."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    bundled = bundled_configs()
+    name = p.name[: -len(".yaml")] if p.name.endswith(".yaml") else p.name
+    if p.parent == Path(".") and name in bundled:
+        return bundled[name]
+    known = ", ".join(bundled) or "none"
+    raise ConfigError(f"config file not found: {p} (not a file, nor a bundled config: {known})")
+
+
 def load_config(path: str | os.PathLike, assets_dir: str | os.PathLike | None = None) -> CtcConfig:
-    """Read and validate a YAML CTC configuration."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+    """Read and validate a YAML CTC configuration: a file, or a bundled config by name."""
+    p = find_config(path)
     text = p.read_text(encoding="utf-8")
     try:
         data = yaml.safe_load(text)

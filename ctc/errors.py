@@ -22,3 +22,7 @@ class JobError(CtcError):
 
 class CacheError(CtcError):
     """The result cache of a run directory cannot be used."""
+
+
+class RunDirError(CtcError):
+    """A run directory (--out) holds another config's run, or files that are no run."""

@@ -36,7 +36,7 @@ from codec.files import file_sha256 as sha256_file
 from .cache import ResultCache
 from .config import CtcConfig, NetworkConfig, config_to_dict
 from .dependencies import package_versions
-from .errors import DatasetError, JobError
+from .errors import DatasetError, JobError, RunDirError
 
 HARNESS_VERSION = "2"  # bump when the format of a job's result changes (2: keys with packages and threads)
 
@@ -317,10 +317,83 @@ class RunStats:
     seconds: float = 0.0
 
 
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
+PROGRESS_MODES = ("bar", "lines", "none")
 
-    return tqdm(total=total, disable=not enabled or total == 0, desc="ctc jobs", unit="job", dynamic_ncols=True)
+
+class ProgressLines:
+    """Progress as plain lines on a stream (a log file, a pipe: where a bar would not show):
+    the first result, then at most one line every `interval` seconds, and the last."""
+
+    def __init__(self, total: int, stream: Any = None, interval: float = 30.0) -> None:
+        self.total, self.done, self.interval = total, 0, interval
+        self.stream = stream
+        self._t0 = self._last = time.perf_counter()
+
+    def __enter__(self) -> ProgressLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, n: int = 1, what: str = "") -> None:
+        import sys
+
+        self.done += n
+        now = time.perf_counter()
+        if self.done not in (1, self.total) and now - self._last < self.interval:
+            return
+        self._last = now
+        elapsed = now - self._t0
+        left = elapsed / self.done * (self.total - self.done)
+        pct = 100 * self.done / self.total if self.total else 100.0
+        text = (
+            f"fcm_ctc: {self.done}/{self.total} jobs ({pct:.0f} %), {_duration(elapsed)} elapsed, "
+            f"about {_duration(left)} left" + (f" (last: {what})" if what else "")
+        )
+        print(text, file=self.stream if self.stream is not None else sys.stdout, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class _Bar:
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, disable=total == 0, desc="ctc jobs", unit="job", dynamic_ncols=True)
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.close()
+
+    def update(self, n: int = 1, what: str = "") -> None:
+        self._bar.update(n)
+
+
+class _Silent:
+    def __enter__(self) -> _Silent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, n: int = 1, what: str = "") -> None:
+        pass
+
+
+def _progress(total: int, mode: bool | str, interval: float = 30.0) -> Any:
+    mode = {True: "bar", False: "none"}.get(mode, mode) if isinstance(mode, bool) else mode
+    if mode not in PROGRESS_MODES:
+        raise ValueError(f"progress must be one of {', '.join(PROGRESS_MODES)}, got {mode!r}")
+    if mode == "bar":
+        return _Bar(total)
+    if mode == "lines" and total:
+        return ProgressLines(total, interval=interval)
+    return _Silent()
 
 
 def run_jobs(
@@ -328,14 +401,17 @@ def run_jobs(
     cache: ResultCache,
     workers: int = 1,
     dask_address: str | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
     on_result: Callable[[Job, dict], None] | None = None,
+    progress_interval: float = 30.0,
 ) -> RunStats:
     """Run the jobs that are not in the cache; store each result as it completes.
 
     workers == 1 and no dask_address: in this process (the network is built once here).
-    workers > 1: that many spawned worker processes, one torch thread each.
+    workers > 1: that many spawned worker processes, each with the jobs' torch thread count.
     dask_address: the same job function submitted to a Dask distributed scheduler.
+    progress: "bar" (tqdm, for a terminal; also True), "lines" (a line on stdout at most every
+    `progress_interval` seconds, for a log), "none" (also False).
     `on_result(job, result)` is called after each result is committed (progress hooks, tests)."""
     t0 = time.perf_counter()
     done = cache.done_keys([j.key for j in jobs])
@@ -352,11 +428,11 @@ def run_jobs(
         deps = result.pop("deps", None)
         cache.put(job.key, job.codec, job.point, job.image.image_id, result, deps)
         stats.computed += 1
-        bar.update(1)
+        bar.update(1, f"{job.codec}/{job.point}/image {job.image.image_id}")
         if on_result is not None:
             on_result(job, result)
 
-    with _progress(len(todo), progress) as bar:
+    with _progress(len(todo), progress, progress_interval) as bar:
         if not todo:
             pass
         elif dask_address is not None:
@@ -433,19 +509,45 @@ def prepare_run(config: CtcConfig, torch_threads: int = 1) -> tuple[list[ImageIt
     return images, plan_jobs(config, images, weights, split, torch_threads), split, weights
 
 
+def check_run_dir(out: Path, config_name: str, force: bool = False) -> None:
+    """A run directory may be new, empty, or hold a run of the same config (resumed, or run
+    again with other images or codecs: the cache is keyed by content); anything else only
+    with `force` (the run record and outputs are replaced; cached results stay, unused)."""
+    if force or not out.exists():
+        return
+    if not out.is_dir():
+        raise RunDirError(f"--out {out} is a file, not a run directory")
+    cache_file = out / "cache.sqlite"
+    if cache_file.is_file():
+        with ResultCache(cache_file) as cache:
+            run = cache.get_meta("run")
+        other = (run or {}).get("config", {}).get("name")
+        if other is not None and other != config_name:
+            raise RunDirError(
+                f"--out {out} holds a run of config {other!r}, not {config_name!r}; use another --out, "
+                "or --force to reuse it (the other run's outputs are replaced)"
+            )
+    elif any(out.iterdir()):
+        raise RunDirError(f"--out {out} is not empty and holds no CTC run; use another --out, or --force")
+
+
 def run_ctc(
     config: CtcConfig,
     out_dir: str | os.PathLike,
     workers: int = 1,
     dask_address: str | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
     on_result: Callable[[Job, dict], None] | None = None,
     torch_threads: int = 1,
+    force: bool = False,
+    progress_interval: float = 30.0,
 ) -> RunInfo:
     """Run (or resume) every job of a config into out_dir/cache.sqlite and record the run.
     Every job runs torch with `torch_threads` threads, whatever the backend, so that results
-    do not depend on the number of workers."""
+    do not depend on the number of workers. An out_dir that holds another config's run, or
+    files that are no run at all, is refused (RunDirError) unless `force`."""
     out = Path(out_dir)
+    check_run_dir(out, config.name, force)
     out.mkdir(parents=True, exist_ok=True)
     images, jobs, split, weights = prepare_run(config, torch_threads)
     with ResultCache(out / "cache.sqlite") as cache:
@@ -465,7 +567,13 @@ def run_ctc(
             },
         )
         stats = run_jobs(
-            jobs, cache, workers=workers, dask_address=dask_address, progress=progress, on_result=on_result
+            jobs,
+            cache,
+            workers=workers,
+            dask_address=dask_address,
+            progress=progress,
+            on_result=on_result,
+            progress_interval=progress_interval,
         )
         cache.set_meta(
             "last_stats", asdict(stats) | {"workers": workers, "dask": dask_address, "torch_threads": torch_threads}

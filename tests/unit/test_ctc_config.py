@@ -225,6 +225,29 @@ def test_shipped_configs_are_valid(name: str, tmp_path: Path) -> None:
         assert cfg.dataset.limit is not None and cfg.dataset.limit <= 8
         assert all(len(c.points) == 4 for c in cfg.codecs if c.name in cfg.anchors)
         assert cfg.network.name == "nanodet" and cfg.network.split == "neck"
+        # the project's own codecs, with enough points for BD figures against both anchors
+        learned = {c.mode: len(c.points) for c in cfg.codecs if c.mode in ("learned_e2e", "vvc_msff")}
+        assert set(learned) == {"learned_e2e", "vvc_msff"} and min(learned.values()) >= 4
+        assert cfg.bd_curves == ("front", "monotone")
+
+
+def test_bundled_configs_run_by_name(tmp_path: Path, monkeypatch) -> None:
+    from ctc.config import bundled_configs, config_summary, find_config
+
+    bundled = bundled_configs()
+    assert set(bundled) == {p.stem for p in CONFIGS.glob("*.yaml")} and "quick" in bundled
+    assert all(p.is_file() for p in bundled.values())
+    monkeypatch.chdir(tmp_path)  # by name from anywhere, not only from the repository
+    assert find_config("quick") == find_config("quick.yaml") == bundled["quick"]
+    assert load_config("quick", tmp_path).name == "quick"
+    (tmp_path / "quick.yaml").write_text(yaml.safe_dump(BASE))  # a file of that name comes first
+    assert find_config("quick") == bundled["quick"] and find_config("quick.yaml") == Path("quick.yaml")
+    with pytest.raises(ConfigError, match=r"config file not found: nope \(not a file, nor a bundled config: .*quick"):
+        find_config("nope")
+    with pytest.raises(ConfigError, match="config file not found: sub/quick.yaml"):
+        find_config("sub/quick.yaml")  # a path is a path
+    assert config_summary(bundled["quick"]).startswith("CI-sized CTC run: NanoDet split at the neck")
+    assert config_summary(bundled["val2017-103"]).endswith("...") and len(config_summary(bundled["val2017-103"])) == 110
 
 
 def test_a_mode_without_param_uses_its_own_rate_parameter(tmp_path: Path) -> None:
@@ -256,3 +279,29 @@ def test_a_mode_without_param_uses_its_own_rate_parameter(tmp_path: Path) -> Non
     ):
         with pytest.raises(ConfigError, match=message):
             _parse(_modified(["codecs"], [bad]) | {"anchors": [], "reference": None}, tmp_path)
+
+
+@pytest.mark.slow
+def test_bundled_configs_ship_in_the_wheel(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import shutil
+
+    src, wheel_dir, target = tmp_path / "src", tmp_path / "wheel", tmp_path / "site"
+    for name in ("codec", "ctc"):  # a copy: the build writes build/ and *.egg-info beside the sources
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "setup.cfg", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(wheel_dir)],
+                   check=True, capture_output=True, timeout=600)  # fmt: skip
+    (wheel,) = wheel_dir.glob("fcm_codec-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    code = "import ctc, sys; assert ctc.__file__.startswith(sys.argv[1]), ctc.__file__; from ctc.cli import main; "
+    code += "raise SystemExit(main(['configs']))"
+    out = subprocess.run([sys.executable, "-c", code, str(target)], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} <= {line.split()[0] for line in out.splitlines() if line.strip()}

@@ -281,3 +281,77 @@ def test_job_failure_names_the_job(tmp_path: Path, capsys) -> None:
     assert main(["run", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "coarse/step0.8/image 100" in err and "cannot read image" in err
+
+
+def failing_network(name: str = "fake", weights: str | None = None):
+    raise AssertionError("the network must not be built before the config is checked")
+
+
+def test_a_bad_parameter_fails_at_load_before_anything_runs(tmp_path: Path, capsys) -> None:
+    from test_ctc_fakes import FAKE_CONFIG
+
+    text = FAKE_CONFIG.replace("test_ctc_fakes:make_fake_network", "test_ctc_runner:failing_network")
+    text += "  - name: e2e\n    type: learned_e2e\n    values: [1, 2, 3, 9]\n"
+    path = write_fake_config(tmp_path / "data", text, n_images=1)
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "learned_e2e parameter phi must be an integer in 0..5, got 9" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()  # refused before the run directory was made
+    short = path.read_text().replace("values: [1, 2, 3, 9]", "values: [1, 2, 3]")
+    path.write_text(short)
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert "codec 'e2e': 3 rate points; a curve compared against the anchors needs 4 to 8" in capsys.readouterr().err
+
+
+def test_out_of_another_config_is_refused_unless_forced(tmp_path: Path, capsys) -> None:
+    path = write_fake_config(tmp_path / "data", n_images=1)
+    out = tmp_path / "run"
+    args = ["run", str(path), "--out", str(out), "--codecs", "coarse,uncompressed", "--no-progress"]
+    assert main(args) == 0
+    assert main(args) == 0  # the same config again: resumed
+    other = tmp_path / "data" / "other.yaml"
+    other.write_text(path.read_text().replace("name: fake\n", "name: other\n", 1))
+    capsys.readouterr()
+    args_other = ["run", str(other), "--out", str(out), "--codecs", "fine,uncompressed", "--no-progress"]
+    assert main(args_other) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} holds a run of config 'fake', not 'other'; use another --out, or --force" in err
+    assert (out / "detections" / "coarse").is_dir()
+    assert main([*args_other, "--force"]) == 0
+    assert not (out / "detections" / "coarse").exists() and (out / "detections" / "fine").is_dir()  # replaced
+    assert main([*args_other]) == 0  # now it is other's run
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    assert main(["run", str(path), "--out", str(busy), "--no-progress"]) == 2
+    assert "is not empty and holds no CTC run" in capsys.readouterr().err
+    assert (busy / "notes.txt").read_text() == "mine" and not (busy / "cache.sqlite").exists()
+
+
+def test_progress_lines_when_stdout_is_not_a_terminal(tmp_path: Path, capsys) -> None:
+    path = write_fake_config(tmp_path / "data", n_images=2)
+    args = ["run", str(path), "--out", str(tmp_path / "run"), "--codecs", "coarse,uncompressed"]
+    assert main([*args, "--progress-every", "0"]) == 0  # captured: not a terminal
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("fcm_ctc: ")]
+    assert len(lines) == 10 and lines[0].startswith("fcm_ctc: 1/10 jobs (10 %), 0m0")
+    assert lines[-1].startswith("fcm_ctc: 10/10 jobs (100 %)") and "about 0m00s left" in lines[-1]
+    assert "(last: uncompressed/ref/image 101)" in lines[-1] or "(last: coarse/" in lines[-1]
+    assert main([*args[:3], str(tmp_path / "run2"), *args[4:]]) == 0  # default: at most one line per 30 s
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("fcm_ctc: ")]
+    assert [line.split(" jobs")[0] for line in lines] == ["fcm_ctc: 1/10", "fcm_ctc: 10/10"]
+    assert main([*args[:3], str(tmp_path / "run3"), *args[4:], "--no-progress"]) == 0
+    assert "fcm_ctc: 1/10" not in capsys.readouterr().out
+
+
+def test_cli_lists_and_runs_bundled_configs_by_name(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["configs"]) == 0
+    text = capsys.readouterr().out
+    assert "quick  " in text and "CI-sized CTC run" in text and "val2017-103" in text
+    assert "fcm_ctc run NAME --out DIR" in text
+    # by name: the bundled quick config is loaded (and checked) from any directory
+    assert main(["run", "quick", "--out", str(tmp_path / "q"), "--codecs", "nope", "--assets", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown codec(s) nope; config has image_anchor, feature_anchor, bypass, uncompressed" in err
+    assert main(["run", "quik", "--out", str(tmp_path / "q")]) == 2
+    assert "nor a bundled config: coco128, " in capsys.readouterr().err
