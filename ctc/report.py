@@ -417,6 +417,13 @@ def _point_label(p: PointResult) -> str:
     return "" if p.value is None else (f"{p.value:g}" if isinstance(p.value, float) else str(p.value))
 
 
+def plot_rate_range(points: list[PointResult]) -> tuple[float, float] | None:
+    """The bpp range the plots show: the coded curves' (a raw float32 reference sits far to the
+    right of them), with a margin; None when there is no curve of two points or more."""
+    coded = [p.bpp for curve in curves(points).values() if len(curve) > 1 for p in curve]
+    return (min(coded) / 1.25, max(coded) * 1.25) if coded else None
+
+
 def rd_plot_png(config: CtcConfig, points: list[PointResult], metric: str) -> bytes:
     """The rate-accuracy curves of one metric (in %), zoomed to the coded curves' range: a
     single-point reference (uncompressed, a one-dtype bypass) is a horizontal line whose label
@@ -447,9 +454,9 @@ def rd_plot_png(config: CtcConfig, points: list[PointResult], metric: str) -> by
                 ax.annotate(_point_label(p), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6,
                             color=colour)  # fmt: skip
         ax.set_xscale("log")
-        if coded:  # zoom to the coded curves (a raw float32 reference sits far to the right)
-            lo, hi = min(p.bpp for p in coded), max(p.bpp for p in coded)
-            ax.set_xlim(lo / 1.25, hi * 1.25)
+        xlim = plot_rate_range(points)
+        if xlim is not None:
+            ax.set_xlim(*xlim)
         ax.set_xlabel("bits per pixel (total bits / total pixels)")
         ax.set_ylabel(f"{METRIC_LABELS[metric]} (%)")
         ax.set_title(f"{config.name}: {METRIC_LABELS[metric]} vs rate ({config.network.name})")

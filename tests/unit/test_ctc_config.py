@@ -284,10 +284,9 @@ def test_a_mode_without_param_uses_its_own_rate_parameter(tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_bundled_configs_ship_in_the_wheel(tmp_path: Path) -> None:
     import os
+    import shutil
     import subprocess
     import sys
-
-    import shutil
 
     src, wheel_dir, target = tmp_path / "src", tmp_path / "wheel", tmp_path / "site"
     for name in ("codec", "ctc"):  # a copy: the build writes build/ and *.egg-info beside the sources

@@ -54,3 +54,43 @@ def test_report_loads_in_headless_chromium(tmp_path: Path) -> None:
         assert first == "coarse"
     finally:
         driver.quit()
+
+
+def test_each_codec_keeps_its_colour() -> None:
+    from ctc.report import codec_colours
+
+    a = codec_colours(["image_anchor", "feature_anchor", "vvc_msff", "learned_e2e", "my_codec", "other"])
+    b = codec_colours(["other", "learned_e2e", "my_codec", "image_anchor"])
+    assert a["image_anchor"] == b["image_anchor"] == "#000000"  # the project's codecs: fixed colours
+    assert a["learned_e2e"] == b["learned_e2e"] and a["my_codec"] == b["my_codec"] and a["other"] == b["other"]
+    assert len(set(a.values())) == len(a)  # distinct within a plot
+    many = codec_colours([f"c{i}" for i in range(15)])
+    assert len(set(many.values())) == 15
+
+
+def test_report_reads_in_one_unit_rounded_and_zoomed(tmp_path: Path) -> None:
+    import re
+
+    from ctc.metrics import curves
+    from ctc.report import plot_rate_range
+
+    cfg = load_config(write_fake_config(tmp_path / "data", n_images=2))
+    out = tmp_path / "run"
+    run_ctc(cfg, out)
+    report = build_report(out)
+    html = (out / "report.html").read_text()
+    assert "[0, 1]" not in html and "BD-mAP, points of % (pchip)" in html and "BD-rate % (pchip)" in html
+    assert "overlap % (mAP / rate)" in html
+    summary = html.split('id="summary"')[1].split("</table>")[0]
+    cells = re.findall(r"<td>([-+0-9.e]+)</td>", summary)
+    assert cells and all(len(c.replace("-", "").replace(".", "").lstrip("0")) <= 6 for c in cells)  # rounded
+    # the plots show the coded curves, not the raw float32 reference far to their right
+    lo, hi = plot_rate_range(report.points)
+    coded = [p.bpp for c in curves(report.points).values() if len(c) > 1 for p in c]
+    ref = next(p.bpp for p in report.points if p.codec == "uncompressed")
+    assert lo < min(coded) and max(coded) < hi < ref
+    assert plot_rate_range([p for p in report.points if p.codec == "uncompressed"]) is None
+    table = report.bd_table()
+    assert (
+        table.startswith("BD-rate vs anchors, mAP@0.5") and "(front, pchip)" in table and "(monotone, pchip)" in table
+    )
