@@ -4,8 +4,10 @@ anchors, near-lossless rates, stage times and kMAC/pixel.
 
 Modules: ``config`` (YAML configs, validation), ``codecs`` (codec plugins:
 image_anchor, feature_anchor, bypass, other container modes, uncompressed),
-``runner`` (jobs, sqlite cache, local workers / Dask), ``complexity`` (MAC
-counting), ``metrics`` (aggregation, BD tables), ``report`` (csv + report.html),
-``cli`` (``fcm_ctc run`` / ``fcm_ctc report``); ``bd_rate`` and ``coco_eval``
-hold the metric primitives.
+``runner`` (jobs, local workers / Dask), ``cache`` (the sqlite result cache),
+``dependencies`` (what a result depends on: the files its job ran, package versions),
+``complexity`` (MAC counting), ``metrics`` (aggregation, BD tables), ``report`` (csv +
+report.html), ``tables`` (Markdown), ``cli`` (``fcm_ctc run`` / ``report`` / ``tables`` /
+``configs``); ``bd_rate`` (BD-rate, MPEG's monotone fit, overlap and plausibility) and
+``coco_eval`` hold the metric primitives; ``configs`` the bundled configurations.
 """
