@@ -1,12 +1,14 @@
 """Complexity of NN parts in multiply-accumulate operations (MACs), counted with
 forward hooks on Conv2d / ConvTranspose2d / Linear, attributed to pipeline stages.
 
-One process-wide forward hook (``torch.nn.modules.module.register_module_forward_hook``)
-sees every module call, also those inside the container's learned modes; it adds
-to the counter that is active in the calling thread, under the stage that is
-innermost at that moment. Other layers (activations, pooling, normalisation) are
-ignored, as in the MPEG FCM CTC's kMAC/pixel figures, which count the
-multiply-accumulates of the convolutional and fully connected layers.
+The learned modes decode through integer-exact convolutions (``FixedConv2d``), which
+count like the Conv2d they replace. One process-wide forward hook
+(``torch.nn.modules.module.register_module_forward_hook``) sees every module call,
+also those inside the container's learned modes; it adds to the counter that is
+active in the calling thread, under the stage that is innermost at that moment.
+Other layers (activations, pooling, normalisation) are ignored, as in the MPEG FCM
+CTC's kMAC/pixel figures, which count the multiply-accumulates of the convolutional
+and fully connected layers.
 """
 
 from __future__ import annotations
@@ -25,9 +27,15 @@ _hook_handle = None
 
 
 def layer_macs(module: nn.Module, inputs: tuple, output: object) -> int:
-    """MACs of one call of a Conv2d / ConvTranspose2d / Linear layer (0 for others)."""
+    """MACs of one call of a Conv2d / ConvTranspose2d / Linear layer, or of the integer-exact
+    convolution of the learned decoders (codec.models.fixed_point.FixedConv2d: an unfold and a
+    matrix product, every tap counted as a Conv2d's); 0 for other modules."""
+    from codec.models.fixed_point import FixedConv2d
+
     if not isinstance(output, torch.Tensor):
         return 0
+    if isinstance(module, FixedConv2d):
+        return output.numel() * int(module.weight_int.shape[1])  # Cin * kh * kw per output value
     if isinstance(module, nn.Conv2d):
         kh, kw = module.kernel_size
         return output.numel() * (module.in_channels // module.groups) * kh * kw

@@ -355,3 +355,14 @@ def test_cli_lists_and_runs_bundled_configs_by_name(tmp_path: Path, capsys, monk
     assert "unknown codec(s) nope; config has image_anchor, feature_anchor, bypass, uncompressed" in err
     assert main(["run", "quik", "--out", str(tmp_path / "q")]) == 2
     assert "nor a bundled config: coco128, " in capsys.readouterr().err
+
+
+def test_fixed_point_convolutions_count_like_the_conv_they_replace() -> None:
+    from codec.models.fixed_point import FixedConv2d
+
+    conv = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1)
+    x = torch.rand(1, 3, 9, 11)
+    _, float_macs = count_macs(conv, x)
+    fixed = FixedConv2d(conv)
+    out, fixed_macs = count_macs(fixed, torch.round(x * 256).double())
+    assert out.shape == (1, 5, 5, 6) and fixed_macs == float_macs == 5 * 5 * 6 * 3 * 3 * 3
