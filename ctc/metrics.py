@@ -24,7 +24,7 @@ from .bd_rate import (
     monotone_fit,
     near_lossless_rate,
 )
-from .coco_eval import evaluate_detections
+from .coco_eval import evaluate_detections_per_class
 from .codecs import STAGES
 from .config import CtcConfig
 
@@ -50,6 +50,12 @@ class PointResult:
     n_detections: int
     time_s: dict[str, float] = field(default_factory=dict)  # mean seconds per image per stage
     kmac_per_pixel: dict[str, float] = field(default_factory=dict)
+    # AP@[.5:.95] by object size (COCO areas: small < 32^2 <= medium < 96^2 <= large; -1: no
+    # ground truth of that size), and per class ({"category_id", "name", "n_gt", "map", "map50"})
+    map_small: float = -1.0
+    map_medium: float = -1.0
+    map_large: float = -1.0
+    per_class: list[dict[str, Any]] = field(default_factory=list)
 
     def metric(self, name: str) -> float:
         return float(getattr(self, name))
@@ -73,7 +79,7 @@ def aggregate_point(
     for image_id, r in results:
         dets.extend(detections_to_coco(r, image_id))
     ids = [i for i, _ in results]
-    ev = evaluate_detections(dets, annotation_file, ids)
+    ev, per_class = evaluate_detections_per_class(dets, annotation_file, ids)
     bits = sum(r["bits"] for _, r in results)
     pixels = sum(r["pixels"] for _, r in results)
     n = len(results)
@@ -95,6 +101,10 @@ def aggregate_point(
         n_detections=len(dets),
         time_s={s: sum(r["timings"][s] for _, r in results) / n for s in STAGES},
         kmac_per_pixel={s: sum(r["macs"][s] for _, r in results) / pixels / 1000.0 for s in STAGES},
+        map_small=float(ev["map_small"]),
+        map_medium=float(ev["map_medium"]),
+        map_large=float(ev["map_large"]),
+        per_class=per_class,
     )
     return pr, dets
 

@@ -2,7 +2,8 @@
 
 In DIR:
 * ``summary.csv``: one row per (codec, rate point): bpp (total bits / total pixels),
-  bpp_mean, mAP@0.5, mAP@[.5:.95], mAP@0.75, mean seconds per image per stage,
+  bpp_mean, mAP@0.5, mAP@[.5:.95], mAP@0.75, AP by object size (map_small / map_medium /
+  map_large, -1 when the set has no object of that size), mean seconds per image per stage,
   kMAC per pixel per stage, raw float32 feature bpp.
 * ``bd_rate.csv``: every codec against every anchor, per metric and per curve kind (``front``:
   the rate-accuracy front; ``monotone``: MPEG's monotone fit): BD-rate (%) and BD-mAP (mAP
@@ -11,6 +12,8 @@ In DIR:
   log-rate axis for BD-mAP); ``warning``: an overlap below the config's ``min_overlap``;
   ``unreliable``: the columns left empty because their figure lies outside what any monotone
   curve through the points allows (see ``ctc.bd_rate``); ``note``: why a figure is missing.
+* ``per_class.csv``: per (codec, rate point) and category with ground truth in the set: its
+  number of ground-truth boxes, AP@0.5 and AP@[.5:.95] (summary.csv has AP by object size).
 * ``near_lossless.csv``: lowest bpp with < 1 % relative mAP loss vs the uncompressed
   network, and its compression ratio vs raw float32 features.
 * ``cttc/<codec>.csv``: the MPEG FCM CTTC reporting layout of CompressAI-Vision
@@ -192,6 +195,11 @@ def build_report(out_dir: str | os.PathLike, environment: dict[str, Any] | None 
     _write_csv(out / "summary.csv", summary_rows(points))
     _write_csv(out / "bd_rate.csv", bd, BD_CSV_COLUMNS)
     _write_csv(
+        out / "per_class.csv",
+        [{"codec": p.codec, "point": p.point, "bpp": p.bpp, **c} for p in points for c in p.per_class],
+        ["codec", "point", "bpp", "category_id", "name", "n_gt", "map50", "map"],
+    )
+    _write_csv(
         out / "near_lossless.csv",
         nl,
         [
@@ -239,6 +247,9 @@ def summary_rows(points: list[PointResult]) -> list[dict[str, Any]]:
             "map": p.map,
             "map50": p.map50,
             "map75": p.map75,
+            "map_small": p.map_small,
+            "map_medium": p.map_medium,
+            "map_large": p.map_large,
             "n_detections": p.n_detections,
             "raw_feature_bpp": p.raw_feature_bpp,
         }
@@ -487,6 +498,10 @@ def _fixed(v: Any, spec: str) -> str:
     return f"{v:{spec}}" if math.isfinite(v) else "n/a"
 
 
+def _size_ap(v: float) -> str:
+    return "-" if v < 0 else f"{100 * v:.1f}"  # -1: no ground truth of that size
+
+
 def _html_table(rows: list[dict[str, Any]], columns: list[str], table_id: str) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
@@ -514,6 +529,7 @@ def render_html(report: Report, env: dict[str, Any], stats: dict[str, Any], run:
             "bpp (mean/image)": _sig(p.bpp_mean),
             "mAP@0.5 %": _fixed(100 * p.map50, ".2f"),
             "mAP %": _fixed(100 * p.map, ".2f"),
+            "AP S / M / L %": " / ".join(_size_ap(v) for v in (p.map_small, p.map_medium, p.map_large)),
             "nn_part1 ms": _fixed(1000 * p.time_s["nn_part1"], ".1f"),
             "encode ms": _fixed(1000 * p.time_s["encode"], ".1f"),
             "decode ms": _fixed(1000 * p.time_s["decode"], ".1f"),

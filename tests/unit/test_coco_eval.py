@@ -204,3 +204,32 @@ def test_mask_ap_needs_masks_of_the_image_size(gt_mask_results):
     on_val = [dict(r, image_id=1000, category_id=1) for r in gt_mask_results[:1]]
     with pytest.raises(CocoEvalError, match="without a mask"):
         evaluate_detections(on_val, ANNOTATIONS, [1000], iou_type="segm")
+
+
+def test_per_class_ap_averages_to_the_overall_map(dataset, gt_results):
+    from ctc.coco_eval import evaluate_detections_per_class
+
+    # half the classes found exactly, the others shifted (IoU 2/3) or missing
+    cats = sorted({r["category_id"] for r in gt_results})
+    found, shifted = set(cats[::3]), set(cats[1::3])
+    results = [r for r in gt_results if r["category_id"] in found]
+    results += [
+        dict(r, bbox=[r["bbox"][0] + 0.2 * r["bbox"][2], *r["bbox"][1:]])
+        for r in gt_results
+        if r["category_id"] in shifted
+    ]
+    stats, rows = evaluate_detections_per_class(results, ANNOTATIONS, image_ids=IMAGE_IDS)
+    assert stats == evaluate_detections(results, ANNOTATIONS, image_ids=IMAGE_IDS)
+    by = {r["category_id"]: r for r in rows}
+    assert set(by) == set(cats)  # the classes with ground truth in these images
+    n_gt = {c: sum(1 for a in dataset["annotations"] if a["image_id"] in IMAGE_IDS and a["category_id"] == c)
+            for c in cats}  # fmt: skip
+    assert all(by[c]["n_gt"] == n_gt[c] for c in cats) and by[1]["name"] == "person"
+    for c in cats:
+        expected = (1.0, 1.0) if c in found else (0.4, 1.0) if c in shifted else (0.0, 0.0)
+        assert (by[c]["map"], by[c]["map50"]) == pytest.approx(expected, abs=1e-9), c
+    # COCO's overall figure is the mean over the classes
+    assert stats["map"] == pytest.approx(sum(r["map"] for r in rows) / len(rows), abs=1e-12)
+    assert stats["map50"] == pytest.approx(sum(r["map50"] for r in rows) / len(rows), abs=1e-12)
+    _, empty = evaluate_detections_per_class([], ANNOTATIONS, image_ids=IMAGE_IDS)
+    assert len(empty) == len(cats) and all(r["map"] == r["map50"] == 0.0 for r in empty)

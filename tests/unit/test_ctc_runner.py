@@ -113,6 +113,7 @@ def test_run_then_rerun_computes_nothing_and_outputs_are_complete(tmp_path: Path
     for name in (
         "summary.csv",
         "bd_rate.csv",
+        "per_class.csv",
         "near_lossless.csv",
         "report.html",
         "cttc/coarse.csv",
@@ -132,6 +133,13 @@ def test_run_then_rerun_computes_nothing_and_outputs_are_complete(tmp_path: Path
     for r in rows:
         assert 0.0 <= float(r["map50"]) <= 1.0 and 0.0 <= float(r["map"]) <= float(r["map50"]) + 1e-9
         assert float(r["kmac_px_nn_part1"]) > 0 and float(r["kmac_px_nn_part2"]) > 0
+    per_class = list(csv.DictReader((out / "per_class.csv").open()))
+    # the fake images hold objects of 3 of the 4 categories: a class without ground truth has no AP
+    assert len(per_class) == 9 * 3 and {r["name"] for r in per_class} == {"c1", "c3", "c62"}
+    for (codec, point), row in by.items():  # COCO's mAP is the mean over the classes
+        classes = [float(r["map"]) for r in per_class if (r["codec"], r["point"]) == (codec, point)]
+        assert float(row["map"]) == pytest.approx(sum(classes) / len(classes), abs=1e-5)
+        assert {"map_small", "map_medium", "map_large"} <= set(row)
     raw = float(by[("uncompressed", "ref")]["bpp"])
     assert raw == pytest.approx(4 * 16 * 16 * 32 * 4 / total_px, rel=1e-6)
     # the finest fake step is near-lossless: its detections match the uncompressed network's
