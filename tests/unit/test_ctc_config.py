@@ -223,7 +223,7 @@ def test_shipped_configs_are_valid(name: str, tmp_path: Path) -> None:
     assert "/" not in (cfg.source.split("images:")[1].split("${assets}")[0])  # no absolute paths
     if name == "quick":
         assert cfg.dataset.limit is not None and cfg.dataset.limit <= 8
-        assert all(len(c.points) == 4 for c in cfg.codecs if c.name in cfg.anchors)
+        assert all(4 <= len(c.points) <= 5 for c in cfg.codecs if c.name in cfg.anchors)
         assert cfg.network.name == "nanodet" and cfg.network.split == "neck"
         # the project's own codecs, with enough points for BD figures against both anchors
         learned = {c.mode: len(c.points) for c in cfg.codecs if c.mode in ("learned_e2e", "vvc_msff")}
