@@ -254,8 +254,9 @@ class JobTrace:
 @contextmanager
 def trace_job(also: Iterable[str | os.PathLike] = ()) -> Iterator[JobTrace]:
     """Record what the code run in the block depends on; `.dependencies()` afterwards.
-    `also`: files that shape the result from outside the block (the job function's own module),
-    taken without their imports (a harness module imports much that no result depends on)."""
+    `also`: files that shape the result (the job function's own module), taken without their
+    imports, also when their functions run in the block (a harness module imports much that no
+    result depends on: the report, the BD code, the cache)."""
     trace = JobTrace()
     trace.also = {Path(f).resolve() for f in also if is_first_party(str(f))}
     with recording_inputs() as data, _CallTracer() as calls:
@@ -263,8 +264,10 @@ def trace_job(also: Iterable[str | os.PathLike] = ()) -> Iterator[JobTrace]:
             yield trace
         finally:
             trace.data = set(data)
-    # this module's own functions (the tracer's exit) run in the block but shape no result
-    trace.code = {f for f in calls.files if is_first_party(f) and Path(f).resolve() != Path(__file__).resolve()}
+    # this module's own functions (the tracer's exit) run in the block but shape no result; the
+    # `also` files stay unexpanded even when functions of theirs run in the block
+    skip = {Path(__file__).resolve(), *trace.also}
+    trace.code = {f for f in calls.files if is_first_party(f) and Path(f).resolve() not in skip}
 
 
 # -- checking ----------------------------------------------------------------------------

@@ -266,17 +266,18 @@ def execute_job(job: Job) -> dict[str, Any]:
             torch.set_num_threads(job.torch_threads)
         network = worker_network(job.network)
         plugin = get_codec_type(job.codec_type, job.mode if job.codec_type == "container" else None)
-        image = load_rgb(job.image.path)
-        h, w = image.shape[:2]
-        if (w, h) != (job.image.width, job.image.height):
-            raise DatasetError(
-                f"{job.image.file_name} is {w}x{h}, the annotations say {job.image.width}x{job.image.height}"
-            )
         counter = MacCounter()
-        t0 = time.perf_counter()
-        with trace_job(also=[__file__]) as trace, counter.active():
-            out = plugin.run(image, network, job.split, dict(job.params))
-        wall = time.perf_counter() - t0
+        with trace_job(also=[__file__]) as trace:  # the image's reading shapes the result too
+            image = load_rgb(job.image.path)
+            h, w = image.shape[:2]
+            if (w, h) != (job.image.width, job.image.height):
+                raise DatasetError(
+                    f"{job.image.file_name} is {w}x{h}, the annotations say {job.image.width}x{job.image.height}"
+                )
+            t0 = time.perf_counter()
+            with counter.active():
+                out = plugin.run(image, network, job.split, dict(job.params))
+            wall = time.perf_counter() - t0
         deps = trace.dependencies()
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]

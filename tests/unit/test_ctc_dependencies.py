@@ -191,6 +191,8 @@ def test_editing_any_file_on_a_mode_s_path_invalidates_its_results(tmp_path: Pat
             assert not files & {"codec/modes/learned_e2e.py", "codec/models/fenet.py", "codec/models/linear_path.py"}
             assert not files & {"ctc/bd_rate.py", "ctc/report.py", "ctc/metrics.py", "ctc/cache.py"}, c
         assert "tests/unit/test_ctc_fakes.py" in record["coarse"]  # the fake codec and network
+        for c in ("coarse", "uncompressed"):  # every job reads its image as fcm_enc does (codec.pipeline)
+            assert {"codec/pipeline.py", "ctc/runner.py"} <= record[c]
 
         all_keys = [k for ks in keys.values() for k in ks]
         assert cache.done_keys(all_keys, root=repo) == set(all_keys)
