@@ -63,9 +63,11 @@ def bd_table(run_dir: Path) -> str:
 
     rows = []
     for r in _read(run_dir / "bd_rate.csv"):
-        overlap = f"{_fmt(100 * _num(r.get('overlap_metric', '')), '.0f', ' %')}"
-        if r.get("warning"):
-            overlap += " (low)"
+        overlap = (
+            f"{_fmt(100 * _num(r.get('overlap_metric', '')), '.0f')} / "
+            f"{_fmt(100 * _num(r.get('overlap_rate', '')), '.0f')} %"
+        )
+        note = "; ".join(t for t in (r.get("warning", ""), r["note"]) if t)
         rows.append(
             [
                 r["codec"],
@@ -77,7 +79,7 @@ def bd_table(run_dir: Path) -> str:
                 bd_cell(r, "bd_metric_pchip", 100, "+.2f"),
                 bd_cell(r, "bd_metric_cubic", 100, "+.2f"),
                 overlap,
-                r["note"].replace("|", "/") or "",
+                note.replace("|", "/"),
             ]
         )
     return _table(
@@ -90,7 +92,7 @@ def bd_table(run_dir: Path) -> str:
             "BD-rate cubic",
             "BD-mAP pchip",
             "BD-mAP cubic",
-            "overlap (mAP)",
+            "overlap mAP / rate",
             "note",
         ],
         rows,
