@@ -16,10 +16,9 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from codec.bitstream import (
     ContainerHeader,
@@ -31,8 +30,10 @@ from codec.bitstream import (
 )
 from codec.errors import EncodeError, InputError, NetworkMismatchError, WeightsMismatchError
 from codec.modes import CodingMode, available_modes, mode_by_id, mode_by_name
-from codec.vision import NETWORK_NAMES_BY_ID
-from codec.vision.base import Detections, Features, Preprocessing, SplitNetwork, SplitPoint
+from codec.vision import NETWORK_NAMES_BY_ID, Preprocessing
+
+if TYPE_CHECKING:  # codec.vision.base imports torch; this module imports it where it runs a network
+    from codec.vision.base import Detections, Features, SplitNetwork, SplitPoint
 
 
 @dataclass
@@ -275,6 +276,7 @@ def encode_image(
     if not (1 <= w <= MAX_IMAGE_SIDE and 1 <= h <= MAX_IMAGE_SIDE):  # orig_width, orig_height: u(16)
         raise EncodeError(f"image is {w}x{h} pixels; the container records 1..{MAX_IMAGE_SIDE} a side")
     weights_hash = weights_hash_bytes(network)
+    import torch
 
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -367,6 +369,8 @@ def decode_bitstream(
 
 def run_part2(network: SplitNetwork, decoded: DecodeResult) -> tuple[Detections, float]:
     """NN part 2 on decoded features; detections in original-image pixels, and seconds."""
+    import torch
+
     split = check_network(decoded.header, network)
     t0 = time.perf_counter()
     with torch.inference_mode():

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -47,10 +48,18 @@ from typing import cast
 import numpy as np
 import torch
 import torch.nn.functional as F
-from compressai.ans import BufferedRansEncoder, RansDecoder
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.layers import GDN
 from torch import nn
+
+with warnings.catch_warnings():
+    # `import compressai` imports torch_geometric (through compressai.registry.transforms), whose
+    # modules call torch.jit.script at import time; recent torch deprecates that call with a
+    # FutureWarning each time: two lines of noise on every learned-mode run, from calls that are
+    # neither ours nor CompressAI's own and that nothing here uses. Exactly that warning is ignored,
+    # and only while compressai is imported.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    from compressai.ans import BufferedRansEncoder, RansDecoder
+    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+    from compressai.layers import GDN
 
 from codec.errors import BitstreamError, CodecModelError, SizeLimitError
 from codec.files import file_sha256

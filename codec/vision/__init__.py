@@ -1,17 +1,29 @@
-"""Split vision networks: NN part 1 at the encoder, NN part 2 at the decoder."""
+"""Split vision networks: NN part 1 at the encoder, NN part 2 at the decoder.
+
+The network names, ids and `get_network` are defined here without torch, so that the
+applications can check their arguments (``--network``) in a fraction of a second; the
+interface types of `codec.vision.base` (which imports torch) are loaded on first use."""
 
 from __future__ import annotations
 
-from .base import (
-    Detections,
-    Features,
-    NetworkId,
-    Preprocessing,
-    ResizeMode,
-    ScaleInfo,
-    SplitNetwork,
-    SplitPoint,
-)
+from typing import TYPE_CHECKING, Any
+
+from codec.bitstream.ids import NetworkId, ResizeMode
+from codec.bitstream.preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    from .base import Detections, Features, ScaleInfo, SplitNetwork, SplitPoint
+
+_LAZY = {"Detections", "Features", "ScaleInfo", "SplitNetwork", "SplitPoint"}  # from .base (torch)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # name -> (module, factory); imported lazily so that a missing optional
 # dependency of one network does not break the others.
