@@ -22,6 +22,7 @@ import numpy as np
 
 from codec.bitstream import (
     ContainerHeader,
+    ImageInfo,
     ModeHeader,
     ModeId,
     PayloadUnit,
@@ -52,6 +53,7 @@ class DecodeResult:
     network_name: str
     split: str
     timings: dict[str, float]  # seconds: "decode"
+    image_info: ImageInfo | None = None  # the container's IMAGE_INFO unit, if it has one
 
 
 # Input image limits. A side is at most 65535 pixels: orig_width and orig_height are u(16) in
@@ -235,9 +237,11 @@ def build_bitstream(
     weights_hash: bytes | None = None,
     version_major: int | None = None,
     version_minor: int | None = None,
+    image_info: ImageInfo | None = None,
 ) -> bytes:
     """The container for a mode's header and payload units, with the network's fields, in
-    the syntax of `version_major` (default: container 2.1, bitstream_spec.md)."""
+    the syntax of `version_major` (default: container 2.1, bitstream_spec.md). `image_info`
+    (unless None or empty) is appended as the optional IMAGE_INFO unit (section 5.5)."""
     header = ContainerHeader(
         network_id=network.network_id,
         network_weights_hash=weights_hash if weights_hash is not None else weights_hash_bytes(network),
@@ -247,6 +251,8 @@ def build_bitstream(
         mode_id=mode_id,
         mode=mode_header,
     )
+    if image_info is not None and not image_info.empty:
+        units = [*units, image_info.to_unit()]
     return build_container(header, units, version_major, version_minor)
 
 
@@ -263,9 +269,10 @@ def encode_image(
     split: str | None,
     mode: str | CodingMode,
     params: Mapping[str, Any] | Any = None,
+    image_info: ImageInfo | None = None,
 ) -> EncodeResult:
     """NN part 1 on an RGB uint8 image, then the coding mode (with `params`, see
-    resolve_mode), then the container."""
+    resolve_mode), then the container (with an IMAGE_INFO unit if `image_info` is given)."""
     mode, params = resolve_mode(mode, params)
     split_name = split or network.default_split
     _split_point(network, split_name)  # before NN part 1: a bad split name fails fast
@@ -283,7 +290,7 @@ def encode_image(
         x, prep = network.preprocess(image)
         features = network.part1(x, split_name)
     t1 = time.perf_counter()
-    bitstream = encode_features(features, network, split_name, prep, mode, params, weights_hash)
+    bitstream = encode_features(features, network, split_name, prep, mode, params, weights_hash, image_info=image_info)
     t2 = time.perf_counter()
     return EncodeResult(bitstream, features, prep, {"nn_part1": t1 - t0, "encode": t2 - t1})
 
@@ -298,15 +305,26 @@ def encode_features(
     weights_hash: bytes | None = None,
     version_major: int | None = None,
     version_minor: int | None = None,
+    image_info: ImageInfo | None = None,
 ) -> bytes:
     """NN part 1 output -> container bytes: the coding mode, then the container with the
-    network's fields (container 2.1 unless `version_major` / `version_minor` say otherwise). The tools that code
-    features they computed themselves use this."""
+    network's fields (container 2.1 unless `version_major` / `version_minor` say otherwise) and
+    the IMAGE_INFO unit of `image_info`, if given. The tools that code features they computed
+    themselves use this."""
     mode, params = resolve_mode(mode, params)
     split_point = _split_point(network, split or network.default_split)
     mode_header, units = mode.encode(features, split_point, params)
     return build_bitstream(
-        network, split_point, prep, mode.mode_id, mode_header, units, weights_hash, version_major, version_minor
+        network,
+        split_point,
+        prep,
+        mode.mode_id,
+        mode_header,
+        units,
+        weights_hash,
+        version_major,
+        version_minor,
+        image_info,
     )
 
 
@@ -364,6 +382,7 @@ def decode_bitstream(
         network_name=network.name if network is not None else network_name_of(header),
         split=split,
         timings={"decode": t1 - t0},
+        image_info=parsed.image_info,
     )
 
 
@@ -381,6 +400,7 @@ def run_part2(network: SplitNetwork, decoded: DecodeResult) -> tuple[Detections,
 __all__ = [
     "DecodeResult",
     "EncodeResult",
+    "ImageInfo",
     "ModeId",
     "available_modes",
     "DEFAULT_MAX_PIXELS",

@@ -26,6 +26,7 @@ import torch
 from codec.bitstream import (
     ALL_SCALES,
     ContainerHeader,
+    ImageInfo,
     ModeHeader,
     NetworkId,
     PayloadUnit,
@@ -171,7 +172,18 @@ def golden_vectors() -> dict[str, bytes]:
     # container 2.1: the 2.0 content, the header binding the payload units (payload_units_crc32)
     for name in ("bypass-f16", "anchor-qp37", "vvc_msff-qp37", "learned_e2e-p4-phi3"):
         out[f"v21-{name}"] = rewrapped(out[f"v2-{name}"], (2, 1))
+    # the optional IMAGE_INFO unit (section 5.5) after the mode's units: COCO image id and file name
+    out["v21-bypass-f16-image-info"] = with_units(out["v21-bypass-f16"], [IMAGE_INFO.to_unit()])
     return out
+
+
+IMAGE_INFO = ImageInfo(image_id=1000, source_name="000000001000.jpg")
+
+
+def with_units(data: bytes, extra: list[PayloadUnit]) -> bytes:
+    """`data` with `extra` appended to its payload units (the header's binding recomputed)."""
+    parsed = parse_container(data)
+    return build_container(parsed.header, parsed.units + extra)
 
 
 def rewrapped(data: bytes, version: tuple[int, int]) -> bytes:
@@ -244,6 +256,8 @@ def invalid_vectors(golden: dict[str, bytes]) -> dict[str, tuple[bytes, str, str
     v21_bypass = parse_container(golden["v21-bypass-f16"]).units
     legacy = legacy_16_channel_vectors()
     e2e = golden["v21-learned_e2e-p4-phi3"]
+    info_unit = IMAGE_INFO.to_unit()
+    v21 = golden["v21-bypass-f16"]
     return {
         "invalid-bad-magic": (b"FCMX" + good[4:], "BadMagicError", "not an FCM container"),
         "invalid-version-major": (good[:4] + b"\x03" + good[5:], "UnsupportedVersionError", "version_major 3"),
@@ -298,7 +312,41 @@ def invalid_vectors(golden: dict[str, bytes]) -> dict[str, tuple[bytes, str, str
             "MalformedError",
             "decoded scale p3 holds 1 NaN or infinite values",
         ),
+        # IMAGE_INFO (section 5.5): at most one, optional, a UTF-8 name without control characters
+        "invalid-image-info-twice": (
+            with_units(v21, [info_unit, info_unit]),
+            "MalformedError",
+            "second IMAGE_INFO unit",
+        ),
+        "invalid-image-info-required": (
+            with_units(v21, [replace(info_unit, required=True)]),
+            "MalformedError",
+            "it must be optional (0) and for all scales",
+        ),
+        "invalid-image-info-name": (
+            with_units(v21, [replace(info_unit, data=info_unit.data[:-4] + b"\x1b[2J")]),
+            "MalformedError",
+            "holds control characters",
+        ),
     }
+
+
+def _checked_invalid(name: str, data: bytes, cls: str, message: str) -> bytes:
+    """`data`, after checking that the reference decoder rejects it with `cls` and `message`."""
+    try:
+        conformance_digest(data)
+    except BitstreamError as e:
+        if type(e).__name__ != cls or message not in str(e):
+            raise SystemExit(f"{name}: expected {cls} with {message!r}, got {type(e).__name__}: {e}") from None
+    else:
+        raise SystemExit(f"{name}: decoded without error")
+    return data
+
+
+def _write_invalid(out: Path, name: str, data: bytes, cls: str, message: str) -> None:
+    (out / f"{name}.bin").write_bytes(data)
+    found_by = "found by decoding\n" if name in FOUND_BY_DECODING else ""
+    (out / f"{name}.expected").write_text(f"{cls}\n{message}\n{found_by}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,23 +355,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--regenerate", action="store_true", help="replace existing vectors in --out")
     p.add_argument(
         "--only", action="append", default=[], metavar="NAME",
-        help="write only this golden vector (repeatable; e.g. a new model's), leaving every other file as it is",
+        help="write only this golden or invalid vector (repeatable; e.g. a new model's), leaving every other file "
+        "as it is",
     )  # fmt: skip
     args = p.parse_args(argv)
     out: Path = args.out
     if args.only:
         golden = golden_vectors()
-        unknown = sorted(set(args.only) - set(golden))
+        invalid = invalid_vectors(golden) if any(n.startswith("invalid-") for n in args.only) else {}
+        unknown = sorted(set(args.only) - set(golden) - set(invalid))
         if unknown:
-            print(f"unknown golden vector(s): {', '.join(unknown)}", file=sys.stderr)
+            print(f"unknown vector(s): {', '.join(unknown)}", file=sys.stderr)
             return 2
         for name in args.only:
             if (out / f"{name}.bin").exists() and not args.regenerate:
                 print(f"{out / name}.bin exists; pass --regenerate to replace it", file=sys.stderr)
                 return 2
-            (out / f"{name}.bin").write_bytes(golden[name])
-            (out / f"{name}.md5").write_text(conformance_digest(golden[name]))
-            print(f"{name}.bin {len(golden[name])} bytes")
+            if name in invalid:
+                data = _checked_invalid(name, *invalid[name])
+                _write_invalid(out, name, data, *invalid[name][1:])
+            else:
+                data = golden[name]
+                (out / f"{name}.bin").write_bytes(data)
+                (out / f"{name}.md5").write_text(conformance_digest(data))
+            print(f"{name}.bin {len(data)} bytes")
         return 0
     if any(out.glob("*.bin")) and not args.regenerate:
         print(f"{out} already holds vectors; pass --regenerate to replace them", file=sys.stderr)
@@ -334,16 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / f"{name}.bin").write_bytes(data)
         (out / f"{name}.md5").write_text(conformance_digest(data))
     for name, (data, cls, message) in invalid_vectors(golden).items():
-        try:
-            conformance_digest(data)
-        except BitstreamError as e:
-            if type(e).__name__ != cls or message not in str(e):
-                raise SystemExit(f"{name}: expected {cls} with {message!r}, got {type(e).__name__}: {e}") from None
-        else:
-            raise SystemExit(f"{name}: decoded without error")
-        (out / f"{name}.bin").write_bytes(data)
-        found_by = "found by decoding\n" if name in FOUND_BY_DECODING else ""
-        (out / f"{name}.expected").write_text(f"{cls}\n{message}\n{found_by}")
+        _write_invalid(out, name, _checked_invalid(name, data, cls, message), cls, message)
     for f in sorted(out.glob("*.bin")):
         size = f.stat().st_size
         if size > MAX_VECTOR_BYTES:

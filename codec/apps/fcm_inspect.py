@@ -93,6 +93,20 @@ def _nal_units(data: bytes) -> tuple[list[dict[str, Any]], str | None]:
     ], None
 
 
+def _image_info(data: bytes) -> dict[str, Any]:
+    """The fields of an IMAGE_INFO unit as written (parsed leniently: a damaged name is shown too)."""
+    try:
+        value = syntax.image_info.parse(data, validate=False)
+    except Exception as e:  # construct's errors: the unit is shorter than its syntax
+        return {"error": f"cannot parse image_info( ): {_cli.one_line(e)}"}
+    present = bool(value.image_info_flags & syntax.IMAGE_ID_PRESENT)
+    return {
+        "image_info_flags": value.image_info_flags,
+        "image_id": value.image_id if present else None,
+        "source_name": value.source_name,
+    }
+
+
 def report_dict(path: str, report: InspectReport) -> dict[str, Any]:
     out: dict[str, Any] = {"file": path, "size": report.total_size}
     if report.version is not None:
@@ -119,6 +133,8 @@ def report_dict(path: str, report: InspectReport) -> dict[str, Any]:
             item["nal_units"], err = _nal_units(u.data)
             if err:
                 item["nal_error"] = err
+        elif u.unit_type == UnitType.IMAGE_INFO:
+            item["image_info"] = _image_info(u.data)
         units.append(item)
     out["payload_units"] = units
     out["payload_bytes"] = report.payload_bytes
@@ -163,6 +179,15 @@ def print_text(d: dict[str, Any]) -> None:
             )
         if "nal_error" in u:
             print(f"    NAL units: {u['nal_error']}")
+        if "image_info" in u:
+            info = u["image_info"]
+            if "error" in info:
+                print(f"    {info['error']}")
+            else:
+                image_id = "not recorded" if info["image_id"] is None else info["image_id"]
+                # JSON quoting: a damaged name's control characters are shown escaped, never sent to the terminal
+                name = json.dumps(info["source_name"], ensure_ascii=False) if info["source_name"] else "not recorded"
+                print(f"    image_id {image_id}, source_name {name}")
     total = d["size"]
     share = 100.0 * d["overhead_bytes"] / total if total else 0.0
     print(f"payload {d['payload_bytes']} bytes; header overhead {d['overhead_bytes']} bytes ({share:.2f}%)")

@@ -3,6 +3,7 @@ build / parse / inspect entry points."""
 
 from .container import (
     ContainerHeader,
+    ImageInfo,
     InnerCodecParams,
     InspectReport,
     ModeHeader,
@@ -38,6 +39,7 @@ __all__ = [
     "ContainerHeader",
     "EntropyCoderId",
     "InnerCodecId",
+    "ImageInfo",
     "InnerCodecParams",
     "InspectReport",
     "MAGIC",

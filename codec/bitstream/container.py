@@ -128,13 +128,62 @@ class PayloadUnit:
         return (UNIT_FLAG_REQUIRED if self.required else 0) if self.flags is None else self.flags
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the IMAGE_INFO unit records (bitstream_spec.md, section 5.5): the id of the coded
+    image in its data set (the COCO image id) and the name of its source file, each optional."""
+
+    image_id: int | None = None  # 0 .. 2^64 - 1
+    source_name: str | None = None  # a file name without folders; None or "": not recorded
+
+    def __post_init__(self) -> None:
+        if self.image_id is not None and (
+            isinstance(self.image_id, bool) or not isinstance(self.image_id, int) or not 0 <= self.image_id < 1 << 64
+        ):
+            raise ValueError(f"image_id must be an integer in 0..2^64-1, got {self.image_id!r}")
+        if self.source_name is not None:
+            if not isinstance(self.source_name, str):
+                raise ValueError(f"source_name must be a string, got {self.source_name!r}")
+            if len(self.source_name.encode("utf-8")) > syntax.MAX_SOURCE_NAME_SIZE:
+                raise ValueError(f"source_name is longer than {syntax.MAX_SOURCE_NAME_SIZE} bytes in UTF-8")
+            if syntax._CONTROL.search(self.source_name):
+                raise ValueError(f"source_name {self.source_name!r} holds control characters")
+
+    @property
+    def empty(self) -> bool:
+        return self.image_id is None and not self.source_name
+
+    def to_unit(self) -> PayloadUnit:
+        """The optional IMAGE_INFO payload unit (unit_flags 0, all scales)."""
+        value = dict(
+            image_info_flags=syntax.IMAGE_ID_PRESENT if self.image_id is not None else 0,
+            image_id=self.image_id or 0,
+            source_name=self.source_name or "",
+        )
+        return PayloadUnit(UnitType.IMAGE_INFO, syntax.image_info.build(value), ALL_SCALES, required=False)
+
+
+def image_info_from_unit(unit: PayloadUnit, index: int | None = None) -> ImageInfo:
+    """The ImageInfo of an IMAGE_INFO unit; MalformedError (or TruncatedError) if it is not conforming."""
+    where = "IMAGE_INFO unit" if index is None else f"payload unit {index} (IMAGE_INFO)"
+    if unit.unit_flags & UNIT_FLAG_REQUIRED or unit.scale_index != ALL_SCALES:
+        raise MalformedError(
+            f"{where} has unit_flags {unit.unit_flags} and unit_scale_index {unit.scale_index}; "
+            f"it must be optional (0) and for all scales ({ALL_SCALES})"
+        )
+    value = _parse(syntax.image_info, unit.data)
+    present = bool(value.image_info_flags & syntax.IMAGE_ID_PRESENT)
+    return ImageInfo(value.image_id if present else None, value.source_name or None)
+
+
 @dataclass
 class ParsedContainer:
     header: ContainerHeader
-    units: list[PayloadUnit]  # units of known types, in bitstream order
+    units: list[PayloadUnit]  # units of known types for the coding mode, in bitstream order
     skipped_units: list[PayloadUnit]  # optional units of unknown type
     head_size: int  # bytes from magic to header_crc32 inclusive
     total_size: int
+    image_info: ImageInfo | None = None  # from the IMAGE_INFO unit, if there is one (not in `units`)
 
 
 # --- build ---------------------------------------------------------------------
@@ -502,6 +551,7 @@ def parse_container(data: bytes) -> ParsedContainer:
     validate_header(header)
     units: list[PayloadUnit] = []
     skipped: list[PayloadUnit] = []
+    image_info: ImageInfo | None = None
     known = {t.value for t in UnitType}
     for i, c in enumerate(parsed.payload_units):
         unit = _unit_from(c)
@@ -509,7 +559,11 @@ def parse_container(data: bytes) -> ParsedContainer:
             raise MalformedError(
                 f"payload unit {i}: unit_scale_index {unit.scale_index} but there are {len(header.scales)} scales"
             )
-        if unit.unit_type in known:
+        if unit.unit_type == UnitType.IMAGE_INFO:  # not the mode's: section 5.5
+            if image_info is not None:
+                raise MalformedError(f"payload unit {i} is a second IMAGE_INFO unit (at most one is allowed)")
+            image_info = image_info_from_unit(unit, i)
+        elif unit.unit_type in known:
             units.append(unit)
         elif unit.required:
             raise UnknownUnitError(f"payload unit {i} has unknown required unit_type {unit.unit_type}")
@@ -521,6 +575,7 @@ def parse_container(data: bytes) -> ParsedContainer:
         skipped_units=skipped,
         head_size=parsed.header.offset2 + 4,
         total_size=len(data),
+        image_info=image_info,
     )
 
 

@@ -71,6 +71,7 @@ class UnitType(enum.IntEnum):
     LATENT_STRING = 3  # entropy-coded latent strings of a learned codec (latent_strings( ))
     RAW_TENSOR = 4  # one scale's tensor, little-endian, C-order
     METADATA = 5  # reserved: free-form metadata (optional)
+    IMAGE_INFO = 6  # optional: the coded image's id and source file name (image_info( ))
 
 
 class InnerCodecId(enum.IntEnum):

@@ -30,6 +30,7 @@ from construct import (
     Int8ub,
     Int16ub,
     Int32ub,
+    Int64ub,
     Prefixed,
     RawCopy,
     Struct,
@@ -78,6 +79,7 @@ MAX_SCALE_SAMPLES = 1 << 26  # scale_channels * scale_height * scale_width
 MAX_PAYLOAD_UNITS = 1024
 MAX_UNIT_DATA_SIZE = 1 << 28
 MAX_NAME_SIZE = 32
+MAX_SOURCE_NAME_SIZE = 1024  # source_name_size of image_info( )
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
@@ -221,6 +223,28 @@ def _name() -> Any:
     return _Name(Prefixed(Int8ub, GreedyBytes))
 
 
+# C0 controls and DEL: a source name is printed by inspectors and written into reports
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class _SourceName(Adapter):
+    """source_name of image_info( ): UTF-8 without control characters (may be empty)."""
+
+    def _decode(self, obj: bytes, context: Any, path: Any) -> str:
+        if not context._params.get("validate", True):
+            return obj.decode("utf-8", errors="replace")
+        try:
+            text = obj.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedError(f"source_name {obj[:40]!r} is not UTF-8") from None
+        if _CONTROL.search(text):
+            raise MalformedError(f"source_name {text[:40]!r} holds control characters")
+        return text
+
+    def _encode(self, obj: str, context: Any, path: Any) -> bytes:
+        return obj.encode("utf-8")
+
+
 # --- syntax structures (one per spec table) ------------------------------------
 
 scale_info = Struct(
@@ -333,6 +357,15 @@ latent_strings = Struct(
     Terminated,
 )
 
+# unit_data of the IMAGE_INFO unit (bitstream_spec.md, section 5.5): which image the stream codes.
+# No Terminated: a later version may append fields, which a decoder ignores.
+IMAGE_ID_PRESENT = 0x01  # bit 0 of image_info_flags
+image_info = Struct(
+    "image_info_flags" / Int8ub,
+    "image_id" / Int64ub,
+    "source_name" / _SourceName(Prefixed(_limit(Int16ub, 0, MAX_SOURCE_NAME_SIZE, "source_name_size"), GreedyBytes)),
+)
+
 # Everything up to and including header_crc32: what fcm_inspect can still show
 # when the payload units are damaged.
 fcm_container_head = Struct(*_HEAD)
@@ -357,4 +390,5 @@ SYNTAX_STRUCTURES: dict[str, Struct] = {
     "payload_unit": payload_unit,
     "payload_unit_body": payload_unit_body,
     "latent_strings": latent_strings,
+    "image_info": image_info,
 }

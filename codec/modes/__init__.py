@@ -93,7 +93,8 @@ def mode_by_name(name: str) -> CodingMode:
 
 def conformance_digest(data: bytes) -> str:
     """Text of a conformance NAME.md5 file (bitstream_spec.md, section 9.1): md5 of
-    the decoded integer data and of each reconstructed float32 scale."""
+    the decoded integer data and of each reconstructed float32 scale, then what an
+    IMAGE_INFO unit records."""
     import hashlib
 
     import numpy as np
@@ -112,6 +113,12 @@ def conformance_digest(data: bytes) -> str:
     for name, t in features.items():
         f32 = np.ascontiguousarray(t.numpy()[0], dtype="<f4")
         lines.append(f"float32 {name} {hashlib.md5(f32.tobytes()).hexdigest()}")
+    info = parsed.image_info
+    if info is not None:  # the optional IMAGE_INFO unit (section 5.5)
+        if info.image_id is not None:
+            lines.append(f"image_info image_id {info.image_id}")
+        if info.source_name:
+            lines.append(f"image_info source_name {hashlib.md5(info.source_name.encode('utf-8')).hexdigest()}")
     return "\n".join(lines) + "\n"
 
 

@@ -27,6 +27,8 @@ EXPECTED_GOLDEN = {
     "learned_e2e-p4-phi3", "v2-learned_e2e-p4-phi3",
     # container 2.1: payload_units_crc32 binds the units to the header
     "v21-bypass-f16", "v21-anchor-qp37", "v21-vvc_msff-qp37", "v21-learned_e2e-p4-phi3",
+    # the optional IMAGE_INFO unit (image id and source file name)
+    "v21-bypass-f16-image-info",
 }  # fmt: skip
 EXPECTED_INVALID = {
     "invalid-bad-magic", "invalid-version-major", "invalid-unknown-mode", "invalid-header-crc",
@@ -39,6 +41,7 @@ EXPECTED_INVALID = {
     # learned_e2e latent size from the header (a crash of CompressAI's rANS decoder before)
     "invalid-learned_e2e-enlarged", "invalid-learned_e2e-latent-limit",
     "invalid-nonfinite-feature",  # decoded features must be finite
+    "invalid-image-info-twice", "invalid-image-info-required", "invalid-image-info-name",
 }  # fmt: skip
 
 
@@ -109,7 +112,9 @@ def _found_by_decoding(path: Path) -> bool:
     return "found by decoding" in path.with_suffix(".expected").read_text().splitlines()[2:3]
 
 
-@pytest.mark.parametrize("name", sorted(n.removeprefix("v21-") for n in EXPECTED_GOLDEN if n.startswith("v21-")))
+@pytest.mark.parametrize(
+    "name", sorted(n[4:] for n in EXPECTED_GOLDEN if n.startswith("v21-") and f"v2-{n[4:]}" in EXPECTED_GOLDEN)
+)
 def test_container_2_1_carries_the_2_0_content_and_binds_its_units(name: str):
     from codec.bitstream import parse_container
 
@@ -132,3 +137,21 @@ def test_both_container_versions_carry_the_same_content(name: str):
     h1, h2 = parse_container(v1), parse_container(v2)
     assert h1.header.mode_id == h2.header.mode_id and h1.units == h2.units
     assert h2.head_size < h1.head_size
+
+
+def test_the_image_info_vector_adds_its_unit_and_nothing_else():
+    """v21-bypass-f16 with an IMAGE_INFO unit (section 5.5) appended: the same features; the
+    unit optional, so that a decoder that predates it skips it (section 5.4)."""
+    from codec.bitstream import ImageInfo, UnitType, parse_container
+
+    plain, with_info = (HERE / "v21-bypass-f16.bin").read_bytes(), (HERE / "v21-bypass-f16-image-info.bin").read_bytes()
+    p, q = parse_container(plain), parse_container(with_info)
+    assert q.units == p.units and q.header == p.header and p.image_info is None
+    assert q.image_info == ImageInfo(image_id=1000, source_name="000000001000.jpg")
+    md5 = (HERE / "v21-bypass-f16-image-info.md5").read_text()
+    assert md5 == (HERE / "v21-bypass-f16.md5").read_text() + (
+        "image_info image_id 1000\nimage_info source_name 5e21e20d05792a67eba0dafd3a5442f5\n"
+    )
+    unit = with_info[len(plain) :]  # appended after the mode's units: type, flags, scale index, size, data, CRC
+    assert unit[0] == UnitType.IMAGE_INFO and unit[1] == 0 and unit[2] == 255
+    assert len(with_info) - len(plain) == 11 + 1 + 8 + 2 + len("000000001000.jpg")

@@ -564,3 +564,21 @@ def test_decoder_refuses_one_file_for_two_outputs(fake_net, tmp_path, capsys):
     same = str(tmp_path / "x.out")
     assert fcm_dec.main([str(VECTORS / "bypass-f16.bin"), "-o", same, "--detections", same]) == 2
     assert "features output and detections output are the same file" in capsys.readouterr().err
+
+
+# -- issue 12: image identity, batch use, fail fast, ecosystem basics ---------------------------
+
+
+def test_inspect_shows_the_image_info_unit(capsys):
+    assert fcm_inspect.main([str(VECTORS / "v21-bypass-f16-image-info.bin")]) == 0
+    out = capsys.readouterr().out
+    assert "IMAGE_INFO (6), 27 bytes" in out and "optional, scale all" in out
+    assert 'image_id 1000, source_name "000000001000.jpg"' in out
+    assert fcm_inspect.main([str(VECTORS / "v21-bypass-f16-image-info.bin"), "--json"]) == 0
+    unit = json.loads(capsys.readouterr().out)["payload_units"][-1]
+    assert unit["image_info"] == {"image_info_flags": 1, "image_id": 1000, "source_name": "000000001000.jpg"}
+    # a name with an escape sequence is refused, and shown escaped, never sent to the terminal raw
+    assert fcm_inspect.main([str(VECTORS / "invalid-image-info-name.bin")]) == 2
+    cap = capsys.readouterr()
+    assert 'source_name "000000001000\\u001b[2J"' in cap.out and "\x1b" not in cap.out
+    assert "holds control characters" in cap.err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 import struct
 import zlib
@@ -13,6 +14,7 @@ from construct import SizeofError
 from codec.bitstream import (
     ALL_SCALES,
     ContainerHeader,
+    ImageInfo,
     InnerCodecId,
     InnerCodecParams,
     ModeHeader,
@@ -474,3 +476,80 @@ def test_split_point_table_matches_the_network_and_is_enforced():
     for bad, message in cases:
         with pytest.raises(MalformedError, match=re.escape(message)):
             parse_container(build_container(bad, UNITS))
+
+
+# -- the IMAGE_INFO unit (bitstream_spec.md, section 5.5) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        ImageInfo(1000, "000000001000.jpg"),
+        ImageInfo(0),  # image 0 is an id like any other
+        ImageInfo(None, "Zürich, été.png"),  # UTF-8
+        ImageInfo((1 << 64) - 1, "x" * syntax.MAX_SOURCE_NAME_SIZE),
+    ],
+)
+def test_image_info_round_trip_in_every_version(info):
+    for major in (1, 2):
+        header = make_header(version_major=major)
+        data = build_container(header, [*UNITS, info.to_unit()])
+        parsed = parse_container(data)
+        assert parsed.image_info == info and parsed.units == parse_container(build_container(header, UNITS)).units
+        assert build_container(parsed.header, [*parsed.units, parsed.image_info.to_unit()]) == data
+    unit = info.to_unit()
+    assert (unit.unit_type, unit.unit_flags, unit.scale_index) == (UnitType.IMAGE_INFO, 0, ALL_SCALES)
+    name = (info.source_name or "").encode()
+    assert unit.data == bytes([info.image_id is not None]) + (info.image_id or 0).to_bytes(8, "big") + (
+        len(name).to_bytes(2, "big") + name
+    )
+
+
+def test_image_info_values_are_checked_when_made():
+    for bad in (dict(image_id=-1), dict(image_id=1 << 64), dict(image_id=True), dict(image_id=1.0)):
+        with pytest.raises(ValueError, match="image_id must be an integer"):
+            ImageInfo(**bad)
+    with pytest.raises(ValueError, match="control characters"):
+        ImageInfo(source_name="a\nb.jpg")
+    with pytest.raises(ValueError, match="longer than 1024 bytes"):
+        ImageInfo(source_name="é" * 513)
+    assert ImageInfo().empty and ImageInfo(source_name="").empty and not ImageInfo(0).empty
+
+
+def test_image_info_is_invisible_to_a_decoder_that_predates_it(monkeypatch):
+    """An older decoder knows no unit type 6: the unit is optional, so it is skipped."""
+    from codec.bitstream import container
+
+    data = build_container(make_header(version_major=2), [*UNITS, ImageInfo(7, "7.png").to_unit()])
+
+    class OldUnitType(enum.IntEnum):
+        VVC_NAL_STREAM = 1
+        LATENT_STRING = 3
+        RAW_TENSOR = 4
+        IMAGE_INFO = 256  # no u(8) value: this decoder has no IMAGE_INFO unit
+
+    monkeypatch.setattr(container, "UnitType", OldUnitType)
+    parsed = parse_container(data)
+    assert parsed.image_info is None and [u.unit_type for u in parsed.skipped_units] == [6]
+    assert [u.unit_type for u in parsed.units] == [UnitType.VVC_NAL_STREAM]
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "message"),
+    [
+        (b"\x01" + bytes(8) + b"\x00\x05abc", TruncatedError, "truncated"),
+        (b"\x01" + bytes(8) + b"\x00\x02\xff\xfe", MalformedError, "is not UTF-8"),
+        (b"\x00" + bytes(8) + b"\x00\x01\x07", MalformedError, "holds control characters"),
+        (b"\x00" + bytes(8) + b"\x04\x01" + bytes(1025), SizeLimitError, "source_name_size = 1025"),
+    ],
+)
+def test_a_damaged_image_info_unit_is_refused(data, error, message):
+    unit = PayloadUnit(UnitType.IMAGE_INFO, data, ALL_SCALES, required=False)
+    with pytest.raises(error, match=message):
+        parse_container(build_container(make_header(), [*UNITS, unit]))
+
+
+def test_image_info_ignores_appended_fields_and_reserved_flags():
+    data = b"\xfe" + (5).to_bytes(8, "big") + b"\x00\x01a" + b"a later field"
+    unit = PayloadUnit(UnitType.IMAGE_INFO, data, ALL_SCALES, required=False)
+    assert parse_container(build_container(make_header(), [*UNITS, unit])).image_info == ImageInfo(None, "a")
