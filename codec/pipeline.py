@@ -39,10 +39,16 @@ if TYPE_CHECKING:  # codec.vision.base imports torch; this module imports it whe
 
 @dataclass
 class EncodeResult:
-    bitstream: bytes
+    bitstream: bytes  # the container
     features: Features  # NN part 1 output, before coding
     preprocessing: Preprocessing
     timings: dict[str, float]  # seconds: "nn_part1", "encode"
+    image_info: ImageInfo | None = None  # what the IMAGE_INFO unit records, if the container has one
+
+    @property
+    def bpp(self) -> float:
+        """Bits per pixel of the input image: container bits / (width * height)."""
+        return 8 * len(self.bitstream) / (self.preprocessing.orig_w * self.preprocessing.orig_h)
 
 
 @dataclass
@@ -54,6 +60,11 @@ class DecodeResult:
     split: str
     timings: dict[str, float]  # seconds: "decode"
     image_info: ImageInfo | None = None  # the container's IMAGE_INFO unit, if it has one
+
+    @property
+    def image_id(self) -> int | None:
+        """The image id the container records (IMAGE_INFO), or None."""
+        return self.image_info.image_id if self.image_info is not None else None
 
 
 # Input image limits. A side is at most 65535 pixels: orig_width and orig_height are u(16) in
@@ -292,7 +303,8 @@ def encode_image(
     t1 = time.perf_counter()
     bitstream = encode_features(features, network, split_name, prep, mode, params, weights_hash, image_info=image_info)
     t2 = time.perf_counter()
-    return EncodeResult(bitstream, features, prep, {"nn_part1": t1 - t0, "encode": t2 - t1})
+    info = image_info if image_info is not None and not image_info.empty else None
+    return EncodeResult(bitstream, features, prep, {"nn_part1": t1 - t0, "encode": t2 - t1}, info)
 
 
 def encode_features(

@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,10 +116,27 @@ def _builder(spec: str) -> Callable[[Path, dict[str, Any]], Any]:
     return getattr(importlib.import_module(module), attr)
 
 
+# Seconds spent in codec-model loads that were not cached (verifying and building), so that the
+# applications can report model loading apart from coding time (load_seconds).
+_load_time = [0.0]
+_load_time_lock = threading.Lock()
+
+
+def load_seconds() -> float:
+    """Seconds this process has spent loading codec models so far (cached loads cost nothing)."""
+    with _load_time_lock:
+        return _load_time[0]
+
+
 @functools.lru_cache(maxsize=8)
 def _load_cached(model_id: CodecModelId, path: str, mtime_ns: int, size: int) -> tuple[Any, bytes]:
     e = entry(model_id)
-    model, _, digest = load_weights(path, _builder(e.builder), e.kind)
+    t0 = time.perf_counter()
+    try:
+        model, _, digest = load_weights(path, _builder(e.builder), e.kind)
+    finally:
+        with _load_time_lock:
+            _load_time[0] += time.perf_counter() - t0
     return model, bytes.fromhex(digest)
 
 
