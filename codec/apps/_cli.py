@@ -18,12 +18,15 @@ Exit status, the same in every application:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TextIO
 
 from codec.errors import FcmError, InputError, OutputError, OutputExistsError
 
@@ -79,22 +82,113 @@ def run_app(
     prog: str, parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int], argv: list[str] | None
 ) -> int:
     """Parse arguments and run `body`; every expected failure becomes one line on
-    stderr and an exit code (see exit_code_for), never a traceback."""
+    stderr and an exit code (see exit_code_for), never a traceback. The package's log
+    messages (logger "codec") go to stderr at the level -v / -q set."""
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error (2); argparse already printed
+    except SystemExit as e:  # --help, --version (0) or a usage error (2); argparse already printed
         return int(e.code) if isinstance(e.code, int) else EXIT_BAD_INPUT
+    with app_logging(prog, log_level(args)):
+        try:
+            return body(args)
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except Exception as e:
+            code = exit_code_for(e)
+            if code is None:
+                raise
+            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+            return code
+
+
+# -- options every application has: --version, -v / -q, --threads ------------------------------------
+
+
+def version_text(prog: str) -> str:
+    from codec import __version__
+    from codec.bitstream.syntax import VERSION_MAJOR, VERSION_MINOR
+
+    package = "" if prog == "fcm-codec" else "fcm-codec; "
+    return f"{prog} {__version__} ({package}writes FCM container {VERSION_MAJOR}.{VERSION_MINOR})"
+
+
+def add_common_options(p: argparse.ArgumentParser, prog: str, threads: bool = True) -> None:
+    """--version, -v / --verbose (repeatable), -q / --quiet and (for the apps that run
+    networks) --threads."""
+    p.add_argument("--version", action="version", version=version_text(prog))
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more messages on stderr (-v: progress notes, -vv: debug)"
+    )
+    loud.add_argument("-q", "--quiet", action="store_true", help="print only errors (the exit status tells the rest)")
+    if threads:
+        p.add_argument(
+            "--threads",
+            type=positive_int,
+            metavar="N",
+            help="CPU threads of the networks and codec models (torch intra-op threads; default: torch's, "
+            "usually the number of cores). Decoded features do not depend on it",
+        )
+
+
+def log_level(args: argparse.Namespace) -> int:
+    if getattr(args, "quiet", False):
+        return logging.ERROR
+    return {0: logging.WARNING, 1: logging.INFO}.get(getattr(args, "verbose", 0), logging.DEBUG)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to the sys.stderr of the moment (tests and progress bars replace it)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__()
+        self.prog = prog
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+            write_line(f"{self.prog}: {level}{record.getMessage()}", sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+def write_line(text: str, stream: TextIO | None = None) -> None:
+    """One line to `stream` (default stdout) that does not break a progress bar on the terminal."""
+    stream = sys.stdout if stream is None else stream
     try:
-        return body(args)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as e:
-        code = exit_code_for(e)
-        if code is None:
-            raise
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-        return code
+        from tqdm import tqdm
+
+        tqdm.write(text, file=stream)
+    except ImportError:
+        print(text, file=stream)
+
+
+@contextmanager
+def app_logging(prog: str, level: int) -> Iterator[logging.Logger]:
+    """The "codec" logger writes `prog: message` lines to stderr at `level` for the block."""
+    logger = logging.getLogger("codec")
+    handler = _StderrHandler(prog)
+    saved = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def set_threads(n: int | None) -> None:
+    """torch's intra-op threads (--threads); None leaves torch's default."""
+    if n is None:
+        return
+    import torch
+
+    torch.set_num_threads(n)
+    logging.getLogger("codec.apps").info("torch threads: %d", n)
 
 
 def read_input_file(path: str | os.PathLike, what: str = "input") -> bytes:
@@ -293,13 +387,33 @@ def add_max_pixels_option(p: argparse.ArgumentParser, what: str = "the input ima
 
 
 def load_network(name: str, weights: str | None = None):
-    """get_network with loading failures as NetworkLoadError (one line)."""
-    from codec.vision import get_network
+    """The network, loaded once per process (codec.api.load_network), with loading failures
+    as NetworkLoadError (one line)."""
+    from codec.api import load_network as load
 
     try:
-        return get_network(name, weights=weights)
+        return load(name, weights)
     except (OSError, ValueError, RuntimeError) as e:
         raise NetworkLoadError(f"cannot load network {name!r}: {one_line(e)}") from None
+
+
+class Networks:
+    """The networks a run needs, each loaded once (by name, with the run's --weights) and the
+    seconds spent loading them (reported apart from the coding times)."""
+
+    def __init__(self, weights: str | None = None) -> None:
+        self.weights = weights
+        self.loaded: dict[str, Any] = {}
+        self.seconds = 0.0
+
+    def get(self, name: str) -> Any:
+        if name not in self.loaded:
+            t0 = time.perf_counter()
+            self.loaded[name] = load_network(name, self.weights)
+            took = time.perf_counter() - t0
+            self.seconds += took
+            logging.getLogger("codec.apps").info("network %s loaded in %s", name, fmt_seconds(took))
+        return self.loaded[name]
 
 
 def fmt_seconds(t: float) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -37,9 +38,35 @@ def category_name(category_id: int) -> str:
     return names[category_id] if 0 <= category_id < len(names) else f"class {category_id}"
 
 
-def draw_detections(image: np.ndarray, dets: Detections, score_thr: float) -> bytes:
-    """PNG bytes of `image` with the detections scoring >= score_thr (masks, when the
-    detections have them, as translucent fills under the boxes)."""
+@dataclass(frozen=True)
+class Drawing:
+    png: bytes
+    boxes: int  # detections drawn (scoring >= the threshold)
+    below: int  # detections left out (scoring below it)
+    best_score: float | None  # the highest score of all detections, None if there are none
+
+
+def label_origin(
+    box: tuple[float, float, float, float], text_size: tuple[int, int], image_size: tuple[int, int]
+) -> tuple[float, float]:
+    """Where a label of `text_size` (w, h) goes for `box` (x1, y1, x2, y2) in an image of
+    `image_size` (w, h): above the box's top-left corner, or just inside the box where there
+    is no room above, moved as needed so that the label and its 1-pixel frame are inside the
+    image (a label wider or taller than the image starts at its left or top edge)."""
+    x1, y1, _, _ = box
+    tw, th = text_size
+    iw, ih = image_size
+    x = x1 + 2
+    y = y1 - th - 2 if y1 - th - 2 >= 1 else y1 + 2
+    x = max(1.0, min(x, iw - tw - 2.0))
+    y = max(1.0, min(y, ih - th - 2.0))
+    return x, y
+
+
+def draw_detections(image: np.ndarray, dets: Detections, score_thr: float) -> Drawing:
+    """`image` with the detections scoring >= score_thr: boxes, labels (class name and score)
+    kept inside the image, and masks, when the detections have them, as translucent fills under
+    the boxes; PNG bytes and the number of boxes drawn."""
     im = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
     if dets.masks is not None and dets.masks.shape[1:] == (im.height, im.width):
         out = np.asarray(im, dtype=np.float32).copy()
@@ -48,17 +75,22 @@ def draw_detections(image: np.ndarray, dets: Detections, score_thr: float) -> by
                 out[mask] = 0.55 * out[mask] + 0.45 * np.asarray(_COLOURS[int(cid) % len(_COLOURS)], np.float32)
         im = Image.fromarray(out.round().astype(np.uint8))
     draw = ImageDraw.Draw(im)
+    drawn = 0
     for box, score, cid in zip(dets.boxes, dets.scores, dets.category_ids):
         if score < score_thr:
             continue
+        drawn += 1
         colour = _COLOURS[int(cid) % len(_COLOURS)]
         x1, y1, x2, y2 = (float(v) for v in box)
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=2)
         label = f"{category_name(int(cid))} {score:.2f}"
-        tx, ty = x1 + 2, max(0.0, y1 - 12)
+        left, top, right, bottom = draw.textbbox((0, 0), label)
+        tx, ty = label_origin((x1, y1, x2, y2), (int(right - left), int(bottom - top)), im.size)
+        tx, ty = tx - left, ty - top  # textbbox's offset of the glyphs from the text origin
         left, top, right, bottom = draw.textbbox((tx, ty), label)
         draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=colour)
         draw.text((tx, ty), label, fill=(0, 0, 0))
     buf = io.BytesIO()
     im.save(buf, format="PNG")
-    return buf.getvalue()
+    best = float(np.max(dets.scores)) if len(dets.scores) else None
+    return Drawing(buf.getvalue(), drawn, len(dets.scores) - drawn, best)

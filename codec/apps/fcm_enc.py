@@ -1,21 +1,30 @@
-"""fcm_enc: image -> NN part 1 -> coding mode -> FCM container file.
+"""fcm_enc: image -> NN part 1 -> coding mode -> FCM container file; one image or many.
 
 The mode options are generated from each mode's parameter dataclass
 (codec/modes/base.py): a flag per parameter name, shared by the modes that have
-it; the chosen mode's parameters are checked before anything is loaded."""
+it; every argument (the chosen mode's parameters, the split point, the inputs and
+outputs) is checked before anything is loaded. Several inputs, a folder or an @LIST
+file are encoded in one process, the network and codec models loaded once."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
 from typing import Any
 
-from codec.apps import _cli
-from codec.errors import EncodeError
+from codec.apps import _batch, _cli
+from codec.errors import EncodeError, InputError
 from codec.modes import CodingMode, ParamSpec, all_modes, mode_by_name
-from codec.pipeline import encode_image, load_image
-from codec.vision import DEFAULT_NETWORK, available_networks, networks_help
+from codec.vision import DEFAULT_NETWORK, available_networks, check_split_point, networks_help
+
+log = logging.getLogger("codec.apps")
 
 DEFAULT_MODE = "anchor"
+MAX_IMAGE_ID = (1 << 64) - 1  # image_id is u(64) (bitstream_spec.md, section 4.8)
 
 EXAMPLES = (
     """\
@@ -25,33 +34,71 @@ examples:
   fcm_enc img.jpg -o img_ref.bin --mode bypass --bypass-dtype float32 --force
   fcm_enc img.jpg -o img_e2e.bin --mode learned_e2e --phi 2
   fcm_enc img.jpg -o img_seg.bin --network yolov5s_seg --mode bypass   # boxes + instance masks
+  fcm_enc val2017/ -o out/ --mode learned_e2e --phi 2          # every image of a folder, into out/
+  fcm_enc a.jpg b.png @more.txt -o out/ --json                 # files and a list; one JSON line each
 
 Network weights are fetched on first use and verified, never shipped with the codec
 (Apache-2.0); each network's weight licence is listed under --network (YOLOv5s-seg's
 weights are AGPL-3.0).
 
 Prints the container size in bytes, bits per pixel of the input image
-(container bits / (width * height)) and the time of each stage.
+(container bits / (width * height)) and the time of each stage; the network's
+and codec models' loading is timed apart (load_network, load_codec_model).
+
+Several inputs (files, folders, @LIST files naming one image per line, relative to
+the current folder; @- reads the list from stdin): -o names the output folder
+(created if missing) and each image becomes FOLDER/NAME.bin (NAME: its file name
+without the suffix). The network and codec models load once; an input that fails
+is reported and the others go on; a summary ends the run; the exit status is 0
+only if every input succeeded (else 2, or 1 if only external tools failed).
+
+Image identity: the container records the image's id and file name in its
+IMAGE_INFO unit (bitstream_spec.md, section 5.5; 38 bytes for a COCO name):
+--image-id N, or else the file name's id by one rule: the part of the name
+before its first "." or "_", if all digits (000000001000.jpg: image 1000;
+qp37_000000001000.jpg: none). --no-image-info leaves the unit out.
 
 The input image is read as 8-bit RGB: 16-bit greyscale is scaled to 8 bit,
 transparency is composited over white, a 32-bit float image is refused; its
 size is checked from the file's header before decoding (--max-pixels).
-The output path is checked before any work.
+Every output path is checked before any work.
 """
     + _cli.EXIT_STATUS_HELP
 )
 
 
+def image_id_arg(text: str) -> int:
+    """argparse type of --image-id: an integer 0..2^64-1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer image id, got {text!r}") from None
+    if not 0 <= value <= MAX_IMAGE_ID:
+        raise argparse.ArgumentTypeError(f"an image id is 0..2^64-1, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fcm_enc",
-        description="Encode an image into an FCM container: run NN part 1 of a split "
+        description="Encode images into FCM containers: run NN part 1 of a split "
         "vision network and code its features with a coding mode.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("input", metavar="INPUT", help="input image (any format Pillow reads)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.bin", help="output container file")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="input image (any format Pillow reads), a folder of images, or @LIST (one image path per line)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output container file; with several inputs, a folder or a list: the output folder",
+    )
     p.add_argument(
         "--network",
         default=DEFAULT_NETWORK,
@@ -68,9 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="coding mode (default: %(default)s): "
         + "; ".join(f"{m.name}: {m.description}" if m.description else m.name for m in modes),
     )
-    p.add_argument("--force", action="store_true", help="overwrite OUT.bin if it exists")
+    p.add_argument("--force", action="store_true", help="overwrite output files that exist")
+    p.add_argument(
+        "--image-id",
+        type=image_id_arg,
+        metavar="N",
+        help="the image's id in its data set (COCO image id) to record (one input only; default: from the "
+        "file name, see below)",
+    )
+    p.add_argument("--no-image-info", action="store_true", help="write no IMAGE_INFO unit (no image id, no file name)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per input instead of text")
     _cli.add_max_pixels_option(p)
     _cli.add_ffmpeg_timeout_option(p)
+    _cli.add_common_options(p, "fcm_enc")
     add_mode_options(p, modes)
     return p
 
@@ -115,25 +172,152 @@ def mode_params(args: argparse.Namespace, mode: CodingMode) -> Any:
     return mode.make_params(given)
 
 
-def _encode(args: argparse.Namespace) -> int:
-    # Refuse early, before the slow part, if the output cannot be written or the parameters are bad.
-    _cli.check_outputs([(args.output, "output")], args.force)
+def check_arguments(args: argparse.Namespace) -> tuple[CodingMode, Any, _batch.Inputs]:
+    """Everything that can be checked without loading a network: the mode and its parameters,
+    the split point, the inputs (folders and lists expanded) and the combination of options."""
     mode = mode_by_name(args.mode)
     params = mode_params(args, mode)
+    try:
+        check_split_point(args.network, args.split)
+    except ValueError as e:
+        raise EncodeError(str(e)) from None
+    inputs = _batch.expand_inputs(args.inputs, _batch.IMAGE_SUFFIXES, "image")
+    if inputs.batch and args.image_id is not None:
+        raise InputError("--image-id is for one input; with several, each image's id comes from its file name")
+    if args.no_image_info and args.image_id is not None:
+        raise InputError("--image-id and --no-image-info contradict each other")
+    return mode, params, inputs
+
+
+def _encode(args: argparse.Namespace) -> int:
+    # Refuse early, before the slow part, if an argument, an input list or an output is bad.
+    mode, params, inputs = check_arguments(args)
+    if inputs.batch:
+        folder = _batch.output_folder(args.output, args.force)
+        outputs = _batch.output_paths(inputs.paths, folder, ".bin", args.force, "output")
+    else:
+        _cli.check_outputs([(args.output, "output")], args.force)
+        outputs = [Path(args.output)]
     with _cli.external_tool_settings(args):
-        image = load_image(args.input, args.max_pixels)
-        network = _cli.load_network(args.network, args.weights)
-        result = encode_image(image, network, args.split, mode, params)
-    _cli.atomic_write(args.output, result.bitstream, force=args.force)
+        _cli.set_threads(args.threads)
+        if not inputs.batch:  # one image: read it before the network loads (a bad file fails fast)
+            return _encode_one(args, mode, params, inputs.paths[0], outputs[0])
+        return _encode_many(args, mode, params, inputs.paths, outputs)
+
+
+class _Encoder:
+    """The network (loaded once) and the per-image steps shared by one and many inputs."""
+
+    def __init__(self, args: argparse.Namespace, mode: CodingMode, params: Any) -> None:
+        self.args, self.mode, self.params = args, mode, params
+        self.networks = _cli.Networks(args.weights)
+
+    def read(self, path: Path) -> tuple[Any, float]:
+        from codec.pipeline import load_image
+
+        t0 = time.perf_counter()
+        image = load_image(path, self.args.max_pixels)
+        return image, time.perf_counter() - t0
+
+    def encode(self, image: Any, path: Path, out: Path) -> tuple[Any, dict[str, float]]:
+        from codec.api import image_info_for
+        from codec.models.registry import load_seconds
+        from codec.pipeline import encode_image
+
+        network = self.networks.get(self.args.network)
+        info = None if self.args.no_image_info else image_info_for(path, self.args.image_id)
+        loaded = load_seconds()
+        result = encode_image(image, network, self.args.split, self.mode, self.params, image_info=info)
+        times = dict(result.timings)
+        model_load = load_seconds() - loaded  # a codec model loaded during the first image's encode
+        if model_load > 0:
+            times = {"load_codec_model": model_load, **times, "encode": max(0.0, times["encode"] - model_load)}
+        t0 = time.perf_counter()
+        _cli.atomic_write(out, result.bitstream, force=self.args.force)
+        times["write"] = time.perf_counter() - t0
+        return result, times
+
+    def record(self, path: Path, out: Path, image: Any, result: Any, times: dict[str, float]) -> dict[str, Any]:
+        h, w = image.shape[:2]
+        rate = self.mode.rate_param
+        info = result.image_info
+        return {
+            "input": os.fspath(path),
+            "output": os.fspath(out),
+            "bytes": len(result.bitstream),
+            "bpp": result.bpp,
+            "width": w,
+            "height": h,
+            "network": self.args.network,
+            "split": self.args.split or self.networks.get(self.args.network).default_split,
+            "mode": self.mode.name,
+            "rate_parameter": rate,
+            "rate": getattr(self.params, rate) if rate else None,
+            "params": {s.name: getattr(self.params, s.name) for s in self.mode.param_specs()},
+            "image_id": info.image_id if info is not None else None,
+            "image_info_bytes": len(info.to_unit().data) + 11 if info is not None else 0,
+            "times": _batch.json_times(times),
+        }
+
+
+def _encode_one(args: argparse.Namespace, mode: CodingMode, params: Any, path: Path, out: Path) -> int:
+    enc = _Encoder(args, mode, params)
+    image, t_read = enc.read(path)
+    result, times = enc.encode(image, path, out)
+    times = {"load_network": enc.networks.seconds, "read": t_read, **times}
+    record = enc.record(path, out, image, result, times)
+    if args.json:
+        _cli.write_line(json.dumps({**record, "ok": True}))
+        return _cli.EXIT_OK
+    if args.quiet:
+        return _cli.EXIT_OK
     h, w = image.shape[:2]
     nbytes = len(result.bitstream)
-    print(f"{args.output}: {nbytes} bytes, {8 * nbytes / (w * h):.5f} bpp ({w}x{h} input)")
+    extra = f", image id {record['image_id']}" if record["image_id"] is not None else ""
+    print(f"{args.output}: {nbytes} bytes, {8 * nbytes / (w * h):.5f} bpp ({w}x{h} input{extra})")
     print(
-        f"network {network.name}, split {args.split or network.default_split}, mode {mode.name}"
+        f"network {args.network}, split {record['split']}, mode {mode.name}"
         + (f", {summary}" if (summary := mode.describe(params)) else "")
     )
-    print("time: " + ", ".join(f"{k} {_cli.fmt_seconds(v)}" for k, v in result.timings.items()))
+    print("time: " + _batch.times_text(times))
     return _cli.EXIT_OK
+
+
+def _encode_many(
+    args: argparse.Namespace, mode: CodingMode, params: Any, paths: list[Path], outputs: list[Path]
+) -> int:
+    enc = _Encoder(args, mode, params)
+    run = _batch.Run("fcm_enc", len(paths), json_lines=args.json, quiet=args.quiet)
+    log.info("%d images -> %s", len(paths), args.output)
+    total_bytes, total_pixels, coding = 0, 0, 0.0
+    try:
+        enc.networks.get(args.network)  # once, before the first image (timed apart)
+        for path, out in run.progress(list(zip(paths, outputs)), "image"):
+            try:
+                image, t_read = enc.read(path)
+                result, times = enc.encode(image, path, out)
+            except Exception as e:
+                run.failed(path, e, {"output": os.fspath(out)})
+                continue
+            times = {"read": t_read, **times}
+            record = enc.record(path, out, image, result, times)
+            total_bytes += record["bytes"]
+            total_pixels += record["width"] * record["height"]
+            coding += sum(v for k, v in times.items() if k != "load_codec_model")
+            extra = f", image id {record['image_id']}" if record["image_id"] is not None else ""
+            line = (
+                f"{out}: {record['bytes']} bytes, {record['bpp']:.5f} bpp ({record['width']}x{record['height']}{extra})"
+            )
+            run.ok(line, record)
+    except KeyboardInterrupt:
+        run.summary("images encoded (interrupted)")
+        raise
+    notes = [f"network load {_cli.fmt_seconds(enc.networks.seconds)}"]
+    if run.done:
+        notes.append(f"{_cli.fmt_seconds(coding / run.done)} per image")
+        notes.append(f"{total_bytes} bytes, {8 * total_bytes / total_pixels:.5f} bpp overall")
+    run.summary("images encoded", notes)
+    return run.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

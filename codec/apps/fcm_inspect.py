@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="codec-model weights to check the stream against instead of the shipped ones",
     )
+    _cli.add_common_options(p, "fcm_inspect", threads=False)
     return p
 
 
@@ -207,7 +208,7 @@ def _inspect(args: argparse.Namespace) -> int:
     d = report_dict(args.input, report)
     if args.json:
         print(json.dumps(d, indent=2))
-    else:
+    elif not args.quiet:
         print_text(d)
     if report.error is not None:
         raise report.error  # one line on stderr and exit 2, via run_app

@@ -63,6 +63,21 @@ NETWORK_DESCRIPTIONS: dict[str, str] = {
     "keypointrcnn_resnet50_fpn": _RCNN.format("Keypoint R-CNN", "person keypoints"),
 }
 
+# network name -> its split point names, the default first (the networks define them, in
+# codec/vision/nanodet.py, yolov5_seg.py and rcnn.py; tests check this copy), so that --split
+# is checked before a network loads
+SPLIT_POINT_NAMES: dict[str, tuple[str, ...]] = {
+    "nanodet": ("neck", "backbone"),
+    "yolov5s_seg": ("neck",),
+} | {name: ("fpn",) for name in _REGISTRY if name.endswith("rcnn_resnet50_fpn") or name.endswith("_fpn_v2")}
+
+
+def check_split_point(network: str, split: str | None) -> None:
+    """ValueError unless `split` (None: the default) is a split point of `network`."""
+    names = SPLIT_POINT_NAMES.get(network)
+    if split is not None and names is not None and split not in names:
+        raise ValueError(f"network {network!r} has no split point {split!r}; choose one of {', '.join(names)}")
+
 
 def available_networks() -> list[str]:
     return sorted(_REGISTRY)
@@ -99,7 +114,9 @@ __all__ = [
     "ScaleInfo",
     "SplitNetwork",
     "SplitPoint",
+    "SPLIT_POINT_NAMES",
     "available_networks",
+    "check_split_point",
     "get_network",
     "networks_help",
 ]
