@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from codec.apps import _batch, _cli
-from codec.errors import EncodeError, InputError
+from codec.errors import EncodeError, InputError, OutputError
 from codec.modes import CodingMode, ParamSpec, all_modes, mode_by_name
 from codec.vision import DEFAULT_NETWORK, available_networks, check_split_point, networks_help
 
@@ -196,6 +196,11 @@ def _encode(args: argparse.Namespace) -> int:
         folder = _batch.output_folder(args.output, args.force)
         outputs = _batch.output_paths(inputs.paths, folder, ".bin", args.force, "output")
     else:
+        if Path(args.output).is_dir():
+            raise OutputError(
+                f"output path is a directory: {args.output} (with one input, -o names the container file; "
+                "a folder input, a list or several inputs write into a folder)"
+            )
         _cli.check_outputs([(args.output, "output")], args.force)
         outputs = [Path(args.output)]
     with _cli.external_tool_settings(args):
