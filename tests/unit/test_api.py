@@ -168,13 +168,13 @@ def test_importing_codec_loads_neither_torch_nor_numpy():
 
 
 def test_split_point_names_match_the_networks():
-    from codec.vision import SPLIT_POINT_NAMES, available_networks, check_split_point
-    from codec.vision.nanodet import SPLIT_POINTS
+    from codec.vision import SPLIT_POINT_NAMES, available_networks, check_split_point, nanodet, yolov5_seg
     from codec.vision.rcnn import FPN_SPLIT
 
-    assert SPLIT_POINT_NAMES["nanodet"] == tuple(SPLIT_POINTS)
+    assert SPLIT_POINT_NAMES["nanodet"] == tuple(nanodet.SPLIT_POINTS)
+    assert SPLIT_POINT_NAMES["yolov5s_seg"] == tuple(yolov5_seg.SPLIT_POINTS)
     assert set(SPLIT_POINT_NAMES) == set(available_networks())
-    assert all(v == (FPN_SPLIT,) for k, v in SPLIT_POINT_NAMES.items() if k != "nanodet")
+    assert all(v == (FPN_SPLIT,) for k, v in SPLIT_POINT_NAMES.items() if "rcnn" in k)
     check_split_point("nanodet", "backbone")
     with pytest.raises(ValueError, match="has no split point 'fpn'; choose one of neck, backbone"):
         check_split_point("nanodet", "fpn")
