@@ -294,10 +294,9 @@ def encode_image(
     if not (1 <= w <= MAX_IMAGE_SIDE and 1 <= h <= MAX_IMAGE_SIDE):  # orig_width, orig_height: u(16)
         raise EncodeError(f"image is {w}x{h} pixels; the container records 1..{MAX_IMAGE_SIDE} a side")
     weights_hash = weights_hash_bytes(network)
-    import torch
 
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with _inference(network):
         x, prep = network.preprocess(image)
         features = network.part1(x, split_name)
     t1 = time.perf_counter()
@@ -305,6 +304,17 @@ def encode_image(
     t2 = time.perf_counter()
     info = image_info if image_info is not None and not image_info.empty else None
     return EncodeResult(bitstream, features, prep, {"nn_part1": t1 - t0, "encode": t2 - t1}, info)
+
+
+def _inference(network: SplitNetwork) -> contextlib.AbstractContextManager[Any]:
+    """torch's inference mode around a torch network; a network that runs elsewhere (the ONNX NN
+    part 1 of codec.vision.onnx_part1) gives its own context, and torch is not imported."""
+    own = getattr(network, "inference_context", None)
+    if own is not None:
+        return own()
+    import torch
+
+    return torch.inference_mode()
 
 
 def encode_features(

@@ -390,22 +390,27 @@ def shaped_scales(shapes: Shapes, **per_scale: Any) -> tuple[ScaleHeader, ...]:
 
 def scale_arrays(features: Features, split_point: SplitPoint) -> list[tuple[str, np.ndarray]]:
     """Features -> [(scale name, (C, H, W) float32 array)] in the split point's order,
-    checking names, batch size 1 and channel counts."""
-    import torch
-
+    checking names, batch size 1 and channel counts. A scale may be a torch tensor or a
+    numpy array (the features of an ONNX NN part 1, codec.vision.onnx_part1)."""
     expected = split_point.scale_names()
     if sorted(features) != sorted(expected):
         raise EncodeError(f"features have scales {list(features)}, split point {split_point.name!r} has {expected}")
     out = []
     for info in split_point.scales:
         t = features[info.name]
-        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[0] != 1:
+        if isinstance(t, np.ndarray):
+            array: np.ndarray | None = np.asarray(t, dtype=np.float32)
+        else:
+            import torch
+
+            array = t.detach().to("cpu", torch.float32).numpy() if isinstance(t, torch.Tensor) else None
+        if array is None or array.ndim != 4 or array.shape[0] != 1:
             raise EncodeError(
                 f"scale {info.name}: expected a (1, C, H, W) tensor, got {tuple(getattr(t, 'shape', ()))}"
             )
-        if t.shape[1] != info.channels:
-            raise EncodeError(f"scale {info.name}: {t.shape[1]} channels, split point says {info.channels}")
-        out.append((info.name, t.detach().to("cpu", torch.float32).numpy()[0]))
+        if array.shape[1] != info.channels:
+            raise EncodeError(f"scale {info.name}: {array.shape[1]} channels, split point says {info.channels}")
+        out.append((info.name, np.ascontiguousarray(array[0])))
     return out
 
 

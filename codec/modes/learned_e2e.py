@@ -130,7 +130,10 @@ def encode_with_model(
     for name, a in arrays:
         if not np.isfinite(a).all():
             raise EncodeError(f"scale {name}: features contain NaN or infinite values")
-    c: CompressedLatents = model.compress({s.name: features[s.name] for s in split_point.scales}, phi)
+    import torch
+
+    # from the checked float32 arrays: the same values as the tensors, and NN part 1 may be ONNX's
+    c: CompressedLatents = model.compress({name: torch.from_numpy(a).unsqueeze(0) for name, a in arrays}, phi)
     scales = tuple(
         ScaleHeader(name=name, channels=a.shape[0], height=a.shape[1], width=a.shape[2], phi_index=phi,
                     kept_channels=a.shape[0])

@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 from codec.bitstream.ids import NetworkId, ResizeMode
 from codec.bitstream.preprocessing import Preprocessing
 
-if TYPE_CHECKING:
-    from .base import Detections, Features, ScaleInfo, SplitNetwork, SplitPoint
+from .split import ScaleInfo, SplitPoint
 
-_LAZY = {"Detections", "Features", "ScaleInfo", "SplitNetwork", "SplitPoint"}  # from .base (torch)
+if TYPE_CHECKING:
+    from .base import Detections, Features, SplitNetwork
+
+_LAZY = {"Detections", "Features", "SplitNetwork"}  # from .base (torch)
 
 
 def __getattr__(name: str) -> Any:

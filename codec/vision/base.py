@@ -15,6 +15,8 @@ import torch
 from codec.bitstream.ids import NetworkId, ResizeMode
 from codec.bitstream.preprocessing import Preprocessing
 
+from .split import ScaleInfo, SplitPoint
+
 __all__ = [
     "Detections",
     "Features",
@@ -26,27 +28,6 @@ __all__ = [
     "SplitPoint",
     "state_dict_sha256",
 ]
-
-
-@dataclass(frozen=True)
-class ScaleInfo:
-    name: str  # e.g. "p3"
-    channels: int
-    stride: int
-
-
-@dataclass(frozen=True)
-class SplitPoint:
-    name: str  # e.g. "neck"
-    split_id: int  # written into the container
-    scales: tuple[ScaleInfo, ...]  # ordered, finest first
-
-    def scale_names(self) -> list[str]:
-        return [s.name for s in self.scales]
-
-    def shapes(self, input_h: int, input_w: int) -> dict[str, tuple[int, int, int]]:
-        """(C, H, W) per scale for a given network-input size (ceil division by stride)."""
-        return {s.name: (s.channels, -(-input_h // s.stride), -(-input_w // s.stride)) for s in self.scales}
 
 
 @dataclass
