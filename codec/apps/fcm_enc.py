@@ -19,7 +19,7 @@ from typing import Any
 from codec.apps import _batch, _cli
 from codec.errors import EncodeError, InputError, OutputError
 from codec.modes import CodingMode, ParamSpec, all_modes, mode_by_name
-from codec.vision import DEFAULT_NETWORK, available_networks, check_split_point, networks_help
+from codec.vision import DEFAULT_NETWORK, SPLIT_POINT_NAMES, available_networks, check_split_point, networks_help
 
 log = logging.getLogger("codec.apps")
 
@@ -36,6 +36,7 @@ examples:
   fcm_enc img.jpg -o img_seg.bin --network yolov5s_seg --mode bypass   # boxes + instance masks
   fcm_enc val2017/ -o out/ --mode learned_e2e --phi 2          # every image of a folder, into out/
   fcm_enc a.jpg b.png @more.txt -o out/ --json                 # files and a list; one JSON line each
+  fcm_enc img.jpg -o img.bin --engine onnx                     # NN part 1 in onnxruntime, no torch
 
 Network weights are fetched on first use and verified, never shipped with the codec
 (Apache-2.0); each network's weight licence is listed under --network (YOLOv5s-seg's
@@ -106,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="split vision network (default: %(default)s): " + networks_help(),
     )
     p.add_argument("--weights", metavar="PATH", help="local weights file instead of the default, verified ones")
+    p.add_argument(
+        "--engine",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="what runs NN part 1: torch (default), or onnx: an exported ONNX graph through onnxruntime, "
+        "without torch for the modes that need no codec model (bypass, anchor); see --onnx-model",
+    )
+    p.add_argument(
+        "--onnx-model",
+        metavar="PATH",
+        help="the ONNX NN part 1 of --engine onnx (python -m tools.export_onnx writes it; default: "
+        "onnx/NETWORK_SPLIT.onnx in the FCM cache folder)",
+    )
     p.add_argument("--split", metavar="NAME", help="split point (default: the network's default, e.g. 'neck')")
     modes = all_modes()
     p.add_argument(
@@ -186,6 +200,17 @@ def check_arguments(args: argparse.Namespace) -> tuple[CodingMode, Any, _batch.I
         raise InputError("--image-id is for one input; with several, each image's id comes from its file name")
     if args.no_image_info and args.image_id is not None:
         raise InputError("--image-id and --no-image-info contradict each other")
+    if args.engine == "onnx":
+        if args.weights is not None:
+            raise InputError("--weights is for the torch engine: export the ONNX model from those weights instead")
+        from codec.vision.onnx_part1 import default_model_path
+
+        split = args.split or SPLIT_POINT_NAMES[args.network][0]
+        args.onnx_model = args.onnx_model or os.fspath(default_model_path(args.network, split))
+        if not Path(args.onnx_model).is_file():
+            raise InputError(f"ONNX model not found: {args.onnx_model} (python -m tools.export_onnx writes it)")
+    elif args.onnx_model is not None:
+        raise InputError("--onnx-model is for --engine onnx")
     return mode, params, inputs
 
 
@@ -204,7 +229,8 @@ def _encode(args: argparse.Namespace) -> int:
         _cli.check_outputs([(args.output, "output")], args.force)
         outputs = [Path(args.output)]
     with _cli.external_tool_settings(args):
-        _cli.set_threads(args.threads)
+        if args.engine == "torch":  # onnxruntime gets its threads when the model loads
+            _cli.set_threads(args.threads)
         if not inputs.batch:  # one image: read it before the network loads (a bad file fails fast)
             return _encode_one(args, mode, params, inputs.paths[0], outputs[0])
         return _encode_many(args, mode, params, inputs.paths, outputs)
@@ -216,6 +242,24 @@ class _Encoder:
     def __init__(self, args: argparse.Namespace, mode: CodingMode, params: Any) -> None:
         self.args, self.mode, self.params = args, mode, params
         self.networks = _cli.Networks(args.weights)
+        self._onnx: Any = None
+
+    def network(self) -> Any:
+        """NN part 1's network, loaded once: the torch network, or the ONNX one (--engine onnx)."""
+        if self.args.engine == "torch":
+            return self.networks.get(self.args.network)
+        if self._onnx is None:
+            from codec.vision.onnx_part1 import OnnxPart1
+
+            t0 = time.perf_counter()
+            self._onnx = OnnxPart1(self.args.onnx_model, self.args.threads)
+            self.networks.seconds += time.perf_counter() - t0
+            if self._onnx.name != self.args.network:
+                raise InputError(
+                    f"{self.args.onnx_model} holds NN part 1 of {self._onnx.name}, not {self.args.network}"
+                )
+            log.info("ONNX NN part 1 %s loaded in %s", self.args.onnx_model, _cli.fmt_seconds(self.networks.seconds))
+        return self._onnx
 
     def read(self, path: Path) -> tuple[Any, float]:
         from codec.pipeline import load_image
@@ -229,7 +273,7 @@ class _Encoder:
         from codec.models.registry import load_seconds
         from codec.pipeline import encode_image
 
-        network = self.networks.get(self.args.network)
+        network = self.network()
         info = None if self.args.no_image_info else image_info_for(path, self.args.image_id)
         loaded = load_seconds()
         result = encode_image(image, network, self.args.split, self.mode, self.params, image_info=info)
@@ -254,7 +298,8 @@ class _Encoder:
             "width": w,
             "height": h,
             "network": self.args.network,
-            "split": self.args.split or self.networks.get(self.args.network).default_split,
+            "split": self.args.split or self.network().default_split,
+            "engine": self.args.engine,
             "mode": self.mode.name,
             "rate_parameter": rate,
             "rate": getattr(self.params, rate) if rate else None,
@@ -281,8 +326,8 @@ def _encode_one(args: argparse.Namespace, mode: CodingMode, params: Any, path: P
     extra = f", image id {record['image_id']}" if record["image_id"] is not None else ""
     print(f"{args.output}: {nbytes} bytes, {8 * nbytes / (w * h):.5f} bpp ({w}x{h} input{extra})")
     print(
-        f"network {args.network}, split {record['split']}, mode {mode.name}"
-        + (f", {summary}" if (summary := mode.describe(params)) else "")
+        f"network {args.network}{' (NN part 1: ONNX)' if args.engine == 'onnx' else ''}, split {record['split']}, "
+        f"mode {mode.name}" + (f", {summary}" if (summary := mode.describe(params)) else "")
     )
     print("time: " + _batch.times_text(times))
     return _cli.EXIT_OK
@@ -296,7 +341,7 @@ def _encode_many(
     log.info("%d images -> %s", len(paths), args.output)
     total_bytes, total_pixels, coding = 0, 0, 0.0
     try:
-        enc.networks.get(args.network)  # once, before the first image (timed apart)
+        enc.network()  # once, before the first image (timed apart)
         for path, out in run.progress(list(zip(paths, outputs)), "image"):
             try:
                 image, t_read = enc.read(path)
