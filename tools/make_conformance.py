@@ -171,6 +171,8 @@ def golden_vectors() -> dict[str, bytes]:
     # container 2.1: the 2.0 content, the header binding the payload units (payload_units_crc32)
     for name in ("bypass-f16", "anchor-qp37", "vvc_msff-qp37", "learned_e2e-p4-phi3"):
         out[f"v21-{name}"] = rewrapped(out[f"v2-{name}"], (2, 1))
+    # the third-generation model (the encoder's default), new in container 2.1
+    out["v21-learned_e2e-g3-phi3"] = learned_e2e_vector((2, 1), "fenet_nanodet_neck_g3")
     return out
 
 
