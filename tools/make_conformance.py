@@ -174,6 +174,8 @@ def golden_vectors() -> dict[str, bytes]:
         out[f"v21-{name}"] = rewrapped(out[f"v2-{name}"], (2, 1))
     # the optional IMAGE_INFO unit (section 5.5) after the mode's units: COCO image id and file name
     out["v21-bypass-f16-image-info"] = with_units(out["v21-bypass-f16"], [IMAGE_INFO.to_unit()])
+    # the third-generation model (the encoder's default), new in container 2.1
+    out["v21-learned_e2e-g3-phi3"] = learned_e2e_vector((2, 1), "fenet_nanodet_neck_g3")
     return out
 
 

@@ -68,10 +68,10 @@ NUM_QUALITIES = 6  # phi 0..5: the gain-unit rows of the shipped model (checked 
 class Params:
     phi: int = option(3, "quality index (gain-unit row), higher is better", range=(0, NUM_QUALITIES - 1), rate=True)
     codec_model: str = option(
-        "fenet_nanodet_neck_p4",
-        "codec model (codec_model_id): fenet_nanodet_neck_p4 (2nd generation, latent at p4, task-aware) or "
-        "fenet_nanodet_neck (1st generation, for comparisons)",
-        choices=("fenet_nanodet_neck_p4", "fenet_nanodet_neck"),
+        "fenet_nanodet_neck_g3",
+        "codec model (codec_model_id): fenet_nanodet_neck_g3 (3rd generation), fenet_nanodet_neck_p4 (2nd "
+        "generation, latent at p4, task-aware) or fenet_nanodet_neck (1st generation); each stays decodable",
+        choices=("fenet_nanodet_neck_g3", "fenet_nanodet_neck_p4", "fenet_nanodet_neck"),
     )
     codec_weights: str | None = option(
         None,
@@ -82,8 +82,13 @@ class Params:
 
 
 # its models in codec.models.registry, the encoder's default first; every one stays decodable
-MODEL_IDS: tuple[CodecModelId, ...] = (CodecModelId.FENET_NANODET_NECK_P4, CodecModelId.FENET_NANODET_NECK)
+MODEL_IDS: tuple[CodecModelId, ...] = (
+    CodecModelId.FENET_NANODET_NECK_G3,
+    CodecModelId.FENET_NANODET_NECK_P4,
+    CodecModelId.FENET_NANODET_NECK,
+)
 MODEL_NAMES: dict[str, CodecModelId] = {
+    "fenet_nanodet_neck_g3": CodecModelId.FENET_NANODET_NECK_G3,
     "fenet_nanodet_neck_p4": CodecModelId.FENET_NANODET_NECK_P4,
     "fenet_nanodet_neck": CodecModelId.FENET_NANODET_NECK,
 }
@@ -321,6 +326,7 @@ MODE = CodingMode(
         "codec/models/linear_path.py",
         "codec/models/weights/fenet_nanodet_neck.pt",
         "codec/models/weights/fenet_nanodet_neck_p4.pt",
+        "codec/models/weights/fenet_nanodet_neck_g3.pt",
     ),
     description="end-to-end learned codec (FENet/DRNet, CompressAI rANS)",
 )

@@ -29,6 +29,8 @@ EXPECTED_GOLDEN = {
     "v21-bypass-f16", "v21-anchor-qp37", "v21-vvc_msff-qp37", "v21-learned_e2e-p4-phi3",
     # the optional IMAGE_INFO unit (image id and source file name)
     "v21-bypass-f16-image-info",
+    # the third-generation learned_e2e model (codec_model_id FENET_NANODET_NECK_G3)
+    "v21-learned_e2e-g3-phi3",
 }  # fmt: skip
 EXPECTED_INVALID = {
     "invalid-bad-magic", "invalid-version-major", "invalid-unknown-mode", "invalid-header-crc",
