@@ -68,6 +68,7 @@ from construct import (
     Container,
     FormatField,
     GreedyBytes,
+    IfThenElse,
     ListContainer,
     Prefixed,
     Renamed,
@@ -159,8 +160,22 @@ def build_unit(unit: dict[str, Any]) -> bytes:
     return sx.payload_unit.build(dict(unit=dict(value=unit), unit_crc32=None))
 
 
-def build_tree(tree: Tree) -> bytes:
-    """Head and units built separately, so that num_payload_units may disagree with the units."""
+BINDING_FIELD = "payload_units_crc32"  # container 2.1: binds the payload units to the header
+
+
+def rebind(tree: Tree) -> None:
+    """Recompute the header's payload_units_crc32 (if it has one) for the tree's units, as
+    build_container does, so that edited units get past the binding check."""
+    if tree.header.get(BINDING_FIELD) is not None:
+        crcs = [zlib.crc32(sx.payload_unit_body.build(u)) & 0xFFFFFFFF for u in tree.units]
+        tree.header[BINDING_FIELD] = sx.units_binding_crc32(crcs)
+
+
+def build_tree(tree: Tree, bind: bool = True) -> bytes:
+    """Head and units built separately, so that num_payload_units may disagree with the
+    units; with `bind`, the binding field follows the units (else it stays as it is)."""
+    if bind:
+        rebind(tree)
     head = build_head(tree.version_major, tree.version_minor, tree.header)
     return head + b"".join(build_unit(u) for u in tree.units)
 
@@ -200,6 +215,9 @@ def leaves(sc: Any, value: Any, path: tuple[Any, ...] = (), parent: Any = None) 
     elif isinstance(sc, Switch):
         key = sc.keyfunc(parent) if callable(sc.keyfunc) else sc.keyfunc
         yield from leaves(sc.cases.get(key, sc.default), value, path, parent)
+    elif isinstance(sc, IfThenElse):  # a field of later minor versions: present when parsed so
+        if value is not None:
+            yield from leaves(sc.thensubcon, value, path, parent)
     elif isinstance(sc, (Prefixed, Subconstruct)):
         yield from leaves(sc.subcon, value, path, parent)
 
@@ -350,20 +368,20 @@ class Corpus:
 
     def __init__(self, seeds: Sequence[Seed]):
         self.seeds = list(seeds)
-        self._trees: dict[bytes, Tree] = {}
-        self.unit_data = [u["unit_data"] for s in self.seeds for u in self.tree(s.data).units]
+        self._trees: dict[bytes, Tree] = {}  # the seeds' trees, by their bytes
+        for s in self.seeds:
+            self._trees[s.data] = parse_tree(s.data)
+        self.unit_data = [u["unit_data"] for s in self.seeds for u in self._trees[s.data].units]
 
     def tree(self, data: bytes) -> Tree:
         """The tree of `data` (a copy, to be edited); Skip if it does not parse."""
-        key = hashlib.sha1(data).digest()
-        if key not in self._trees:
-            try:
-                self._trees[key] = parse_tree(data)
-            except Exception as e:
-                raise Skip(f"does not parse: {type(e).__name__}") from None
-            if len(self._trees) > 4096:  # stacked mutations parse mutated data: keep the cache small
-                self._trees.pop(next(iter(self._trees)))
-        return self._trees[key].copy()
+        cached = self._trees.get(data)
+        if cached is not None:
+            return cached.copy()
+        try:  # a mutated case (a stacked mutation)
+            return parse_tree(data)
+        except Exception as e:
+            raise Skip(f"does not parse: {type(e).__name__}") from None
 
     def mode_headers(self, mode_id: int) -> list[Any]:
         out = []
@@ -384,9 +402,9 @@ def _edit_leaf(rng: random.Random, corpus: Corpus, tree: Tree, leaf: Leaf, extre
     if leaf.path[-1] == "mode_id" and tree.version_major >= 2:
         new = uint_value(rng, old, leaf.size, extreme)
         # the mode's own header syntax follows mode_id: take one of that mode from a vector,
-        # else keep the old mode_header bytes (parsed by the new mode's syntax, or as bytes)
-        mode_header = tree.header["mode_header"]
-        raw = sx.HEADER_BODIES[2].mode_header.subcon.subcon.build(mode_header, mode_id=old)
+        # or, for a mode without a syntax, the old mode_header's bytes
+        switch = sx.HEADER_BODIES[2].mode_header.subcon.subcon
+        raw = switch.build(tree.header["mode_header"], **{**tree.header, "mode_id": old})
         if new in sx.MODE_HEADERS:
             found = corpus.mode_headers(new)
             if not found:
@@ -414,9 +432,9 @@ def _edit_leaf(rng: random.Random, corpus: Corpus, tree: Tree, leaf: Leaf, extre
     return f"{where} {shown(old)} -> {shown(new)}"
 
 
-def _build(tree: Tree) -> bytes:
+def _build(tree: Tree, bind: bool = True) -> bytes:
     try:
-        return build_tree(tree)
+        return build_tree(tree, bind)
     except Skip:
         raise
     except Exception as e:  # a value the field cannot hold (construct says so)
@@ -427,8 +445,9 @@ def mutate_field(rng: random.Random, corpus: Corpus, data: bytes) -> tuple[bytes
     """One field of the header or of a unit (not unit data) set to another value."""
     tree = corpus.tree(data)
     fields = [lf for lf in tree_leaves(tree) if lf.kind != "data"]
-    what = _edit_leaf(rng, corpus, tree, rng.choice(fields))
-    return _build(tree), f"field {what}"
+    leaf = rng.choice(fields)
+    what = _edit_leaf(rng, corpus, tree, leaf)
+    return _build(tree, bind=leaf.path[-1] != BINDING_FIELD), f"field {what}"
 
 
 def mutate_fields(rng: random.Random, corpus: Corpus, data: bytes) -> tuple[bytes, str]:
@@ -437,7 +456,7 @@ def mutate_fields(rng: random.Random, corpus: Corpus, data: bytes) -> tuple[byte
     fields = [lf for lf in tree_leaves(tree) if lf.kind != "data" and lf.path[-1] != "mode_id"]
     picked = rng.sample(fields, min(len(fields), rng.randint(2, 5)))
     what = [_edit_leaf(rng, corpus, tree, lf) for lf in picked]
-    return _build(tree), "fields " + "; ".join(what)
+    return _build(tree, bind=all(lf.path[-1] != BINDING_FIELD for lf in picked)), "fields " + "; ".join(what)
 
 
 def mutate_extreme(rng: random.Random, corpus: Corpus, data: bytes) -> tuple[bytes, str]:
@@ -446,7 +465,7 @@ def mutate_extreme(rng: random.Random, corpus: Corpus, data: bytes) -> tuple[byt
     ints = [lf for lf in tree_leaves(tree) if lf.kind == "uint" and lf.path[0] == "header" and lf.path[-1] != "mode_id"]
     picked = rng.sample(ints, min(len(ints), rng.choice((1, 1, 2, 3, len(ints)))))
     what = [_edit_leaf(rng, corpus, tree, lf, extreme=True) for lf in picked]
-    return _build(tree), "extreme " + "; ".join(what)
+    return _build(tree, bind=all(lf.path[-1] != BINDING_FIELD for lf in picked)), "extreme " + "; ".join(what)
 
 
 def _scaled_sizes(rng: random.Random, scales: list[tuple[int, int, int]]) -> tuple[list[tuple[int, int, int]], str]:
@@ -498,13 +517,20 @@ def _scaled_sizes(rng: random.Random, scales: list[tuple[int, int, int]]) -> tup
 
 
 def mutate_scale_sizes(rng: random.Random, corpus: Corpus, data: bytes) -> tuple[bytes, str]:
-    """Every scale's size changed consistently (within the limits), the rest unchanged;
-    rebuilt by the container syntax or by build_container."""
+    """Every scale's size changed consistently (within the limits), the rest unchanged or
+    (mostly) the input size with them, so that the split-point table's Ceil(input / stride)
+    still holds; rebuilt by the container syntax or by build_container."""
     tree = corpus.tree(data)
-    scales = tree.header["scales"]
+    h = tree.header
+    scales = h["scales"]
     old = [(s["scale_channels"], s["scale_height"], s["scale_width"]) for s in scales]
     new, kind = _scaled_sizes(rng, old)
     shown = f"scale sizes {kind}: {old} -> {new}"
+    in_w, in_h = h["input_width"], h["input_height"]
+    if rng.random() < 0.7:  # the input follows: the stride of the first scale kept
+        stride_x, stride_y = max(1, round(in_w / old[0][2])), max(1, round(in_h / old[0][1]))
+        in_w, in_h = min(65535, new[0][2] * stride_x), min(65535, new[0][1] * stride_y)
+        shown += f", input {h['input_width']}x{h['input_height']} -> {in_w}x{in_h}"
     if rng.random() < 0.5:
         with contextlib.suppress(Exception):
             parsed = parse_container(data)
@@ -519,12 +545,14 @@ def mutate_scale_sizes(rng: random.Random, corpus: Corpus, data: bytes) -> tuple
                 )
                 for s, (c, hh, ww) in zip(hdr.scales, new)
             )
-            header = dataclasses.replace(hdr, mode=dataclasses.replace(hdr.mode, scales=sc))
+            prep = dataclasses.replace(hdr.preprocessing, input_w=in_w, input_h=in_h)
+            header = dataclasses.replace(hdr, preprocessing=prep, mode=dataclasses.replace(hdr.mode, scales=sc))
             return build_container(header, parsed.units), f"{shown} (build_container)"
-    for s, (c, h, w) in zip(scales, new):
+    for s, (c, hh, ww) in zip(scales, new):
         if s.get("kept_channels") == s["scale_channels"]:
             s["kept_channels"] = c
-        s["scale_channels"], s["scale_height"], s["scale_width"] = c, h, w
+        s["scale_channels"], s["scale_height"], s["scale_width"] = c, hh, ww
+    h["input_width"], h["input_height"] = in_w, in_h
     return _build(tree), shown
 
 
@@ -656,7 +684,10 @@ def mutate_units(rng: random.Random, corpus: Corpus, data: bytes) -> tuple[bytes
         tree.header["num_payload_units"] = len(tree.units)
     else:
         what += f", num_payload_units stays {tree.header['num_payload_units']}"
-    return _build(tree), f"units: {what}"
+    bind = rng.random() < 0.8
+    if not bind and tree.header.get(BINDING_FIELD) is not None:
+        what += f", {BINDING_FIELD} not recomputed"
+    return _build(tree, bind), f"units: {what}"
 
 
 def mutate_splice_header(rng: random.Random, corpus: Corpus, data: bytes) -> tuple[bytes, str]:
@@ -665,7 +696,8 @@ def mutate_splice_header(rng: random.Random, corpus: Corpus, data: bytes) -> tup
     other = rng.choice(corpus.seeds)
     tree.units = corpus.tree(other.data).units
     tree.header["num_payload_units"] = len(tree.units)
-    return _build(tree), f"header with the units of {other.name}"
+    bind = rng.random() < 0.7
+    return _build(tree, bind), f"header with the units of {other.name}" + ("" if bind else f" ({BINDING_FIELD} kept)")
 
 
 def _regions(data: bytes) -> list[tuple[str, int, int]]:
@@ -1259,7 +1291,8 @@ def run_cases(
                 if exhausted and not pending and all(w.case is None for w in pool):
                     break
                 now = time.monotonic()
-                wait = min((w.deadline for w in pool if w.proc is not None), default=now + 1.0) - now
+                busy = [w for w in pool if w.proc is not None and (w.case is not None or not ready[w.index])]
+                wait = min((w.deadline for w in busy), default=now + 1.0) - now
                 for key, _ in sel.select(timeout=min(max(wait, 0.0), 1.0)):
                     w = key.data
                     lines, closed = w.read_lines()
