@@ -870,6 +870,8 @@ def target_inspect(data: bytes, path: Path) -> dict[str, Any]:
             codes.append(fcm_inspect.main([str(path), *extra]))
         if codes[-1] not in (0, 2) or (codes[-1] == 2 and "Traceback" in err.getvalue()):
             return {"status": "uncaught", "error": f"exit {codes[-1]}", "message": err.getvalue()[-2000:]}
+        if codes[-1] == 2 and len(err.getvalue().strip().splitlines()) != 1:  # the apps' contract: one line
+            return {"status": "invariant", "message": f"fcm_inspect refused with {err.getvalue()[-2000:]!r}"}
     if codes[0] != codes[1]:
         return {"status": "invariant", "message": f"fcm_inspect exits {codes[0]} as text, {codes[1]} with --json"}
     return {"status": "ok" if codes[0] == 0 else "refused", "error": f"exit {codes[0]}"}
