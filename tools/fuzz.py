@@ -1399,6 +1399,7 @@ def atheris_main(argv: list[str], vectors: Path, out_dir: Path) -> int:
     corpus_dir.mkdir(exist_ok=True)
     for s in load_seeds(vectors):
         (corpus_dir / f"{s.name}.bin").write_bytes(s.data)
+        one_input(s.data)  # loads the codec models fcm_inspect checks, before libFuzzer times units
     flags = list(argv)
     if not any(f.startswith("-artifact_prefix=") for f in flags):
         flags.append(f"-artifact_prefix={out_dir}/")
