@@ -895,6 +895,19 @@ def resolve_target(name: str) -> Callable[[bytes, Path], dict[str, Any]]:
     return getattr(importlib.import_module(module), func)
 
 
+def _inner_failure(e: BaseException) -> str | None:
+    """ "hang" or "crash" for ffmpeg timing out or dying of a signal on a case (the apps call
+    that an external tool failing on its own, exit 1; on fuzzed input the input did it)."""
+    from codec.inner import vvc
+
+    if isinstance(e, getattr(vvc, "FfmpegTimeoutError", ())):
+        return "hang"
+    returncode = getattr(e, "returncode", None)
+    if isinstance(e, vvc.FfmpegError) and returncode is not None and returncode < 0:
+        return "crash"
+    return None
+
+
 def run_target(fn: Callable[[bytes, Path], dict[str, Any]], data: bytes, path: Path) -> dict[str, Any]:
     from codec.apps._cli import exit_code_for
 
@@ -903,6 +916,10 @@ def run_target(fn: Callable[[bytes, Path], dict[str, Any]], data: bytes, path: P
     except Exception as e:
         if _is_oom(e):
             return {"status": "oom", "error": type(e).__name__, "message": _one_line(e)}
+        inner = _inner_failure(e)
+        if inner is not None:
+            return {"status": inner, "error": type(e).__name__, "message": f"ffmpeg: {_one_line(e)}",
+                    "traceback": traceback.format_exc()[-4000:]}  # fmt: skip
         if exit_code_for(e) is not None:
             return {"status": "refused", "error": type(e).__name__, "message": _one_line(e)}
         return {"status": "uncaught", "error": type(e).__name__, "message": _one_line(e),
@@ -1231,6 +1248,9 @@ def run_cases(
     code_root = str(Path(codec.__file__).resolve().parents[1])  # the workers test the same codec
     env["PYTHONPATH"] = os.pathsep.join([code_root, *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("OMP_NUM_THREADS", "1")
+    # ffmpeg runs in a session of its own: stop it (a hang of the inner decoder) before the
+    # case's timeout kills the worker, which would leave it running
+    env.setdefault("FCM_FFMPEG_TIMEOUT", f"{0.6 * timeout_s:g}")
     cmd = [sys.executable, "-m", "tools.fuzz", "--worker", "--vectors", str(vectors), "--targets", ",".join(targets),
            "--timeout", str(timeout_s)]  # fmt: skip
     if not warmup:

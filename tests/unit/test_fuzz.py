@@ -179,3 +179,14 @@ def test_coverage_guided_fuzzing_says_when_atheris_is_missing(tmp_path: Path, ca
         assert "atheris is not installed" in capsys.readouterr().err
     else:
         pytest.skip("atheris is installed (python -m tools.fuzz --atheris runs it)")
+
+
+def test_ffmpeg_timing_out_or_dying_on_a_case_is_a_hang_or_a_crash():
+    """The apps report these as an external tool failing on its own (exit 1); on a fuzzed
+    input the input did it."""
+    from codec.inner import vvc
+
+    assert fuzz._inner_failure(vvc.FfmpegTimeoutError("timed out", cmd=["ffmpeg"])) == "hang"
+    assert fuzz._inner_failure(vvc.FfmpegToolError("killed", cmd=["ffmpeg"], returncode=-11)) == "crash"
+    assert fuzz._inner_failure(vvc.FfmpegError("rejected", cmd=["ffmpeg"], returncode=1)) is None
+    assert fuzz._inner_failure(MalformedError("bad")) is None
