@@ -20,8 +20,9 @@ Each case runs in a worker subprocess (persistent, fed over a pipe, restarted af
 or a hang) under an address-space limit (RLIMIT_AS) and a per-case timeout. A worker that
 dies of a signal is a crash, one that runs past the timeout a hang, an exception that the
 applications do not map to an exit code (codec/apps/_cli.py exit_code_for) an uncaught
-exception, a MemoryError (the address-space limit) a memory blow-up. Every such input is
-saved with a description for reproduction (`--replay`).
+exception, a MemoryError (the address-space limit) a memory blow-up; ffmpeg timing out or
+killed by a signal on a case (the inner VVC decoder) is a hang or a crash too. Every such
+input is saved with its mutation and the worker's stack for reproduction (`--replay`).
 
     python -m tools.fuzz --cases 2000 --seed 1               # a short run
     nice -n 10 python -m tools.fuzz --cases 100000 --workers 1 --out fuzz-out --json fuzz.json
@@ -1493,6 +1494,8 @@ def main(argv: list[str] | None = None) -> int:
         corpus = Corpus(load_seeds(args.vectors, args.only))
         deadline = args.minutes * 60.0 if args.minutes is not None else None
         mutators = [m for m in (args.mutators or "").split(",") if m] or None
+        if any(m not in MUTATORS for m in mutators or ()):
+            build_parser().error(f"--mutators: choose from {', '.join(MUTATORS)}")
         cases = generate_cases(corpus, args.seed, count, args.start, mutators)
         report = run_cases(cases, seed=args.seed, deadline_s=deadline, **common)  # type: ignore[arg-type]
     print(report.summary())
