@@ -89,6 +89,9 @@ def decode_symbols(header: ContainerHeader, units: list[PayloadUnit], weights: W
     if fmt not in DTYPES:
         raise MalformedError(f"bypass mode needs sample_format FLOAT16 or FLOAT32, got {fmt.name}")
     raw = units_of_type(units, UnitType.RAW_TENSOR)
+    others = sorted({u.type_name for u in units if u.unit_type != UnitType.RAW_TENSOR})
+    if others:  # section 7.2: no other units of known type
+        raise MalformedError(f"bypass mode allows only RAW_TENSOR units, got {', '.join(others)}")
     out: dict[str, np.ndarray] = {}
     for i, scale in enumerate(header.scales):
         check_scale(scale, i)

@@ -311,3 +311,20 @@ def test_a_vvc_payload_that_is_not_an_intra_picture_is_refused_without_decoding(
             p = parse_container(data)
             with pytest.raises(InnerCodecError, match="VVC payload is not one intra picture"):
                 mode.check(p.header, p.units)
+
+
+def test_bypass_refuses_units_of_another_known_type():
+    """Section 7.2: one RAW_TENSOR per scale and no other units of known type (a VVC unit added
+    to a bypass stream, its CRCs and the binding valid, used to decode)."""
+    from pathlib import Path
+
+    from codec.bitstream import ALL_SCALES, build_container, parse_container
+    from codec.pipeline import decode_bitstream
+
+    vectors = Path(__file__).resolve().parents[1] / "conformance"
+    for name in ("bypass-f16.bin", "v21-bypass-f16.bin"):
+        p = parse_container((vectors / name).read_bytes())
+        extra = PayloadUnit(UnitType.VVC_NAL_STREAM, b"\x00\x00\x01\x40\x01", ALL_SCALES)
+        bad = build_container(p.header, [*p.units, extra])
+        with pytest.raises(MalformedError, match="bypass mode allows only RAW_TENSOR units, got VVC_NAL_STREAM"):
+            decode_bitstream(bad)
