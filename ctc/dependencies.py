@@ -196,15 +196,22 @@ class _CallTracer:
         self.files: set[str] = set()
         self._previous: Any = None
         self._previous_threading: Any = None
+        # threads started in the block keep this trace function after it ends (threading.settrace):
+        # they must stop adding once the block is over, or reading `files` races with them
+        self._lock = threading.Lock()
+        self._active = False
 
     def _trace(self, frame: FrameType, event: str, arg: Any) -> Any:
-        self.files.add(frame.f_code.co_filename)
+        with self._lock:
+            if self._active:
+                self.files.add(frame.f_code.co_filename)
         # another tracer (coverage, a debugger) keeps working: it sees every call as before
         return self._previous(frame, event, arg) if self._previous is not None else None
 
     def __enter__(self) -> _CallTracer:
         self._previous = sys.gettrace()
         self._previous_threading = threading.gettrace()
+        self._active = True
         sys.settrace(self._trace)
         threading.settrace(self._trace)
         return self
@@ -212,6 +219,8 @@ class _CallTracer:
     def __exit__(self, *exc: object) -> None:
         sys.settrace(self._previous)
         threading.settrace(self._previous_threading)
+        with self._lock:
+            self._active = False
 
 
 def file_name(path: Path) -> str:

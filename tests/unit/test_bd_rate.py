@@ -314,9 +314,16 @@ def _mpeg_formulation(rates, metrics_percent):
         {"type": "ineq", "fun": lambda b: f(b, x[0])},  # >= 0 at the lowest rate
         {"type": "ineq", "fun": lambda b: 100 - f(b, x[-1])},  # <= 100 at the highest
     ]
-    res = minimize(lambda b: np.sum((f(b, x) - y) ** 2), np.ones(4), method="SLSQP", constraints=cons,
-                   options={"ftol": 1e-14, "maxiter": 1000})  # fmt: skip
-    assert res.success
+    # SLSQP is sensitive to its start (scipy versions differ too): several starts, the best that converged
+    starts = [np.ones(4), np.zeros(4), np.array([0.0, 0.0, *np.polyfit(x, y, 1)])]
+    runs = [
+        minimize(lambda b: np.sum((f(b, x) - y) ** 2), b0, method="SLSQP", constraints=cons,
+                 options={"ftol": 1e-14, "maxiter": 1000})
+        for b0 in starts
+    ]  # fmt: skip
+    done = [r for r in runs if r.success]
+    assert done, [r.message for r in runs]
+    res = min(done, key=lambda r: r.fun)
     out = np.empty_like(y)
     out[order] = f(res.x, x)
     return out
