@@ -184,16 +184,9 @@ def _read(data: bytes | str | os.PathLike) -> bytes:
     """A container's bytes, from bytes or a file (InputError naming the file if it cannot be read)."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
-    from codec.errors import InputError
+    from codec.files import read_input_file
 
-    try:
-        return Path(data).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"bitstream file not found: {os.fspath(data)}") from None
-    except IsADirectoryError:
-        raise InputError(f"bitstream path is a directory: {os.fspath(data)}") from None
-    except OSError as e:
-        raise InputError(f"cannot read bitstream file {os.fspath(data)}: {e.strerror}") from None
+    return read_input_file(data, "bitstream")
 
 
 def decode(

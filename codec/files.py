@@ -15,6 +15,20 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def read_input_file(path: str | os.PathLike, what: str = "input") -> bytes:
+    """The bytes of an input file, or an InputError (one line) naming it."""
+    from codec.errors import InputError
+
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{what} file not found: {os.fspath(path)}") from None
+    except IsADirectoryError:
+        raise InputError(f"{what} path is a directory: {os.fspath(path)}") from None
+    except OSError as e:
+        raise InputError(f"cannot read {what} file {os.fspath(path)}: {e.strerror}") from None
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()

@@ -184,29 +184,13 @@ def to_rgb8(im: Any, what: str = "image") -> np.ndarray:
         raise InputError(f"{what} has pixel mode {mode}, which cannot be converted to RGB: {e}") from None
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read an image file as RGB uint8 (H, W, 3) (see to_rgb8 for the pixel modes).
-
-    Its size is checked from the file's header before anything is decoded (check_image_size;
-    Pillow's decompression-bomb guard is set to ``max_pixels`` for the decoding); every failure,
-    including a file that is damaged or truncated, is an InputError naming ``path``."""
+@contextlib.contextmanager
+def _image_errors(name: str) -> Iterator[None]:
+    """Pillow's and the file system's failures on the image `name` as one-line InputErrors."""
     from PIL import Image, UnidentifiedImageError
 
-    name = os.fspath(path)
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise InputError(f"the pixel limit must be a positive integer, got {max_pixels!r}")
     try:
-        with _pillow_guard() as set_pillow_limit:
-            set_pillow_limit(None)  # Image.open only parses the header; the size check follows
-            with Image.open(path) as im:
-                width, height = im.size
-                check_image_size(width, height, max_pixels, f"image {name}")
-                set_pillow_limit(max_pixels)  # for the frame and tile sizes plugins check
-                try:
-                    im.load()
-                except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
-                    raise InputError(f"cannot decode image {name}: {e}") from None
-                return to_rgb8(im, f"image {name}")
+        yield
     except Image.DecompressionBombError as e:  # a frame or tile larger than the picture declared
         raise InputError(f"image {name} is too large: {e} (--max-pixels raises the limit)") from None
     except FileNotFoundError:
@@ -217,6 +201,48 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise InputError(f"not an image file: {name}") from None
     except OSError as e:
         raise InputError(f"cannot read image {name}: {e}") from None
+
+
+def _check_max_pixels(max_pixels: int) -> None:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise InputError(f"the pixel limit must be a positive integer, got {max_pixels!r}")
+
+
+def check_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of an image file from its header alone, checked as load_image checks it
+    (check_image_size); nothing is decoded. An InputError naming ``path`` otherwise."""
+    from PIL import Image
+
+    name = os.fspath(path)
+    _check_max_pixels(max_pixels)
+    with _image_errors(name), _pillow_guard() as set_pillow_limit:
+        set_pillow_limit(None)  # Image.open only parses the header; the size check follows
+        with Image.open(path) as im:
+            check_image_size(*im.size, max_pixels, f"image {name}")
+            return im.size
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as RGB uint8 (H, W, 3) (see to_rgb8 for the pixel modes).
+
+    Its size is checked from the file's header before anything is decoded (check_image_size;
+    Pillow's decompression-bomb guard is set to ``max_pixels`` for the decoding); every failure,
+    including a file that is damaged or truncated, is an InputError naming ``path``."""
+    from PIL import Image
+
+    name = os.fspath(path)
+    _check_max_pixels(max_pixels)
+    with _image_errors(name), _pillow_guard() as set_pillow_limit:
+        set_pillow_limit(None)  # Image.open only parses the header; the size check follows
+        with Image.open(path) as im:
+            width, height = im.size
+            check_image_size(width, height, max_pixels, f"image {name}")
+            set_pillow_limit(max_pixels)  # for the frame and tile sizes plugins check
+            try:
+                im.load()
+            except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
+                raise InputError(f"cannot decode image {name}: {e}") from None
+            return to_rgb8(im, f"image {name}")
 
 
 def weights_hash_bytes(network: SplitNetwork) -> bytes:

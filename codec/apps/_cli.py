@@ -191,17 +191,6 @@ def set_threads(n: int | None) -> None:
     logging.getLogger("codec.apps").info("torch threads: %d", n)
 
 
-def read_input_file(path: str | os.PathLike, what: str = "input") -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{what} file not found: {os.fspath(path)}") from None
-    except IsADirectoryError:
-        raise InputError(f"{what} path is a directory: {os.fspath(path)}") from None
-    except OSError as e:
-        raise InputError(f"cannot read {what} file {os.fspath(path)}: {e.strerror}") from None
-
-
 # -- outputs ---------------------------------------------------------------------------
 
 

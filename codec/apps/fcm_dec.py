@@ -14,6 +14,7 @@ from typing import Any
 
 from codec.apps import _batch, _cli
 from codec.errors import InputError
+from codec.files import read_input_file
 from codec.pipeline import decode_bitstream, load_image, network_name_of, run_part2
 
 log = logging.getLogger("codec.apps")
@@ -125,22 +126,9 @@ def _check_draw_image(args: argparse.Namespace) -> None:
     """The --draw image, read as far as its header, before anything is decoded."""
     if not args.draw:
         return
-    from PIL import Image, UnidentifiedImageError
+    from codec.pipeline import check_image_file
 
-    from codec.pipeline import check_image_size
-
-    name = args.draw[0]
-    try:
-        with Image.open(name) as im:
-            check_image_size(*im.size, args.max_pixels, f"image {name}")
-    except FileNotFoundError:
-        raise InputError(f"image not found: {name}") from None
-    except IsADirectoryError:
-        raise InputError(f"image path is a directory: {name}") from None
-    except UnidentifiedImageError:
-        raise InputError(f"not an image file: {name}") from None
-    except OSError as e:
-        raise InputError(f"cannot read image {name}: {e}") from None
+    check_image_file(args.draw[0], args.max_pixels)
 
 
 def _decode(args: argparse.Namespace) -> int:
@@ -182,7 +170,7 @@ class _Decoder:
         from codec.models.registry import load_seconds
 
         t0 = time.perf_counter()
-        data = _cli.read_input_file(path, "bitstream")
+        data = read_input_file(path, "bitstream")
         times = {"read": time.perf_counter() - t0}
         network = None
         if self.want_dets:

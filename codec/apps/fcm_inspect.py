@@ -11,6 +11,7 @@ from typing import Any
 from codec.apps import _cli
 from codec.bitstream import InspectReport, UnitType, inspect_container, parse_container, syntax
 from codec.errors import BitstreamError
+from codec.files import read_input_file
 from codec.modes import mode_by_id
 
 EXAMPLES = """\
@@ -197,7 +198,7 @@ def print_text(d: dict[str, Any]) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    data = _cli.read_input_file(args.input, "bitstream")
+    data = read_input_file(args.input, "bitstream")
     report = inspect_container(data)
     if report.error is None:  # container-level valid: also check the mode's payload structure
         parsed = parse_container(data)
