@@ -47,12 +47,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codec.files import file_sha256
 from codec.models.fenet import FenetCodec, FenetConfig, count_parameters, load_fenet, save_fenet
 from codec.training import common
 from codec.training import data as tdata
 from codec.training import dev as tdev
-from codec.training.loop import Checkpoint, MinuteLog, RunState, train
+from codec.training.loop import Checkpoint, MinuteLog, RunState
 from codec.training.task import TaskLossConfig, task_loss_for
 
 DEV_SETS = common.DEV_SETS
@@ -306,25 +305,18 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     t_call = time.time()
-    state = train(
+    state, digest = common.run_and_ship(
+        args,
         state=state,
-        steps=args.steps,
         step_fn=step_fn,
-        lr_fn=lambda: sched.get_last_lr()[0],
+        sched=sched,
         checkpoint=checkpoint,
         log=log,
-        time_limit_min=args.time_limit,
-        ckpt_every_min=args.ckpt_every,
-        dev_every_min=args.dev_every if dev_fn is not None else 0.0,
         dev_fn=dev_fn,
         on_best=on_best,
-    )
-    # the shipped file: the best dev checkpoint (or the last state without a dev set)
-    if dev_fn is not None and out.with_suffix(".best.pt").is_file():
-        out.write_bytes(out.with_suffix(".best.pt").read_bytes())
-        digest = file_sha256(out)
-    else:
-        digest = export(model, out)
+        out=out,
+        export=lambda path: export(model, path),
+    )  # the shipped file: the best dev checkpoint (or the last state without a dev set)
     record = {
         "model": "fenet_drnet",
         "network": args.network,

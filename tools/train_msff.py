@@ -67,7 +67,7 @@ from codec.training.data import (  # the shared training data (re-exported for t
     random_crop,
     split_train_images,
 )
-from codec.training.loop import Checkpoint, MinuteLog, RunState, train
+from codec.training.loop import Checkpoint, MinuteLog, RunState
 from codec.training.task import TaskLossConfig, task_loss_for
 
 __all__ = [
@@ -268,24 +268,18 @@ def main(argv: list[str] | None = None) -> int:
         return {"loss": float(loss.detach()), "mse": float(mse.detach().mean()), **metrics}
 
     t_call = time.time()
-    state = train(
+    state, digest = common.run_and_ship(
+        args,
         state=state,
-        steps=args.steps,
         step_fn=step_fn,
-        lr_fn=lambda: sched.get_last_lr()[0],
+        sched=sched,
         checkpoint=checkpoint,
         log=log,
-        time_limit_min=args.time_limit,
-        ckpt_every_min=args.ckpt_every,
-        dev_every_min=args.dev_every if dev_fn is not None else 0.0,
         dev_fn=dev_fn,
         on_best=on_best,
-    )
-    if dev_fn is not None and out.with_suffix(".best.pt").is_file():
-        out.write_bytes(out.with_suffix(".best.pt").read_bytes())
-        digest = file_sha256(out)
-    else:
-        digest = export(model, out)
+        out=out,
+        export=lambda path: export(model, path),
+    )  # the shipped file: the best dev checkpoint (or the last state without a dev set)
     record = {
         "model": "msff_msfr",
         "network": args.network,

@@ -11,15 +11,17 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from codec.files import file_sha256
 from codec.training import data as tdata
 from codec.training import dev as tdev
-from codec.training.loop import Checkpoint, MinuteLog, RunState
+from codec.training.loop import Checkpoint, MinuteLog, RunState, train
 
 # labelled dev sets under the assets folder (choosing checkpoints on them is tuning on a report set:
 # only when asked for, the default is the held-out training images)
@@ -175,6 +177,42 @@ def start_run(
     command = f"python -m tools.{tool} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     state.extra.setdefault("calls", []).append({"command": command, "from_step": state.step})
     return state, command
+
+
+def run_and_ship(
+    args: argparse.Namespace,
+    *,
+    state: RunState,
+    step_fn: Callable[[int], dict[str, float]],
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    checkpoint: Checkpoint,
+    log: MinuteLog,
+    dev_fn: Callable[[RunState], tuple[float, dict]] | None,
+    on_best: Callable[[RunState, dict], None] | None,
+    out: Path,
+    export: Callable[[Path], str],
+) -> tuple[RunState, str]:
+    """The loop with the run's options (loop.train), then the shipped file `out`: the best dev
+    checkpoint (`<out>.best.pt`), or `export(out)` of the last state without a dev set.
+    Returns (the final state, the sha256 of `out`)."""
+    state = train(
+        state=state,
+        steps=args.steps,
+        step_fn=step_fn,
+        lr_fn=lambda: float(sched.get_last_lr()[0]),
+        checkpoint=checkpoint,
+        log=log,
+        time_limit_min=args.time_limit,
+        ckpt_every_min=args.ckpt_every,
+        dev_every_min=args.dev_every if dev_fn is not None else 0.0,
+        dev_fn=dev_fn,
+        on_best=on_best,
+    )
+    best = out.with_suffix(".best.pt")
+    if dev_fn is not None and best.is_file():
+        out.write_bytes(best.read_bytes())
+        return state, file_sha256(out)
+    return state, export(out)
 
 
 def dev_record(args: argparse.Namespace, dev_set: tdev.DevSet | None, state: RunState, figure: str) -> dict | None:
