@@ -80,7 +80,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     common.add_loop_args(ap, steps=4000, lr=1e-3)
     ap.add_argument("--aux-lr", type=float, default=1e-3)
     ap.add_argument("--dev-phis", default=None, help="quality indices of the dev evaluation (default: all)")
-    return ap.parse_args(argv)
+    ap.add_argument(
+        "--channel-groups",
+        default=None,
+        help="channel-importance context: sizes of y's channel groups in coding order (e.g. 8,8,16,32,64; "
+        "sum = latent channels). With --init, the channels are first renumbered by their measured task "
+        "importance (codec/training/importance.py)",
+    )
+    ap.add_argument(
+        "--importance-batches", type=int, default=6, help="training batches the channel importance is measured on"
+    )
+    args = ap.parse_args(argv)
+    if args.channel_groups is not None:
+        try:
+            args.channel_groups = tuple(int(v) for v in args.channel_groups.split(","))
+        except ValueError:
+            ap.error(f"--channel-groups: comma-separated integers expected, got {args.channel_groups!r}")
+    return args
 
 
 def denormalise(model: FenetCodec, rec_norm: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -167,6 +183,55 @@ def make_dev_fn(args, net, dev_set, sp, model: FenetCodec, phis: list[int]):
     return ceiling if args.ceiling else container
 
 
+def grouped(
+    args, model: FenetCodec, data, task, resuming: bool, device: torch.device
+) -> tuple[FenetCodec, dict | None]:
+    """The model with y coded in args.channel_groups. A fresh conversion first measures every
+    channel's task importance on training batches and renumbers the channels in descending
+    importance; a resumed run only rebuilds the structure (the checkpoint holds the weights)."""
+    from codec.models.fenet import permute_latent_channels, with_channel_groups
+    from codec.training import importance as timp
+
+    groups = tuple(args.channel_groups)
+    if model.cfg.channel_groups:
+        if tuple(model.cfg.channel_groups) != groups:
+            raise ValueError(f"--init has channel groups {list(model.cfg.channel_groups)}, not {list(groups)}")
+        return model, None
+    if sum(groups) != model.cfg.latent_channels or min(groups) < 1:
+        raise ValueError(f"--channel-groups {list(groups)} must add up to {model.cfg.latent_channels} channels")
+    importance_record = None
+    if not resuming:
+        if args.init is None:
+            raise ValueError("--channel-groups orders the channels of a trained model: give --init")
+        rng = np.random.default_rng(args.seed + 7)
+        batches = [
+            [t.to(device) for t in tdata.sample_batch(data.cache, data.names, data.strides, args.batch, rng)]
+            for _ in range(args.importance_batches)
+        ]
+        t0 = time.time()
+        imp = timp.channel_importance(model, task, batches)
+        order = timp.importance_order(imp)
+        permute_latent_channels(model, order)
+        importance_record = {
+            "method": "task-loss increase with the channel replaced by its batch mean, top quality index, "
+            "unquantised (codec/training/importance.py)",
+            "batches": args.importance_batches,
+            "batch": args.batch,
+            "order": order,
+            "importance_sorted": [round(float(imp[i]), 6) for i in order],
+            "group_shares": timp.group_shares(
+                imp[order], FenetConfig.from_json({**model.cfg.to_json(), "channel_groups": list(groups)}).groups
+            ),
+            "seconds": round(time.time() - t0, 1),
+        }
+        print(
+            f"channel importance over {args.importance_batches} batches in {importance_record['seconds']} s; "
+            f"share per group {importance_record['group_shares']}",
+            flush=True,
+        )
+    return with_channel_groups(model, groups), importance_record
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -224,16 +289,27 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * explained:.2f} % of the variance",
                 flush=True,
             )
-    model.to(device).train()
+    model.to(device)
+    task = None
+    importance_record = None
+    if args.task_weight > 0 or (args.channel_groups and not resuming):
+        task = task_loss_for(net, args.split, TaskLossConfig(box_weight=args.task_box_weight)).to(device)
+    if args.channel_groups:
+        try:
+            model, importance_record = grouped(args, model, data, task, resuming, device)
+        except (ValueError, common.TrainingSetupError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        cfg = model.cfg
+    if args.task_weight <= 0:
+        task = None
+    model.train()
     lambdas = torch.tensor(lambdas_list, device=device)
     try:
         weights = common.scale_weights(args, len(names), device)
     except common.TrainingSetupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    task = None
-    if args.task_weight > 0:
-        task = task_loss_for(net, args.split, TaskLossConfig(box_weight=args.task_box_weight)).to(device)
     if args.ceiling:
         main_params = [p for p in [*model.fenet.parameters(), *model.drnet.parameters()]]
     else:
@@ -244,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     sched = common.cosine_schedule(opt, args.steps, args.lr_floor)
     rng = np.random.default_rng(args.seed + 2)
     checkpoint = Checkpoint(ckpt_path, {"model": model, "opt": opt, "aux_opt": aux_opt, "sched": sched}, rng)
-    state = RunState(extra={"pca_record": pca_record, "init": init_record})
+    state = RunState(extra={"pca_record": pca_record, "init": init_record, "channel_importance": importance_record})
     state, this_command = common.start_run(args, argv, "train_fenet", checkpoint, state, init_record, device)
     log = MinuteLog(out.with_suffix(".log"))
     log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} train_fenet {' '.join(argv or sys.argv[1:])}")
@@ -326,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         "normalisation": "x_norm = (x - per-channel mean) / per-scale RMS (stored as buffers in the weights)",
         "parameters": count_parameters(model),
         "linear_path_init": state.extra.get("pca_record"),
+        "channel_importance": state.extra.get("channel_importance"),
         "init": state.extra.get("init"),
         "command": this_command,
         "calls": state.extra.get("calls"),  # every call of a resumed run, with the step it started from

@@ -108,6 +108,12 @@ class FenetConfig:
     # the scales finer than L are fused into L as above, and the coarser ones enter L
     # depth-to-space (pixel shuffle, exact): y has 4x the positions per step of L.
     latent_scale: int = -1
+    # channel-importance context (codec_model_id 5 on): y's channels, in descending order of
+    # task importance, are split into groups of these sizes (sum = latent_channels) and coded
+    # group after group, each group in two checkerboard passes whose context sees every group
+    # already decoded (all positions) and the group's own anchors; () is one group of all
+    # channels, the two-pass checkerboard of the first models. bitstream_spec.md, section 7.5.
+    channel_groups: tuple[int, ...] = ()
 
     @classmethod
     def for_split_point(cls, split_point: SplitPoint, **kwargs) -> FenetConfig:
@@ -124,6 +130,11 @@ class FenetConfig:
             raise FenetConfigError(f"{len(self.lambdas)} lambdas for {self.num_qualities} quality indices")
         if self.linear_path and self.latent_downsample:
             raise FenetConfigError("the linear path needs y at the coarsest stride (latent_downsample False)")
+        if self.channel_groups and (min(self.channel_groups) < 1 or sum(self.channel_groups) != self.latent_channels):
+            raise FenetConfigError(
+                f"channel groups {list(self.channel_groups)} must be positive and add up to "
+                f"the {self.latent_channels} latent channels"
+            )
         k = len(self.scales)
         if not -k <= self.latent_scale < k:
             raise FenetConfigError(f"latent_scale {self.latent_scale} is not a scale index of {k} scales")
@@ -141,6 +152,13 @@ class FenetConfig:
     def level(self) -> int:
         """latent_scale as a non-negative index."""
         return self.latent_scale % len(self.scales)
+
+    @property
+    def groups(self) -> list[tuple[int, int]]:
+        """[start, end) of every channel group of y, in coding order."""
+        sizes = self.channel_groups or (self.latent_channels,)
+        ends = np.cumsum(sizes).tolist()
+        return [(e - n, e) for n, e in zip(sizes, ends)]
 
     @property
     def ratios(self) -> list[int]:
@@ -161,6 +179,7 @@ class FenetConfig:
         d = asdict(self)
         d["scales"] = [asdict(s) for s in self.scales]
         d["lambdas"] = list(self.lambdas)
+        d["channel_groups"] = list(self.channel_groups)
         return d
 
     @classmethod
@@ -168,6 +187,7 @@ class FenetConfig:
         d = dict(d)
         d["scales"] = tuple(ScaleInfo(**s) for s in d["scales"])
         d["lambdas"] = tuple(d["lambdas"])
+        d["channel_groups"] = tuple(d.get("channel_groups", ()))
         return cls(**d)
 
 
@@ -409,14 +429,43 @@ def checkerboard_mask(k: int = 5) -> torch.Tensor:
     return ((d.view(-1, 1) + d.view(1, -1)) % 2 != 0).float()
 
 
-SymbolsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (idx, mu, anchor) -> symbols
+def context_mask(groups: list[tuple[int, int]], k: int = 5) -> torch.Tensor:
+    """(M, M, k, k) taps of the context convolution (output channel, input channel): an input
+    channel of an earlier group is seen at every tap (that group is decoded everywhere), one of
+    the same group through the checkerboard taps (its anchors), one of a later group not at all.
+    With one group this is the checkerboard mask for every channel pair."""
+    m = groups[-1][1]
+    group_of = torch.empty(m, dtype=torch.int64)
+    for g, (a, b) in enumerate(groups):
+        group_of[a:b] = g
+    earlier = (group_of.view(1, -1) < group_of.view(-1, 1)).float().view(m, m, 1, 1)
+    same = (group_of.view(1, -1) == group_of.view(-1, 1)).float().view(m, m, 1, 1)
+    return earlier.expand(m, m, k, k) + same * checkerboard_mask(k).view(1, 1, k, k)
+
+
+def coding_passes(
+    groups: list[tuple[int, int]], h: int, w: int, device: torch.device | None = None
+) -> list[torch.Tensor]:
+    """The selection (1, M, h, w) bool of every pass, in coding order: for every channel group,
+    its anchors, then its non-anchors."""
+    m = groups[-1][1]
+    anchor = checkerboard_anchor(h, w, device)
+    out = []
+    for a, b in groups:
+        ch = torch.zeros(1, m, 1, 1, dtype=torch.bool, device=device)
+        ch[:, a:b] = True
+        out += [ch & anchor, ch & ~anchor]
+    return out
+
+
+SymbolsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (idx, mu, selection) -> symbols
 
 
 def _quantiser(y_g: torch.Tensor) -> SymbolsFn:
     """Encoder side of a pass of the schedule: round(y_g - mu) with mu in units of 2^-ACT_BITS."""
     y_g64 = y_g.to(torch.float64)
 
-    def symbols(idx: torch.Tensor, mu: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    def symbols(idx: torch.Tensor, mu: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
         return torch.round(y_g64 - mu / float(1 << ACT_BITS)).to(torch.int64)
 
     return symbols
@@ -475,7 +524,7 @@ class FenetCodec(nn.Module):
         self.h_s_up = SubpelUp(n_h, n_h)
         self.h_s_out = conv(n_h, 2 * m)
         self.ctx = conv(m, m, 5)
-        self.register_buffer("ctx_mask", checkerboard_mask(5).view(1, 1, 5, 5), persistent=False)
+        self.register_buffer("ctx_mask", context_mask(cfg.groups, 5), persistent=False)
         self.ep1 = conv(3 * m, 2 * m, 1)
         self.ep2 = conv(2 * m, 2 * m, 1)
         self.entropy_bottleneck = EntropyBottleneck(n_h)
@@ -486,6 +535,9 @@ class FenetCodec(nn.Module):
         self.inv_gain = nn.Parameter((1.0 / g).repeat(1, m))
         self.hyper_gain = nn.Parameter(torch.ones(q, n_h))
         self.hyper_inv_gain = nn.Parameter(torch.ones(q, n_h))
+        # with channel groups: one more factor per group on every quality's gain (and its inverse
+        # on the inverse gain): the group's dynamic range, learned jointly for its channels
+        self.group_gain = nn.Parameter(torch.ones(len(cfg.channel_groups))) if cfg.channel_groups else None
         self.register_buffer("feature_scale", torch.ones(len(cfg.scales)))
         # per-channel means of every scale (concatenated), removed before FENet and added back after DRNet
         self.register_buffer("feature_mean", torch.zeros(sum(s.channels for s in cfg.scales)))
@@ -503,8 +555,18 @@ class FenetCodec(nn.Module):
         start = sum(s.channels for s in self.cfg.scales[:i])
         return self.feature_mean[start : start + self.cfg.scales[i].channels].view(1, -1, 1, 1)
 
+    def gain_table(self, which: str) -> torch.Tensor:
+        """(Q, C) |gains| of every quality index; for y's gains times (inverse gains divided by)
+        the channel's group gain."""
+        t = getattr(self, which).abs()
+        if self.group_gain is not None and which in ("gain", "inv_gain"):
+            sizes = torch.tensor(self.cfg.channel_groups, device=t.device)
+            per_channel = torch.repeat_interleave(self.group_gain.abs(), sizes)
+            t = t * per_channel if which == "gain" else t / per_channel
+        return t
+
     def _gains(self, phi: torch.Tensor, which: str) -> torch.Tensor:
-        return getattr(self, which).abs()[phi].unsqueeze(-1).unsqueeze(-1)  # (B, C, 1, 1)
+        return self.gain_table(which)[phi].unsqueeze(-1).unsqueeze(-1)  # (B, C, 1, 1)
 
     def _check_phi(self, phi: int) -> None:
         if not 0 <= int(phi) < self.cfg.num_qualities:
@@ -584,13 +646,21 @@ class FenetCodec(nn.Module):
         z_hat = (_ste_round(z - med) + med) * self._gains(phi, "hyper_inv_gain")
         hy, wy = y.shape[-2:]
         hp = self._h_s(z_hat, hy, wy)
-        anchor = checkerboard_anchor(hy, wy, y.device)
-        s_a, mu_a = self._ep(hp, hp.new_zeros(hp.shape[0], self.cfg.latent_channels, hy, wy))
-        y_hat_a = (_ste_round(y_g - mu_a) + mu_a) * anchor
-        ctx = F.conv2d(y_hat_a, self.ctx.weight * self.ctx_mask, self.ctx.bias, padding=2)
-        s_n, mu_n = self._ep(hp, ctx)
-        scales = torch.where(anchor, s_a, s_n)
-        means = torch.where(anchor, mu_a, mu_n)
+        # the coding passes of the integer path (coding_passes), in float: each pass's entropy
+        # parameters from the hyperprior and the context of what the passes before it decoded
+        known = torch.zeros_like(y_g)
+        scales = torch.zeros_like(y_g)
+        means = torch.zeros_like(y_g)
+        for p, sel in enumerate(coding_passes(self.cfg.groups, hy, wy, y.device)):
+            ctx = (
+                torch.zeros_like(y_g)
+                if p == 0
+                else F.conv2d(known, self.ctx.weight * self.ctx_mask, self.ctx.bias, padding=2)
+            )
+            s_p, mu_p = self._ep(hp, ctx)
+            scales = torch.where(sel, s_p, scales)
+            means = torch.where(sel, mu_p, means)
+            known = known + (_ste_round(y_g - mu_p) + mu_p) * sel
         _, y_lik = self.gaussian_conditional(y_g, scales, means)
         y_hat = (_ste_round(y_g - means) + means) * self._gains(phi, "inv_gain")
         rec = self.drnet(y_hat, [tuple(x.shape[-2:]) for x in xs])
@@ -661,29 +731,39 @@ class FenetCodec(nn.Module):
         mu_q = torch.div(mu_int + step // 2, step, rounding_mode="floor") * step
         return idx, mu_q
 
-    def checkerboard_two_pass(
-        self, hp_int: torch.Tensor, anchor_symbols: SymbolsFn, non_anchor_symbols: SymbolsFn
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The checkerboard schedule of the integer path, the one place the encoder, the
-        decoder and forward_quantised run it (bitstream_spec.md, section 7.5):
+    def coded_passes(
+        self, hp_int: torch.Tensor, symbols: SymbolsFn
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """The coding schedule of the integer path, the one place the encoder, the decoder and
+        forward_quantised run it (bitstream_spec.md, section 7.5). For every pass of
+        `coding_passes` (each channel group's anchors, then its non-anchors):
 
-        pass 1: entropy parameters from the hyperprior alone; the anchor symbols;
-        y_hat at the anchors (symbols * 2^ACT_BITS + means, zero elsewhere, clamped);
-        pass 2: entropy parameters from the hyperprior and the context of those anchors;
-        the non-anchor symbols.
+        entropy parameters from the hyperprior and the context of y_hat decoded so far (the
+        first pass: from the hyperprior alone); the pass's symbols; y_hat at the pass's
+        positions (symbols * 2^ACT_BITS + means, clamped) added to what is decoded.
 
-        `anchor_symbols(idx, mu, anchor)` / `non_anchor_symbols(idx, mu, anchor)` return the
-        int64 symbols of their pass (their values elsewhere are ignored): quantised on the
-        encoder side, entropy decoded on the decoder side. Returns (symbols, scale indices,
-        means), each (1, M, h, w) int64, every position from its own pass."""
-        m, (hy, wy) = self.cfg.latent_channels, hp_int.shape[-2:]
-        anchor = checkerboard_anchor(hy, wy, hp_int.device).expand(1, m, hy, wy)
-        idx_a, mu_a = self.entropy_params_fixed(hp_int, None)
-        sym_a = anchor_symbols(idx_a, mu_a, anchor)
-        y_hat_a = ((sym_a * (1 << ACT_BITS) + mu_a) * anchor).clamp(-ACT_LIMIT, ACT_LIMIT).to(torch.float64)
-        idx_n, mu_n = self.entropy_params_fixed(hp_int, y_hat_a)
-        sym_n = non_anchor_symbols(idx_n, mu_n, anchor)
-        return torch.where(anchor, sym_a, sym_n), torch.where(anchor, idx_a, idx_n), torch.where(anchor, mu_a, mu_n)
+        With one channel group these are the two checkerboard passes of the first models.
+        `symbols(idx, mu, selection)` returns the int64 symbols of a pass (values outside its
+        selection are ignored): quantised on the encoder side, entropy decoded on the decoder
+        side. Returns (symbols, scale indices, means), each (1, M, h, w) int64, every position
+        from its own pass, and the passes' selections."""
+        hy, wy = hp_int.shape[-2:]
+        passes = coding_passes(self.cfg.groups, hy, wy, hp_int.device)
+        shape = (1, self.cfg.latent_channels, hy, wy)
+        sym = torch.zeros(shape, dtype=torch.int64, device=hp_int.device)
+        idx = torch.zeros_like(sym)
+        mu = torch.zeros_like(sym)
+        known = torch.zeros(shape, dtype=torch.float64, device=hp_int.device)
+        for p, sel in enumerate(passes):
+            idx_p, mu_p = self.entropy_params_fixed(hp_int, None if p == 0 else known)
+            sel_full = sel.expand(shape)
+            sym_p = symbols(idx_p, mu_p, sel_full)
+            sym = torch.where(sel_full, sym_p, sym)
+            idx = torch.where(sel_full, idx_p, idx)
+            mu = torch.where(sel_full, mu_p, mu)
+            y_p = ((sym_p * (1 << ACT_BITS) + mu_p) * sel_full).clamp(-ACT_LIMIT, ACT_LIMIT)
+            known = known + y_p.to(torch.float64)
+        return sym, idx, mu, [p.expand(shape) for p in passes]
 
     def _cdf_lists(self) -> tuple[list, list, list]:
         gc = self.gaussian_conditional
@@ -721,14 +801,11 @@ class FenetCodec(nn.Module):
         (hy, wy), (hz, wz) = self.latent_sizes(sizes)
         z_hat, z_sym = self._z_hat(z_string, (hz, wz), phi)
         hp = self.hyper_params_fixed(z_hat, hy, wy)
-        quantised = _quantiser(y_g)
-        sym, idx, _ = self.checkerboard_two_pass(hp, quantised, quantised)
-
-        a = checkerboard_anchor(hy, wy, y.device).expand_as(sym)
+        sym, idx, _, passes = self.coded_passes(hp, _quantiser(y_g))
         enc = BufferedRansEncoder()
         cdf, cdf_len, offs = self._cdf_lists()
-        enc.encode_with_indexes(sym[a].int().tolist(), idx[a].int().tolist(), cdf, cdf_len, offs)
-        enc.encode_with_indexes(sym[~a].int().tolist(), idx[~a].int().tolist(), cdf, cdf_len, offs)
+        for sel in passes:  # one rANS string, pass after pass
+            enc.encode_with_indexes(sym[sel].int().tolist(), idx[sel].int().tolist(), cdf, cdf_len, offs)
         y_string = enc.flush()
         y_sym = sym[0].cpu().numpy().astype(np.int32)
         y_idx = idx[0].cpu().numpy().astype(np.int32)
@@ -765,17 +842,13 @@ class FenetCodec(nn.Module):
         dec.set_stream(rans.padded(y_string, n_y))  # see codec/inner/rans.py
         cdf, cdf_len, offs = self._cdf_lists()
 
-        def decoded(where_anchor: bool) -> SymbolsFn:
-            def symbols(idx: torch.Tensor, mu: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-                mine = anchor if where_anchor else ~anchor
-                out = torch.zeros(idx.shape, dtype=torch.int64, device=idx.device)
-                vals = dec.decode_stream(idx[mine].int().tolist(), cdf, cdf_len, offs)
-                out[mine] = torch.tensor(vals, dtype=torch.int64, device=idx.device)
-                return out
+        def decoded(idx: torch.Tensor, mu: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(idx.shape, dtype=torch.int64, device=idx.device)
+            vals = dec.decode_stream(idx[sel].int().tolist(), cdf, cdf_len, offs)
+            out[sel] = torch.tensor(vals, dtype=torch.int64, device=idx.device)
+            return out
 
-            return symbols
-
-        sym, idx, mu = self.checkerboard_two_pass(hp, decoded(True), decoded(False))
+        sym, idx, mu, _ = self.coded_passes(hp, decoded)
         y_sym = sym[0].cpu().numpy().astype(np.int32)
         y_idx = idx[0].cpu().numpy().astype(np.int32)
         if y_crc32 is not None and _crc32(y_sym, y_idx) != y_crc32:
@@ -795,7 +868,7 @@ class FenetCodec(nn.Module):
     def dequantize_latent(self, y_hat_g_int: torch.Tensor, phi: int) -> torch.Tensor:
         """Integer latent (units 2^-ACT_BITS, gained domain) -> y_hat after the inverse gain (float32)."""
         y = (y_hat_g_int.to(torch.float64) / float(1 << ACT_BITS)).float()
-        return y * self.inv_gain.abs()[phi].view(1, -1, 1, 1).to(y.device)
+        return y * self.gain_table("inv_gain")[phi].view(1, -1, 1, 1).to(y.device)
 
     @torch.no_grad()
     def reconstruct(self, y_hat: torch.Tensor, sizes: list[tuple[int, int]]) -> Features:
@@ -825,10 +898,71 @@ class FenetCodec(nn.Module):
         z_hat = (torch.round(z_g - med) + med) * self.hyper_inv_gain.abs()[phi].view(1, -1, 1, 1)
         hy, wy = y.shape[-2:]
         hp = self.hyper_params_fixed(z_hat, hy, wy)
-        quantised = _quantiser(y_g)
-        sym, _, mu = self.checkerboard_two_pass(hp, quantised, quantised)
+        sym, _, mu, _ = self.coded_passes(hp, _quantiser(y_g))
         y_hat = self.dequantize_latent(sym * (1 << ACT_BITS) + mu, phi)
         return y_hat, self.reconstruct(y_hat, sizes)
+
+
+# -- channel order and channel groups --------------------------------------------------
+
+
+@torch.no_grad()
+def permute_latent_channels(model: FenetCodec, order: torch.Tensor | list[int]) -> None:
+    """Renumber y's channels in place: new channel j is old channel order[j]. Every weight
+    indexed by a latent channel moves with it (FENet's output rows, DRNet's and h_a's input
+    columns, the gains, h_s's and ep's (scale, mean) rows, the context's rows and columns, ep's
+    input columns), so the permuted model codes the same image to the same reconstruction with
+    the same bits, only with its channels in another order (tests/unit/test_fenet.py)."""
+    m = model.cfg.latent_channels
+    o = torch.as_tensor(order, dtype=torch.int64)
+    if sorted(o.tolist()) != list(range(m)):
+        raise FenetConfigError(f"a channel order must be a permutation of 0..{m - 1}")
+    if model.cfg.channel_groups:
+        raise FenetConfigError("permute the channels before splitting y into channel groups")
+    two = torch.cat([o, o + m])
+
+    def rows(c: nn.Conv2d, index: torch.Tensor) -> None:
+        c.weight.copy_(c.weight[index.to(c.weight.device)])
+        if c.bias is not None:
+            c.bias.copy_(c.bias[index.to(c.bias.device)])
+
+    def cols(c: nn.Conv2d, index: torch.Tensor) -> None:
+        c.weight.copy_(c.weight[:, index.to(c.weight.device)])
+
+    lv = model.cfg.level
+    rows(_conv(cast(nn.Sequential, model.fenet.blocks[lv])[-1]), o)
+    if model.fenet.linear is not None:
+        rows(model.fenet.linear, o)
+    cols(cast(SubpelUp, model.drnet.up[lv]).conv, o)
+    if model.drnet.linear is not None:
+        cols(model.drnet.linear, o)
+    cols(_conv(model.h_a[0]), o)
+    rows(model.h_s_out, two)
+    rows(model.ctx, o)
+    cols(model.ctx, o)
+    cols(model.ep1, torch.cat([two, o + 2 * m]))
+    rows(model.ep2, two)
+    for name in ("gain", "inv_gain"):
+        g = getattr(model, name)
+        g.copy_(g[:, o.to(g.device)])
+    model.invalidate_fixed()
+
+
+@torch.no_grad()
+def with_channel_groups(model: FenetCodec, groups: tuple[int, ...]) -> FenetCodec:
+    """A copy of `model` (whose channels are already in coding order) that codes y in these
+    channel groups. Every weight is kept; the context taps the new mask opens (earlier groups
+    at every position) start at zero, so the new model starts as the old one with the context
+    it loses (later groups' anchors) cut; its group gains start at 1."""
+    cfg = FenetConfig.from_json({**model.cfg.to_json(), "channel_groups": list(groups)})
+    new = FenetCodec(cfg).to(model.feature_scale.device)
+    sd = model.state_dict()
+    sd.pop("group_gain", None)
+    load_fenet_state(new, sd, strict=False)
+    opened = (new.ctx_mask > 0) & ~(model.ctx_mask.expand_as(new.ctx_mask) > 0)
+    new.ctx.weight[opened] = 0.0
+    new.invalidate_fixed()
+    return new
 
 
 # -- weights files ------------------------------------------------------------------
@@ -856,7 +990,7 @@ def save_fenet(model: FenetCodec, path: str | Path) -> str:
     return digest
 
 
-def load_fenet_state(model: FenetCodec, state_dict: dict) -> None:
+def load_fenet_state(model: FenetCodec, state_dict: dict, strict: bool = True) -> None:
     """Load a state dict including the (variable-size) CDF buffers of the entropy models."""
     for mod_name in ("entropy_bottleneck", "gaussian_conditional"):
         mod = getattr(model, mod_name)
@@ -864,7 +998,7 @@ def load_fenet_state(model: FenetCodec, state_dict: dict) -> None:
             key = f"{mod_name}.{buf}"
             if key in state_dict and hasattr(mod, buf):
                 setattr(mod, buf, torch.empty_like(state_dict[key]))
-    model.load_state_dict(state_dict)
+    model.load_state_dict(state_dict, strict=strict)
     model.invalidate_fixed()
 
 
@@ -905,11 +1039,15 @@ __all__ = [
     "MEAN_BITS",
     "checkerboard_anchor",
     "checkerboard_mask",
+    "coding_passes",
+    "context_mask",
     "count_parameters",
     "file_sha256",
     "load_fenet",
     "load_fenet_state",
     "model_from_file",
+    "permute_latent_channels",
     "save_fenet",
     "shipped_weights_paths",
+    "with_channel_groups",
 ]
