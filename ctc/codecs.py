@@ -3,11 +3,15 @@
 A codec type turns one image into (bits, detections) at one rate point, through
 the real code path, so that the counted bits are the bytes a file would hold:
 
-* ``image_anchor``: the image coded with VVC (``encode_rgb_image``), decoded, then
-  the whole network (NN part 1 + part 2) on the decoded image. bits = VVC bytes * 8.
-* ``feature_anchor``: the container's "anchor" mode (``codec.pipeline.encode_image``
-  with mode "anchor" and its parameters, then ``decode_bitstream`` and
-  ``run_part2``). bits = container bytes * 8.
+* ``image_anchor``: the image coded with VVC, decoded, then the whole network (NN part 1 +
+  part 2) on the decoded image. bits = VVC bytes * 8. ``conversion: mpeg`` (the default) is
+  the MPEG FCM platform's image anchor (``encode_rgb_image_mpeg``: 8-bit full-range BT.601
+  4:2:0, all-intra at the nominal QP); ``conversion: bt709`` the earlier limited-range
+  10-bit BT.709 conversion in vvenc's random-access default (``encode_rgb_image``).
+* ``feature_anchor``: the container's "mpeg_anchor" mode, the MPEG feature anchor procedure
+  (``codec.pipeline.encode_image`` with that mode and its parameters, then
+  ``decode_bitstream`` and ``run_part2``; options ``range_min`` / ``range_max``: the set's
+  range). bits = container bytes * 8. The per-image range anchor is type ``anchor``.
 * ``bypass``: the container's lossless "bypass" mode (float16 / float32 tensors).
 * ``container`` (with ``mode: NAME``), or a type named after any registered mode
   (``codec.modes.available_modes()``): that container mode; the config's ``param``
@@ -135,6 +139,9 @@ def _binary_sha256(path: str, mtime_ns: int, size: int) -> str:
     return file_sha256(path)
 
 
+IMAGE_CONVERSIONS = ("mpeg", "bt709")
+
+
 class ImageAnchor(CodecType):
     type_name = "image_anchor"
     default_param = "qp"
@@ -143,26 +150,32 @@ class ImageAnchor(CodecType):
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         from codec.inner.vvc import VVENC_PRESETS
 
-        unknown = sorted(set(params) - {"qp", "preset"})
+        unknown = sorted(set(params) - {"qp", "preset", "conversion"})
         if unknown:
-            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for image_anchor (qp, preset)")
-        out = {"preset": "faster", **params}
+            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for image_anchor (qp, preset, conversion)")
+        out = {"preset": "faster", "conversion": "mpeg", **params}
         _check_qp(out)
         if out["preset"] not in VVENC_PRESETS:
             raise ConfigError(f"preset {out['preset']!r} is not one of {', '.join(VVENC_PRESETS)}")
+        if out["conversion"] not in IMAGE_CONVERSIONS:
+            raise ConfigError(f"conversion {out['conversion']!r} is not one of {', '.join(IMAGE_CONVERSIONS)}")
         return out
 
     def version(self) -> str:
         return _ffmpeg_version()
 
     def run(self, image: np.ndarray, network: SplitNetwork, split: str, params: dict[str, Any]) -> CodecOutput:
-        from codec.inner.vvc import decode_rgb_image, encode_rgb_image
+        from codec.inner import vvc
 
         h, w = image.shape[:2]
+        mpeg = params.get("conversion", "mpeg") == "mpeg"
         t0 = time.perf_counter()
-        bitstream = encode_rgb_image(image, params["qp"], params["preset"])
+        if mpeg:
+            bitstream = vvc.encode_rgb_image_mpeg(image, params["qp"], params["preset"])
+        else:
+            bitstream = vvc.encode_rgb_image(image, params["qp"], params["preset"])
         t1 = time.perf_counter()
-        decoded = decode_rgb_image(bitstream, w, h)
+        decoded = vvc.decode_rgb_image_mpeg(bitstream, w, h) if mpeg else vvc.decode_rgb_image(bitstream, w, h)
         t2 = time.perf_counter()
         with count_stage("nn_part1"):
             x, meta = network.preprocess(decoded)
@@ -303,7 +316,7 @@ def register_codec_type(codec_type: CodecType, name: str | None = None) -> None:
 
 register_codec_type(ImageAnchor())
 register_codec_type(Uncompressed())
-register_codec_type(ContainerCodec("anchor"), "feature_anchor")
+register_codec_type(ContainerCodec("mpeg_anchor"), "feature_anchor")
 register_codec_type(ContainerCodec("bypass"), "bypass")
 
 

@@ -176,7 +176,12 @@ def golden_vectors() -> dict[str, bytes]:
     out["v21-bypass-f16-image-info"] = with_units(out["v21-bypass-f16"], [IMAGE_INFO.to_unit()])
     # the third-generation model (the encoder's default), new in container 2.1
     out["v21-learned_e2e-g3-phi3"] = learned_e2e_vector((2, 1), "fenet_nanodet_neck_g3")
+    # the MPEG feature anchor procedure (section 7.7): one range for the set, all-intra at QP 37
+    out["v21-mpeg_anchor-qp37"] = code(feats, "mpeg_anchor", MPEG_ANCHOR_PARAMS, version=(2, 1), **small)
     return out
+
+
+MPEG_ANCHOR_PARAMS = {"qp": 37, "preset": "faster", "range_min": -0.5, "range_max": 2.5}
 
 
 IMAGE_INFO = ImageInfo(image_id=1000, source_name="000000001000.jpg")
@@ -330,7 +335,20 @@ def invalid_vectors(golden: dict[str, bytes]) -> dict[str, tuple[bytes, str, str
             "MalformedError",
             "holds control characters",
         ),
+        # mpeg_anchor: the set's range must be a non-empty interval (section 7.7)
+        "invalid-mpeg_anchor-empty-range": (
+            _with_range(golden["v21-mpeg_anchor-qp37"], 0.5, 0.5),
+            "MalformedError",
+            "min < max",
+        ),
     }
+
+
+def _with_range(data: bytes, lo: float, hi: float) -> bytes:
+    parsed = parse_container(data)
+    h = parsed.header
+    scales = tuple(replace(s, quant_min=lo, quant_max=hi) for s in h.scales)
+    return build_container(replace(h, mode=replace(h.mode, scales=scales)), parsed.units)
 
 
 def _checked_invalid(name: str, data: bytes, cls: str, message: str) -> bytes:

@@ -46,6 +46,7 @@ class ModeId(enum.IntEnum):
     ANCHOR = 2  # MPEG feature anchor: tiled, 10-bit min-max quantised, VVC
     VVC_MSFF = 3  # multi-scale feature fusion + VVC (codec/modes/vvc_msff.py)
     LEARNED_E2E = 4  # learned end-to-end feature codec (codec/modes/learned_e2e.py)
+    MPEG_ANCHOR = 5  # the MPEG FCM feature anchor procedure: one range per set, no filler, all-intra VVC
 
 
 # mode_id values for modes registered outside this specification (codec.modes.register_mode:
@@ -107,6 +108,7 @@ class CodecModelId(enum.IntEnum):
     MSFF_NANODET_NECK = 2  # vvc_msff: MSFF/MSFR for NanoDet "neck" (codec/models/weights/msff_nanodet_neck.pt)
     FENET_NANODET_NECK_P4 = 3  # learned_e2e, 2nd generation: latent at p4, task-aware (fenet_nanodet_neck_p4.pt)
     FENET_NANODET_NECK_G3 = 4  # learned_e2e, 3rd generation: the p4 model trained on (fenet_nanodet_neck_g3.pt)
+    FENET_NANODET_NECK_G4 = 5  # learned_e2e, 4th generation: channel-importance groups (fenet_nanodet_neck_g4.pt)
 
 
 class SampleFormat(enum.IntEnum):

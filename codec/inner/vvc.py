@@ -78,6 +78,12 @@ __all__ = [
     "encode_rgb_image",
     "decode_rgb_image",
     "parse_nal_units",
+    "slice_qps",
+    "ALL_INTRA_PARAMS",
+    "encode_rgb_image_mpeg",
+    "decode_rgb_image_mpeg",
+    "rgb_to_yuv420p_full",
+    "yuv420p_full_to_rgb",
 ]
 
 # The one list of VVenC presets: the names of the container's inner_preset_id table,
@@ -104,6 +110,12 @@ MAX_DIMENSION = 16384
 MAX_LUMA_SAMPLES = 35_651_584
 
 _LOG_ARGS = ["-hide_banner", "-nostdin", "-loglevel", "error"]
+
+# All-intra coding at the nominal QP (the MPEG anchors' VTM all-intra configuration): an intra
+# period of 1 gives vvenc's all-intra GOP (and its smaller SPS), and no intra QP offset makes the
+# coded slice QP the requested one. vvenc's default (random access) codes the single intra picture
+# of a request for QP 37 at slice QP 34 (tests/unit/test_vvc.py reads the slice QP back).
+ALL_INTRA_PARAMS = "IntraPeriod=1:IntraQPOffset=0"
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,8 +414,10 @@ def vvenc_encode_args(
     height: int,
     qp: int,
     preset: str = "faster",
+    all_intra: bool = False,
 ) -> list[str]:
-    """ffmpeg arguments: one raw ``yuv420p10le`` frame -> one intra VVC picture, Annex-B output."""
+    """ffmpeg arguments: one raw ``yuv420p10le`` frame -> one intra VVC picture, Annex-B output.
+    ``all_intra``: vvenc's all-intra configuration at the nominal QP (ALL_INTRA_PARAMS)."""
     _check_size(width, height)
     _check_qp(qp)
     _check_preset(preset)
@@ -420,6 +434,7 @@ def vvenc_encode_args(
         "-qp", str(int(qp)),
         # PerceptQPA off: constant QP over the picture (the default "qpa" is for human viewers).
         "-qpa", "0",
+        *(["-vvenc-params", ALL_INTRA_PARAMS] if all_intra else []),
         # Raw Annex-B elementary stream (start codes + NAL units), no container.
         "-f", "vvc",
         os.fspath(output_path),
@@ -589,11 +604,20 @@ def _encode_output(
 
 
 def encode_luma10(
-    frame: np.ndarray, qp: int, preset: str = "faster", timeout: float | None = None, *, verify: bool = False
+    frame: np.ndarray,
+    qp: int,
+    preset: str = "faster",
+    timeout: float | None = None,
+    *,
+    verify: bool = False,
+    all_intra: bool = False,
+    chroma_value: int = CHROMA_MID,
 ) -> bytes:
     """Code a (H, W) plane of 10-bit samples (0..1023) as one VVC intra picture.
 
-    The plane goes in the luma channel of a 4:2:0 10-bit picture whose chroma planes are 512.
+    The plane goes in the luma channel of a 4:2:0 10-bit picture whose chroma planes are
+    ``chroma_value`` (512; libvvenc through ffmpeg takes no 4:0:0 input). ``all_intra``: vvenc's
+    all-intra configuration at the nominal QP (ALL_INTRA_PARAMS).
     Returns the raw Annex-B bitstream (start codes + NAL units), checked by check_intra_stream;
     ``verify``: also decoded once (FfmpegToolError if it does not decode to the frame's size).
     ``timeout``: seconds per ffmpeg run, None: resolve_timeout.
@@ -612,14 +636,16 @@ def encode_luma10(
 
     cw, ch = coded_size(width, height)
     luma = _pad_edge(frame.astype("<u2", copy=False), cw, ch)
-    chroma = np.full((ch // 2, cw // 2), CHROMA_MID, dtype="<u2")
+    if not 0 <= int(chroma_value) <= SAMPLE_MAX:
+        raise ValueError(f"chroma_value must be in 0..{SAMPLE_MAX}, got {chroma_value}")
+    chroma = np.full((ch // 2, cw // 2), int(chroma_value), dtype="<u2")
     with tempfile.TemporaryDirectory(prefix="fcm_vvc_") as tmp:
         src, dst = Path(tmp, "in.yuv"), Path(tmp, "out.vvc")
         with open(src, "wb") as f:
             f.write(np.ascontiguousarray(luma).tobytes())
             f.write(chroma.tobytes())
             f.write(chroma.tobytes())
-        args = vvenc_encode_args(src, dst, cw, ch, qp, preset)
+        args = vvenc_encode_args(src, dst, cw, ch, qp, preset, all_intra)
         check = functools.partial(decode_luma10, width=width, height=height, timeout=timeout) if verify else None
         return _encode_output(dst, args, resolve_timeout(timeout, cw * ch, preset), width, height, check)
 
@@ -721,6 +747,159 @@ def decode_rgb_image(
             return rgb[:height, :width].copy()
     raise FfmpegError(
         f"decoded picture has {len(raw)} bytes, not an RGB picture of {cw}x{ch} or {width}x{height}",
+        cmd=args,
+        stderr=stderr,
+        returncode=0,
+    )
+
+
+def slice_qps(bitstream: bytes, timeout: float | None = None) -> list[int]:
+    """SliceQpY of every slice of an Annex-B VVC stream (one value per picture where the picture
+    header carries the QP delta): 26 + pps_init_qp_minus26 + sh_qp_delta (or ph_qp_delta), H.266
+    equation 140. Read with ffmpeg's trace_headers bitstream filter (FFmpeg's CBS parser of every
+    syntax element, instead of a second VVC header parser here). The tests use it to check that
+    the anchors code at the nominal QP."""
+    data = _check_bitstream(bitstream)
+    with tempfile.TemporaryDirectory(prefix="fcm_vvc_") as tmp:
+        src = Path(tmp, "in.vvc")
+        src.write_bytes(data)
+        args = [
+            "-hide_banner", "-nostdin", "-loglevel", "debug", "-f", "vvc", "-i", os.fspath(src),
+            "-c", "copy", "-bsf:v", "trace_headers", "-f", "null", "-",
+        ]  # fmt: skip
+        proc = _run_checked(args, resolve_timeout(timeout, 1 << 20))
+    init_qp, out = None, []
+    for line in _decode(proc.stderr).splitlines():
+        fields = line.split()
+        if "trace_headers" not in line or len(fields) < 4 or fields[-2] != "=":
+            continue  # not a syntax element line: "... <position> <name> <bits> = <value>"
+        name, value = fields[-4], fields[-1]
+        if name == "pps_init_qp_minus26":
+            init_qp = 26 + int(value)
+        elif name in ("sh_qp_delta", "ph_qp_delta"):
+            if init_qp is None:
+                raise FfmpegError(f"{name} before any PPS", cmd=args, stderr="", returncode=0)
+            out.append(init_qp + int(value))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# RGB image anchor, the MPEG FCM platform's conversion
+# --------------------------------------------------------------------------------------------
+#
+# The platform (CompressAI-Vision, its VTM image anchor) converts each image with ffmpeg to
+# Y'CbCr 4:2:0 with 8 bits, full range, ffmpeg's default matrix (BT.601) and scaler, after
+# padding it to an even size (black, bottom/right); VTM codes the 8-bit input at its internal
+# 10 bits (a left shift by 2) all-intra at the nominal QP and writes 8-bit output (rounding
+# (v + 2) >> 2); the output goes back to RGB with the same matrix and range. libvvenc through
+# ffmpeg takes 10-bit input, so the shifts are done here, exactly as VTM does them.
+
+
+def _even(n: int) -> int:
+    return n + (n & 1)
+
+
+def rgb_to_yuv420p_full(image: np.ndarray, timeout: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 RGB -> (Y, Cb, Cr) uint8 planes of the even-padded picture: ffmpeg's
+    ``pad=ceil(iw/2)*2:ceil(ih/2)*2``, then BT.601 full range 4:2:0 (the platform's
+    ``-pix_fmt yuv420p -dst_range 1``)."""
+    h, w = image.shape[:2]
+    ew, eh = _even(w), _even(h)
+    with tempfile.TemporaryDirectory(prefix="fcm_vvc_") as tmp:
+        src, dst = Path(tmp, "in.rgb"), Path(tmp, "out.yuv")
+        src.write_bytes(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
+        args = [
+            *_LOG_ARGS, "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-i", os.fspath(src),
+            "-frames:v", "1",
+            # the platform's "-dst_range 1" as a scale filter: FFmpeg 9 no longer applies that option
+            # after a -vf chain (white came out at 235); default scaler flags, as the platform's
+            "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2,scale=out_color_matrix=bt601:out_range=full,format=yuv420p",
+            "-f", "rawvideo", "-pix_fmt", "yuv420p", os.fspath(dst),
+        ]  # fmt: skip
+        proc = _run_checked(args, resolve_timeout(timeout, ew * eh))
+        raw = _read_output(dst, args, _decode(proc.stderr))
+    n_y, n_c = ew * eh, (ew // 2) * (eh // 2)
+    if len(raw) != n_y + 2 * n_c:
+        raise FfmpegToolError(f"ffmpeg wrote {len(raw)} bytes for a {ew}x{eh} 4:2:0 picture", cmd=args)
+    a = np.frombuffer(raw, dtype=np.uint8)
+    return (
+        a[:n_y].reshape(eh, ew),
+        a[n_y : n_y + n_c].reshape(eh // 2, ew // 2),
+        a[n_y + n_c :].reshape(eh // 2, ew // 2),
+    )
+
+
+def yuv420p_full_to_rgb(planes: tuple[np.ndarray, np.ndarray, np.ndarray], timeout: float | None = None) -> np.ndarray:
+    """8-bit full-range BT.601 4:2:0 planes -> (H, W, 3) uint8 RGB (the platform's ``-src_range 1``)."""
+    y, u, v = planes
+    eh, ew = y.shape
+    with tempfile.TemporaryDirectory(prefix="fcm_vvc_") as tmp:
+        src, dst = Path(tmp, "in.yuv"), Path(tmp, "out.rgb")
+        src.write_bytes(b"".join(np.ascontiguousarray(p, dtype=np.uint8).tobytes() for p in (y, u, v)))
+        args = [
+            *_LOG_ARGS, "-y", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{ew}x{eh}", "-i", os.fspath(src),
+            "-frames:v", "1", "-vf", "scale=in_color_matrix=bt601:in_range=full,format=rgb24",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", os.fspath(dst),
+        ]  # fmt: skip
+        proc = _run_checked(args, resolve_timeout(timeout, ew * eh))
+        raw = _read_output(dst, args, _decode(proc.stderr))
+    if len(raw) != 3 * ew * eh:
+        raise FfmpegToolError(f"ffmpeg wrote {len(raw)} bytes for a {ew}x{eh} RGB picture", cmd=args)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(eh, ew, 3)
+
+
+def _encode_yuv420p10(
+    planes: tuple[np.ndarray, np.ndarray, np.ndarray], qp: int, preset: str, timeout: float | None, all_intra: bool
+) -> bytes:
+    y, u, v = planes
+    h, w = y.shape
+    cw, ch = coded_size(w, h)
+    y = _pad_edge(y.astype("<u2"), cw, ch)
+    u = _pad_edge(u.astype("<u2"), cw // 2, ch // 2)
+    v = _pad_edge(v.astype("<u2"), cw // 2, ch // 2)
+    with tempfile.TemporaryDirectory(prefix="fcm_vvc_") as tmp:
+        src, dst = Path(tmp, "in.yuv"), Path(tmp, "out.vvc")
+        src.write_bytes(b"".join(np.ascontiguousarray(p).tobytes() for p in (y, u, v)))
+        args = vvenc_encode_args(src, dst, cw, ch, qp, preset, all_intra)
+        return _encode_output(dst, args, resolve_timeout(timeout, cw * ch, preset), w, h, None)
+
+
+def encode_rgb_image_mpeg(image: np.ndarray, qp: int, preset: str = "faster", timeout: float | None = None) -> bytes:
+    """The platform's image anchor: RGB -> 8-bit full-range BT.601 4:2:0 (even-padded) -> x4 to
+    10 bits -> one all-intra VVC picture at the nominal QP."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    h, w = image.shape[:2]
+    _check_size(w, h)
+    _check_qp(qp)
+    _check_preset(preset)
+    planes = rgb_to_yuv420p_full(image, timeout)
+    shifted = tuple(p.astype(np.uint16) << 2 for p in planes)
+    return _encode_yuv420p10(shifted, qp, preset, timeout, all_intra=True)  # type: ignore[arg-type]
+
+
+def decode_rgb_image_mpeg(bitstream: bytes, width: int, height: int, timeout: float | None = None) -> np.ndarray:
+    """Decode an encode_rgb_image_mpeg stream: 10-bit 4:2:0 -> (v + 2) >> 2 to 8 bits -> RGB,
+    cropped to (height, width)."""
+    data = _check_bitstream(bitstream)
+    _check_size(width, height)
+    ew, eh = _even(width), _even(height)
+    cw, ch = coded_size(ew, eh)
+    raw, args, stderr = _decode_to_raw(data, vvc_decode_args, resolve_timeout(timeout, cw * ch))
+    for w, h in ((cw, ch), (ew, eh)):
+        if len(raw) == _yuv420_nbytes(w, h):
+            a = np.frombuffer(raw, dtype="<u2")
+            n_y, n_c = w * h, (w // 2) * (h // 2)
+            planes = (
+                a[:n_y].reshape(h, w)[:eh, :ew],
+                a[n_y : n_y + n_c].reshape(h // 2, w // 2)[: eh // 2, : ew // 2],
+                a[n_y + n_c : n_y + 2 * n_c].reshape(h // 2, w // 2)[: eh // 2, : ew // 2],
+            )
+            eight = tuple(np.clip((p.astype(np.int32) + 2) >> 2, 0, 255).astype(np.uint8) for p in planes)
+            return yuv420p_full_to_rgb(eight, timeout)[:height, :width].copy()  # type: ignore[arg-type]
+    raise FfmpegError(
+        f"decoded picture has {len(raw)} bytes, not a 4:2:0 10-bit picture of {cw}x{ch} or {ew}x{eh}",
         cmd=args,
         stderr=stderr,
         returncode=0,

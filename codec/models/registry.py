@@ -60,6 +60,12 @@ CODEC_MODELS: dict[CodecModelId, CodecModelEntry] = {
         "codec.models.fenet:model_from_file",
         "fenet_drnet",
     ),
+    CodecModelId.FENET_NANODET_NECK_G4: CodecModelEntry(
+        CodecModelId.FENET_NANODET_NECK_G4,
+        "fenet_nanodet_neck_g4",
+        "codec.models.fenet:model_from_file",
+        "fenet_drnet",
+    ),
     CodecModelId.MSFF_NANODET_NECK: CodecModelEntry(
         CodecModelId.MSFF_NANODET_NECK, "msff_nanodet_neck", "codec.models.msff:model_from_file", "msff_msfr"
     ),

@@ -69,9 +69,10 @@ class Params:
     phi: int = option(3, "quality index (gain-unit row), higher is better", range=(0, NUM_QUALITIES - 1), rate=True)
     codec_model: str = option(
         "fenet_nanodet_neck_g3",
-        "codec model (codec_model_id): fenet_nanodet_neck_g3 (3rd generation), fenet_nanodet_neck_p4 (2nd "
+        "codec model (codec_model_id): fenet_nanodet_neck_g3 (3rd generation), fenet_nanodet_neck_g4 (4th: "
+        "channel-importance groups), fenet_nanodet_neck_p4 (2nd "
         "generation, latent at p4, task-aware) or fenet_nanodet_neck (1st generation); each stays decodable",
-        choices=("fenet_nanodet_neck_g3", "fenet_nanodet_neck_p4", "fenet_nanodet_neck"),
+        choices=("fenet_nanodet_neck_g3", "fenet_nanodet_neck_g4", "fenet_nanodet_neck_p4", "fenet_nanodet_neck"),
     )
     codec_weights: str | None = option(
         None,
@@ -84,11 +85,13 @@ class Params:
 # its models in codec.models.registry, the encoder's default first; every one stays decodable
 MODEL_IDS: tuple[CodecModelId, ...] = (
     CodecModelId.FENET_NANODET_NECK_G3,
+    CodecModelId.FENET_NANODET_NECK_G4,
     CodecModelId.FENET_NANODET_NECK_P4,
     CodecModelId.FENET_NANODET_NECK,
 )
 MODEL_NAMES: dict[str, CodecModelId] = {
     "fenet_nanodet_neck_g3": CodecModelId.FENET_NANODET_NECK_G3,
+    "fenet_nanodet_neck_g4": CodecModelId.FENET_NANODET_NECK_G4,
     "fenet_nanodet_neck_p4": CodecModelId.FENET_NANODET_NECK_P4,
     "fenet_nanodet_neck": CodecModelId.FENET_NANODET_NECK,
 }
@@ -327,6 +330,7 @@ MODE = CodingMode(
         "codec/models/weights/fenet_nanodet_neck.pt",
         "codec/models/weights/fenet_nanodet_neck_p4.pt",
         "codec/models/weights/fenet_nanodet_neck_g3.pt",
+        "codec/models/weights/fenet_nanodet_neck_g4.pt",
     ),
     description="end-to-end learned codec (FENet/DRNet, CompressAI rANS)",
 )

@@ -31,6 +31,8 @@ EXPECTED_GOLDEN = {
     "v21-bypass-f16-image-info",
     # the third-generation learned_e2e model (codec_model_id FENET_NANODET_NECK_G3)
     "v21-learned_e2e-g3-phi3",
+    # the MPEG feature anchor procedure (mode mpeg_anchor)
+    "v21-mpeg_anchor-qp37",
 }  # fmt: skip
 EXPECTED_INVALID = {
     "invalid-bad-magic", "invalid-version-major", "invalid-unknown-mode", "invalid-header-crc",
@@ -44,6 +46,7 @@ EXPECTED_INVALID = {
     "invalid-learned_e2e-enlarged", "invalid-learned_e2e-latent-limit",
     "invalid-nonfinite-feature",  # decoded features must be finite
     "invalid-image-info-twice", "invalid-image-info-required", "invalid-image-info-name",
+    "invalid-mpeg_anchor-empty-range",  # the set's range must be a non-empty interval
 }  # fmt: skip
 
 

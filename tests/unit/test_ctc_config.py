@@ -60,13 +60,14 @@ def test_valid_config_resolves_paths_points_and_defaults(tmp_path: Path) -> None
     assert cfg.dataset.limit == 3
     ia = cfg.codec("image_anchor")
     assert [p.name for p in ia.points] == ["qp47", "qp42", "qp37", "qp32"]
-    assert ia.points[0].params == {"qp": 47, "preset": "faster"}
+    assert ia.points[0].params == {"qp": 47, "preset": "faster", "conversion": "mpeg"}
     fa = cfg.codec("feature_anchor")
-    assert fa.mode == "anchor"
+    assert fa.mode == "mpeg_anchor"
     # every field of the anchor's parameter dataclass, with its default unless the config sets it
-    from codec.modes import anchor
+    from codec.modes import mpeg_anchor
 
-    assert set(fa.points[1].params) == {"qp", "preset"} == {f.name for f in dataclasses.fields(anchor.Params)}
+    fields = {f.name for f in dataclasses.fields(mpeg_anchor.Params)}
+    assert set(fa.points[1].params) == {"qp", "preset", "range_min", "range_max"} == fields
     assert fa.points[1].params["qp"] == 35 and fa.points[1].params["preset"] == "fast"
     bp = cfg.codec("bypass")
     assert [p.name for p in bp.points] == ["float16", "float32"]

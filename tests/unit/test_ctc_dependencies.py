@@ -143,6 +143,7 @@ _MODES = """  - name: bp
   - name: fa
     type: feature_anchor
     values: [42, 37, 32, 27]
+    options: {range_min: -2.0, range_max: 6.0}
 """
 
 
@@ -185,7 +186,8 @@ def test_editing_any_file_on_a_mode_s_path_invalidates_its_results(tmp_path: Pat
         for c in ("bp", "fa"):
             assert {"codec/pipeline.py", "ctc/codecs.py", "ctc/runner.py", "ctc/complexity.py"} <= record[c]
         assert "codec/modes/bypass.py" in record["bp"] and "codec/modes/bypass.py" not in record["fa"]
-        assert "codec/modes/anchor.py" in record["fa"] and "codec/modes/anchor.py" not in record["bp"]
+        assert "codec/modes/mpeg_anchor.py" in record["fa"] and "codec/modes/mpeg_anchor.py" not in record["bp"]
+        assert "codec/modes/anchor.py" in record["fa"]  # the anchor modes share the VVC unit checks
         assert "codec/bitstream/ids.py" in record["fa"]  # data only: reached through the imports
         for c, files in record.items():  # no other mode, no learned model, no report code
             assert not files & {"codec/modes/learned_e2e.py", "codec/models/fenet.py", "codec/models/linear_path.py"}

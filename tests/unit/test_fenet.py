@@ -461,3 +461,181 @@ def test_latent_scale_config_checks():
     assert FenetConfig.from_json(d) == cfg
     del d["latent_scale"]  # records written before latent_scale load as y at the coarsest scale
     assert FenetConfig.from_json(d).latent_scale == -1
+
+
+# -- channel order and channel-importance groups (codec_model_id 5 on) -----------------
+
+
+def tiny_linear_model(groups: tuple[int, ...] = (), seed: int = 0) -> FenetCodec:
+    """A tiny model of the shipped kind (y at p4, linear path), optionally channel-grouped."""
+    torch.manual_seed(seed)
+    cfg = FenetConfig.for_split_point(
+        NECK,
+        width=16,
+        latent_channels=16,
+        hyper_channels=8,
+        num_qualities=3,
+        lambdas=(0.01, 0.1, 1.0),
+        latent_downsample=False,
+        linear_path=True,
+        latent_scale=1,
+        channel_groups=groups,
+    )
+    model = FenetCodec(cfg)
+    with torch.no_grad():
+        model.gain.mul_(torch.tensor([4.0, 16.0, 64.0]).view(3, 1))
+        model.inv_gain.div_(torch.tensor([4.0, 16.0, 64.0]).view(3, 1))
+        model.ctx.weight.mul_(4.0)  # a context that moves the entropy parameters
+    model.eval()
+    model.update()
+    return model
+
+
+def test_context_mask_structure():
+    from codec.models.fenet import checkerboard_mask, context_mask
+
+    groups = [(0, 2), (2, 3), (3, 6)]
+    m = context_mask(groups, 5)
+    cb = checkerboard_mask(5)
+    assert m.shape == (6, 6, 5, 5)
+    assert torch.equal(m[0, 1], cb) and torch.equal(m[5, 3], cb)  # same group: its anchors only
+    assert torch.equal(m[2, 0], torch.ones(5, 5)) and torch.equal(m[4, 2], torch.ones(5, 5))  # earlier: all taps
+    assert not m[0, 2].any() and not m[2, 5].any()  # later groups: never
+    assert torch.equal(context_mask([(0, 6)], 5), cb.expand(6, 6, 5, 5))  # one group: the checkerboard
+
+
+def test_coding_passes_cover_every_position_once():
+    from codec.models.fenet import coding_passes
+
+    passes = coding_passes([(0, 2), (2, 5)], 3, 4)
+    assert len(passes) == 4
+    total = sum(p.expand(1, 5, 3, 4).int() for p in passes)
+    assert torch.equal(total, torch.ones(1, 5, 3, 4, dtype=torch.int32))
+    assert passes[0][0, :2].any() and not passes[0][0, 2:].any()  # the first group comes first
+
+
+def test_permuted_channels_code_the_same_reconstruction():
+    from codec.models.fenet import permute_latent_channels
+
+    model = tiny_linear_model()
+    feats = smooth_features(NECK, 96)
+    _, rec = model.forward_quantised(feats, 2)
+    c = model.compress(feats, 2)
+    other = copy.deepcopy(model)
+    order = torch.randperm(16, generator=torch.Generator().manual_seed(3))
+    permute_latent_channels(other, order)
+    _, rec_p = other.forward_quantised(feats, 2)
+    c_p = other.compress(feats, 2)
+    for k in rec:
+        assert torch.equal(rec[k], rec_p[k])  # the same numbers, in another channel order
+    assert c_p.z_string == c.z_string
+    assert abs(len(c_p.y_string) - len(c.y_string)) <= 4  # the same symbols, coded in another order
+    with pytest.raises(FenetConfigError, match="permutation"):
+        permute_latent_channels(other, [0] * 16)
+
+
+def test_one_group_is_the_checkerboard_schedule():
+    from codec.models.fenet import with_channel_groups
+
+    model = tiny_linear_model()
+    feats = smooth_features(NECK, 96)
+    c = model.compress(feats, 1)
+    one = with_channel_groups(model, (16,))
+    one.update()
+    c1 = one.compress(feats, 1)
+    assert (c1.y_string, c1.z_string, c1.y_crc32) == (c.y_string, c.z_string, c.y_crc32)
+
+
+def test_grouped_model_round_trip_and_context():
+    from codec.models.fenet import with_channel_groups
+
+    model = tiny_linear_model()
+    grouped = with_channel_groups(model, (2, 2, 4, 8))
+    # the taps the groups open start at zero; give them weight so that the context matters
+    with torch.no_grad():
+        opened = (grouped.ctx_mask > 0) & ~(model.ctx_mask.expand_as(grouped.ctx_mask) > 0)
+        assert opened.any() and not grouped.ctx.weight[opened].any()
+        grouped.ctx.weight[opened] = 0.05
+    grouped.eval()
+    grouped.update()
+    feats = smooth_features(NECK, 96)
+    c = grouped.compress(feats, 2)
+    d = grouped.decode_latents(c.z_string, c.y_string, 2, c.sizes, c.z_crc32, c.y_crc32)
+    _, rec_q = grouped.forward_quantised(feats, 2)
+    rec = grouped.decompress(c)
+    for k in rec:
+        assert torch.equal(rec[k], rec_q[k])
+    # later groups' parameters depend on earlier groups: a change in group 0 moves them
+    hp = grouped.hyper_params_fixed(
+        grouped._z_hat(c.z_string, grouped.latent_sizes(c.sizes)[1], 2)[0], *grouped.latent_sizes(c.sizes)[0]
+    )
+    known = torch.from_numpy(d.y_hat_g).unsqueeze(0).to(torch.float64)
+    known[:, 2:] = 0
+    _, mu1 = grouped.entropy_params_fixed(hp, known)
+    known[:, :2] += 1 << 12
+    _, mu2 = grouped.entropy_params_fixed(hp, known)
+    assert not torch.equal(mu1[:, 2:], mu2[:, 2:])
+    # the group gains divide the inverse gain: the weights file round-trips them
+    with torch.no_grad():
+        grouped.group_gain.copy_(torch.tensor([2.0, 1.5, 1.0, 0.5]))
+    assert torch.allclose(grouped.gain_table("gain")[:, 0], model.gain.abs()[:, 0] * 2.0)
+    assert torch.allclose(grouped.gain_table("inv_gain")[:, 15], model.inv_gain.abs()[:, 15] / 0.5)
+
+
+def test_grouped_model_saves_and_loads(tmp_path):
+    from codec.models.fenet import with_channel_groups
+
+    grouped = with_channel_groups(tiny_linear_model(), (4, 12))
+    with torch.no_grad():
+        grouped.group_gain.copy_(torch.tensor([1.25, 0.8]))
+    grouped.eval()
+    grouped.update()
+    digest = save_fenet(grouped, tmp_path / "g.pt")
+    loaded, digest2 = load_fenet(tmp_path / "g.pt")
+    assert digest == digest2 and loaded.cfg.channel_groups == (4, 12)
+    feats = smooth_features(NECK, 64)
+    assert grouped.compress(feats, 1).y_string == loaded.compress(feats, 1).y_string
+
+
+def test_channel_groups_must_cover_the_latent():
+    with pytest.raises(FenetConfigError, match="add up"):
+        FenetConfig.for_split_point(NECK, latent_channels=16, hyper_channels=8, channel_groups=(4, 4))
+    with pytest.raises(FenetConfigError, match="positive"):
+        FenetConfig.for_split_point(NECK, latent_channels=16, hyper_channels=8, channel_groups=(16, 0))
+
+
+def test_channel_importance_ranks_a_channel_the_task_needs():
+    from codec.training.importance import channel_importance, group_shares, importance_order
+
+    model = tiny_linear_model()
+
+    class ToyTask:
+        """Loss = squared change of the reconstruction's p4 channel 0 against the unablated
+        model's: only what feeds that channel matters."""
+
+        def teacher(self, xs):
+            xn = model._normalised(xs)
+            t = torch.tensor([2])
+            y = model.fenet(xn) * model._gains(t, "gain") * model._gains(t, "inv_gain")
+            rec = model.drnet(y, [tuple(x.shape[-2:]) for x in xn])
+            return rec[1][:, 0] * model.feature_scale[1] + model._mean(1)[:, 0]
+
+        def __call__(self, rec, teacher):
+            d = ((rec[1][:, 0] - teacher) ** 2).flatten(1).mean(1)
+            return d, d, d
+
+    with torch.no_grad():  # make latent channel 5 alone carry p4's channel 0 (through the linear path)
+        model.drnet.linear.weight.zero_()
+        model.drnet.linear.bias.zero_()
+        p4_first = 128 * 4  # stacked order: p3 space-to-depth (4 x 128), then p4
+        model.drnet.linear.weight[p4_first, 5] = 1.0
+        for c in model.drnet.head_out:
+            c.weight.zero_()
+            c.bias.zero_()
+    feats = smooth_features(NECK, 64)
+    xs = [feats[s.name] for s in NECK.scales]
+    imp = channel_importance(model, ToyTask(), [xs])
+    order = importance_order(imp)
+    assert order[0] == 5 and imp[5] > 0
+    assert np.allclose(np.delete(imp, 5), 0.0)
+    assert group_shares(imp[order], [(0, 1), (1, 16)]) == [1.0, 0.0]
