@@ -1,5 +1,5 @@
 """One table from the records of several FENet/DRNet training runs: what was varied
-(loss mix, latent stride, channels, width, init), the budget, the dev figure, and the
+(loss mix, latent stride, channels, width, context model, init), the budget, the dev figure, and the
 figures of tools/eval_fenet on a labelled set (the ceiling and, if measured, the
 rate points).
 
@@ -44,6 +44,11 @@ def row(run: Path, record: str) -> dict:
         "M": cfg["latent_channels"],
         "width": cfg["width"],
         "linear path": "yes" if cfg.get("linear_path") else "no",
+        "context": (
+            "channel groups " + "/".join(str(g) for g in cfg["channel_groups"]) + " + checkerboard"
+            if cfg.get("channel_groups")
+            else "checkerboard"
+        ),
         "init": (rec.get("init") or {}).get("weights", "PCA" if rec.get("linear_path_init") else "random"),
         "steps": rec["steps"],
         "CPU hours": rec.get("train_hours", round(rec.get("train_seconds", 0) / 3600, 3)),

@@ -171,6 +171,23 @@ def test_train_fenet_end_to_end_and_resume(tmp_path, assets, monkeypatch):
     assert {"step": 3, "reset_best": True} in rec3["dev"]["history"]
     assert len(rec3["calls"]) == 3 and "--reset-best" in rec3["calls"][-1]["command"]
 
+    # channel-importance groups from that run's weights: the channels are renumbered by their
+    # measured importance, the model codes y in the groups, and a resumed run keeps the record
+    g_out = tmp_path / "grouped" / "g.pt"
+    g_args = [*args[:-4], "--steps", "3", "--init", str(out), "--channel-groups", "2,2,4"]
+    g_args += ["--importance-batches", "1", "--dev-phis", "0", "--out", str(g_out)]
+    assert train_fenet.main(g_args) == 0
+    g_rec = json.loads(g_out.with_suffix(".json").read_text())
+    imp = g_rec["channel_importance"]
+    assert sorted(imp["order"]) == list(range(8)) and len(imp["group_shares"]) == 3
+    assert imp["importance_sorted"] == sorted(imp["importance_sorted"], reverse=True)
+    grouped, _ = load_fenet(g_out)
+    assert grouped.cfg.channel_groups == (2, 2, 4)
+    assert train_fenet.main([*g_args[:-2], "--steps", "4", "--resume", "--out", str(g_out)]) == 0
+    g_rec2 = json.loads(g_out.with_suffix(".json").read_text())
+    assert g_rec2["steps"] == 4 and g_rec2["channel_importance"] == imp
+    assert train_fenet.main([*args[:-4], "--channel-groups", "3,3", "--init", str(out), "--out", str(g_out)]) == 2
+
 
 def test_eval_fenet_reports_uncompressed_ceiling_and_rate_points(tmp_path, assets, capsys):
     """tools/eval_fenet on the first 3 val2017-103 images with the shipped default model."""
@@ -199,6 +216,8 @@ def test_ablation_table_lists_every_run(tmp_path, capsys):
         run = tmp_path / name
         run.mkdir()
         cfg = {"scales": scales, "width": 64, "latent_channels": 128, "latent_scale": latent_scale}
+        if name == "b":
+            cfg["channel_groups"] = [8, 8, 16, 32, 64]
         (run / "f.json").write_text(
             json.dumps({"config": cfg, "loss": loss, "steps": 10, "train_hours": 0.5, "dev": {"best_figure": 0.9}})
         )
@@ -210,6 +229,7 @@ def test_ablation_table_lists_every_run(tmp_path, capsys):
     assert len(rows) == 4
     assert "| a | rate-distortion | feature MSE only | 32 |" in rows[2]
     assert "| b | transform only (ceiling) | task only | 16 |" in rows[3] and "0.3800 (95.0 %)" in rows[3]
+    assert "| checkerboard |" in rows[2] and "| channel groups 8/8/16/32/64 + checkerboard |" in rows[3]
     assert ablation_table.main([str(tmp_path / "missing")]) == 2
 
 
