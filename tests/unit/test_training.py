@@ -271,3 +271,26 @@ def test_train_msff_end_to_end_ceiling_and_resume(tmp_path, assets):
     assert train_msff.main([*args[:-4], "--steps", "1", "--ceiling", "--init", str(out), "--out", str(ceil)]) == 0
     rec3 = json.loads(ceil.with_suffix(".json").read_text())
     assert rec3["loss"]["ceiling"] and "map50" in rec3["dev"]["history"][0] and rec3["init"]["sha256"]
+
+
+def test_dev_compare_reads_logs_and_records(tmp_path, capsys):
+    from tools import dev_compare
+
+    def entry(step, scale):
+        pts = {str(i): {"bpp": 0.01 * 2**i * scale, "map50": 0.2 + 0.15 * i, "map": 0.1} for i in range(5)}
+        return {"step": step, "train_minutes": 1.0, "figure": 0.5, "mean_map50": 0.5, "per_phi": pts}
+
+    log = tmp_path / "a.log"
+    log.write_text(
+        "step 1 loss 1\n"
+        + f"dev step 10: {json.dumps(entry(10, 1.0))}  (best)\n"
+        + f"dev step 20: {json.dumps(entry(20, 2.0))}\n"
+    )
+    rec = tmp_path / "b.json"
+    rec.write_text(json.dumps({"dev": {"best_step": 5, "history": [entry(5, 0.5), {"step": 6, "reset_best": True}]}}))
+    assert dev_compare.main([str(log), f"{log}@20", str(rec)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"reference {log}@10")
+    assert "BD-rate +100.0 %" in out[1] and "BD-rate -50.0 %" in out[2]  # twice and half the bits
+    with pytest.raises(SystemExit, match="no dev evaluation at step 7"):
+        dev_compare.main([str(log), f"{rec}@7"])
