@@ -63,7 +63,8 @@ def _decode(props: dict[str, str], path: str | os.PathLike) -> dict[str, Any]:
     out = {k[len(META_PREFIX) :]: json.loads(v) for k, v in props.items() if k.startswith(META_PREFIX)}
     if out.get("format") != FORMAT or out.get("kind", KIND) != KIND:
         raise OnnxModelError(
-            f"{os.fspath(path)} is not an FCM NN part 1 export (format {out.get('format')!r}; "
+            f"{os.fspath(path)} is not an FCM NN part 1 export (format {out.get('format')!r}, "
+            f"kind {out.get('kind', KIND)!r}; "
             "make one with python -m tools.export_onnx)"
         )
     return out

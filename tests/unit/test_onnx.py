@@ -18,9 +18,9 @@ from PIL import Image
 
 from codec.apps import _cli, fcm_dec, fcm_enc
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
-pytest.importorskip("onnxscript")
+pytest.importorskip("onnxruntime", reason="the ONNX engine needs onnxruntime (pip install 'fcm-codec[export]')")
+pytest.importorskip("onnx", reason="exporting to ONNX needs onnx (pip install 'fcm-codec[export]')")
+pytest.importorskip("onnxscript", reason="torch.onnx's exporter needs onnxscript (pip install 'fcm-codec[export]')")
 
 pytestmark = pytest.mark.needs_assets
 
@@ -226,6 +226,9 @@ def test_the_onnx_engine_s_learned_encoder_errors(onnx_model, codec_model, image
         assert fcm_enc.main([*base, *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+    swapped = [str(image_path), "-o", str(tmp_path / "o.bin"), "--engine", "onnx", "--onnx-model", str(codec_model)]
+    assert fcm_enc.main(swapped) == 2  # the codec export where NN part 1's belongs
+    assert "is not an FCM NN part 1 export (format 1, kind 'learned_e2e_encoder'" in capsys.readouterr().err
 
 
 def test_onnx_engine_arguments_are_checked_first(image_path, tmp_path, monkeypatch, capsys):
