@@ -363,8 +363,6 @@ MODE = CodingMode(
         "codec/models/fenet.py",
         "codec/models/fixed_point.py",
         "codec/models/linear_path.py",
-        "codec/models/fenet_onnx.py",
-        "codec/inner/rans.py",
         "codec/models/weights/fenet_nanodet_neck.pt",
         "codec/models/weights/fenet_nanodet_neck_p4.pt",
         "codec/models/weights/fenet_nanodet_neck_g3.pt",
