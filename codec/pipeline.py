@@ -361,7 +361,8 @@ def encode_features(
     themselves use this."""
     mode, params = resolve_mode(mode, params)
     split_point = _split_point(network, split or network.default_split)
-    mode_header, units = mode.encode(features, split_point, params)
+    # the ONNX engine's network (codec.vision.onnx_part1) selects the mode's torch-free encoder
+    mode_header, units = mode.encoder(getattr(network, "engine", "torch"))(features, split_point, params)
     return build_bitstream(
         network,
         split_point,

@@ -4,11 +4,15 @@ reference decoder makes of each engine's containers.
 
     python -m tools.bench_onnx --count 10 --mode anchor --threads 1     # a markdown table
 
+    python -m tools.bench_onnx --count 10 --mode learned_e2e --threads 1  # the codec model's export too
+
 Each engine runs in a fresh process (`fcm_enc` on the images as one batch, --json), in which
-the ONNX one blocks `import torch` for the modes that need no codec model (bypass, anchor;
-learned_e2e and vvc_msff run their codec models in torch); the process reports its peak resident memory
+the ONNX one blocks `import torch` for the modes whose encoders need none (bypass, anchor, and
+learned_e2e with its codec model's export, python -m tools.export_onnx --codec learned_e2e;
+vvc_msff runs its codec model in torch); the process reports its peak resident memory
 (ru_maxrss). The containers are then decoded with `fcm_dec` (PyTorch NN part 2) into one
-COCO results file per engine and scored against val2017-103's annotations.
+COCO results file per engine and scored against val2017-103's annotations; the ONNX row also
+counts its containers that are byte-identical to the PyTorch engine's.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 
 from codec.files import assets_dir
 
-TORCH_FREE_MODES = ("bypass", "anchor")  # the others' encoders run codec models in torch
+TORCH_FREE_MODES = ("bypass", "anchor", "learned_e2e")  # vvc_msff's encoder runs its codec model in torch
 
 CHILD = """
 import json, resource, sys, time
@@ -39,10 +43,19 @@ print(json.dumps({{"rc": rc, "wall": time.perf_counter() - t0,
 """
 
 
-def run_engine(engine: str, images: Path, out: Path, mode: str, threads: int, onnx_model: Path | None) -> dict:
+def run_engine(
+    engine: str,
+    images: Path,
+    out: Path,
+    mode: str,
+    threads: int,
+    onnx_model: Path | None,
+    codec_model: Path | None = None,
+) -> dict:
     argv = [str(images), "-o", str(out), "--mode", mode, "--threads", str(threads), "--json", "--force"]
     if engine == "onnx":
         argv += ["--engine", "onnx"] + (["--onnx-model", str(onnx_model)] if onnx_model else [])
+        argv += ["--codec-weights", str(codec_model)] if codec_model else []
     code = CHILD.format(block_torch=engine == "onnx" and mode in TORCH_FREE_MODES, argv=argv)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
     stats = json.loads(proc.stderr.strip().splitlines()[-1])
@@ -74,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", default="anchor", help="coding mode (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="NN part 1 threads (default: %(default)s)")
     p.add_argument("--onnx-model", type=Path, help="the exported NN part 1 (default: the cache's)")
+    p.add_argument("--onnx-codec-model", type=Path, help="learned_e2e: the codec model's export (default: the cache's)")
     args = p.parse_args(argv)
     root = assets_dir()
     if root is None:
@@ -89,17 +103,25 @@ def main(argv: list[str] | None = None) -> int:
         rows = {}
         for engine in ("torch", "onnx"):
             t0 = time.perf_counter()
-            rows[engine] = run_engine(engine, images, tmp / engine, args.mode, args.threads, args.onnx_model)
+            rows[engine] = run_engine(
+                engine, images, tmp / engine, args.mode, args.threads, args.onnx_model, args.onnx_codec_model
+            )
             rows[engine]["map"] = score(tmp / engine, tmp, [int(Path(n).stem) for n in names])
             rows[engine]["total"] = time.perf_counter() - t0
+        identical = sum(
+            (tmp / "torch" / f"{Path(n).stem}.bin").read_bytes() == (tmp / "onnx" / f"{Path(n).stem}.bin").read_bytes()
+            for n in names
+        )
     print(f"fcm_enc --mode {args.mode} --threads {args.threads}, {len(names)} val2017-103 images in one process\n")
-    print("| NN part 1 | torch imported | process wall (s) | peak memory (MB) | NN part 1 (ms, median) "
-          "| encode per image (ms, median) | mean bpp | mAP@[.5:.95] (fcm_dec) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    print("| engine | torch imported | process wall (s) | peak memory (MB) | NN part 1 (ms, median) "
+          "| encode per image (ms, median) | mean bpp | mAP@[.5:.95] (fcm_dec) "
+          "| containers identical to torch's |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for engine, r in rows.items():
+        same = "-" if engine == "torch" else f"{identical} of {len(names)}"
         print(
             f"| {engine} | {'yes' if r['torch'] else 'no'} | {r['wall']:.1f} | {r['maxrss_mb']:.0f} | "
-            f"{r['nn_part1_ms']:.1f} | {r['encode_ms']:.0f} | {r['bpp']:.4f} | {r['map']:.4f} |"
+            f"{r['nn_part1_ms']:.1f} | {r['encode_ms']:.0f} | {r['bpp']:.4f} | {r['map']:.4f} | {same} |"
         )
     return 0
 

@@ -1,29 +1,37 @@
-"""Export NN part 1 of a split network to ONNX, for the torch-free encoder
-(``fcm_enc --engine onnx``, codec/vision/onnx_part1.py).
+"""Export to ONNX what the torch-free encoder (``fcm_enc --engine onnx``) runs: NN part 1 of a
+split network (codec/vision/onnx_part1.py), or the encoder of a learned codec model
+(codec/models/fenet_onnx.py).
 
     python -m tools.export_onnx                          # NanoDet "neck" -> the cache's onnx/nanodet_neck.onnx
     python -m tools.export_onnx -o nanodet_neck.onnx --network nanodet --split neck
+    python -m tools.export_onnx --codec learned_e2e      # the default learned_e2e model's encoder ->
+                                                         # the cache's onnx/fenet_nanodet_neck_g3.onnx
+    python -m tools.export_onnx --codec learned_e2e --codec-model fenet_nanodet_neck_p4
 
 Runs where PyTorch is (it needs `onnx` and `onnxscript` too: pip install 'fcm-codec[export]');
 the file then goes to the camera, which needs only onnxruntime. The graph is torch.onnx's
-export (torch.export based) of the network's part1 for its fixed input size; the metadata
-records the network, its id and weights sha256, the split point and its scales and the
-preprocessing, so the camera's containers carry what the decoder checks. The export is
-checked before it is written: onnxruntime's features against PyTorch's on a test image.
+export (torch.export based) for the network's fixed input size; the metadata records what
+the camera's containers must carry: for NN part 1 the network, its id and weights sha256,
+the split point and its scales and the preprocessing; for a codec model its name, id and
+weights sha256 and the integer tables of its fixed-point entropy parameters. Each export is
+checked before it is written: onnxruntime's outputs against PyTorch's on a test image, and
+for a codec model also the torch-free encoder's strings against FenetCodec.compress.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from codec.vision.onnx_part1 import FORMAT, META_PREFIX, default_model_path
+from codec.vision.onnx_part1 import FORMAT, KIND, META_PREFIX, default_model_path
 
 # the exported features may differ from PyTorch's by float rounding of other kernels: this
 # bound (relative to the largest feature magnitude) catches a wrong graph, not rounding
@@ -108,6 +116,7 @@ def export(
         model = onnx.load(str(raw))
     meta = {
         "format": FORMAT,
+        "kind": KIND,
         "network": net.name,
         "network_id": int(net.network_id),
         "weights_sha256": net.weights_sha256(),
@@ -155,6 +164,172 @@ def check(path: Path, net, split: str, image: np.ndarray) -> float:
     return worst
 
 
+# -- the encoder of a learned codec model ------------------------------------------------------
+
+
+@dataclass
+class CodecExportReport:
+    """What the check of a codec-model export measured on the test image."""
+
+    path: Path
+    worst: float  # max relative difference of y_g and z_g against PyTorch's
+    phis: int  # quality indices checked
+    exact_backend: bool  # the integer part on PyTorch's y_g, z_g gave FenetCodec.compress's bytes
+    identical_symbols: float  # fraction of y and z symbols of the ONNX path equal to PyTorch's (all phis)
+    identical_strings: int  # phis whose container strings are byte-identical to PyTorch's
+
+
+def _analysis_module(model, names: list[str]):
+    """The float part of FenetCodec.compress as one module: (features..., phi) -> (y_g, z_g)."""
+    import torch
+
+    class Analysis(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            # the gain tables as compress() computes them (float32, |g| times the group gains)
+            self.register_buffer("gain", model.gain_table("gain").detach().clone())
+            self.register_buffer("hyper_gain", model.gain_table("hyper_gain").detach().clone())
+
+        def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            *features, phi = inputs
+            y = self.model.fenet(self.model._normalised(list(features)))
+            y_g = y * self.gain[phi].unsqueeze(-1).unsqueeze(-1)
+            z_g = self.model.h_a(y_g) * self.hyper_gain[phi].unsqueeze(-1).unsqueeze(-1)
+            return y_g, z_g
+
+    return Analysis().eval()
+
+
+def export_codec(
+    codec_model: str | None = None,
+    out: Path | None = None,
+    codec_weights: str | None = None,
+    network: str = "nanodet",
+    net=None,
+) -> CodecExportReport:
+    """Export and check the encoder of a learned_e2e codec model (default: the mode's default
+    model; `codec_weights`: another weights file for it). The check runs NN part 1 of
+    `network` on a test image (`net`: the network object, else loaded by name)."""
+    import onnx
+    import torch
+
+    from codec.models.fenet_onnx import FORMAT as CODEC_FORMAT
+    from codec.models.fenet_onnx import KIND as CODEC_KIND
+    from codec.models.fenet_onnx import default_codec_model_path, pack_tables
+    from codec.modes import learned_e2e
+    from codec.vision import get_network
+
+    name = codec_model or learned_e2e.Params().codec_model
+    if name not in learned_e2e.MODEL_NAMES:
+        raise SystemExit(
+            f"export_onnx: unknown learned_e2e codec model {name!r}; choose {', '.join(learned_e2e.MODEL_NAMES)}"
+        )
+    model_id = learned_e2e.MODEL_NAMES[name]
+    model, digest = learned_e2e.model_for(model_id, codec_weights)
+    net = net if net is not None else get_network(network)
+    split = next((sp for sp in net.split_points.values() if tuple(sp.scales) == tuple(model.cfg.scales)), None)
+    if split is None:
+        raise SystemExit(f"export_onnx: codec model {name} is for none of {net.name}'s split points")
+    out = out or default_codec_model_path(name)
+    names = [s.name for s in model.cfg.scales]
+    image = _test_image()
+    with torch.inference_mode():
+        x, _ = net.preprocess(image)
+        feats = {k: v.clone() for k, v in net.part1(x, split.name).items()}
+    args = (*[feats[n] for n in names], torch.tensor([model.cfg.num_qualities - 1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+        program = torch.onnx.export(
+            _analysis_module(model, names),
+            args,
+            dynamo=True,
+            input_names=[*names, "phi"],
+            output_names=["y_g", "z_g"],
+            verbose=False,
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "codec.onnx"
+        program.save(str(raw))
+        graph = onnx.load(str(raw))
+    constants, blob = pack_tables(model)
+    meta = {
+        "format": CODEC_FORMAT,
+        "kind": CODEC_KIND,
+        "codec_model": name,
+        "codec_model_id": int(model_id),
+        "weights_sha256": digest.hex(),
+        "config": model.cfg.to_json(),
+        "input_shapes": {n: list(feats[n].shape[1:]) for n in names},
+        "network": net.name,
+        "split": split.name,
+        "fixed_point": constants,
+        "fixed_point_tables_sha256": hashlib.sha256(blob.encode("ascii")).hexdigest(),
+        "fixed_point_tables": blob,
+        "exported_with": f"torch {torch.__version__}, onnx {onnx.__version__}",
+    }
+    for k, v in meta.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = META_PREFIX + k, json.dumps(v)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(out.name + ".tmp")
+    onnx.save(graph, str(tmp_out))
+    try:
+        report = check_codec(tmp_out, model, feats)
+    except BaseException:
+        tmp_out.unlink(missing_ok=True)
+        raise
+    tmp_out.replace(out)
+    report.path = out
+    return report
+
+
+def check_codec(path: Path, model, feats: dict) -> CodecExportReport:
+    """The exported encoder against FenetCodec.compress on `feats`, at every quality index:
+    its float graph within TOLERANCE of PyTorch's y_g and z_g; its integer part, fed with
+    PyTorch's y_g and z_g, byte-identical strings and CRCs (else it is not the decoder's
+    arithmetic); and the strings of the whole ONNX path decode (CRCs checked)."""
+    import torch
+
+    from codec.models.fenet_onnx import OnnxFenetEncoder
+
+    enc = OnnxFenetEncoder(path)
+    arrays = {k: v.numpy() for k, v in feats.items()}
+    worst, same, total, identical = 0.0, 0, 0, 0
+    for phi in range(model.cfg.num_qualities):
+        with torch.no_grad():
+            xs = model._normalised(feats)
+            phi_t = torch.tensor([phi])
+            y_g = model.fenet(xs) * model._gains(phi_t, "gain")
+            z_g = model.h_a(y_g) * model._gains(phi_t, "hyper_gain")
+        ref = model.compress(feats, phi)
+        y_o, z_o = enc.analysis(arrays, phi)
+        for a, r in ((y_o, y_g.numpy()), (z_o, z_g.numpy())):
+            worst = max(worst, float(np.abs(a - r).max() / max(1e-12, float(np.abs(r).max()))))
+        if worst > TOLERANCE:
+            raise SystemExit(
+                f"export_onnx: ONNX y_g / z_g differ from PyTorch's by {worst:.3g} (relative), > {TOLERANCE}"
+            )
+        exact = enc.coder.code(y_g.numpy(), z_g.numpy(), phi)
+        if (exact.z_string, exact.y_string, exact.z_crc32, exact.y_crc32) != (
+            ref.z_string,
+            ref.y_string,
+            ref.z_crc32,
+            ref.y_crc32,
+        ):
+            raise SystemExit(
+                f"export_onnx: the torch-free encoder's strings differ from FenetCodec.compress's (phi {phi})"
+            )
+        got = enc.coder.code(y_o, z_o, phi)
+        d = model.decode_latents(got.z_string, got.y_string, phi, ref.sizes, got.z_crc32, got.y_crc32)
+        if not (np.array_equal(d.y_symbols, got.y_symbols) and np.array_equal(d.z_symbols, got.z_symbols)):
+            raise SystemExit(f"export_onnx: the ONNX path's strings do not decode to its symbols (phi {phi})")
+        same += int((got.y_symbols == exact.y_symbols).sum() + (got.z_symbols == exact.z_symbols).sum())
+        total += got.y_symbols.size + got.z_symbols.size
+        identical += (got.z_string, got.y_string) == (ref.z_string, ref.y_string)
+    return CodecExportReport(path, worst, model.cfg.num_qualities, True, same / total, identical)
+
+
 def _test_image() -> np.ndarray:
     """A fixed, textured 640 x 480 image (the check needs no data set)."""
     rng = np.random.default_rng(12)
@@ -169,8 +344,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--network", default="nanodet", help="split network (default: %(default)s)")
     p.add_argument("--split", help="split point (default: the network's)")
     p.add_argument("--weights", help="local network weights instead of the default, verified ones")
-    p.add_argument("-o", "--output", type=Path, help="output file (default: the cache's onnx/NETWORK_SPLIT.onnx)")
+    p.add_argument(
+        "--codec",
+        choices=("learned_e2e",),
+        help="export the encoder of this coding mode's codec model instead of NN part 1",
+    )
+    p.add_argument("--codec-model", help="with --codec: the codec model (default: the mode's default)")
+    p.add_argument("--codec-weights", help="with --codec: a weights file of that model instead of the shipped one")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="output file (default: the cache's onnx/NETWORK_SPLIT.onnx, with --codec onnx/CODEC_MODEL.onnx)",
+    )
     args = p.parse_args(argv)
+    if args.codec is None and (args.codec_model or args.codec_weights):
+        p.error("--codec-model and --codec-weights are for --codec")
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -178,6 +367,14 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as e:
         print(f"export_onnx: {e.name} is missing: pip install 'fcm-codec[export]'", file=sys.stderr)
         return 2
+    if args.codec is not None:
+        r = export_codec(args.codec_model, args.output, args.codec_weights, args.network)
+        print(
+            f"{r.path}: {r.path.stat().st_size} bytes; y_g, z_g within {r.worst:.2g} (relative) of PyTorch's; "
+            f"integer part bit-exact with FenetCodec.compress; {100 * r.identical_symbols:.3f} % of the symbols "
+            f"and {r.identical_strings} of {r.phis} quality indices' strings identical to PyTorch's"
+        )
+        return 0
     out, worst = export(args.network, args.split, args.output, args.weights)
     print(f"{out}: {out.stat().st_size} bytes; features within {worst:.2g} (relative) of PyTorch's")
     return 0

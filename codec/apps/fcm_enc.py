@@ -37,6 +37,7 @@ examples:
   fcm_enc val2017/ -o out/ --mode learned_e2e --phi 2          # every image of a folder, into out/
   fcm_enc a.jpg b.png @more.txt -o out/ --json                 # files and a list; one JSON line each
   fcm_enc img.jpg -o img.bin --engine onnx                     # NN part 1 in onnxruntime, no torch
+  fcm_enc img.jpg -o img.bin --engine onnx --mode learned_e2e  # the learned encoder too, no torch
 
 Network weights are fetched on first use and verified, never shipped with the codec
 (Apache-2.0); each network's weight licence is listed under --network (YOLOv5s-seg's
@@ -111,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         choices=("torch", "onnx"),
         default="torch",
-        help="what runs NN part 1: torch (default), or onnx: an exported ONNX graph through onnxruntime, "
-        "without torch for the modes that need no codec model (bypass, anchor); see --onnx-model",
+        help="what runs the encoder: torch (default), or onnx: exported ONNX graphs through onnxruntime, "
+        "without torch for bypass, anchor and learned_e2e (whose --codec-weights then names the codec "
+        "model's export, default onnx/CODEC_MODEL.onnx in the FCM cache folder); see --onnx-model",
     )
     p.add_argument(
         "--onnx-model",
@@ -229,8 +231,12 @@ def _encode(args: argparse.Namespace) -> int:
         _cli.check_outputs([(args.output, "output")], args.force)
         outputs = [Path(args.output)]
     with _cli.external_tool_settings(args):
-        if args.engine == "torch":  # onnxruntime gets its threads when the model loads
+        if args.engine == "torch":  # onnxruntime gets its threads when a model loads
             _cli.set_threads(args.threads)
+        elif args.threads is not None:
+            from codec.models import fenet_onnx
+
+            fenet_onnx.set_threads(args.threads)
         if not inputs.batch:  # one image: read it before the network loads (a bad file fails fast)
             return _encode_one(args, mode, params, inputs.paths[0], outputs[0])
         return _encode_many(args, mode, params, inputs.paths, outputs)
@@ -270,8 +276,11 @@ class _Encoder:
 
     def encode(self, image: Any, path: Path, out: Path) -> tuple[Any, dict[str, float]]:
         from codec.api import image_info_for
-        from codec.models.registry import load_seconds
+        from codec.models import fenet_onnx, registry
         from codec.pipeline import encode_image
+
+        def load_seconds() -> float:  # codec models, PyTorch's and exported ones
+            return registry.load_seconds() + fenet_onnx.load_seconds()
 
         network = self.network()
         info = None if self.args.no_image_info else image_info_for(path, self.args.image_id)

@@ -151,6 +151,9 @@ class CodingMode:
     decode_symbols: Callable[..., dict[str, np.ndarray]]  # (header, units, weights=None)
     reconstruct: Callable[..., Features]  # (header, symbols, weights=None)
     validate: Callable[..., None]  # (header, units, weights=None)
+    # the encoder of the ONNX engine (features of an ONNX NN part 1, no torch), as `encode`;
+    # None: `encode` serves both engines (it needs no codec model, or runs its own in torch)
+    encode_onnx: Callable[[Features, SplitPoint, Any], tuple[ModeHeader, list[PayloadUnit]]] | None = None
     # files (or folders) whose content changes this mode's results, relative to the
     # repository root or absolute; the module defining the mode is always one of them
     # its header constraint tables (the spec's table of the mode): a Rule for every field
@@ -176,6 +179,14 @@ class CodingMode:
                 f"mode {self.name!r}: its constraint tables must give a rule for each of {HEADER_FIELDS} "
                 f"and {SCALE_FIELDS}"
             )
+
+    def encoder(
+        self, engine: str = "torch"
+    ) -> Callable[[Features, SplitPoint, Any], tuple[ModeHeader, list[PayloadUnit]]]:
+        """The encode function for NN part 1's engine: "torch", or "onnx" (codec.vision.onnx_part1)."""
+        if engine not in ("torch", "onnx"):
+            raise ValueError(f"unknown engine {engine!r}")
+        return self.encode_onnx if engine == "onnx" and self.encode_onnx is not None else self.encode
 
     # --- parameters ----------------------------------------------------------------
 

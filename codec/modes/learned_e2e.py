@@ -134,14 +134,32 @@ def quality_index(params: Params, num_qualities: int) -> int:
 def encode_with_model(
     features: Features, split_point: SplitPoint, phi: int, model: FenetCodec, model_id: CodecModelId, digest: bytes
 ) -> tuple[ModeHeader, list[PayloadUnit]]:
-    arrays = scale_arrays(features, split_point)  # validates names, batch 1, channels
-    for name, a in arrays:
-        if not np.isfinite(a).all():
-            raise EncodeError(f"scale {name}: features contain NaN or infinite values")
+    arrays = _checked_arrays(features, split_point)
     import torch
 
     # from the checked float32 arrays: the same values as the tensors, and NN part 1 may be ONNX's
     c: CompressedLatents = model.compress({name: torch.from_numpy(a).unsqueeze(0) for name, a in arrays}, phi)
+    return _header_and_units(arrays, phi, model_id, digest, c.z_string, c.y_string, c.z_crc32, c.y_crc32)
+
+
+def _checked_arrays(features: Features, split_point: SplitPoint) -> list[tuple[str, np.ndarray]]:
+    arrays = scale_arrays(features, split_point)  # validates names, batch 1, channels
+    for name, a in arrays:
+        if not np.isfinite(a).all():
+            raise EncodeError(f"scale {name}: features contain NaN or infinite values")
+    return arrays
+
+
+def _header_and_units(
+    arrays: list[tuple[str, np.ndarray]],
+    phi: int,
+    model_id: CodecModelId,
+    digest: bytes,
+    z_string: bytes,
+    y_string: bytes,
+    z_crc32: int,
+    y_crc32: int,
+) -> tuple[ModeHeader, list[PayloadUnit]]:
     scales = tuple(
         ScaleHeader(name=name, channels=a.shape[0], height=a.shape[1], width=a.shape[2], phi_index=phi,
                     kept_channels=a.shape[0])
@@ -157,12 +175,7 @@ def encode_with_model(
         entropy_precision=ENTROPY_PRECISION,
     )
     data = latent_strings.build(
-        dict(
-            hyper_symbols_crc32=c.z_crc32,
-            latent_symbols_crc32=c.y_crc32,
-            hyper_data=c.z_string,
-            latent_data=c.y_string,
-        )
+        dict(hyper_symbols_crc32=z_crc32, latent_symbols_crc32=y_crc32, hyper_data=z_string, latent_data=y_string)
     )
     units = [PayloadUnit(UnitType.LATENT_STRING, data, scale_index=ALL_SCALES)]
     return header, units
@@ -176,6 +189,28 @@ def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple
     return encode_with_model(
         features, split_point, quality_index(params, model.cfg.num_qualities), model, model_id, digest
     )
+
+
+def encode_onnx(features: Features, split_point: SplitPoint, params: Params) -> tuple[ModeHeader, list[PayloadUnit]]:
+    """The encoder of the ONNX engine, without torch: the codec model's exported encoder
+    (codec/models/fenet_onnx.py; `codec_weights` names the .onnx file, by default the cache's
+    onnx/CODEC_MODEL.onnx that ``python -m tools.export_onnx --codec learned_e2e`` writes). The
+    header carries the export's record of the PyTorch weights, which the decoder checks."""
+    from codec.models import fenet_onnx
+
+    name = params.codec_model
+    if name not in MODEL_NAMES:
+        raise EncodeError(f"unknown learned_e2e codec model {name!r}; choose {', '.join(MODEL_NAMES)}")
+    enc = fenet_onnx.load_encoder(params.codec_weights or fenet_onnx.default_codec_model_path(name))
+    if enc.codec_model_id != int(MODEL_NAMES[name]):
+        raise EncodeError(f"{enc.path} is the encoder of codec model {enc.codec_model}, not {name} (--codec-model)")
+    if [(s.name, s.channels, s.stride) for s in split_point.scales] != enc.scales:
+        raise EncodeError(f"codec model {enc.codec_model} is not for split point {split_point.name!r}")
+    arrays = _checked_arrays(features, split_point)
+    phi = quality_index(params, enc.num_qualities)
+    c = enc.compress({name: a[None] for name, a in arrays}, phi)
+    digest = bytes.fromhex(enc.weights_sha256)
+    return _header_and_units(arrays, phi, MODEL_NAMES[name], digest, c.z_string, c.y_string, c.z_crc32, c.y_crc32)
 
 
 def _check_structure(header: ContainerHeader) -> int:
@@ -320,6 +355,7 @@ MODE = CodingMode(
     scale_rules=SCALE_RULES,
     header_syntax=HEADER_SYNTAX,
     encode=encode,
+    encode_onnx=encode_onnx,
     decode_symbols=decode_symbols,
     reconstruct=reconstruct,
     validate=validate,

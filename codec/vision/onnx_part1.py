@@ -30,6 +30,7 @@ from .split import ScaleInfo, SplitPoint
 
 META_PREFIX = "fcm."
 FORMAT = 1  # fcm.format: the layout of the metadata below
+KIND = "nn_part1"  # fcm.kind (files without it are NN part 1 exports too; codec models: fenet_onnx.KIND)
 
 
 def default_model_path(network: str, split: str) -> Path:
@@ -60,9 +61,10 @@ def metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 def _decode(props: dict[str, str], path: str | os.PathLike) -> dict[str, Any]:
     out = {k[len(META_PREFIX) :]: json.loads(v) for k, v in props.items() if k.startswith(META_PREFIX)}
-    if out.get("format") != FORMAT:
+    if out.get("format") != FORMAT or out.get("kind", KIND) != KIND:
         raise OnnxModelError(
-            f"{os.fspath(path)} is not an FCM NN part 1 export (format {out.get('format')!r}; "
+            f"{os.fspath(path)} is not an FCM NN part 1 export (format {out.get('format')!r}, "
+            f"kind {out.get('kind', KIND)!r}; "
             "make one with python -m tools.export_onnx)"
         )
     return out
@@ -70,6 +72,8 @@ def _decode(props: dict[str, str], path: str | os.PathLike) -> dict[str, Any]:
 
 class OnnxPart1:
     """The encoder side of a split network from an exported ONNX file (see the module doc)."""
+
+    engine = "onnx"  # codec.pipeline encodes with the modes' torch-free encoders (CodingMode.encoder)
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         try:
