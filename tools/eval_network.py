@@ -8,9 +8,12 @@ image -> NN part 1 -> NN part 2 -> detections -> pycocotools mAP.
   python -m tools.eval_network --dataset coco128 --net-arg normalisation=rgb255     # ablations
   python -m tools.eval_network --dataset val2017-103 --net-arg resize_mode=letterbox
   python -m tools.eval_network --network yolov5s_seg --dataset coco128      # box and mask AP
+  python -m tools.eval_network --network yolo11n_pose --dataset train2017-kp130  # box and keypoint AP
 
-Prints mAP@[.5:.95] and mAP@0.5 (the numbers in README.md come from this): box AP, and mask
-AP too for a network whose detections carry masks (the annotations need segmentations)."""
+Prints mAP@[.5:.95] and mAP@0.5 (the numbers in README.md come from this): box AP, mask AP too
+for a network whose detections carry masks (the annotations need segmentations), keypoint AP
+(pycocotools' OKS AP, 20 detections per image) for one whose detections carry keypoints (the
+annotations need keypoints: person_keypoints files)."""
 
 from __future__ import annotations
 
@@ -29,6 +32,11 @@ from codec.vision.weights import assets_dir
 DATASETS = {
     "coco128": ("coco/coco128/images", "coco/coco128/annotations/instances_train2017.json"),
     "val2017-103": ("coco/val2017-103/images", "coco/val2017-103/annotations/instances_val2017_103.json"),
+    # person keypoints of 130 train2017 images (pose networks saw them in training: optimistic)
+    "train2017-kp130": (
+        "coco/train2017-kp130/images",
+        "coco/train2017-kp130/annotations/person_keypoints_train2017_kp130.json",
+    ),
 }
 
 
@@ -101,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
             segm = evaluate_detections(results, annotations, ids, iou_type="segm")
         except CocoEvalError as e:  # a set with boxes only (val2017-103)
             no_segm = str(e)
+    kpts, no_kpts = None, ""
+    if results and "keypoints" in results[0]:
+        try:
+            kpts = evaluate_detections(results, annotations, ids, iou_type="keypoints")
+        except CocoEvalError as e:  # a set without keypoints
+            no_kpts = str(e)
     if args.save:
         args.save.write_text(json.dumps(results))
     n = len(infos)
@@ -112,9 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mask mAP@[.5:.95] {segm['map']:.4f}   mAP@0.5 {segm['map50']:.4f}   mAP@0.75 {segm['map75']:.4f}")
     elif no_segm:
         print(f"mask mAP: none ({no_segm})")
+    if kpts is not None:
+        print(f"keypoint mAP@[.5:.95] {kpts['map']:.4f}   mAP@0.5 {kpts['map50']:.4f}   mAP@0.75 {kpts['map75']:.4f}")
+    elif no_kpts:
+        print(f"keypoint mAP: none ({no_kpts})")
     print(
         f"NN part 1 {1000 * t1 / n:.1f} ms/img (incl. preprocessing)   "
-        f"NN part 2 {1000 * t2 / n:.1f} ms/img (incl. NMS and masks)   threads {torch.get_num_threads()}"
+        f"NN part 2 {1000 * t2 / n:.1f} ms/img (incl. NMS, masks, keypoints)   threads {torch.get_num_threads()}"
     )
     return 0
 

@@ -63,10 +63,32 @@ def label_origin(
     return x, y
 
 
+# COCO's person skeleton (pairs of 1-based keypoint indices), as in its annotation files
+_SKELETON = (
+    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8),
+    (7, 9), (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
+)  # fmt: skip
+KEYPOINT_THR = 0.5
+
+
+def _draw_keypoints(draw: ImageDraw.ImageDraw, keypoints: np.ndarray) -> None:
+    """Dots and skeleton lines of (N, 17, 3) keypoints (x, y, confidence) of confidence >= 0.5."""
+    for person in keypoints:
+        if person.shape[0] == 17:
+            for a, b in _SKELETON:
+                (xa, ya, va), (xb, yb, vb) = person[a - 1], person[b - 1]
+                if min(va, vb) >= KEYPOINT_THR:
+                    draw.line((float(xa), float(ya), float(xb), float(yb)), fill=(255, 255, 255), width=2)
+        for x, y, v in person:
+            if v >= KEYPOINT_THR:
+                draw.ellipse((float(x) - 3, float(y) - 3, float(x) + 3, float(y) + 3), fill=(255, 64, 64))
+
+
 def draw_detections(image: np.ndarray, dets: Detections, score_thr: float) -> Drawing:
     """`image` with the detections scoring >= score_thr: boxes, labels (class name and score)
     kept inside the image, and masks, when the detections have them, as translucent fills under
-    the boxes; PNG bytes and the number of boxes drawn."""
+    the boxes, keypoints (those of confidence >= 0.5) as dots joined by COCO's person skeleton;
+    PNG bytes and the number of boxes drawn."""
     im = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
     if dets.masks is not None and dets.masks.shape[1:] == (im.height, im.width):
         out = np.asarray(im, dtype=np.float32).copy()
@@ -90,6 +112,8 @@ def draw_detections(image: np.ndarray, dets: Detections, score_thr: float) -> Dr
         left, top, right, bottom = draw.textbbox((tx, ty), label)
         draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=colour)
         draw.text((tx, ty), label, fill=(0, 0, 0))
+    if dets.keypoints is not None:
+        _draw_keypoints(draw, dets.keypoints[dets.scores >= score_thr])
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     best = float(np.max(dets.scores)) if len(dets.scores) else None

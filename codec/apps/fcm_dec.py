@@ -36,7 +36,8 @@ container is loaded (once per run), and its weights must match the encoder's
 (sha256 in the container). --score-thr filters both the JSON and the drawing;
 without it the JSON has every detection and the drawing those scoring >= 0.3. For an
 instance segmentation network (yolov5s_seg) each detection also has a "segmentation": its
-mask at the original image size as COCO RLE.
+mask at the original image size as COCO RLE; for a keypoint network (yolo11n_pose) it has
+"keypoints": [x, y, v] for each of the 17 COCO person keypoints, v the keypoint's confidence.
 
 The image id of the detections: --image-id, else the one the container records
 (its IMAGE_INFO unit, written by fcm_enc), else the container's file name by

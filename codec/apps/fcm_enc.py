@@ -34,14 +34,15 @@ examples:
   fcm_enc img.jpg -o img_ref.bin --mode bypass --bypass-dtype float32 --force
   fcm_enc img.jpg -o img_e2e.bin --mode learned_e2e --phi 2
   fcm_enc img.jpg -o img_seg.bin --network yolov5s_seg --mode bypass   # boxes + instance masks
+  fcm_enc img.jpg -o img_pose.bin --network yolo11n_pose --mode bypass # person boxes + keypoints
   fcm_enc val2017/ -o out/ --mode learned_e2e --phi 2          # every image of a folder, into out/
   fcm_enc a.jpg b.png @more.txt -o out/ --json                 # files and a list; one JSON line each
   fcm_enc img.jpg -o img.bin --engine onnx                     # NN part 1 in onnxruntime, no torch
   fcm_enc img.jpg -o img.bin --engine onnx --mode learned_e2e  # the learned encoder too, no torch
 
 Network weights are fetched on first use and verified, never shipped with the codec
-(Apache-2.0); each network's weight licence is listed under --network (YOLOv5s-seg's
-weights are AGPL-3.0).
+(Apache-2.0); each network's weight licence is listed under --network (the weights of
+YOLOv5s-seg and YOLO11n-pose are AGPL-3.0).
 
 Prints the container size in bytes, bits per pixel of the input image
 (container bits / (width * height)) and the time of each stage; the network's

@@ -13,6 +13,7 @@ class NetworkId(enum.IntEnum):
     NANODET = 1
     CENTERNET_MBV3 = 2
     YOLOV5S_SEG = 3
+    YOLO11N_POSE = 4
     FASTER_RCNN_R50_FPN = 16
     FASTER_RCNN_R50_FPN_V2 = 17
     MASK_RCNN_R50_FPN = 18
@@ -27,6 +28,7 @@ SPLIT_POINT_TABLE: dict[tuple[int, int], tuple[str, tuple[tuple[str, int, int], 
     (NetworkId.NANODET, 1): ("neck", (("p3", 128, 8), ("p4", 128, 16), ("p5", 128, 32))),
     (NetworkId.NANODET, 2): ("backbone", (("c3", 128, 8), ("c4", 256, 16), ("c5", 512, 32))),
     (NetworkId.YOLOV5S_SEG, 1): ("neck", (("p3", 128, 8), ("p4", 256, 16), ("p5", 512, 32))),
+    (NetworkId.YOLO11N_POSE, 1): ("neck", (("p3", 64, 8), ("p4", 128, 16), ("p5", 256, 32))),
 }
 TABLED_NETWORKS = frozenset(n for n, _ in SPLIT_POINT_TABLE)
 

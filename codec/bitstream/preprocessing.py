@@ -35,5 +35,15 @@ class Preprocessing:
         b[:, [1, 3]] = b[:, [1, 3]].clip(0, self.orig_h)
         return b
 
+    def points_to_original(self, points_xy: np.ndarray) -> np.ndarray:
+        """Map points (..., 2) from network-input pixels to original-image pixels, clipped to
+        the image (as the boxes: x in [0, orig_w], y in [0, orig_h])."""
+        p = np.asarray(points_xy, dtype=np.float64).copy()
+        if p.shape[-1:] != (2,):
+            raise ValueError(f"points must have shape (..., 2), got {p.shape}")
+        p[..., 0] = ((p[..., 0] - self.pad_x) / self.scale_x).clip(0, self.orig_w)
+        p[..., 1] = ((p[..., 1] - self.pad_y) / self.scale_y).clip(0, self.orig_h)
+        return p
+
 
 __all__ = ["Preprocessing"]

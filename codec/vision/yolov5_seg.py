@@ -34,17 +34,17 @@ import math
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from torchvision.ops import batched_nms
 
 from .base import Detections, Features, NetworkId, Preprocessing, ResizeMode, ScaleInfo, SplitPoint, state_dict_sha256
+from .letterbox import yolo_preprocess
 from .nanodet import COCO80_TO_COCO91
+from .pickled_module import ConversionError, read_model_tensors
 from .weights import WeightsIntegrityError, WheelMember, cache_dir, find_wheel_member
 
 INPUT_SIZE = 640
@@ -54,7 +54,6 @@ NUM_ANCHORS = 3
 OUTPUTS = 5 + NUM_CLASSES + NUM_MASKS  # per anchor: x, y, w, h, objectness, 80 classes, 32 coefficients
 STRIDES = (8, 16, 32)
 PROTO_STRIDE = 4
-PAD_VALUE = 114  # grey of YOLOv5's letterbox
 
 WEIGHTS_LICENCE = "AGPL-3.0 (Ultralytics YOLOv5)"
 DESCRIPTION = (
@@ -266,10 +265,8 @@ _LAYER_MAP: dict[str, str] = {
     "model.24.anchors": "head.anchors",
 }
 
-# Every global the checkpoint's pickle names. The classes become inert stubs (their
-# instance state is recorded, nothing is called); `getattr` (Segment stores
-# `Detect.forward`) becomes a function that returns None. Tensors and storages are
-# rebuilt by torch's weights-only unpickler itself.
+# Every class the checkpoint's pickle names; they become inert stubs (codec.vision.pickled_module;
+# Segment stores `Detect.forward` through `getattr`, which returns None there).
 _PICKLED_CLASSES = (
     "models.yolo.SegmentationModel",
     "models.yolo.Segment",
@@ -290,67 +287,10 @@ _PICKLED_CLASSES = (
 )
 
 
-class ConversionError(RuntimeError):
-    pass
-
-
-class _PickledObject:
-    """Stand-in for a class of the pickled model: keeps the state, runs nothing."""
-
-    qualified_name = ""
-    state: Any
-
-    def __setstate__(self, state: Any) -> None:
-        self.__dict__["state"] = state
-
-
-def _no_getattr(obj: Any, name: str, *default: Any) -> None:
-    return None
-
-
-def _stub_globals() -> list[tuple[Any, str]]:
-    stubs: list[tuple[Any, str]] = []
-    for qualified in _PICKLED_CLASSES:
-        cls = type(qualified.rsplit(".", 1)[1], (_PickledObject,), {"qualified_name": qualified})
-        stubs.append((cls, qualified))
-    stubs.append((_no_getattr, "builtins.getattr"))
-    return stubs
-
-
-def _collect_tensors(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
-    """Parameters and persistent buffers of a stubbed nn.Module tree, by dotted name."""
-    if not isinstance(obj, _PickledObject) or not isinstance(obj.state, dict):
-        raise ConversionError(f"{prefix or 'model'}: not a pickled torch module")
-    state = obj.state
-    skip = state.get("_non_persistent_buffers_set") or set()
-    for group in ("_parameters", "_buffers"):
-        for k, v in (state.get(group) or {}).items():
-            if v is not None and k not in skip:
-                if not isinstance(v, torch.Tensor):
-                    raise ConversionError(f"{prefix}{k}: not a tensor ({type(v).__name__})")
-                out[prefix + k] = v
-    for k, child in (state.get("_modules") or {}).items():
-        if child is not None:
-            _collect_tensors(child, f"{prefix}{k}.", out)
-
-
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a YOLOv5 checkpoint (a pickled model object), by YOLOv5 name, read
     with torch's weights-only unpickler and stub classes: no code of the file runs."""
-    safe_globals = getattr(torch.serialization, "safe_globals", None)
-    if safe_globals is None:
-        raise ConversionError("reading a YOLOv5 checkpoint needs torch >= 2.6 (torch.serialization.safe_globals)")
-    try:
-        with safe_globals(_stub_globals()):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for a foreign file
-        raise ConversionError(f"{path}: not a YOLOv5 checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
-    model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
-    if model is None:
-        raise ConversionError(f"{path}: no 'model' entry")
-    tensors: dict[str, torch.Tensor] = OrderedDict()
-    _collect_tensors(model, "", tensors)
-    return tensors
+    return read_model_tensors(path, _PICKLED_CLASSES, "YOLOv5")
 
 
 def _our_name(yolo_name: str) -> str | None:
@@ -449,27 +389,7 @@ class YoloV5Seg:
         YOLOv5's rounding of the padding (recorded as pad_x / pad_y). A fixed S x S input
         keeps the neck at 80 x 80, 40 x 40, 20 x 20 for every image. ``resize_mode="stretch"``
         resizes each axis to S instead (an ablation; the network never saw stretched images)."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
-        h, w = image.shape[:2]
-        s = self.input_size
-        if self.resize_mode == ResizeMode.STRETCH:
-            canvas = np.array(Image.fromarray(image).resize((s, s), Image.Resampling.BILINEAR))
-            meta = Preprocessing(w, h, s, s, ResizeMode.STRETCH, s / w, s / h)
-        else:
-            r = min(s / w, s / h)
-            nw, nh = max(1, round(w * r)), max(1, round(h * r))
-            resized = (
-                image
-                if (nw, nh) == (w, h)
-                else np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR))
-            )
-            left, top = round((s - nw) / 2 - 0.1), round((s - nh) / 2 - 0.1)
-            canvas = np.full((s, s, 3), PAD_VALUE, np.uint8)
-            canvas[top : top + nh, left : left + nw] = resized
-            meta = Preprocessing(w, h, s, s, ResizeMode.LETTERBOX, nw / w, nh / h, left, top)
-        x = torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
-        return x.contiguous(), meta
+        return yolo_preprocess(image, self.input_size, self.resize_mode)
 
     # -- NN part 1 / part 2 ----------------------------------------------------------
     def _check_split(self, split: str | None) -> SplitPoint:

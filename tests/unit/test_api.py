@@ -168,11 +168,12 @@ def test_importing_codec_loads_neither_torch_nor_numpy():
 
 
 def test_split_point_names_match_the_networks():
-    from codec.vision import SPLIT_POINT_NAMES, available_networks, check_split_point, nanodet, yolov5_seg
+    from codec.vision import SPLIT_POINT_NAMES, available_networks, check_split_point, nanodet, yolo11_pose, yolov5_seg
     from codec.vision.rcnn import FPN_SPLIT
 
     assert SPLIT_POINT_NAMES["nanodet"] == tuple(nanodet.SPLIT_POINTS)
     assert SPLIT_POINT_NAMES["yolov5s_seg"] == tuple(yolov5_seg.SPLIT_POINTS)
+    assert SPLIT_POINT_NAMES["yolo11n_pose"] == tuple(yolo11_pose.SPLIT_POINTS)
     assert set(SPLIT_POINT_NAMES) == set(available_networks())
     assert all(v == (FPN_SPLIT,) for k, v in SPLIT_POINT_NAMES.items() if "rcnn" in k)
     check_split_point("nanodet", "backbone")

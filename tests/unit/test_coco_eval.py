@@ -199,7 +199,7 @@ def test_mask_ap_needs_masks_of_the_image_size(gt_mask_results):
     with pytest.raises(CocoEvalError, match="not the image's size"):
         evaluate_detections(wrong, COCO128, SEGM_IMAGE_IDS, iou_type="segm")
     with pytest.raises(CocoEvalError, match="iou_type"):
-        evaluate_detections(gt_mask_results, COCO128, iou_type="keypoints")
+        evaluate_detections(gt_mask_results, COCO128, iou_type="mask")
     # val2017-103 has boxes only
     on_val = [dict(r, image_id=1000, category_id=1) for r in gt_mask_results[:1]]
     with pytest.raises(CocoEvalError, match="without a mask"):
@@ -233,3 +233,58 @@ def test_per_class_ap_averages_to_the_overall_map(dataset, gt_results):
     assert stats["map50"] == pytest.approx(sum(r["map50"] for r in rows) / len(rows), abs=1e-12)
     _, empty = evaluate_detections_per_class([], ANNOTATIONS, image_ids=IMAGE_IDS)
     assert len(empty) == len(cats) and all(r["map"] == r["map50"] == 0.0 for r in empty)
+
+
+# -- keypoint AP (iou_type="keypoints") on train2017-kp130's person keypoints -----------------
+
+KP130 = ASSETS / "coco" / "train2017-kp130" / "annotations" / "person_keypoints_train2017_kp130.json"
+
+
+@pytest.fixture(scope="module")
+def gt_keypoint_results() -> list[dict]:
+    """Non-crowd person annotations with keypoints as results (v -> 1.0), score 1.0."""
+    if not KP130.is_file():
+        pytest.skip(f"train2017-kp130 annotations not found at {KP130}")
+    data = json.loads(KP130.read_text())
+    out = []
+    for a in data["annotations"]:
+        if a["iscrowd"] or a["num_keypoints"] == 0:
+            continue
+        kp = np.asarray(a["keypoints"], np.float64).reshape(17, 3)
+        kp[:, 2] = 1.0
+        out.append({"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 1.0,
+                    "keypoints": kp.reshape(-1).tolist()})  # fmt: skip
+    return out
+
+
+def test_ground_truth_keypoints_give_keypoint_map_1_and_moved_ones_do_not(gt_keypoint_results):
+    ids = sorted({r["image_id"] for r in gt_keypoint_results})
+    assert len(gt_keypoint_results) > 100 and len(ids) > 40
+    kp = evaluate_detections(gt_keypoint_results, KP130, ids, iou_type="keypoints")
+    assert kp["map"] == pytest.approx(1.0) and kp["map50"] == pytest.approx(1.0)
+    assert kp["map_small"] == -1.0 and kp["n_images"] == len(ids)  # COCO's keypoint AP has no small range
+    # every keypoint 8 px off along x (unlabelled keypoints, at 0, 0 there, are not scored)
+    moved = []
+    for r in gt_keypoint_results:
+        k = np.asarray(r["keypoints"]).reshape(17, 3)
+        k[:, 0] += 8.0
+        moved.append(dict(r, keypoints=k.reshape(-1).tolist()))
+    moved_ap = evaluate_detections(moved, KP130, ids, iou_type="keypoints")["map"]
+    assert 0.2 < moved_ap < 0.95
+    # the boxes did not move: box AP (over every person, with keypoints or not) is unaffected
+    box_ap = evaluate_detections(gt_keypoint_results, KP130, ids)["map"]
+    assert evaluate_detections(moved, KP130, ids)["map"] == box_ap < 1.0
+
+
+def test_keypoint_ap_needs_keypoints_of_the_category(gt_keypoint_results):
+    ids = sorted({r["image_id"] for r in gt_keypoint_results})
+    no_kp = [{k: v for k, v in r.items() if k != "keypoints"} for r in gt_keypoint_results]
+    with pytest.raises(CocoEvalError, match="keypoint AP needs keypoints"):
+        evaluate_detections(no_kp, KP130, ids, iou_type="keypoints")
+    short = [dict(r, keypoints=r["keypoints"][:48]) for r in gt_keypoint_results]
+    with pytest.raises(CocoEvalError, match="need 17 keypoints, got 16"):
+        evaluate_detections(short, KP130, ids, iou_type="keypoints")
+    with pytest.raises(CocoEvalError, match="three per keypoint"):
+        evaluate_detections([dict(gt_keypoint_results[0], keypoints=[1.0, 2.0])], KP130, ids, iou_type="keypoints")
+    with pytest.raises(CocoEvalError, match="no keypoint annotations"):
+        evaluate_detections([], ANNOTATIONS, IMAGE_IDS, iou_type="keypoints")

@@ -155,6 +155,7 @@ def test_id_table_matches_enum(enum_name):
 
 def test_split_point_table_matches_the_code_and_the_networks():
     from codec.vision.nanodet import SPLIT_POINTS as NANODET
+    from codec.vision.yolo11_pose import SPLIT_POINTS as YOLO11N_POSE
     from codec.vision.yolov5_seg import SPLIT_POINTS as YOLOV5S_SEG
 
     rows = _tables_after(r"^#{2,4} [\d.]+ (split_point_id)\s*$")["split_point_id"]
@@ -164,7 +165,7 @@ def test_split_point_table_matches_the_code_and_the_networks():
         for (net, sid), (name, scales) in ids.SPLIT_POINT_TABLE.items()
     }
     assert spec == code
-    for net, split_points in (("NANODET", NANODET), ("YOLOV5S_SEG", YOLOV5S_SEG)):
+    for net, split_points in (("NANODET", NANODET), ("YOLOV5S_SEG", YOLOV5S_SEG), ("YOLO11N_POSE", YOLO11N_POSE)):
         for sp in split_points.values():
             scales = "; ".join(f"{s.name}: {s.channels}, {s.stride}" for s in sp.scales)
             assert spec[(net, sp.split_id, sp.name)] == scales
