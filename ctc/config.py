@@ -429,7 +429,7 @@ def bundled_configs() -> dict[str, Path]:
         return {}
     return {
         Path(entry.name).stem: Path(str(entry))
-        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        for entry in sorted(folder.iterdir(), key=lambda e: Path(e.name).stem)  # coco128 before coco128-seg
         if entry.name.endswith(".yaml")
     }
 
