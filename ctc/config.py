@@ -16,7 +16,7 @@ silently)::
       weights: null                   # optional weights file (relative path)
       factory: null                   # optional "module:function" building a custom SplitNetwork
     metric:
-      primary: map50                  # map50 (VCM CTC) or map (mAP@[.5:.95])
+      primary: map50                  # map50 (VCM CTC) or map (mAP@[.5:.95]); per task below
       report: [map50, map]
     anchors: [image_anchor, feature_anchor]
     reference: uncompressed           # optional: the uncompressed line for near-lossless rates
@@ -32,6 +32,14 @@ silently)::
         values: [47, 42, 37, 32]      # ... and its rate points
         options: {preset: faster}     # fixed parameters of every point
         bd: true                      # optional: false for a codec that is no BD curve
+
+Metrics (``ctc.tasks``): box AP ``map50``, ``map``, ``map75``; mask AP of a network that returns
+instance masks ``segm_map50``, ``segm_map``, ``segm_map75``; keypoint (OKS) AP of one that returns
+keypoints ``keypoints_map50``, ``keypoints_map``, ``keypoints_map75``. The tasks a run measures
+are those its metrics name (box AP always); a metric of a task the network does not return
+(``segm_map50`` on NanoDet) is an error when the file is loaded. The primary metric is the one
+of the BD table ``fcm_ctc`` prints and of the CTTC files; bd_rate.csv and near_lossless.csv
+have a row per reported metric.
 
 Every value is checked when the file is loaded, before any network or job starts: the
 parameters through each codec's parameter dataclass (names, kinds, ranges), and every
@@ -54,9 +62,9 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .tasks import METRICS, metric_task, tasks_of
 
 ASSETS_VAR = "${assets}"
-METRICS = ("map50", "map", "map75")
 MAX_RATE_POINTS = 12
 BD_CURVES = ("front", "monotone")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -119,6 +127,11 @@ class CtcConfig:
     source: str = ""  # the YAML text, recorded in the report
     source_path: str | None = None
     raw: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks the run measures ("bbox", "segm", "keypoints"): those its metrics name."""
+        return tasks_of(self.report_metrics)
 
     def codec(self, name: str) -> CodecConfig:
         for c in self.codecs:
@@ -298,6 +311,31 @@ def _check_bd_curves(codecs: tuple[CodecConfig, ...], anchors: list[str]) -> Non
             )
 
 
+def _check_network_tasks(network: NetworkConfig, metrics: list[str]) -> None:
+    """Every metric's task is one the network returns (a registry network's table, read without
+    building it; a factory network is checked by the runner once built, before any job)."""
+    if network.factory is not None:
+        return
+    from codec.vision import NETWORK_TASKS
+
+    check_tasks(network.name, NETWORK_TASKS.get(network.name, ("bbox",)), metrics, "metric")
+
+
+def check_tasks(
+    network_name: str, network_tasks: tuple[str, ...], metrics: list[str] | tuple[str, ...], where: str
+) -> None:
+    """ConfigError naming the first metric whose task `network_tasks` lacks."""
+    from .tasks import TASK_OUTPUTS
+
+    for m in metrics:
+        task = metric_task(m)
+        if task not in network_tasks:
+            raise ConfigError(
+                f"{where}: {m!r} is {task} AP, but network {network_name!r} returns no {TASK_OUTPUTS[task]} "
+                f"(its tasks: {', '.join(network_tasks)})"
+            )
+
+
 def parse_config(
     data: Any, base_dir: Path, assets_dir: Path | None = None, source: str = "", source_path: str | None = None
 ) -> CtcConfig:
@@ -330,6 +368,7 @@ def parse_config(
         raise ConfigError(f"metric.report: expected a list drawn from {', '.join(METRICS)}, got {report!r}")
     if primary not in report:
         report = [primary, *report]
+    _check_network_tasks(network, report)
 
     anchors = d.get("anchors", [])
     if not isinstance(anchors, list) or not all(isinstance(a, str) for a in anchors):
@@ -390,7 +429,7 @@ def bundled_configs() -> dict[str, Path]:
         return {}
     return {
         Path(entry.name).stem: Path(str(entry))
-        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        for entry in sorted(folder.iterdir(), key=lambda e: Path(e.name).stem)  # coco128 before coco128-seg
         if entry.name.endswith(".yaml")
     }
 

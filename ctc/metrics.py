@@ -4,7 +4,9 @@ kMAC per pixel; BD-rate and BD-mAP against every anchor; near-lossless rates.
 Rate: bpp = total bits of the set / total original-image pixels of the set (as
 CompressAI-Vision's ``avg_bpp`` and the MPEG CTC); the mean of per-image bpp is
 reported beside it as ``bpp_mean``. mAP: ``ctc.coco_eval.evaluate_detections`` over
-the whole set at each rate point. Stage times: mean seconds per image. Complexity:
+the whole set at each rate point, box AP always and, for each further task of the config
+(``ctc.tasks``: mask AP ``segm_*``, keypoint AP ``keypoints_*``), that task's AP of the same
+detections. Stage times: mean seconds per image. Complexity:
 kMAC per original-image pixel (total MACs / total pixels / 1000) per stage.
 """
 
@@ -24,11 +26,10 @@ from .bd_rate import (
     monotone_fit,
     near_lossless_rate,
 )
-from .coco_eval import evaluate_detections_per_class
+from .coco_eval import METRIC_KEYS, evaluate_detections, evaluate_detections_per_class
 from .codecs import STAGES
 from .config import CtcConfig
-
-METRIC_NAMES = {"map50": "mAP@0.5", "map": "mAP@[.5:.95]", "map75": "mAP@0.75"}
+from .tasks import metric_label, metric_name, metric_task
 
 
 @dataclass
@@ -56,9 +57,16 @@ class PointResult:
     map_medium: float = -1.0
     map_large: float = -1.0
     per_class: list[dict[str, Any]] = field(default_factory=list)
+    # the other tasks' figures by metric name ("segm_map50", "keypoints_map_large", ...; ctc.tasks)
+    task_metrics: dict[str, float] = field(default_factory=dict)
 
     def metric(self, name: str) -> float:
-        return float(getattr(self, name))
+        if metric_task(name) == "bbox":
+            return float(getattr(self, name))
+        try:
+            return float(self.task_metrics[name])
+        except KeyError:
+            raise KeyError(f"{self.codec}/{self.point}: {name!r} was not measured") from None
 
 
 def aggregate_point(
@@ -69,17 +77,30 @@ def aggregate_point(
     value: Any,
     results: list[tuple[int, dict[str, Any]]],
     annotation_file: str | os.PathLike,
+    tasks: tuple[str, ...] = ("bbox",),
 ) -> tuple[PointResult, list[dict[str, Any]]]:
-    """One rate point from its per-image results [(image_id, result)]; also returns the COCO detections."""
+    """One rate point from its per-image results [(image_id, result)]; also returns the COCO
+    detections (with their masks and keypoints when `tasks` measures them). Box AP (and per
+    class box AP) always; mask AP and keypoint AP for "segm" and "keypoints" in `tasks`."""
+    from .errors import JobError
     from .runner import detections_to_coco
 
     if not results:
         raise ValueError(f"{codec}/{point}: no results")
     dets: list[dict[str, Any]] = []
     for image_id, r in results:
-        dets.extend(detections_to_coco(r, image_id))
+        try:
+            dets.extend(detections_to_coco(r, image_id, tasks))
+        except JobError as e:
+            raise JobError(f"{codec}/{point}: {e}") from None
     ids = [i for i, _ in results]
     ev, per_class = evaluate_detections_per_class(dets, annotation_file, ids)
+    task_metrics: dict[str, float] = {}
+    for task in tasks:
+        if task == "bbox":
+            continue
+        tev = evaluate_detections(dets, annotation_file, ids, iou_type=task)
+        task_metrics.update({metric_name(task, k): float(tev[k]) for k in METRIC_KEYS})
     bits = sum(r["bits"] for _, r in results)
     pixels = sum(r["pixels"] for _, r in results)
     n = len(results)
@@ -105,6 +126,7 @@ def aggregate_point(
         map_medium=float(ev["map_medium"]),
         map_large=float(ev["map_large"]),
         per_class=per_class,
+        task_metrics=task_metrics,
     )
     return pr, dets
 
@@ -165,7 +187,7 @@ def bd_points(curve: list[PointResult], metric: str, kind: str) -> tuple[list[fl
 
 
 def _axis(metric: str, kind: str) -> str:
-    return {"bd_rate": METRIC_NAMES.get(metric, metric), "bd_metric": "log-rate"}[kind]
+    return {"bd_rate": metric_label(metric), "bd_metric": "log-rate"}[kind]
 
 
 def bd_rows(config: CtcConfig, points: list[PointResult]) -> list[dict[str, Any]]:

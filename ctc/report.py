@@ -4,7 +4,9 @@ In DIR:
 * ``summary.csv``: one row per (codec, rate point): bpp (total bits / total pixels),
   bpp_mean, mAP@0.5, mAP@[.5:.95], mAP@0.75, AP by object size (map_small / map_medium /
   map_large, -1 when the set has no object of that size), mean seconds per image per stage,
-  kMAC per pixel per stage, raw float32 feature bpp.
+  kMAC per pixel per stage, raw float32 feature bpp; a run that measures more tasks than boxes
+  has their figures too, named by ``ctc.tasks`` (``segm_map50`` ... ``segm_map_large``,
+  ``keypoints_map50`` ...), after the box columns.
 * ``bd_rate.csv``: every codec against every anchor, per metric and per curve kind (``front``:
   the rate-accuracy front; ``monotone``: MPEG's monotone fit): BD-rate (%) and BD-mAP (mAP
   units, [0, 1]) with pchip and cubic interpolation; ``overlap_metric`` / ``overlap_rate``: the
@@ -24,7 +26,8 @@ In DIR:
   the set; ``qp`` holds the rate point's parameter value. ``cttc/<codec>_complexity.csv``
   follows its ``summary_complexity.csv``: ``Metric, nn_part1, feature reduction,
   feature restoration, nn_part2`` in kMAC/pixel (reduction/restoration = encode/decode).
-* ``detections/<codec>/<point>.json``: COCO results-format detections.
+* ``detections/<codec>/<point>.json``: COCO results-format detections (with ``segmentation``
+  RLEs and ``keypoints`` when the run measures mask or keypoint AP).
 * ``report.html``: self-contained (RD curves as embedded PNGs, tables, run metadata). What a
   reader sees (report.html, the tables `fcm_ctc` prints) is in one unit: mAP and BD-mAP in
   (points of) %, BD-rate in %, rounded; each codec keeps its colour in every plot.
@@ -53,8 +56,8 @@ from .codecs import STAGES
 from .config import CtcConfig, config_from_dict
 from .errors import CacheError
 from .metrics import BD_COLUMNS, PointResult, aggregate_point, bd_rows, curves, near_lossless_rows
+from .tasks import METRIC_LABELS, metric_label, metric_name
 
-METRIC_LABELS = {"map50": "mAP@0.5", "map": "mAP@[.5:.95]", "map75": "mAP@0.75"}
 BD_CSV_COLUMNS = [
     "codec",
     "anchor",
@@ -173,7 +176,9 @@ def collect(out_dir: str | os.PathLike) -> tuple[CtcConfig, list[PointResult], d
             rs = grouped.get((c.name, p.name), [])
             if len(rs) < n_images:  # an incomplete point would bias mAP and bpp: leave it out
                 continue
-            pr, d = aggregate_point(c.name, c.type, p.name, p.param, p.value, rs, config.dataset.annotations)
+            pr, d = aggregate_point(
+                c.name, c.type, p.name, p.param, p.value, rs, config.dataset.annotations, config.tasks
+            )
             points.append(pr)
             dets[(c.name, p.name)] = d
     return config, points, dets, missing
@@ -253,6 +258,7 @@ def summary_rows(points: list[PointResult]) -> list[dict[str, Any]]:
             "n_detections": p.n_detections,
             "raw_feature_bpp": p.raw_feature_bpp,
         }
+        row.update(p.task_metrics)  # the other tasks' figures (none for a boxes-only run)
         row.update({f"time_{s}_s": p.time_s[s] for s in STAGES})
         row.update({f"kmac_px_{s}": p.kmac_per_pixel[s] for s in STAGES})
         rows.append(row)
@@ -314,9 +320,21 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], fieldnames: list[str] | N
     _atomic_write(path, buf.getvalue())
 
 
+def _other_tasks(points: list[PointResult]) -> list[str]:
+    """The tasks besides boxes that the points measured, in ctc.tasks order."""
+    from .tasks import TASKS
+
+    measured = {m for p in points for m in p.task_metrics}
+    return [t for t in TASKS[1:] if metric_name(t, "map") in measured]
+
+
 def format_table(points: list[PointResult]) -> str:
     """The run's figures as a fixed-width text table (printed by fcm_ctc)."""
-    head = ["codec", "point", "bpp", "mAP50", "mAP", "part1 ms", "enc ms", "dec ms", "part2 ms", "kMAC/px"]
+    short = {"segm": "mask", "keypoints": "kp"}
+    others = _other_tasks(points)
+    extra_head = [f"{short[t]} {k}" for t in others for k in ("mAP50", "mAP")]
+    head = ["codec", "point", "bpp", "mAP50", "mAP", *extra_head, "part1 ms", "enc ms", "dec ms", "part2 ms"]
+    head.append("kMAC/px")
     lines = [head]
     for p in points:
         lines.append(
@@ -326,6 +344,7 @@ def format_table(points: list[PointResult]) -> str:
                 f"{p.bpp:.4f}",
                 f"{100 * p.map50:.2f}",
                 f"{100 * p.map:.2f}",
+                *(f"{100 * p.metric(metric_name(t, k)):.2f}" for t in others for k in ("map50", "map")),
                 *(f"{1000 * p.time_s[s]:.1f}" for s in STAGES),
                 f"{p.kmac_per_pixel['nn_part1'] + p.kmac_per_pixel['nn_part2']:.1f}",
             ]
@@ -510,6 +529,11 @@ def _html_table(rows: list[dict[str, Any]], columns: list[str], table_id: str) -
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _tasks_text(tasks: tuple[str, ...]) -> str:
+    words = {"bbox": "box mAP", "segm": "mask mAP", "keypoints": "keypoint (OKS) mAP"}
+    return ", ".join(words[t] for t in tasks)
+
+
 def render_html(report: Report, env: dict[str, Any], stats: dict[str, Any], run: dict[str, Any]) -> str:
     cfg = report.config
     title = f"FCM CTC report: {cfg.name}"
@@ -521,6 +545,7 @@ def render_html(report: Report, env: dict[str, Any], stats: dict[str, Any], run:
                 f'<figure><img class="rd" alt="RD curve {m}" src="data:image/png;base64,{png}">'
                 f"<figcaption>{html.escape(METRIC_LABELS[m])} vs bpp</figcaption></figure>"
             )
+    others = _other_tasks(report.points)
     summary = [
         {
             "codec": p.codec,
@@ -530,6 +555,11 @@ def render_html(report: Report, env: dict[str, Any], stats: dict[str, Any], run:
             "mAP@0.5 %": _fixed(100 * p.map50, ".2f"),
             "mAP %": _fixed(100 * p.map, ".2f"),
             "AP S / M / L %": " / ".join(_size_ap(v) for v in (p.map_small, p.map_medium, p.map_large)),
+            **{
+                f"{metric_label(metric_name(t, k))} %": _fixed(100 * p.metric(metric_name(t, k)), ".2f")
+                for t in others
+                for k in ("map50", "map")
+            },
             "nn_part1 ms": _fixed(1000 * p.time_s["nn_part1"], ".1f"),
             "encode ms": _fixed(1000 * p.time_s["encode"], ".1f"),
             "decode ms": _fixed(1000 * p.time_s["decode"], ".1f"),
@@ -625,7 +655,7 @@ def render_html(report: Report, env: dict[str, Any], stats: dict[str, Any], run:
 <h1>{html.escape(title)}</h1>
 {missing}
 <p>Rate: bits per pixel = total coded bits of the set / total original-image pixels (primary);
-accuracy: COCO box mAP over the whole set at each rate point (primary: {
+accuracy: COCO {html.escape(_tasks_text(cfg.tasks))} over the whole set at each rate point (primary: {
         html.escape(METRIC_LABELS[cfg.primary_metric])
     }). Anchors: {html.escape(", ".join(cfg.anchors) or "none")}.</p>
 <h2>Rate-accuracy curves</h2>

@@ -286,13 +286,11 @@ def execute_job(job: Job) -> dict[str, Any]:
             f"{job.codec}/{job.point}/image {job.image.image_id}: {type(e).__name__}: {first} "
             f"({Path(where.filename).name}:{where.lineno})"
         ) from None
-    det = out.detections
     return {
         "bits": int(out.bits),
         "pixels": int(w * h),
         "raw_feature_bits": int(out.raw_feature_bits),
-        # [x, y, w, h, score, category_id]; the image id is attached when results are gathered
-        "detections": [[*d["bbox"], d["score"], d["category_id"]] for d in det.to_coco(0)],
+        **stored_detections(out.detections, (h, w)),
         "timings": {s: float(out.timings.get(s, 0.0)) for s in STAGES},
         "macs": {s: int(counter.macs.get(s, 0)) for s in STAGES},
         "wall": wall,
@@ -300,11 +298,50 @@ def execute_job(job: Job) -> dict[str, Any]:
     }
 
 
-def detections_to_coco(result: dict[str, Any], image_id: int) -> list[dict[str, Any]]:
-    return [
+def stored_detections(det: Any, image_size: tuple[int, int]) -> dict[str, Any]:
+    """What a job result keeps of NN part 2's output: "detections", one [x, y, w, h, score,
+    category_id] per detection (the image id is attached when results are gathered); for a
+    network that returns instance masks also "masks", the COCO RLE counts of each detection's
+    mask, and "mask_size" [h, w] (the original image's); for one that returns keypoints also
+    "keypoints", [x1, y1, v1, x2, ...] per detection. A boxes-only network's result has the
+    first key only, as before masks and keypoints were kept. Everything a network returns is
+    kept, whatever the config measures: a result is a function of its job key alone."""
+    coco = det.to_coco(0)
+    out: dict[str, Any] = {"detections": [[*d["bbox"], d["score"], d["category_id"]] for d in coco]}
+    if det.masks is not None:
+        sizes = {tuple(d["segmentation"]["size"]) for d in coco}
+        if sizes - {tuple(image_size)}:
+            raise JobError(f"masks of size {sorted(sizes)} for an image of {list(image_size)}")
+        out["masks"] = [d["segmentation"]["counts"] for d in coco]
+        out["mask_size"] = [int(v) for v in image_size]
+    if det.keypoints is not None:
+        out["keypoints"] = [d["keypoints"] for d in coco]
+    return out
+
+
+def detections_to_coco(
+    result: dict[str, Any], image_id: int, tasks: tuple[str, ...] = ("bbox",)
+) -> list[dict[str, Any]]:
+    """A job result's detections in the COCO results format, with "segmentation" (RLE) when
+    `tasks` has "segm" and "keypoints" when it has "keypoints"; JobError when the result holds
+    no such output (a network without it, or a result stored before they were kept)."""
+    dets = [
         {"image_id": int(image_id), "category_id": int(d[5]), "bbox": [float(v) for v in d[:4]], "score": float(d[4])}
         for d in result["detections"]
     ]
+    if "segm" in tasks:
+        masks, size = result.get("masks"), result.get("mask_size")
+        if masks is None or size is None or len(masks) != len(dets):
+            raise JobError(f"image {image_id}: the result holds no masks (rerun `fcm_ctc run` to recompute it)")
+        for d, counts in zip(dets, masks):
+            d["segmentation"] = {"size": [int(size[0]), int(size[1])], "counts": counts}
+    if "keypoints" in tasks:
+        kpts = result.get("keypoints")
+        if kpts is None or len(kpts) != len(dets):
+            raise JobError(f"image {image_id}: the result holds no keypoints (rerun `fcm_ctc run` to recompute it)")
+        for d, k in zip(dets, kpts):
+            d["keypoints"] = [float(v) for v in k]
+    return dets
 
 
 # -- execution -------------------------------------------------------------------------
@@ -506,8 +543,28 @@ def prepare_run(config: CtcConfig, torch_threads: int = 1) -> tuple[list[ImageIt
         raise JobError(
             f"network {config.network.name!r} has no split point {split!r} ({', '.join(network.split_points)})"
         )
+    from .config import check_tasks
+
+    # a factory network's tasks are known only now (a registry network's were checked at load)
+    check_tasks(config.network.name, tuple(getattr(network, "tasks", ("bbox",))), config.report_metrics, "metric")
+    check_annotations(config.dataset.annotations, config.tasks, [im.image_id for im in images])
     weights = network.weights_sha256()
     return images, plan_jobs(config, images, weights, split, torch_threads), split, weights
+
+
+def check_annotations(annotation_file: str | os.PathLike, tasks: tuple[str, ...], image_ids: list[int]) -> None:
+    """The annotations can score every task of the run on these images (masks on every object
+    for mask AP, keypoints on some for keypoint AP), checked before any job runs."""
+    if set(tasks) <= {"bbox"}:
+        return
+    data = json.loads(Path(annotation_file).read_text(encoding="utf-8"))
+    wanted = set(image_ids)
+    anns = [a for a in data.get("annotations", []) if int(a.get("image_id", -1)) in wanted]
+    name = Path(annotation_file).name
+    if "segm" in tasks and any(not a.get("segmentation") for a in anns):
+        raise DatasetError(f"{name}: annotations without a mask (segmentation): no mask AP on these images")
+    if "keypoints" in tasks and not any(a.get("num_keypoints", 0) > 0 for a in anns):
+        raise DatasetError(f"{name}: no keypoint annotations on these images: no keypoint AP")
 
 
 def check_run_dir(out: Path, config_name: str, force: bool = False) -> None:

@@ -11,8 +11,7 @@ import math
 from pathlib import Path
 
 from .errors import CtcError
-
-_METRIC_NAMES = {"map50": "mAP@0.5", "map": "mAP@[.5:.95]", "map75": "mAP@0.75"}
+from .tasks import metric_label
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -40,19 +39,30 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def points_table(run_dir: Path) -> str:
-    """One row per codec: its rate points as bpp / mAP@0.5 % / mAP %, lowest rate first."""
+    """One row per codec: its rate points as bpp / mAP@0.5 % / mAP %, lowest rate first, and the
+    same two figures of every other task the run measured (mask AP, keypoint AP)."""
+    from .tasks import TASKS, metric_name
+
+    rows_in = _read(run_dir / "summary.csv")
+    columns = [
+        m
+        for t in TASKS
+        for m in (metric_name(t, "map50"), metric_name(t, "map"))
+        if rows_in and m in rows_in[0] and rows_in[0][m] != ""
+    ] or ["map50", "map"]
     by_codec: dict[str, list[dict[str, str]]] = {}
-    for r in _read(run_dir / "summary.csv"):
+    for r in rows_in:
         by_codec.setdefault(r["codec"], []).append(r)
     rows = []
     for codec, pts in by_codec.items():
         pts = sorted(pts, key=lambda r: _num(r["bpp"]))
         cells = [
-            f"{r['point']}: {_num(r['bpp']):.4g} / {100 * _num(r['map50']):.2f} / {100 * _num(r['map']):.2f}"
+            f"{r['point']}: {_num(r['bpp']):.4g} / " + " / ".join(f"{100 * _num(r[m]):.2f}" for m in columns)
             for r in pts
         ]
         rows.append([codec, pts[0]["n_images"], "; ".join(cells)])
-    return _table(["codec", "images", "point: bpp / mAP@0.5 (%) / mAP@[.5:.95] (%)"], rows)
+    head = "point: bpp / " + " / ".join(f"{metric_label(m)} (%)" for m in columns)
+    return _table(["codec", "images", head], rows)
 
 
 def bd_table(run_dir: Path) -> str:
@@ -72,7 +82,7 @@ def bd_table(run_dir: Path) -> str:
             [
                 r["codec"],
                 r["anchor"],
-                _METRIC_NAMES.get(r["metric"], r["metric"]),
+                metric_label(r["metric"]),
                 r.get("curve", "front"),
                 bd_cell(r, "bd_rate_pchip", 1, "+.1f") + " %" * _is_number(bd_cell(r, "bd_rate_pchip")),
                 bd_cell(r, "bd_rate_cubic", 1, "+.1f") + " %" * _is_number(bd_cell(r, "bd_rate_cubic")),
@@ -115,7 +125,7 @@ def near_lossless_table(run_dir: Path) -> str:
         rows.append(
             [
                 r["codec"],
-                _METRIC_NAMES.get(r["metric"], r["metric"]),
+                metric_label(r["metric"]),
                 f"{100 * _num(r['reference_map']):.2f}",
                 _fmt(_num(r["near_lossless_bpp"]), ".4g"),
                 f"{_num(r['raw_feature_bpp']):.2f}",

@@ -3,6 +3,7 @@ maximum of the uncompressed NN part 1 features over a set of images, as the MPEG
 platform's anchor scripts compute one (min, max) per dataset (its MIN_MAX_DATASET).
 
     python -m tools.feature_range --dataset val2017-103            # print it
+    python -m tools.feature_range --dataset coco128 --network yolov5s_seg   # another network's neck
     python -m tools.feature_range --images DIR --record nanodet/neck  # and record it for fcm_enc
 
 ``--record KEY`` writes the range, the image set (count and the sha256 of the sorted file
@@ -27,6 +28,7 @@ from codec.files import assets_path
 DATASETS = {
     "val2017-103": "coco/val2017-103/images",
     "coco128": "coco/coco128/images",
+    "train2017-kp130": "coco/train2017-kp130/images",
     "train-images": "train-images",
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}

@@ -79,6 +79,18 @@ SPLIT_POINT_NAMES: dict[str, tuple[str, ...]] = {
 } | {name: ("fpn",) for name in _REGISTRY if name.endswith("rcnn_resnet50_fpn") or name.endswith("_fpn_v2")}
 
 
+# network name -> the tasks its NN part 2 returns, as pycocotools evaluation types: "bbox" (boxes,
+# every network), "segm" (Detections.masks, instance masks at the original size), "keypoints"
+# (Detections.keypoints); the networks declare them as `tasks` (tests check this copy), so that
+# a CTC config asking for a task the network lacks is refused before a network loads. The R-CNN
+# wrappers keep Mask / Keypoint R-CNN's outputs in Detections.extra: boxes only here.
+NETWORK_TASKS: dict[str, tuple[str, ...]] = {
+    "nanodet": ("bbox",),
+    "yolov5s_seg": ("bbox", "segm"),
+    "yolo11n_pose": ("bbox", "keypoints"),
+} | {name: ("bbox",) for name in _REGISTRY if "rcnn" in name}
+
+
 def check_split_point(network: str, split: str | None) -> None:
     """ValueError unless `split` (None: the default) is a split point of `network`."""
     names = SPLIT_POINT_NAMES.get(network)
@@ -115,6 +127,7 @@ __all__ = [
     "Features",
     "NETWORK_DESCRIPTIONS",
     "NETWORK_NAMES_BY_ID",
+    "NETWORK_TASKS",
     "NetworkId",
     "Preprocessing",
     "ResizeMode",

@@ -223,6 +223,7 @@ class NanoDet:
     network_id = NetworkId.NANODET
     split_points = SPLIT_POINTS
     default_split = "neck"
+    tasks = ("bbox",)  # what part2 returns (codec.vision.NETWORK_TASKS)
 
     def __init__(
         self,

@@ -201,6 +201,8 @@ def _load_pretrained(variant: _Variant, name: str, progress: bool, **kw) -> nn.M
 class RcnnSplitNetwork:
     """A torchvision R-CNN FPN model cut at the FPN outputs (split point "fpn")."""
 
+    tasks: tuple[str, ...] = ("bbox",)  # Mask / Keypoint R-CNN's outputs stay in Detections.extra
+
     def __init__(self, name: str, model: nn.Module, device: str = "cpu") -> None:
         variant = _variant(name)
         self.name = name

@@ -459,6 +459,7 @@ class Yolo11Pose:
     network_id = NetworkId.YOLO11N_POSE
     split_points = SPLIT_POINTS
     default_split = "neck"
+    tasks = ("bbox", "keypoints")  # person boxes and their keypoints (codec.vision.NETWORK_TASKS)
     description = DESCRIPTION
     weights_licence = WEIGHTS_LICENCE
 

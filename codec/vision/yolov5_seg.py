@@ -346,6 +346,7 @@ class YoloV5Seg:
     network_id = NetworkId.YOLOV5S_SEG
     split_points = SPLIT_POINTS
     default_split = "neck"
+    tasks = ("bbox", "segm")  # boxes and instance masks (codec.vision.NETWORK_TASKS)
     description = DESCRIPTION
     weights_licence = WEIGHTS_LICENCE
 

@@ -167,6 +167,16 @@ def test_importing_codec_loads_neither_torch_nor_numpy():
     assert proc.stdout.strip() == "[]", proc.stderr
 
 
+def test_network_tasks_match_the_networks():
+    from codec.vision import NETWORK_TASKS, available_networks, nanodet, rcnn, yolo11_pose, yolov5_seg
+
+    assert set(NETWORK_TASKS) == set(available_networks())
+    assert NETWORK_TASKS["nanodet"] == nanodet.NanoDet.tasks == ("bbox",)
+    assert NETWORK_TASKS["yolov5s_seg"] == yolov5_seg.YoloV5Seg.tasks == ("bbox", "segm")
+    assert NETWORK_TASKS["yolo11n_pose"] == yolo11_pose.Yolo11Pose.tasks == ("bbox", "keypoints")
+    assert all(v == rcnn.RcnnSplitNetwork.tasks == ("bbox",) for k, v in NETWORK_TASKS.items() if "rcnn" in k)
+
+
 def test_split_point_names_match_the_networks():
     from codec.vision import SPLIT_POINT_NAMES, available_networks, check_split_point, nanodet, yolo11_pose, yolov5_seg
     from codec.vision.rcnn import FPN_SPLIT

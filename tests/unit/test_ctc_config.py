@@ -207,19 +207,35 @@ def test_overrides(tmp_path: Path) -> None:
         with_overrides(cfg, limit=0)
 
 
+# the task configs: network, primary metric, tasks
+TASK_CONFIGS = {
+    "coco128-seg": ("yolov5s_seg", "segm_map50", ("bbox", "segm")),
+    "kp130-pose": ("yolo11n_pose", "keypoints_map", ("bbox", "keypoints")),
+}
+
+
 @pytest.mark.parametrize(
-    "name", ["quick", "coco128", "val2017-103", "mpeg_openimages_det", "mpeg_openimages_seg", "mpeg_sfu_hw"]
+    "name",
+    ["quick", "coco128", "val2017-103", "mpeg_openimages_det", "mpeg_openimages_seg", "mpeg_sfu_hw", *TASK_CONFIGS],
 )
 def test_shipped_configs_are_valid(name: str, tmp_path: Path) -> None:
+    from ctc.bd_rate import MAX_POINTS, MIN_POINTS
+
     cfg = load_config(CONFIGS / f"{name}.yaml", tmp_path)
     # the MPEG anchors first; the full NanoDet sets add the VVC-based mode as a third anchor
     extra = ("vvc_msff",) if name in ("coco128", "val2017-103") else ()
     assert cfg.anchors == ("image_anchor", "feature_anchor", *extra)
     assert cfg.reference == "uncompressed"
-    assert cfg.primary_metric == "map50"
+    network, primary, tasks = TASK_CONFIGS.get(name, (cfg.network.name, "map50", ("bbox",)))
+    assert (cfg.network.name, cfg.primary_metric, cfg.tasks) == (network, primary, tasks)
     for c in cfg.codecs:
         if c.name in cfg.anchors:
-            assert 4 <= len(c.points) <= 6, c.name
+            assert MIN_POINTS <= len(c.points) <= MAX_POINTS, c.name
+    if name in TASK_CONFIGS:
+        # box AP beside the task's; the anchors at vvenc medium, as the full NanoDet configs
+        assert {"map50", "map"} <= set(cfg.report_metrics) and len(cfg.report_metrics) == 4
+        assert all(cfg.codec(a).points[0].params["preset"] == "medium" for a in cfg.anchors)
+        assert {c.type for c in cfg.codecs} == {"image_anchor", "feature_anchor", "bypass", "uncompressed"}
     assert str(cfg.dataset.annotations).startswith(str(tmp_path))  # every path through ${assets}
     assert "/" not in (cfg.source.split("images:")[1].split("${assets}")[0])  # no absolute paths
     if name == "quick":

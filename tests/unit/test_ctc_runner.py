@@ -356,6 +356,7 @@ def test_cli_lists_and_runs_bundled_configs_by_name(tmp_path: Path, capsys, monk
     assert main(["configs"]) == 0
     text = capsys.readouterr().out
     assert "quick  " in text and "CI-sized CTC run" in text and "val2017-103" in text
+    assert "\ncoco128-seg  " in text and "\nkp130-pose  " in text  # the task configs
     assert "fcm_ctc run NAME --out DIR" in text
     # by name: the bundled quick config is loaded (and checked) from any directory
     assert main(["run", "quick", "--out", str(tmp_path / "q"), "--codecs", "nope", "--assets", str(tmp_path)]) == 2
