@@ -5,7 +5,7 @@ split network (codec/vision/onnx_part1.py), or the encoder of a learned codec mo
     python -m tools.export_onnx                          # NanoDet "neck" -> the cache's onnx/nanodet_neck.onnx
     python -m tools.export_onnx -o nanodet_neck.onnx --network nanodet --split neck
     python -m tools.export_onnx --codec learned_e2e      # the default learned_e2e model's encoder ->
-                                                         # the cache's onnx/fenet_nanodet_neck_g3.onnx
+                                                         # the cache's onnx/fenet_nanodet_neck_g4.onnx
     python -m tools.export_onnx --codec learned_e2e --codec-model fenet_nanodet_neck_p4
 
 Runs where PyTorch is (it needs `onnx` and `onnxscript` too: pip install 'fcm-codec[export]');

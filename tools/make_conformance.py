@@ -174,8 +174,10 @@ def golden_vectors() -> dict[str, bytes]:
         out[f"v21-{name}"] = rewrapped(out[f"v2-{name}"], (2, 1))
     # the optional IMAGE_INFO unit (section 5.5) after the mode's units: COCO image id and file name
     out["v21-bypass-f16-image-info"] = with_units(out["v21-bypass-f16"], [IMAGE_INFO.to_unit()])
-    # the third-generation model (the encoder's default), new in container 2.1
+    # the third-generation model (the encoder's default until id 5), new in container 2.1
     out["v21-learned_e2e-g3-phi3"] = learned_e2e_vector((2, 1), "fenet_nanodet_neck_g3")
+    # the fourth-generation model (the encoder's default since codec_model_id 5)
+    out["v21-learned_e2e-g4-phi3"] = learned_e2e_vector((2, 1), "fenet_nanodet_neck_g4")
     # the MPEG feature anchor procedure (section 7.7): one range for the set, all-intra at QP 37
     out["v21-mpeg_anchor-qp37"] = code(feats, "mpeg_anchor", MPEG_ANCHOR_PARAMS, version=(2, 1), **small)
     return out

@@ -110,7 +110,7 @@ class CodecModelId(enum.IntEnum):
     MSFF_NANODET_NECK = 2  # vvc_msff: MSFF/MSFR for NanoDet "neck" (codec/models/weights/msff_nanodet_neck.pt)
     FENET_NANODET_NECK_P4 = 3  # learned_e2e, 2nd generation: latent at p4, task-aware (fenet_nanodet_neck_p4.pt)
     FENET_NANODET_NECK_G3 = 4  # learned_e2e, 3rd generation: the p4 model trained on (fenet_nanodet_neck_g3.pt)
-    FENET_NANODET_NECK_G4 = 5  # learned_e2e, 4th generation: channel-importance groups (fenet_nanodet_neck_g4.pt)
+    FENET_NANODET_NECK_G4 = 5  # learned_e2e, 4th generation: the g3 model trained on (fenet_nanodet_neck_g4.pt)
 
 
 class SampleFormat(enum.IntEnum):

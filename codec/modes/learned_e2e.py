@@ -68,11 +68,11 @@ NUM_QUALITIES = 6  # phi 0..5: the gain-unit rows of the shipped model (checked 
 class Params:
     phi: int = option(3, "quality index (gain-unit row), higher is better", range=(0, NUM_QUALITIES - 1), rate=True)
     codec_model: str = option(
-        "fenet_nanodet_neck_g3",
-        "codec model (codec_model_id): fenet_nanodet_neck_g3 (3rd generation), fenet_nanodet_neck_g4 (4th: "
-        "channel-importance groups), fenet_nanodet_neck_p4 (2nd "
-        "generation, latent at p4, task-aware) or fenet_nanodet_neck (1st generation); each stays decodable",
-        choices=("fenet_nanodet_neck_g3", "fenet_nanodet_neck_g4", "fenet_nanodet_neck_p4", "fenet_nanodet_neck"),
+        "fenet_nanodet_neck_g4",
+        "codec model (codec_model_id): fenet_nanodet_neck_g4 (4th generation), fenet_nanodet_neck_g3 (3rd), "
+        "fenet_nanodet_neck_p4 (2nd generation, latent at p4, task-aware) or fenet_nanodet_neck (1st "
+        "generation); each stays decodable",
+        choices=("fenet_nanodet_neck_g4", "fenet_nanodet_neck_g3", "fenet_nanodet_neck_p4", "fenet_nanodet_neck"),
     )
     codec_weights: str | None = option(
         None,
@@ -84,14 +84,14 @@ class Params:
 
 # its models in codec.models.registry, the encoder's default first; every one stays decodable
 MODEL_IDS: tuple[CodecModelId, ...] = (
-    CodecModelId.FENET_NANODET_NECK_G3,
     CodecModelId.FENET_NANODET_NECK_G4,
+    CodecModelId.FENET_NANODET_NECK_G3,
     CodecModelId.FENET_NANODET_NECK_P4,
     CodecModelId.FENET_NANODET_NECK,
 )
 MODEL_NAMES: dict[str, CodecModelId] = {
-    "fenet_nanodet_neck_g3": CodecModelId.FENET_NANODET_NECK_G3,
     "fenet_nanodet_neck_g4": CodecModelId.FENET_NANODET_NECK_G4,
+    "fenet_nanodet_neck_g3": CodecModelId.FENET_NANODET_NECK_G3,
     "fenet_nanodet_neck_p4": CodecModelId.FENET_NANODET_NECK_P4,
     "fenet_nanodet_neck": CodecModelId.FENET_NANODET_NECK,
 }

@@ -31,6 +31,8 @@ EXPECTED_GOLDEN = {
     "v21-bypass-f16-image-info",
     # the third-generation learned_e2e model (codec_model_id FENET_NANODET_NECK_G3)
     "v21-learned_e2e-g3-phi3",
+    # the fourth-generation learned_e2e model (codec_model_id FENET_NANODET_NECK_G4)
+    "v21-learned_e2e-g4-phi3",
     # the MPEG feature anchor procedure (mode mpeg_anchor)
     "v21-mpeg_anchor-qp37",
 }  # fmt: skip

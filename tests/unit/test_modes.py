@@ -225,7 +225,7 @@ def test_every_mode_declares_its_rate_parameter_with_a_valid_default():
         assert spec.range is not None or spec.choices is not None, m.name
     e2e = mode_by_name("learned_e2e")
     assert e2e.make_params().phi == 3
-    assert e2e.describe(e2e.make_params({"phi": 1})) == "phi 1, codec_model fenet_nanodet_neck_g3"
+    assert e2e.describe(e2e.make_params({"phi": 1})) == "phi 1, codec_model fenet_nanodet_neck_g4"
     with pytest.raises(EncodeError, match="learned_e2e parameter phi must be an integer in 0..5, got 32"):
         e2e.make_params({"phi": 32})
 
