@@ -110,6 +110,13 @@ def image_id_from_name(path: str | os.PathLike) -> int | None:
     return rule(path)
 
 
+def _id_origin(source: str) -> str:
+    """'from the container', 'from the file name', 'from --image-id', or 'none recorded'."""
+    return (
+        "none recorded" if source == "none" else f"from the {source}" if source != "--image-id" else "from --image-id"
+    )
+
+
 def image_id_of(path: Path, decoded: Any, given: int | None) -> tuple[int, str]:
     """(image id, where it came from): --image-id, the container's IMAGE_INFO, its file name, or 0."""
     if given is not None:
@@ -243,7 +250,7 @@ def _decode_one(args: argparse.Namespace, path: Path) -> int:
         if args.detections:
             results = dec.results(dets, image_id)
             _cli.atomic_write(args.detections, json.dumps(results).encode(), force=args.force)
-            lines.append(f"{len(results)} detections (image id {image_id}, from the {source}) -> {args.detections}")
+            lines.append(f"{len(results)} detections (image id {image_id}, {_id_origin(source)}) -> {args.detections}")
             record["detections"] = len(results)
         if args.draw:
             lines.append(_draw(args, decoded, dets, record))
@@ -298,7 +305,7 @@ def _decode_many(args: argparse.Namespace, paths: list[Path], features: list[Pat
                     image_id, source = image_id_of(path, decoded, None)
                     if image_id in ids:
                         raise InputError(
-                            f"image id {image_id} (from the {source}) is also that of {ids[image_id]}: "
+                            f"image id {image_id} ({_id_origin(source)}) is also that of {ids[image_id]}: "
                             "a COCO results file holds each image once"
                         )
                     ids[image_id] = path

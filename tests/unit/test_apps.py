@@ -729,13 +729,14 @@ def test_image_id_flags_and_the_decoder_s_rule(fake_net, image_file, tmp_path, c
     assert fcm_dec.main([str(bare), "--detections", str(dets), "--force"]) == 0
     cap = capsys.readouterr()
     assert "records no image id and its name gives none: image id 0" in cap.err
+    assert "image id 0, none recorded" in cap.out
     assert {r["image_id"] for r in json.loads(dets.read_text())} == {0}
     renamed = tmp_path / "000000000042_qp37.bin"
     renamed.write_bytes(bare.read_bytes())
     assert fcm_dec.main([str(renamed), "--detections", str(dets), "--force"]) == 0
     assert "image id 42, from the file name" in capsys.readouterr().out
     assert fcm_dec.main([str(named), "--detections", str(dets), "--force", "--image-id", "5"]) == 0
-    assert "image id 5, from the --image-id" in capsys.readouterr().out
+    assert "image id 5, from --image-id" in capsys.readouterr().out
     for bad in ("-1", "18446744073709551616", "x"):
         assert fcm_enc.main([str(image_file), "-o", str(tmp_path / "o.bin"), "--image-id", bad]) == 2
         assert "--image-id" in capsys.readouterr().err
