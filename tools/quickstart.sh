@@ -20,6 +20,6 @@ mkdir -p "$out"
 bin="$repo/.venv/bin"
 "$bin/fcm_enc" "$image" -o "$out/features.bin" --mode anchor --qp 32 --force
 "$bin/fcm_inspect" "$out/features.bin"
-"$bin/fcm_dec" "$out/features.bin" -o "$out/features.npz" --detections "$out/detections.json" \
+"$bin/fcm_dec" "$out/features.bin" -o "$out/features.npz" --detections "$out/detections.json" --force \
   --draw "$image" "$out/detections.png"
 echo "quick start done: $out/detections.png, $out/detections.json, $out/features.npz"
