@@ -204,6 +204,8 @@ def check_output(path: str | os.PathLike, force: bool, what: str = "output") -> 
     p = Path(path)
     if p.is_dir():
         raise OutputError(f"{what} path is a directory: {p}")
+    if os.fspath(path).endswith(("/", os.sep)):  # Path() drops the slash: "out/" would become a file "out"
+        raise OutputError(f"{what} path ends with a path separator but names no folder: {os.fspath(path)}")
     folder = _folder_of(p)
     if not folder.exists():
         raise OutputError(f"output folder does not exist: {folder}")

@@ -521,6 +521,7 @@ def test_write_errors_name_the_users_path(fake_net, image_file, tmp_path, monkey
         ("a folder", "path is a directory"),
         ("exists", "exists: {out} (use --force to overwrite)"),
         ("parent is a file", "output folder is not a folder"),
+        ("trailing slash", "ends with a path separator but names no folder"),
     ],
 )
 def test_output_paths_are_checked_before_any_work(image_file, tmp_path, monkeypatch, capsys, app, case, message):
@@ -535,6 +536,7 @@ def test_output_paths_are_checked_before_any_work(image_file, tmp_path, monkeypa
         "a folder": tmp_path,
         "exists": tmp_path / "o.out",
         "parent is a file": tmp_path / "000000000139.png" / "o.out",
+        "trailing slash": str(tmp_path / "newdir") + "/",  # not a file named newdir
     }[case]
     if case == "exists":
         out.write_bytes(b"precious")
