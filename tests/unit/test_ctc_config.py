@@ -222,8 +222,9 @@ def test_shipped_configs_are_valid(name: str, tmp_path: Path) -> None:
     from ctc.bd_rate import MAX_POINTS, MIN_POINTS
 
     cfg = load_config(CONFIGS / f"{name}.yaml", tmp_path)
-    # the MPEG anchors first; the full NanoDet sets add the VVC-based mode as a third anchor
-    extra = ("vvc_msff",) if name in ("coco128", "val2017-103") else ()
+    # the MPEG anchors first; the full NanoDet sets add the VVC-based mode as a third anchor,
+    # val2017-103 also the previous learned_e2e generation
+    extra = {"coco128": ("vvc_msff",), "val2017-103": ("vvc_msff", "learned_e2e_g3")}.get(name, ())
     assert cfg.anchors == ("image_anchor", "feature_anchor", *extra)
     assert cfg.reference == "uncompressed"
     network, primary, tasks = TASK_CONFIGS.get(name, (cfg.network.name, "map50", ("bbox",)))
