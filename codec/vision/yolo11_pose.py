@@ -35,7 +35,6 @@ shipped with this repository, whose own code stays Apache-2.0.
 
 from __future__ import annotations
 
-import math
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -50,6 +49,7 @@ from .base import Detections, Features, NetworkId, Preprocessing, ResizeMode, Sc
 from .letterbox import yolo_preprocess
 from .pickled_module import ConversionError, load_pickled_model, module_attribute, read_model_tensors
 from .weights import WeightsIntegrityError, WheelMember, cache_dir, find_wheel_member
+from .yolo_split import YoloNeckNetwork, load_state
 
 INPUT_SIZE = 640
 NUM_KEYPOINTS = 17
@@ -452,7 +452,7 @@ def converted_weights_path(allow_fetch: bool = True) -> Path:
 # -- the split network -----------------------------------------------------------------------
 
 
-class Yolo11Pose:
+class Yolo11Pose(YoloNeckNetwork):
     """YOLO11n-pose as a SplitNetwork (see codec.vision.base)."""
 
     name = "yolo11n_pose"
@@ -462,6 +462,7 @@ class Yolo11Pose:
     tasks = ("bbox", "keypoints")  # person boxes and their keypoints (codec.vision.NETWORK_TASKS)
     description = DESCRIPTION
     weights_licence = WEIGHTS_LICENCE
+    label = "YOLO11n-pose"
 
     def __init__(
         self,
@@ -473,24 +474,7 @@ class Yolo11Pose:
         max_detections: int = 300,
         device: str = "cpu",
     ) -> None:
-        input_size = int(input_size)
-        if input_size < 32 or input_size % 32:
-            raise ValueError(f"input_size must be a positive multiple of 32, got {input_size}")
-        self.model = Yolo11PoseModule()
-        self.model.load_state_dict(state)
-        self.model.eval().to(device)
-        self.device = device
-        self.input_size = input_size
-        self.resize_mode = ResizeMode[resize_mode.upper()] if isinstance(resize_mode, str) else ResizeMode(resize_mode)
-        if self.resize_mode not in (ResizeMode.LETTERBOX, ResizeMode.STRETCH):
-            raise ValueError(f"resize mode {self.resize_mode.name} is not supported by YOLO11n-pose")
-        self.score_thr = float(score_thr)
-        self.nms_iou = float(nms_iou)
-        self.max_detections = int(max_detections)
-        self._sha = state_dict_sha256(self.model.state_dict())
-
-    def weights_sha256(self) -> str:
-        return self._sha
+        self._setup(Yolo11PoseModule(), state, input_size, resize_mode, score_thr, nms_iou, max_detections, device)
 
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, Preprocessing]:
         """RGB uint8 (H, W, 3) -> (1, 3, S, S) float32 RGB / 255: letterbox on grey 114 (as
@@ -499,35 +483,6 @@ class Yolo11Pose:
         return yolo_preprocess(image, self.input_size, self.resize_mode)
 
     # -- NN part 1 / part 2 ----------------------------------------------------------
-    def _check_split(self, split: str | None) -> SplitPoint:
-        split = split or self.default_split
-        if split not in self.split_points:
-            raise ValueError(f"unknown split point {split!r} for {self.name}; choose {', '.join(self.split_points)}")
-        return self.split_points[split]
-
-    @torch.inference_mode()
-    def part1(self, x: torch.Tensor, split: str | None = None) -> Features:
-        sp = self._check_split(split)
-        feats = self.model.neck(self.model.backbone(x.to(self.device)))
-        return OrderedDict((s.name, f) for s, f in zip(sp.scales, feats))
-
-    def _features(self, features: Features, split: str | None) -> list[torch.Tensor]:
-        sp = self._check_split(split)
-        if list(features) != sp.scale_names():
-            raise ValueError(f"expected feature scales {sp.scale_names()}, got {list(features)}")
-        out = []
-        for s in sp.scales:
-            t = features[s.name]
-            if t.ndim != 4 or t.shape[0] != 1 or t.shape[1] != s.channels:
-                raise ValueError(f"feature {s.name!r} has shape {tuple(t.shape)}, expected (1, {s.channels}, H, W)")
-            out.append(t.to(self.device, torch.float32))
-        h, w = out[0].shape[-2:]
-        for t, s in zip(out[1:], sp.scales[1:]):
-            k = s.stride // sp.scales[0].stride
-            if tuple(t.shape[-2:]) != (math.ceil(h / k), math.ceil(w / k)) or h % k or w % k:
-                raise ValueError(f"scale sizes {[tuple(f.shape[-2:]) for f in out]} do not form a pyramid")
-        return out
-
     @torch.inference_mode()
     def head_outputs(self, features: Features, split: str | None = None) -> list[torch.Tensor]:
         """Raw Pose-head outputs: per level (1, 116, H, W)."""
@@ -559,17 +514,7 @@ class Yolo11Pose:
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    """A converted state dict, or (when the file is an Ultralytics checkpoint) its conversion."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # not a plain state dict: maybe an Ultralytics checkpoint (pickled model)
-        try:
-            return convert_checkpoint(path)
-        except ConversionError:
-            raise ValueError(f"{path}: neither a PyTorch state dict nor a YOLO11n-pose checkpoint") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a PyTorch state dict")
-    return state
+    return load_state(path, convert_checkpoint, "YOLO11n-pose")
 
 
 def load_yolo11_pose(

@@ -46,6 +46,7 @@ from .letterbox import yolo_preprocess
 from .nanodet import COCO80_TO_COCO91
 from .pickled_module import ConversionError, read_model_tensors
 from .weights import WeightsIntegrityError, WheelMember, cache_dir, find_wheel_member
+from .yolo_split import YoloNeckNetwork, load_state
 
 INPUT_SIZE = 640
 NUM_CLASSES = 80
@@ -339,7 +340,7 @@ def converted_weights_path(allow_fetch: bool = True) -> Path:
 # -- the split network -----------------------------------------------------------------------
 
 
-class YoloV5Seg:
+class YoloV5Seg(YoloNeckNetwork):
     """YOLOv5s-seg as a SplitNetwork (see codec.vision.base)."""
 
     name = "yolov5s_seg"
@@ -349,6 +350,7 @@ class YoloV5Seg:
     tasks = ("bbox", "segm")  # boxes and instance masks (codec.vision.NETWORK_TASKS)
     description = DESCRIPTION
     weights_licence = WEIGHTS_LICENCE
+    label = "YOLOv5s-seg"
 
     def __init__(
         self,
@@ -361,25 +363,8 @@ class YoloV5Seg:
         mask_thr: float = 0.5,
         device: str = "cpu",
     ) -> None:
-        input_size = int(input_size)
-        if input_size < 32 or input_size % 32:
-            raise ValueError(f"input_size must be a positive multiple of 32, got {input_size}")
-        self.model = YoloV5SegModule()
-        self.model.load_state_dict(state)
-        self.model.eval().to(device)
-        self.device = device
-        self.input_size = input_size
-        self.resize_mode = ResizeMode[resize_mode.upper()] if isinstance(resize_mode, str) else ResizeMode(resize_mode)
-        if self.resize_mode not in (ResizeMode.LETTERBOX, ResizeMode.STRETCH):
-            raise ValueError(f"resize mode {self.resize_mode.name} is not supported by YOLOv5s-seg")
-        self.score_thr = float(score_thr)
-        self.nms_iou = float(nms_iou)
-        self.max_detections = int(max_detections)
+        self._setup(YoloV5SegModule(), state, input_size, resize_mode, score_thr, nms_iou, max_detections, device)
         self.mask_thr = float(mask_thr)
-        self._sha = state_dict_sha256(self.model.state_dict())
-
-    def weights_sha256(self) -> str:
-        return self._sha
 
     # -- preprocessing -------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, Preprocessing]:
@@ -393,35 +378,6 @@ class YoloV5Seg:
         return yolo_preprocess(image, self.input_size, self.resize_mode)
 
     # -- NN part 1 / part 2 ----------------------------------------------------------
-    def _check_split(self, split: str | None) -> SplitPoint:
-        split = split or self.default_split
-        if split not in self.split_points:
-            raise ValueError(f"unknown split point {split!r} for {self.name}; choose {', '.join(self.split_points)}")
-        return self.split_points[split]
-
-    @torch.inference_mode()
-    def part1(self, x: torch.Tensor, split: str | None = None) -> Features:
-        sp = self._check_split(split)
-        feats = self.model.neck(self.model.backbone(x.to(self.device)))
-        return OrderedDict((s.name, f) for s, f in zip(sp.scales, feats))
-
-    def _features(self, features: Features, split: str | None) -> list[torch.Tensor]:
-        sp = self._check_split(split)
-        if list(features) != sp.scale_names():
-            raise ValueError(f"expected feature scales {sp.scale_names()}, got {list(features)}")
-        out = []
-        for s in sp.scales:
-            t = features[s.name]
-            if t.ndim != 4 or t.shape[0] != 1 or t.shape[1] != s.channels:
-                raise ValueError(f"feature {s.name!r} has shape {tuple(t.shape)}, expected (1, {s.channels}, H, W)")
-            out.append(t.to(self.device, torch.float32))
-        h, w = out[0].shape[-2:]
-        for t, s in zip(out[1:], sp.scales[1:]):
-            k = s.stride // sp.scales[0].stride
-            if tuple(t.shape[-2:]) != (math.ceil(h / k), math.ceil(w / k)) or h % k or w % k:
-                raise ValueError(f"scale sizes {[tuple(f.shape[-2:]) for f in out]} do not form a pyramid")
-        return out
-
     @torch.inference_mode()
     def head_outputs(self, features: Features, split: str | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Raw Segment-head outputs: per level (1, 3, H, W, 117) logits and the prototypes."""
@@ -484,17 +440,7 @@ class YoloV5Seg:
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    """A converted state dict, or (when the file is a YOLOv5 checkpoint) its conversion."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # not a plain state dict: maybe a YOLOv5 checkpoint (pickled model)
-        try:
-            return convert_checkpoint(path)
-        except ConversionError:
-            raise ValueError(f"{path}: neither a PyTorch state dict nor a YOLOv5s-seg checkpoint") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a PyTorch state dict")
-    return state
+    return load_state(path, convert_checkpoint, "YOLOv5s-seg")
 
 
 def load_yolov5_seg(name: str = "yolov5s_seg", weights: str | None = None, device: str = "cpu", **kwargs) -> YoloV5Seg:

@@ -37,7 +37,9 @@ from codec.vision.yolo11_pose import (
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "yolo11n_pose"
 TOL = 1e-4  # max |difference| allowed on the head outputs against the fused original (as Ultralytics runs it)
-TOL_UNFUSED = 1e-5  # against the unfused original: the same operations (measured: bit-identical here)
+# against the unfused original: the same operations (bit-identical with one torch thread; with two,
+# other convolution kernels: 2.7e-5 measured at 640), so the bound
+TOL_UNFUSED = 1e-4
 
 
 @pytest.fixture(scope="module")
