@@ -69,13 +69,23 @@ def bd_main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     rows_a = _read_summary(args.anchors)
     curves: dict[str, list[tuple[float, float]]] = {}
+    source: dict[str, Path] = {}  # the run each codec's curve comes from
     ref = {}
-    for run in [args.anchors, *args.tests]:
+    runs = list(dict.fromkeys(p.resolve() for p in [args.anchors, *args.tests]))  # a run given twice counts once
+    tests = {p.resolve() for p in args.tests}
+    for run in runs:
         for r in _read_summary(run):
             if r["codec"] == args.reference:
                 ref[str(run)] = (float(r[args.metric]), int(r["n_images"]))
-            elif run == args.anchors and r["codec"] not in args.anchor_codecs.split(","):
+            elif run not in tests and r["codec"] not in args.anchor_codecs.split(
+                ","
+            ):  # the anchors' run: its anchors only
                 continue
+            elif source.setdefault(r["codec"], run) != run:
+                print(
+                    f"note: {r['codec']} of {run} left out (its curve is taken from {source[r['codec']]})",
+                    file=sys.stderr,
+                )
             else:
                 curves.setdefault(r["codec"], []).append((float(r["bpp"]), float(r[args.metric])))
     if len({v for v in ref.values()}) > 1:

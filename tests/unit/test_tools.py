@@ -37,3 +37,28 @@ def test_make_conformance_runs_as_a_module_and_refuses_to_overwrite(tmp_path: Pa
         timeout=300,
     )
     assert out.returncode == 2 and "pass --regenerate" in out.stderr
+
+
+def _summary(run: Path, rows: list[tuple[str, float, float]]) -> None:
+    run.mkdir()
+    lines = ["codec,bpp,map50,n_images"] + [f"{c},{b},{m},3" for c, b, m in rows]
+    (run / "summary.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_bench_fenet_bd_takes_one_run_as_anchors_and_tests(tmp_path: Path, capsys):
+    from tools import bench_fenet
+
+    a = [("anchor_x", b, m) for b, m in ((0.1, 0.2), (0.2, 0.3), (0.4, 0.35), (0.8, 0.38))]
+    t = [("test_y", b / 2, m) for _, b, m in a]
+    run = tmp_path / "run"
+    _summary(run, [*a, *t, ("uncompressed", 50.0, 0.39)])
+    assert bench_fenet.main(["bd", "--anchors", str(run), "--tests", str(run), "--anchor-codecs", "anchor_x"]) == 0
+    out = capsys.readouterr().out
+    # the test curve is the anchor's at half the rate: -50 % at every accuracy
+    line = next(x for x in out.splitlines() if x.startswith("test_y") and "anchor_x" in x)
+    assert float(line.split()[2]) == pytest.approx(-50.0, abs=1e-6)
+    # a second run holding the same codec: its curve is left out, said on stderr
+    other = tmp_path / "other"
+    _summary(other, [*t, ("uncompressed", 50.0, 0.39)])
+    assert bench_fenet.main(["bd", "--anchors", str(run), "--tests", str(run), str(other)]) == 0
+    assert "test_y of" in capsys.readouterr().err
