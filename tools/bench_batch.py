@@ -72,10 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.qp is not None
         else (["--phi", str(args.phi)] if args.mode == "learned_e2e" else [])
     )
-    common = ["--threads", str(args.threads)]
 
+    try:
+        command = "python -m tools.bench_batch " + " ".join(argv if argv is not None else sys.argv[1:])
+        return _measure(args, files, ann, rate, command)
+    except RuntimeError as e:  # an app refused or failed: its own message, no traceback
+        print(f"bench_batch: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _measure(args: argparse.Namespace, files: list[Path], ann: Path, rate: list[str], command: str) -> int:
     from ctc.coco_eval import evaluate_detections
 
+    common = ["--threads", str(args.threads)]
     with tempfile.TemporaryDirectory(prefix="fcm_bench_batch_") as tmp:
         t = Path(tmp)
         src = t / "images"
@@ -91,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         containers = sorted(bins.glob("*.bin"))
         total_bytes = sum(p.stat().st_size for p in containers)
         res = {
-            "command": "python -m tools.bench_batch " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": command,
             "images": len(files),
             "containers": len(containers),
             "image_ids_in_results": len(ids),
