@@ -5,8 +5,8 @@ not map to an exit code, or exhaust its memory."""
 
 from __future__ import annotations
 
-import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -98,7 +98,9 @@ def test_scale_size_mutations_stay_within_the_limits_and_parse(corpus):
 def misbehaving_target(data: bytes, path: Path) -> dict:
     """A target for checking the harness itself (run in the worker)."""
     if data == b"segv":
-        os.kill(os.getpid(), signal.SIGSEGV)
+        # to this thread: a signal sent to the process (os.kill) may be taken by any of its
+        # threads (torch's), and faulthandler then shows a stack without this function
+        signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)
     if data == b"hang":
         time.sleep(600)
     if data == b"raise":
