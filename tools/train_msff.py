@@ -94,6 +94,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--width", type=int, default=80)
     ap.add_argument("--fuse-blocks", type=int, default=1)
     ap.add_argument(
+        "--fusion-scale", type=int, default=-1, help="index of the scale at whose stride Z lies (-1: the coarsest)"
+    )
+    ap.add_argument(
         "--linear-path",
         action="store_true",
         help="add the linear (space-to-depth + 1x1) path, initialised from PCA of the cache",
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = MsffConfig.for_split_point(
             sp, fused_channels=args.fused_channels, width=args.width, fuse_blocks=args.fuse_blocks,
-            linear_path=args.linear_path,
+            linear_path=args.linear_path, fusion_scale=args.fusion_scale,
         )  # fmt: skip
         model = MsffCodecModel(cfg)
         model.set_feature_scale(feature_scales(data.cache, names, data.n_rows))

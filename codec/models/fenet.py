@@ -169,10 +169,8 @@ class FenetConfig:
     def stacked_channels(self) -> int:
         """Channels of all scales stacked at the latent's stride (space-to-depth for the
         finer scales, depth-to-space for the coarser ones)."""
-        lv = self.scales[self.level].stride
-        return sum(
-            s.channels * (lv // s.stride) ** 2 if s.stride <= lv else s.channels // (s.stride // lv) ** 2
-            for s in self.scales
+        return linear_path.stacked_channels_at(
+            [s.channels for s in self.scales], [s.stride for s in self.scales], self.level
         )
 
     def to_json(self) -> dict:
@@ -212,43 +210,17 @@ def _half(n: int) -> int:
 
 
 def stack_at_level(xs: list[torch.Tensor], cfg: FenetConfig) -> torch.Tensor:
-    """Every scale moved to the latent scale's grid: finer ones space-to-depth (as
-    linear_path.stack_scales), coarser ones depth-to-space; exact (moves and crops)."""
-    lv = cfg.level
-    if lv == len(xs) - 1:
-        return linear_path.stack_scales(xs, cfg.ratios, _fit_size)
-    h, w = xs[lv].shape[-2:]
-    parts = []
-    for i, x in enumerate(xs):
-        r = cfg.scales[lv].stride // cfg.scales[i].stride if i <= lv else 0
-        if i <= lv:
-            x = _fit(x, h * r, w * r)
-            parts.append(F.pixel_unshuffle(x, r) if r > 1 else x)
-        else:
-            q = cfg.scales[i].stride // cfg.scales[lv].stride
-            parts.append(_fit(F.pixel_shuffle(x, q), h, w))
-    return torch.cat(parts, 1)
+    """Every scale moved to the latent scale's grid: finer ones space-to-depth, coarser ones
+    depth-to-space (linear_path.stack_at, with zero padding); exact (moves and crops)."""
+    return linear_path.stack_at(xs, [s.stride for s in cfg.scales], cfg.level, _fit_size)
 
 
 def unstack_from_level(stacked: torch.Tensor, cfg: FenetConfig, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
     """Inverse of stack_at_level, fitted to each scale's size; exact on integer tensors."""
-    lv = cfg.level
-    if lv == len(sizes) - 1:
-        return linear_path.unstack_scales(stacked, [s.channels for s in cfg.scales], cfg.ratios, sizes, _fit_size)
-    out, start = [], 0
-    for i, (s, size) in enumerate(zip(cfg.scales, sizes)):
-        if i <= lv:
-            r = cfg.scales[lv].stride // s.stride
-            n = s.channels * r * r
-            part = stacked[:, start : start + n]
-            out.append(_fit_size(F.pixel_shuffle(part, r) if r > 1 else part, size))
-        else:
-            q = s.stride // cfg.scales[lv].stride
-            n = s.channels // (q * q)
-            part = _fit(stacked[:, start : start + n], size[0] * q, size[1] * q)
-            out.append(F.pixel_unshuffle(part, q))
-        start += n
-    return out
+    scales = cfg.scales
+    return linear_path.unstack_from(
+        stacked, [s.channels for s in scales], [s.stride for s in scales], cfg.level, sizes, _fit_size
+    )
 
 
 def conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:

@@ -50,6 +50,60 @@ def unstack_scales(
     return out
 
 
+def stacked_channels_at(channels: list[int], strides: list[int], level: int) -> int:
+    """Channels of the scales stacked at scale `level`'s stride: a finer scale i contributes
+    C_i * r^2 (space-to-depth by r = stride_level / stride_i), a coarser one C_i / q^2
+    (depth-to-space by q = stride_i / stride_level)."""
+    lv = strides[level]
+    return sum(c * (lv // s) ** 2 if s <= lv else c // (s // lv) ** 2 for c, s in zip(channels, strides))
+
+
+def stack_at(xs: list[torch.Tensor], strides: list[int], level: int, fit: FitFn) -> torch.Tensor:
+    """Every scale moved to the grid of scale `level`: finer ones space-to-depth (as
+    stack_scales), coarser ones depth-to-space, then fitted; exact (moves and crops)."""
+    if level % len(xs) == len(xs) - 1:
+        return stack_scales(xs, [strides[-1] // s for s in strides], fit)
+    lv = level % len(xs)
+    h, w = xs[lv].shape[-2:]
+    parts = []
+    for i, x in enumerate(xs):
+        if i <= lv:
+            r = strides[lv] // strides[i]
+            x = fit(x, (h * r, w * r))
+            parts.append(F.pixel_unshuffle(x, r) if r > 1 else x)
+        else:
+            parts.append(fit(F.pixel_shuffle(x, strides[i] // strides[lv]), (h, w)))
+    return torch.cat(parts, 1)
+
+
+def unstack_from(
+    stacked: torch.Tensor,
+    channels: list[int],
+    strides: list[int],
+    level: int,
+    sizes: list[tuple[int, int]],
+    fit: FitFn,
+) -> list[torch.Tensor]:
+    """Inverse of stack_at, fitted to each scale's size; exact on integer-valued tensors."""
+    if level % len(sizes) == len(sizes) - 1:
+        return unstack_scales(stacked, channels, [strides[-1] // s for s in strides], sizes, fit)
+    lv = level % len(sizes)
+    out, start = [], 0
+    for i, (c, size) in enumerate(zip(channels, sizes)):
+        if i <= lv:
+            r = strides[lv] // strides[i]
+            n = c * r * r
+            part = stacked[:, start : start + n]
+            out.append(fit(F.pixel_shuffle(part, r) if r > 1 else part, size))
+        else:
+            q = strides[i] // strides[lv]
+            n = c // (q * q)
+            part = fit(stacked[:, start : start + n], (size[0] * q, size[1] * q))
+            out.append(F.pixel_unshuffle(part, q))
+        start += n
+    return out
+
+
 @torch.no_grad()
 def pca(stacks: Iterable[torch.Tensor], components: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """PCA over every spatial position of the (N, D, H, W) stacks: returns the mean (D,),

@@ -58,6 +58,21 @@ class MsffConfig:
     # back to every scale) to its heads; initialised from PCA of training features
     # (init_linear_path), so the ordered principal components are the starting point
     linear_path: bool = False
+    # index of the scale at whose stride Z lies (-1: the coarsest, the first models). With
+    # fusion_scale L < k-1 the finer scales are fused down into L as above, the coarser ones
+    # enter L through a 1x1 conv and pixel shuffle (MSFF) and leave it through stride-2 convs
+    # (MSFR); the linear path moves them depth-to-space (exact). bitstream_spec.md, 7.4.
+    fusion_scale: int = -1
+
+    def __post_init__(self) -> None:
+        k = len(self.scales)
+        if k and not -k <= self.fusion_scale < k:
+            raise MsffConfigError(f"fusion_scale {self.fusion_scale} is not a scale index of {k} scales")
+
+    @property
+    def level(self) -> int:
+        """fusion_scale as a non-negative index."""
+        return self.fusion_scale % len(self.scales)
 
     @classmethod
     def for_split_point(cls, split_point: SplitPoint, **kwargs: Any) -> MsffConfig:
@@ -76,7 +91,8 @@ class MsffConfig:
 
 
 def _check_config(cfg: MsffConfig) -> list[int]:
-    """Validate the scales; return log2(coarsest stride / stride) per scale."""
+    """Validate the scales; return log2(fusion stride / stride) per scale (negative for the
+    scales coarser than the fusion scale)."""
     if not cfg.scales:
         raise MsffConfigError("a split point needs at least one scale")
     if cfg.fused_channels < 1 or cfg.width < 1 or cfg.fuse_blocks < 0:
@@ -91,16 +107,22 @@ def _check_config(cfg: MsffConfig) -> list[int]:
         if coarsest % s.stride or ratio & (ratio - 1):
             raise MsffConfigError(f"stride {s.stride} of {s.name!r} is not a power-of-two divisor of {coarsest}")
         levels.append(int(math.log2(ratio)))
-    return levels
-
-
-def _ratios(cfg: MsffConfig) -> list[int]:
-    return [cfg.scales[-1].stride // s.stride for s in cfg.scales]
+    top = levels[cfg.level]
+    for s, lev in zip(cfg.scales[cfg.level + 1 :], levels[cfg.level + 1 :]):
+        q = 1 << (top - lev)
+        if s.channels % (q * q):
+            raise MsffConfigError(f"scale {s.name!r}: {s.channels} channels cannot be shuffled depth-to-space by {q}")
+    return [lev - top for lev in levels]
 
 
 def stacked_channels(cfg: MsffConfig) -> int:
-    """Channels of the space-to-depth stack of every scale at the coarsest stride."""
-    return linear_path.stacked_channels([s.channels for s in cfg.scales], _ratios(cfg))
+    """Channels of every scale stacked at the fusion stride (space-to-depth for the finer
+    scales, depth-to-space for the coarser ones)."""
+    return linear_path.stacked_channels_at([s.channels for s in cfg.scales], [s.stride for s in cfg.scales], cfg.level)
+
+
+def _strides(cfg: MsffConfig) -> list[int]:
+    return [s.stride for s in cfg.scales]
 
 
 def _fit(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -146,6 +168,9 @@ class Msff(nn.Module):
                 cin = w
             if n_down == 0:
                 layers += [nn.Conv2d(cin, w, 1), nn.LeakyReLU(0.1)]
+            if n_down < 0:  # coarser than the fusion scale: 1x1 conv and pixel shuffle up
+                q = 1 << -n_down
+                layers += [nn.Conv2d(cin, w * q * q, 1), nn.PixelShuffle(q), nn.LeakyReLU(0.1)]
             self.branches[s.name] = nn.Sequential(*layers)
         self.fuse_in = nn.Conv2d(w * len(cfg.scales), w * 2, 1)
         self.blocks = nn.Sequential(*[ResBlock(w * 2) for _ in range(cfg.fuse_blocks)])
@@ -154,20 +179,21 @@ class Msff(nn.Module):
         self.register_buffer("feature_scale", torch.ones(len(cfg.scales)))
 
     def stack(self, features: Features) -> torch.Tensor:
-        """Normalised scales, each space-to-depth'ed to the coarsest stride (finer scales
-        cropped or edge-padded to exactly r times the coarsest size), concatenated."""
+        """Normalised scales, each moved to the fusion stride (finer scales space-to-depth,
+        cropped or edge-padded to exactly r times the fusion scale's size; coarser ones
+        depth-to-space), concatenated."""
         xs = [features[s.name].float() / self.feature_scale[i] for i, s in enumerate(self.cfg.scales)]
-        return linear_path.stack_scales(xs, _ratios(self.cfg), _fit)
+        return linear_path.stack_at(xs, _strides(self.cfg), self.cfg.level, _fit)
 
     def forward(self, features: Features) -> torch.Tensor:
         missing = [s.name for s in self.cfg.scales if s.name not in features]
         if missing:
             raise MsffConfigError(f"features lack scales {missing}")
-        coarsest = features[self.cfg.scales[-1].name].shape[-2:]
+        fused = features[self.cfg.scales[self.cfg.level].name].shape[-2:]
         outs = []
         for i, s in enumerate(self.cfg.scales):
             x = features[s.name].float() / self.feature_scale[i]
-            outs.append(_fit(self.branches[s.name](x), (coarsest[0], coarsest[1])))
+            outs.append(_fit(self.branches[s.name](x), (fused[0], fused[1])))
         z = F.leaky_relu(self.fuse_in(torch.cat(outs, 1)), 0.1)
         z = self.fuse_out(self.blocks(z))
         if self.linear is not None:
@@ -191,10 +217,19 @@ class Msfr(nn.Module):
         self.blocks = nn.Sequential(*[ResBlock(w * 2) for _ in range(cfg.fuse_blocks)])
         self.trunk_out = nn.Conv2d(w * 2, w, 1)
         self.up = nn.ModuleDict()
+        self.down = nn.ModuleDict()  # scales coarser than the fusion scale: stride-2 convs from the trunk
         self.heads = nn.ModuleDict()
-        # scales from coarsest to finest; factor relative to the previous (coarser) one
-        prev = levels[-1]
+        for s, lev in zip(cfg.scales, levels):
+            if lev < 0:
+                self.down[s.name] = nn.Sequential(
+                    *[m for _ in range(-lev) for m in (nn.Conv2d(w, w, 3, stride=2, padding=1), nn.LeakyReLU(0.1))]
+                )
+        # scales from the fusion scale to the finest; factor relative to the previous (coarser) one
+        prev = 0
         for s, lev in reversed(list(zip(cfg.scales, levels))):
+            if lev < 0:
+                self.heads[s.name] = nn.Conv2d(w, s.channels, 1)
+                continue
             r = 1 << (lev - prev)
             if r > 1:
                 self.up[s.name] = nn.Sequential(
@@ -210,18 +245,26 @@ class Msfr(nn.Module):
         self.register_buffer("feature_scale", torch.ones(len(cfg.scales)))
 
     def unstack(self, stacked: torch.Tensor, sizes: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
-        """Inverse of Msff.stack (without the normalisation): depth-to-space per scale, cropped."""
+        """Inverse of Msff.stack (without the normalisation): each scale back from the fusion
+        stride, cropped."""
         scales = self.cfg.scales
-        parts = linear_path.unstack_scales(
-            stacked, [s.channels for s in scales], _ratios(self.cfg), [sizes[s.name] for s in scales], _fit
-        )
+        parts = linear_path.unstack_from(
+            stacked, [s.channels for s in scales], _strides(self.cfg), self.cfg.level,
+            [sizes[s.name] for s in scales], _fit,
+        )  # fmt: skip
         return {s.name: p for s, p in zip(scales, parts)}
 
     def forward(self, z: torch.Tensor, sizes: dict[str, tuple[int, int]]) -> Features:
         y = F.leaky_relu(self.trunk_out(self.blocks(F.leaky_relu(self.trunk_in(z), 0.1))), 0.1)
         lin = self.unstack(self.linear(z), sizes) if self.linear is not None else None
         out: dict[str, torch.Tensor] = {}
-        for i in reversed(range(len(self.cfg.scales))):
+        for i in range(self.cfg.level + 1, len(self.cfg.scales)):  # coarser than the fusion scale
+            s = self.cfg.scales[i]
+            head = self.heads[s.name](_fit(self.down[s.name](y), sizes[s.name]))
+            if lin is not None:
+                head = head + lin[s.name]
+            out[s.name] = head * self.feature_scale[i]
+        for i in reversed(range(self.cfg.level + 1)):
             s = self.cfg.scales[i]
             if s.name in self.up:
                 y = self.up[s.name](y)
@@ -279,6 +322,12 @@ class ExactMsfr(nn.Module):
             }
         )
         self.shuffle = {k: cast(nn.PixelShuffle, u[1]).upscale_factor for k, u in ups.items()}
+        self.down = nn.ModuleDict(
+            {
+                k: nn.ModuleList([_exact_conv(cast(nn.Conv2d, c)) for c in cast(nn.Sequential, d)[::2]])
+                for k, d in msfr.down.items()
+            }
+        )
         self.heads = nn.ModuleDict({k: _exact_conv(cast(nn.Conv2d, h)) for k, h in msfr.heads.items()})
         self.linear = _exact_conv(msfr.linear) if msfr.linear is not None else None
         self._unstack = msfr.unstack
@@ -295,7 +344,16 @@ class ExactMsfr(nn.Module):
             y = y + c2(_exact_leaky(c1(y)))
         y = _exact_leaky(self.trunk_out(y))
         out: dict[str, torch.Tensor] = {}
-        for i in reversed(range(len(self.cfg.scales))):
+        for i in range(self.cfg.level + 1, len(self.cfg.scales)):  # coarser than the fusion scale
+            s = self.cfg.scales[i]
+            t = y
+            for c in cast(nn.ModuleList, self.down[s.name]):
+                t = _exact_leaky(c(t))
+            head = self.heads[s.name](_fit(t, sizes[s.name]))
+            if lin is not None:
+                head = head + lin[s.name]
+            out[s.name] = (head / float(1 << EXACT_ACT_BITS) * self.feature_scale[i]).to(torch.float32)
+        for i in reversed(range(self.cfg.level + 1)):
             s = self.cfg.scales[i]
             if s.name in self.up:
                 conv1, conv3 = cast(nn.ModuleList, self.up[s.name])

@@ -2,7 +2,8 @@
 VVC (bitstream_spec.md, section 7.4).
 
 Encoder: MSFF (codec/models/msff.py) fuses the split point's scales into one
-tensor Z of C channels at the coarsest stride, channels ordered by importance
+tensor Z of C channels at the model's fusion stride (the coarsest for the shipped
+model), channels ordered by importance
 (selective learning). Only the first KeptChannels channels are coded; the count
 comes from the QP through TRUNCATION_TABLE. They are min-max quantised to 10 bits
 (one range for the whole kept tensor), tiled into a monochrome frame exactly as
@@ -232,6 +233,8 @@ def _check_header(header: ContainerHeader, model: MsffCodecModel, digest: bytes)
         raise MalformedError("kept_channels fields are not filled greedily in scale order")
     if len({(s.quant_min, s.quant_max) for s in header.scales}) != 1:
         raise MalformedError("vvc_msff needs the same quant_min and quant_max in every scale")
+    # every scale's size follows from the coarsest one's (ceil division by 2 per stride step),
+    # and Z lies at the model's fusion scale (the coarsest for the first models)
     coarse = header.scales[-1]
     top = model.cfg.scales[-1].stride
     for i, (s, info) in enumerate(zip(header.scales, model.cfg.scales)):
@@ -239,7 +242,8 @@ def _check_header(header: ContainerHeader, model: MsffCodecModel, digest: bytes)
         if not ((coarse.height - 1) * r < s.height <= coarse.height * r and
                 (coarse.width - 1) * r < s.width <= coarse.width * r):  # fmt: skip
             raise MalformedError(f"scale {i} ({s.name}) size {s.height}x{s.width} does not match the coarsest scale")
-    layout = anchor.frame_layout([(kept, coarse.height, coarse.width)])
+    fused = header.scales[model.cfg.level]
+    layout = anchor.frame_layout([(kept, fused.height, fused.width)])
     anchor.check_frame_size(layout)
     return kept, layout
 
@@ -273,23 +277,24 @@ def decode_symbols(header: ContainerHeader, units: list[PayloadUnit], weights: W
     return {"frame": frame.astype(np.uint16)}
 
 
-def fused_tensor(header: ContainerHeader, frame: np.ndarray, fused_channels: int) -> torch.Tensor:
-    """Decoded frame -> (1, C, h, w) fused tensor: kept channels dequantised, the rest zero."""
+def fused_tensor(header: ContainerHeader, frame: np.ndarray, fused_channels: int, level: int = -1) -> torch.Tensor:
+    """Decoded frame -> (1, C, h, w) fused tensor at scale `level`'s size (the model's
+    fusion scale): kept channels dequantised, the rest zero."""
     import torch
 
-    coarse = header.scales[-1]
+    fused = header.scales[level]
     kept = sum(s.kept_channels for s in header.scales)
-    layout = anchor.frame_layout([(kept, coarse.height, coarse.width)])
-    (codes,) = anchor.untile(frame, [(kept, coarse.height, coarse.width)], layout)
-    z = np.zeros((fused_channels, coarse.height, coarse.width), dtype=np.float32)
-    z[:kept] = anchor.dequantise(codes, coarse.quant_min, coarse.quant_max)
+    layout = anchor.frame_layout([(kept, fused.height, fused.width)])
+    (codes,) = anchor.untile(frame, [(kept, fused.height, fused.width)], layout)
+    z = np.zeros((fused_channels, fused.height, fused.width), dtype=np.float32)
+    z[:kept] = anchor.dequantise(codes, fused.quant_min, fused.quant_max)
     return torch.from_numpy(z).unsqueeze(0)
 
 
 def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights: Weights = None) -> Features:
     model, exact, digest = model_for(header.mode.codec_model_id, weights)
     _check_header(header, model, digest)
-    z = fused_tensor(header, symbols["frame"], model.cfg.fused_channels)
+    z = fused_tensor(header, symbols["frame"], model.cfg.fused_channels, model.cfg.level)
     return dict(exact(z, {s.name: (s.height, s.width) for s in header.scales}))
 
 

@@ -142,6 +142,68 @@ def test_exact_msfr_matches_float_and_is_thread_independent():
         assert err < 1e-3 * float(ref[k].abs().max()), (k, err)
 
 
+def test_fusion_at_stride_16_shapes_and_exact_decoder():
+    """fusion_scale 1: Z at p4's stride (26x26 for a 416x416 input); p5 leaves the trunk through
+    stride-2 convolutions, and the exact MSFR still matches the float one with any thread count."""
+    torch.manual_seed(2)
+    cfg = MsffConfig.for_split_point(NANODET_NECK, fused_channels=64, width=16, linear_path=True, fusion_scale=1)
+    assert cfg.level == 1 and stacked_channels(cfg) == 128 * 4 + 128 + 128 // 4
+    assert MsffConfig.from_json(cfg.to_json()) == cfg
+    model = MsffCodecModel(cfg).eval()
+    for prm in model.parameters():  # the linear path's and heads' zero starts would hide the new branches
+        torch.nn.init.normal_(prm, std=0.05)
+    model.set_feature_scale(torch.tensor([0.1, 0.2, 0.3]))
+    feats = _features(NANODET_NECK, 136, 160)  # 17x20, 9x10, 5x5: odd sizes
+    sizes = {k: tuple(v.shape[-2:]) for k, v in feats.items()}
+    with torch.no_grad():
+        z = model.msff(feats)
+        ref = model.msfr(z, sizes)
+    assert tuple(z.shape) == (1, 64, 9, 10)
+    assert {k: tuple(v.shape[-2:]) for k, v in ref.items()} == sizes
+    a, b = _exact_with_1_and_2_threads(model, z, sizes)
+    for k in ref:
+        assert torch.equal(a[k], b[k])
+        err = float((a[k] - ref[k]).abs().max())
+        assert err < 1e-3 * float(ref[k].abs().max()), (k, err)
+    # the old records have no fusion_scale: Z at the coarsest stride
+    old = cfg.to_json()
+    del old["fusion_scale"]
+    assert MsffConfig.from_json(old).level == 2
+
+
+def test_fusion_scale_is_checked():
+    with pytest.raises(MsffConfigError, match="fusion_scale"):
+        MsffConfig.for_split_point(NANODET_NECK, fusion_scale=3)
+    odd = SplitPoint("s", 1, (ScaleInfo("a", 4, 8), ScaleInfo("b", 3, 16), ScaleInfo("c", 2, 32)))
+    with pytest.raises(MsffConfigError, match="depth-to-space"):
+        MsffCodecModel(MsffConfig.for_split_point(odd, fusion_scale=1))
+
+
+def test_linear_path_at_the_fusion_scale_inverts_pca_exactly():
+    """With fusion_scale 1 and all D components, MSFF's linear path is an orthonormal change of
+    basis of the stack at the fusion stride (finer scales space-to-depth, the coarser one
+    depth-to-space), and MSFR's inverts it."""
+    sp = SplitPoint("s", 1, (ScaleInfo("a", 4, 8), ScaleInfo("b", 3, 16), ScaleInfo("c", 8, 32)))
+    torch.manual_seed(4)
+    cfg = MsffConfig.for_split_point(sp, fused_channels=4 * 4 + 3 + 2, width=8, linear_path=True, fusion_scale=1)
+    d = stacked_channels(cfg)
+    assert d == 21
+    model = MsffCodecModel(cfg).eval()
+    basis, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
+    mean = torch.randn(d, dtype=torch.float64) * 0.1
+    init_linear_path(model, mean, basis.t())
+    feats = _features(sp, 64, 96, seed=3, scale=1.0)  # 8x12, 4x6, 2x3
+    sizes = {k: tuple(v.shape[-2:]) for k, v in feats.items()}
+    with torch.no_grad():
+        z = model.msff(feats)
+        rec = model.msfr(z, sizes)
+        stack = model.msff.stack(feats)
+    assert tuple(z.shape) == (1, d, 4, 6)
+    assert torch.equal(stack[0, -2:, ::2, ::2], feats["c"][0, 0::4])  # depth-to-space of "c"
+    for k in feats:
+        assert torch.allclose(rec[k], feats[k], atol=1e-4), k
+
+
 # -- linear (PCA-initialised) path ---------------------------------------------------------------
 
 SMALL = SplitPoint("s", 1, (ScaleInfo("a", 4, 8), ScaleInfo("b", 3, 16), ScaleInfo("c", 2, 32)))
@@ -345,6 +407,32 @@ def test_round_trip_through_the_container_with_shipped_weights(tmp_path):
     other.with_suffix(".json").write_text(json.dumps(record))
     with pytest.raises(CodecModelMismatchError):
         vvc_msff.decode_symbols(h, parsed.units, weights=other)
+
+
+@pytest.mark.needs_ffmpeg
+@needs_vvc
+def test_a_model_fused_at_stride_16_codes_its_frame_at_that_stride(tmp_path):
+    """vvc_msff with a fusion_scale-1 model (given as codec weights): the VVC frame tiles the
+    kept channels at p4's size, and the decoder rebuilds every scale from it."""
+    torch.manual_seed(6)
+    cfg = MsffConfig.for_split_point(NANODET_NECK, fused_channels=32, width=8, linear_path=True, fusion_scale=1)
+    model = MsffCodecModel(cfg).eval()
+    model.set_feature_scale(torch.tensor([0.1, 0.1, 0.1]))
+    pt = tmp_path / "msff16.pt"
+    torch.save(model.state_dict(), pt)
+    pt.with_suffix(".json").write_text(
+        json.dumps({"model": "msff_msfr", "config": cfg.to_json(), "weights_sha256": file_sha256(pt)})
+    )
+    feats = _features(NANODET_NECK, 128, 160, seed=7)  # p3 16x20, p4 8x10, p5 4x5
+    mh, units = vvc_msff.encode(feats, NANODET_NECK, vvc_msff.Params(qp=32, kept_channels=20, codec_weights=str(pt)))
+    parsed = parse_container(_container(mh, units, 128, 160))
+    sym = vvc_msff.decode_symbols(parsed.header, parsed.units, weights=pt)
+    rows, cols = vvc_msff.anchor.grid_shape(20)
+    assert sym["frame"].shape == (rows * 8, cols * 10)
+    rec = vvc_msff.reconstruct(parsed.header, sym, weights=pt)
+    assert {k: tuple(v.shape) for k, v in rec.items()} == {k: tuple(v.shape) for k, v in feats.items()}
+    zhat = vvc_msff.fused_tensor(parsed.header, sym["frame"], 32, cfg.level)
+    assert tuple(zhat.shape) == (1, 32, 8, 10) and bool((zhat[0, 20:] == 0).all())
 
 
 @pytest.mark.needs_ffmpeg
