@@ -88,13 +88,28 @@ MODEL_IDS: tuple[CodecModelId, ...] = (
     CodecModelId.FENET_NANODET_NECK_G3,
     CodecModelId.FENET_NANODET_NECK_P4,
     CodecModelId.FENET_NANODET_NECK,
+    CodecModelId.FENET_YOLOV5S_SEG_NECK,
 )
 MODEL_NAMES: dict[str, CodecModelId] = {
     "fenet_nanodet_neck_g4": CodecModelId.FENET_NANODET_NECK_G4,
     "fenet_nanodet_neck_g3": CodecModelId.FENET_NANODET_NECK_G3,
     "fenet_nanodet_neck_p4": CodecModelId.FENET_NANODET_NECK_P4,
     "fenet_nanodet_neck": CodecModelId.FENET_NANODET_NECK,
+    "fenet_yolov5s_seg_neck": CodecModelId.FENET_YOLOV5S_SEG_NECK,
 }
+
+
+# the model trained for each (network, split point): what the training programme writes into the
+# headers of its dev evaluation, before the weights are shipped
+NETWORK_MODELS: dict[tuple[str, str], CodecModelId] = {
+    ("nanodet", "neck"): CodecModelId.FENET_NANODET_NECK_G4,
+    ("yolov5s_seg", "neck"): CodecModelId.FENET_YOLOV5S_SEG_NECK,
+}
+
+
+def model_id_for_network(network: str, split: str) -> CodecModelId:
+    """The codec model id trained for a network's split point (the encoder's default first model otherwise)."""
+    return NETWORK_MODELS.get((network, split), MODEL_IDS[0])
 
 
 def model_for(model_id: CodecModelId, weights: Weights = None) -> tuple[FenetCodec, bytes]:
