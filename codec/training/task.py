@@ -189,7 +189,8 @@ class YoloV5SegHeadLoss(nn.Module):
         window = self.window(feats[0])
         levels, proto = self.logits(feats, window)
         nc = self.num_classes
-        objectness, kept, rows, kept_obj, kept_conf, norm = [], [], [], [], [], 0.0
+        objectness, kept, rows, kept_obj, kept_conf = [], [], [], [], []
+        norm = feats[0].new_zeros(feats[0].shape[0])
         for y in levels:
             obj = y[:, :, 4].sigmoid()  # (B, 3, HW)
             b_idx, a_idx, p_idx = (obj >= self.cfg.min_objectness).nonzero(as_tuple=True)
@@ -202,7 +203,7 @@ class YoloV5SegHeadLoss(nn.Module):
             kept_obj.append(o)
             kept_conf.append(conf)
             norm = norm + obj.new_zeros(obj.shape[0]).index_add(0, b_idx, conf)
-        norm_t = torch.as_tensor(norm).clamp(min=self.cfg.min_confidence)
+        norm_t = norm.clamp(min=self.cfg.min_confidence)
         return YoloTeacher(objectness, kept, rows, kept_obj, kept_conf, norm_t, proto, window)
 
     def forward(self, rec: list[torch.Tensor], teacher: YoloTeacher) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -210,7 +211,7 @@ class YoloV5SegHeadLoss(nn.Module):
         the prototype term)."""
         nc, gamma, t = self.num_classes, self.cfg.gamma, teacher
         s_levels, s_proto = self.logits(rec, t.window)
-        cls_term = box_term = 0.0
+        cls_term = box_term = rec[0].new_zeros(rec[0].shape[0])
         for i, y in enumerate(s_levels):
             b_idx, a_idx, p_idx = t.kept[i]
             obj = _focal_bce(y[:, :, 4], t.objectness[i], gamma).flatten(1).sum(1)  # every anchor
@@ -224,8 +225,8 @@ class YoloV5SegHeadLoss(nn.Module):
             cls_term = cls_term + obj + zeros.index_add(0, b_idx, cls_k)
             box_term = box_term + zeros.index_add(0, b_idx, (box_k + coef_k) * t.kept_confidence[i])
         proto = (s_proto - t.proto).pow(2).flatten(1).mean(1) / t.proto.pow(2).flatten(1).mean(1).clamp(min=1e-6)
-        cls_t = torch.as_tensor(cls_term) / t.norm
-        box_t = torch.as_tensor(box_term) / t.norm + self.cfg.proto_weight * proto
+        cls_t = cls_term / t.norm
+        box_t = box_term / t.norm + self.cfg.proto_weight * proto
         return cls_t + self.cfg.box_weight * box_t, cls_t, box_t
 
 
