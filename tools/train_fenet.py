@@ -135,7 +135,12 @@ def ceiling_eval(model: FenetCodec, dev_set: tdev.DevSet, net, sp, phi: int | No
         sp.name,
         lambda f: dict(zip(names, denormalise(cpu, transform_only(cpu, [f[n] for n in names], phi)[0]))),
     )
-    return {"map50": round(m["map50"], 5), "map": round(m["map"], 5)}
+    return _rounded(m, ("map50", "map", "segm_map50", "segm_map"))
+
+
+def _rounded(m: dict, keys: tuple[str, ...]) -> dict:
+    """The figures of `keys` that `m` has (the mask mAPs only for a network with masks), rounded."""
+    return {k: round(m[k], 5) for k in keys if k in m}
 
 
 def container_eval(model: FenetCodec, dev_set: tdev.DevSet, net, sp, phis: list[int]) -> dict[str, dict]:
@@ -147,7 +152,7 @@ def container_eval(model: FenetCodec, dev_set: tdev.DevSet, net, sp, phis: list[
     from codec.pipeline import build_bitstream, weights_hash_bytes
 
     wh = weights_hash_bytes(net)
-    model_id = learned_e2e.MODEL_IDS[0]  # the header of the encoder's default model (weights given)
+    model_id = learned_e2e.model_id_for_network(net.name, sp.name)  # the header the shipped model will write
     per_phi = {}
     with tempfile.TemporaryDirectory(prefix="fcm-dev-weights-") as tmp:
         wpath = Path(tmp) / f"dev_{time.time_ns()}.pt"
@@ -166,7 +171,7 @@ def container_eval(model: FenetCodec, dev_set: tdev.DevSet, net, sp, phis: list[
                 return learned_e2e.reconstruct(parsed.header, syms, wpath)
 
             r = tdev.evaluate_container(dev_set, net, sp.name, encode, decode)
-            per_phi[str(phi)] = {"bpp": round(r["bpp"], 5), "map50": round(r["map50"], 5), "map": round(r["map"], 5)}
+            per_phi[str(phi)] = _rounded(r, ("bpp", "map50", "map", "segm_map50", "segm_map"))
     return per_phi
 
 
@@ -393,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         out=out,
         export=lambda path: export(model, path),
     )  # the shipped file: the best dev checkpoint (or the last state without a dev set)
+    resize = getattr(getattr(net, "resize_mode", None), "name", "stretch").lower()
     record = {
         "model": "fenet_drnet",
         "network": args.network,
@@ -409,7 +415,9 @@ def main(argv: list[str] | None = None) -> int:
         "data": {
             **data.record(),
             "augmentation": "cache (codec/training/data.py): view 0 full image, other views random resized crop "
-            "(area 0.25-1, aspect 3/4-4/3), hflip p=0.5, stretch to 416x416; training: aligned feature crops "
+            f"(area 0.25-1, aspect 3/4-4/3), hflip p=0.5, the network's preprocessing "
+            f"({resize} to {net.input_size}x{net.input_size}); "
+            "training: aligned feature crops "
             f"(coarsest size from {list(tdata.CROP_SIZES)} with p={list(tdata.CROP_PROBS)}) and hflip p=0.5",
         },
         "loss": {

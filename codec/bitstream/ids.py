@@ -111,6 +111,8 @@ class CodecModelId(enum.IntEnum):
     FENET_NANODET_NECK_P4 = 3  # learned_e2e, 2nd generation: latent at p4, task-aware (fenet_nanodet_neck_p4.pt)
     FENET_NANODET_NECK_G3 = 4  # learned_e2e, 3rd generation: the p4 model trained on (fenet_nanodet_neck_g3.pt)
     FENET_NANODET_NECK_G4 = 5  # learned_e2e, 4th generation: the g3 model trained on (fenet_nanodet_neck_g4.pt)
+    # 6 is reserved (another model)
+    FENET_YOLOV5S_SEG_NECK = 7  # learned_e2e: FENet/DRNet for YOLOv5s-seg "neck" (fenet_yolov5s_seg_neck.pt)
 
 
 class SampleFormat(enum.IntEnum):

@@ -66,6 +66,12 @@ CODEC_MODELS: dict[CodecModelId, CodecModelEntry] = {
         "codec.models.fenet:model_from_file",
         "fenet_drnet",
     ),
+    CodecModelId.FENET_YOLOV5S_SEG_NECK: CodecModelEntry(
+        CodecModelId.FENET_YOLOV5S_SEG_NECK,
+        "fenet_yolov5s_seg_neck",
+        "codec.models.fenet:model_from_file",
+        "fenet_drnet",
+    ),
     CodecModelId.MSFF_NANODET_NECK: CodecModelEntry(
         CodecModelId.MSFF_NANODET_NECK, "msff_nanodet_neck", "codec.models.msff:model_from_file", "msff_msfr"
     ),

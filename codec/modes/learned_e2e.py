@@ -69,10 +69,17 @@ class Params:
     phi: int = option(3, "quality index (gain-unit row), higher is better", range=(0, NUM_QUALITIES - 1), rate=True)
     codec_model: str = option(
         "fenet_nanodet_neck_g4",
-        "codec model (codec_model_id): fenet_nanodet_neck_g4 (4th generation), fenet_nanodet_neck_g3 (3rd), "
-        "fenet_nanodet_neck_p4 (2nd generation, latent at p4, task-aware) or fenet_nanodet_neck (1st "
-        "generation); each stays decodable",
-        choices=("fenet_nanodet_neck_g4", "fenet_nanodet_neck_g3", "fenet_nanodet_neck_p4", "fenet_nanodet_neck"),
+        "codec model (codec_model_id). NanoDet neck: fenet_nanodet_neck_g4 (4th generation), fenet_nanodet_neck_g3 "
+        "(3rd), fenet_nanodet_neck_p4 (2nd generation, latent at p4, task-aware) or fenet_nanodet_neck (1st "
+        "generation), each still decodable; YOLOv5s-seg neck: fenet_yolov5s_seg_neck. The default is "
+        "NanoDet's; on another split point it stands for the model trained for that split point",
+        choices=(
+            "fenet_nanodet_neck_g4",
+            "fenet_nanodet_neck_g3",
+            "fenet_nanodet_neck_p4",
+            "fenet_nanodet_neck",
+            "fenet_yolov5s_seg_neck",
+        ),
     )
     codec_weights: str | None = option(
         None,
@@ -88,13 +95,28 @@ MODEL_IDS: tuple[CodecModelId, ...] = (
     CodecModelId.FENET_NANODET_NECK_G3,
     CodecModelId.FENET_NANODET_NECK_P4,
     CodecModelId.FENET_NANODET_NECK,
+    CodecModelId.FENET_YOLOV5S_SEG_NECK,
 )
 MODEL_NAMES: dict[str, CodecModelId] = {
     "fenet_nanodet_neck_g4": CodecModelId.FENET_NANODET_NECK_G4,
     "fenet_nanodet_neck_g3": CodecModelId.FENET_NANODET_NECK_G3,
     "fenet_nanodet_neck_p4": CodecModelId.FENET_NANODET_NECK_P4,
     "fenet_nanodet_neck": CodecModelId.FENET_NANODET_NECK,
+    "fenet_yolov5s_seg_neck": CodecModelId.FENET_YOLOV5S_SEG_NECK,
 }
+
+
+# the model trained for each (network, split point): what the training programme writes into the
+# headers of its dev evaluation, before the weights are shipped
+NETWORK_MODELS: dict[tuple[str, str], CodecModelId] = {
+    ("nanodet", "neck"): CodecModelId.FENET_NANODET_NECK_G4,
+    ("yolov5s_seg", "neck"): CodecModelId.FENET_YOLOV5S_SEG_NECK,
+}
+
+
+def model_id_for_network(network: str, split: str) -> CodecModelId:
+    """The codec model id trained for a network's split point (the encoder's default first model otherwise)."""
+    return NETWORK_MODELS.get((network, split), MODEL_IDS[0])
 
 
 def model_for(model_id: CodecModelId, weights: Weights = None) -> tuple[FenetCodec, bytes]:
@@ -108,14 +130,17 @@ def model_for(model_id: CodecModelId, weights: Weights = None) -> tuple[FenetCod
 
 def model_id_for(split_point: SplitPoint, name: str | None = None) -> CodecModelId:
     """The codec model trained for a split point (matched on scale names, channels, strides):
-    the named one, or the first of MODEL_IDS that fits."""
+    the named one, or the first of MODEL_IDS that fits. The default name (NanoDet's model) on
+    another split point is the first that fits: the model is chosen by the split point unless
+    the user names one."""
     if name is not None:
         if name not in MODEL_NAMES:
             raise EncodeError(f"unknown learned_e2e codec model {name!r}; choose {', '.join(MODEL_NAMES)}")
         model, _ = model_for(MODEL_NAMES[name])
-        if tuple(model.cfg.scales) != tuple(split_point.scales):
+        if tuple(model.cfg.scales) == tuple(split_point.scales):
+            return MODEL_NAMES[name]
+        if name != Params.codec_model:
             raise EncodeError(f"codec model {name} is not for split point {split_point.name!r}")
-        return MODEL_NAMES[name]
     for mid in MODEL_IDS:
         model, _ = model_for(mid)
         if tuple(model.cfg.scales) == tuple(split_point.scales):

@@ -149,8 +149,9 @@ def make_dev_set(args: argparse.Namespace, data: TrainingData, log: MinuteLog) -
         imgs, ann = DEV_SETS[args.dev]
         dev_set = tdev.coco_dev_set(data.net, args.split, root / imgs, root / ann, args.dev_limit, args.dev)
     ref = tdev.evaluate_uncompressed(dev_set, data.net, args.split)
+    masks = f", mask mAP@0.5 {ref['segm_map50']:.4f}" if "segm_map50" in ref else ""
     log.write(
-        f"dev set {dev_set.name}: {len(dev_set)} images, uncompressed mAP@0.5 {ref['map50']:.4f} "
+        f"dev set {dev_set.name}: {len(dev_set)} images, uncompressed mAP@0.5 {ref['map50']:.4f}{masks} "
         f"({time.time() - t0:.0f} s)"
     )
     return dev_set, ref

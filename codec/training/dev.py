@@ -7,7 +7,9 @@ Two kinds of dev set:
   uncompressed network's own detections with score >= ``pseudo_score`` are the
   ground truth. mAP@0.5 against them measures how much of the uncompressed
   output the codec keeps (1.0 = the same boxes), needs no labels and never
-  touches the sets results are reported on.
+  touches the sets results are reported on. A network whose detections carry
+  instance masks (YOLOv5s-seg) gets its masks as pseudo-labels too, and the
+  evaluation adds the mask mAP (``segm_map50``, ``segm_map``) beside the box one.
 * a labelled COCO set (e.g. ``val2017-103``): mAP@0.5 against its annotations.
   Choosing checkpoints on it and reporting on it is tuning on the test set, so
   the trainers use it only when asked to.
@@ -50,6 +52,7 @@ class DevSet:
     annotation_file: Path
     images: list[DevImage]
     tmpdir: tempfile.TemporaryDirectory | None = None  # owns a pseudo-label file
+    masks: bool = False  # the ground truth has instance masks: evaluate() adds the mask mAP
 
     def __len__(self) -> int:
         return len(self.images)
@@ -87,6 +90,7 @@ def heldout_dev_set(net, split: str, root: Path, files: list[str], pseudo_score:
     images: list[DevImage] = []
     gt_images: list[dict] = []
     annotations: list[dict] = []
+    masks = False
     for k, rel in enumerate(files):
         image = load_image(Path(root) / rel)
         feats, prep = _features(net, split, image)
@@ -97,21 +101,27 @@ def heldout_dev_set(net, split: str, root: Path, files: list[str], pseudo_score:
             dets = net.part2(feats, split, prep)
         for r in dets.to_coco(k + 1):
             if r["score"] >= pseudo_score and r["bbox"][2] > 0 and r["bbox"][3] > 0:
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": k + 1,
-                        "category_id": r["category_id"],
-                        "bbox": r["bbox"],
-                        "area": r["bbox"][2] * r["bbox"][3],
-                        "iscrowd": 0,
-                    }
-                )
+                ann = {
+                    "id": len(annotations) + 1,
+                    "image_id": k + 1,
+                    "category_id": r["category_id"],
+                    "bbox": r["bbox"],
+                    "area": r["bbox"][2] * r["bbox"][3],
+                    "iscrowd": 0,
+                }
+                if "segmentation" in r:  # the mask's area, as COCO's annotations give it
+                    from pycocotools import mask as mask_utils
+
+                    rle = r["segmentation"]
+                    ann["segmentation"] = rle
+                    ann["area"] = float(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode()}))
+                    masks = True
+                annotations.append(ann)
     tmp = tempfile.TemporaryDirectory(prefix="fcm-dev-")
     path = Path(tmp.name) / "pseudo_labels.json"
     categories = [{"id": int(c), "name": str(c)} for c in COCO80_TO_COCO91]
     path.write_text(json.dumps({"images": gt_images, "annotations": annotations, "categories": categories}))
-    return DevSet(f"heldout{len(files)}-pseudo{pseudo_score:g}", path, images, tmp)
+    return DevSet(f"heldout{len(files)}-pseudo{pseudo_score:g}", path, images, tmp, masks)
 
 
 def evaluate(dev: DevSet, net, split: str, decode: Callable[[DevImage], tuple[Features, int]]) -> dict:
@@ -126,8 +136,13 @@ def evaluate(dev: DevSet, net, split: str, decode: Callable[[DevImage], tuple[Fe
         results += dets.to_coco(img.image_id)
         bits += b
         pixels += img.pixels
-    m = evaluate_detections(results, dev.annotation_file, [i.image_id for i in dev.images])
-    return {"map50": m["map50"], "map": m["map"], "bpp": bits / pixels}
+    ids = [i.image_id for i in dev.images]
+    m = evaluate_detections(results, dev.annotation_file, ids)
+    out = {"map50": m["map50"], "map": m["map"], "bpp": bits / pixels}
+    if dev.masks:
+        seg = evaluate_detections(results, dev.annotation_file, ids, iou_type="segm")
+        out.update(segm_map50=seg["map50"], segm_map=seg["map"])
+    return out
 
 
 def evaluate_uncompressed(dev: DevSet, net, split: str) -> dict:

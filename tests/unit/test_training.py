@@ -12,7 +12,7 @@ import torch
 
 from codec.training import data as tdata
 from codec.training.loop import Checkpoint, MinuteLog, RunState, train
-from codec.training.task import NanoDetHeadLoss, TaskLossError, task_loss_for
+from codec.training.task import NanoDetHeadLoss, TaskLossConfig, TaskLossError, YoloV5SegHeadLoss, task_loss_for
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,72 @@ def test_task_loss_passes_gradients_to_the_codec_but_not_the_heads(nanodet, neck
 def test_task_loss_refuses_a_split_without_heads(nanodet):
     with pytest.raises(TaskLossError):
         task_loss_for(nanodet, "backbone")
+
+
+def test_task_loss_refuses_an_unknown_network(nanodet):
+    class Other:
+        name = "resnet"
+
+    with pytest.raises(TaskLossError, match="no task loss for network 'resnet'.*nanodet.*yolov5s_seg"):
+        task_loss_for(Other(), "neck")
+    with pytest.raises(TaskLossError, match="YOLOv5s-seg's neck"):
+        YoloV5SegHeadLoss(nanodet, "neck")  # the YOLO loss on another network's heads
+
+
+@pytest.fixture(scope="module")
+def seg_features(yolov5_seg, val_image):
+    x, _ = yolov5_seg.preprocess(val_image)
+    return [f.clone() for f in yolov5_seg.part1(x, "neck").values()]
+
+
+def _crop(feats, cells):
+    return [f[..., : cells * r, : cells * r] for f, r in zip(feats, (4, 2, 1))]
+
+
+def test_yolov5_seg_task_loss_is_zero_on_the_original_and_grows_with_the_error(yolov5_seg, seg_features):
+    loss = task_loss_for(yolov5_seg, "neck")
+    assert isinstance(loss, YoloV5SegHeadLoss)
+    feats = _crop(seg_features, 12)  # 96 x 96 p3 cells: the proto term on a random 32 x 32 window
+    teacher = loss.teacher(feats)
+    assert teacher.window is not None and teacher.window[2] == 32
+    assert sum(len(r) for r in teacher.rows) > 0  # the image has objects: some anchors are kept
+    total0, cls0, box0 = loss(feats, teacher)
+    assert float(total0) == 0.0 and float(cls0) == 0.0 and float(box0) == 0.0
+    g = torch.Generator().manual_seed(0)
+    small = [f + 0.05 * f.std() * torch.randn(f.shape, generator=g) for f in feats]
+    large = [f + 0.5 * f.std() * torch.randn(f.shape, generator=g) for f in feats]
+    s_total, s_cls, s_box = loss(small, teacher)
+    l_total = loss(large, teacher)[0]
+    assert 0 < float(s_cls) and 0 < float(s_box) and 0 < float(s_total) < float(l_total)
+
+
+def test_yolov5_seg_task_loss_terms_and_gradients(yolov5_seg, seg_features):
+    feats = _crop(seg_features, 8)
+    g = torch.Generator().manual_seed(1)
+    noisy = [f + 0.2 * f.std() * torch.randn(f.shape, generator=g) for f in feats]
+    # the prototype term alone: only the Proto branch's output differs
+    no_proto = YoloV5SegHeadLoss(yolov5_seg, "neck", TaskLossConfig(proto_weight=0.0, proto_window=0))
+    with_proto = YoloV5SegHeadLoss(yolov5_seg, "neck", TaskLossConfig(proto_weight=1.0, proto_window=0))
+    t0, t1 = no_proto.teacher(feats), with_proto.teacher(feats)
+    assert t0.window is None and t1.proto.shape[-2:] == (64, 64)  # all of p3 (32 x 32), twice up
+    a, b = no_proto(noisy, t0), with_proto(noisy, t1)
+    assert torch.allclose(a[1], b[1]) and float(b[2]) > float(a[2])
+    rec = [n.clone().requires_grad_(True) for n in noisy]
+    with_proto(rec, t1)[0].sum().backward()
+    assert all(r.grad is not None and float(r.grad.abs().sum()) > 0 for r in rec)
+    assert all(p.grad is None for p in with_proto.head.parameters())
+
+
+def test_yolov5_seg_task_loss_is_per_sample(yolov5_seg, seg_features):
+    """Per-sample figures, each normalised by its own teacher confidence: a batch of two copies
+    gives each the figure of one."""
+    loss = YoloV5SegHeadLoss(yolov5_seg, "neck", TaskLossConfig(proto_window=0))
+    feats = _crop(seg_features, 8)
+    g = torch.Generator().manual_seed(2)
+    noisy = [f + 0.2 * f.std() * torch.randn(f.shape, generator=g) for f in feats]
+    one = loss(noisy, loss.teacher(feats))[0]
+    two = loss([torch.cat([n, n]) for n in noisy], loss.teacher([torch.cat([f, f]) for f in feats]))[0]
+    assert two.shape == (2,) and torch.allclose(two, one.expand(2), rtol=1e-4)
 
 
 def test_split_is_deterministic_and_disjoint():
