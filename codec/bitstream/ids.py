@@ -49,6 +49,7 @@ class ModeId(enum.IntEnum):
     VVC_MSFF = 3  # multi-scale feature fusion + VVC (codec/modes/vvc_msff.py)
     LEARNED_E2E = 4  # learned end-to-end feature codec (codec/modes/learned_e2e.py)
     MPEG_ANCHOR = 5  # the MPEG FCM feature anchor procedure: one range per set, no filler, all-intra VVC
+    LEARNED_PS = 6  # per-scale variable-rate learned codec, a quality index per scale (codec/modes/learned_ps.py)
 
 
 # mode_id values for modes registered outside this specification (codec.modes.register_mode:
@@ -111,6 +112,8 @@ class CodecModelId(enum.IntEnum):
     FENET_NANODET_NECK_P4 = 3  # learned_e2e, 2nd generation: latent at p4, task-aware (fenet_nanodet_neck_p4.pt)
     FENET_NANODET_NECK_G3 = 4  # learned_e2e, 3rd generation: the p4 model trained on (fenet_nanodet_neck_g3.pt)
     FENET_NANODET_NECK_G4 = 5  # learned_e2e, 4th generation: the g3 model trained on (fenet_nanodet_neck_g4.pt)
+    # 6 and 7: reserved (assigned on other branches)
+    FENET_PS_NANODET_NECK = 8  # learned_ps: one hyperprior codec per scale for NanoDet "neck" (fenet_ps_nanodet_neck.pt)
 
 
 class SampleFormat(enum.IntEnum):
