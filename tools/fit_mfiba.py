@@ -134,14 +134,16 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\nTable 1: task loss-rate model d_i = w_i alpha R_i^-beta against a quadratic model")
     print(f"  {'model':<34} {'Pearson r':>10} {'RMSE':>10}")
-    print(f"  {'Cauchy  (alpha %.4g, beta %.4g)' % (task_fit['alpha'], task_fit['beta']):<34} "
+    label = f"Cauchy  (alpha {task_fit['alpha']:.4g}, beta {task_fit['beta']:.4g})"
+    print(f"  {label:<34} "
           f"{task_fit['cauchy']['pearson']:>10.4f} {task_fit['cauchy']['rmse']:>10.4g}")  # fmt: skip
     print(f"  {'quadratic':<34} {task_fit['quadratic']['pearson']:>10.4f} {task_fit['quadratic']['rmse']:>10.4g}")
     print(f"  ({task_fit['points']} points: {len(files)} training images x {k} scales x {q} phi)")
     print("\nTable 2: rate-phi model R_i(phi) = a_i phi + b_i (bits per position of the scale)")
     print(f"  {'scale':<6} {'a_i':>9} {'b_i':>9} {'Pearson r':>10} {'RMSE':>9} {'mean R':>9}")
     for name, f in zip(names, rate_fits):
-        print(f"  {name:<6} {f['a']:>9.4f} {f['b']:>9.4f} {f['pearson']:>10.4f} {f['rmse']:>9.4f} {f['mean_rate']:>9.4f}")
+        cols = f"{f['a']:>9.4f} {f['b']:>9.4f} {f['pearson']:>10.4f} {f['rmse']:>9.4f} {f['mean_rate']:>9.4f}"
+        print(f"  {name:<6} {cols}")
 
     fitted = mfiba.FittedModels(
         alpha=task_fit["alpha"],

@@ -354,7 +354,8 @@ class Allocator:
                 for i, (p, ln, a) in enumerate(zip(phis, self.lines, self.probe.areas))]  # fmt: skip
 
     def for_lambda(self, w: np.ndarray, lam: float) -> list[int]:
-        return phis_for_rates(closed_form_rates(w, self.fitted.alpha, self.fitted.beta, lam, self.k), self.lines, self.q)
+        rates = closed_form_rates(w, self.fitted.alpha, self.fitted.beta, lam, self.k)
+        return phis_for_rates(rates, self.lines, self.q)
 
     def bisect(self, w: np.ndarray, target_bits: float) -> tuple[float, list[int]]:
         """lambda' whose allocation's predicted bits are closest to the target (bisection on

@@ -311,7 +311,8 @@ def _latents(units: list[PayloadUnit], num_scales: int) -> list:
     strings = units_of_type(units, UnitType.LATENT_STRING)
     if len(strings) != num_scales or len(units) != num_scales:
         raise MalformedError(
-            f"learned_ps needs one LATENT_STRING unit per scale ({num_scales}), got {len(strings)} of {len(units)} units"
+            f"learned_ps needs one LATENT_STRING unit per scale ({num_scales}), "
+            f"got {len(strings)} of {len(units)} units"
         )
     out = []
     for i, u in enumerate(strings):
