@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from codec.bitstream import (
 )
 from codec.errors import EncodeError, InputError, NetworkMismatchError, WeightsMismatchError
 from codec.modes import CodingMode, available_modes, mode_by_id, mode_by_name
+from codec.modes.base import EncodeContext
 from codec.vision import NETWORK_NAMES_BY_ID, Preprocessing
 
 if TYPE_CHECKING:  # codec.vision.base imports torch; this module imports it where it runs a network
@@ -362,7 +363,20 @@ def encode_features(
     mode, params = resolve_mode(mode, params)
     split_point = _split_point(network, split or network.default_split)
     # the ONNX engine's network (codec.vision.onnx_part1) selects the mode's torch-free encoder
-    mode_header, units = mode.encoder(getattr(network, "engine", "torch"))(features, split_point, params)
+    encoder = mode.encoder(getattr(network, "engine", "torch"))
+    if mode.uses_context:
+
+        def container_bits(header: ModeHeader, units: list[PayloadUnit]) -> int:
+            data = build_bitstream(
+                network, split_point, prep, mode.mode_id, header, units, weights_hash, version_major, version_minor,
+                image_info,
+            )  # fmt: skip
+            return 8 * len(data)
+
+        context = EncodeContext(network, split_point.name, prep, container_bits)
+        mode_header, units = cast(Any, encoder)(features, split_point, params, context)  # a context-taking mode
+    else:
+        mode_header, units = encoder(features, split_point, params)
     return build_bitstream(
         network,
         split_point,

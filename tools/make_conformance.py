@@ -140,6 +140,21 @@ def learned_e2e_vector(version: tuple[int, int] = (1, 0), codec_model: str = "fe
     return code(feats, "learned_e2e", {"phi": 3, "codec_model": codec_model}, split, version)
 
 
+def learned_ps_vector() -> bytes:
+    """learned_ps with its shipped model, one quality index per scale (5, 2, 3): the smooth
+    NanoDet-neck-like features of learned_e2e_vector."""
+    split = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32)))
+    rng = np.random.default_rng(2027)
+    feats = {}
+    for s in split.scales:
+        n = INPUT // s.stride
+        yy, xx = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n), indexing="ij")
+        f = rng.uniform(0.3, 1.5, (s.channels, 1, 1)) * np.sin(2 * np.pi * (xx + rng.uniform(0, 1, (s.channels, 1, 1))))
+        f = 0.15 * f * np.cos(2 * np.pi * yy * rng.uniform(0.2, 1.2, (s.channels, 1, 1)))
+        feats[s.name] = torch.from_numpy(f[None].astype(np.float32))
+    return code(feats, "learned_ps", {"phis": "5,2,3"}, split, (2, 1))
+
+
 def small_features() -> dict[str, torch.Tensor]:
     """The features of the bypass and anchor vectors (NanoDet neck, 64 x 64 input)."""
     return synthetic_features(size=SMALL_INPUT)
@@ -178,6 +193,8 @@ def golden_vectors() -> dict[str, bytes]:
     out["v21-learned_e2e-g3-phi3"] = learned_e2e_vector((2, 1), "fenet_nanodet_neck_g3")
     # the fourth-generation model (the encoder's default since codec_model_id 5)
     out["v21-learned_e2e-g4-phi3"] = learned_e2e_vector((2, 1), "fenet_nanodet_neck_g4")
+    # learned_ps (section 7.8): a quality index per scale, here a mixed allocation (p3 5, p4 2, p5 3)
+    out["v21-learned_ps-phis523"] = learned_ps_vector()
     # the MPEG feature anchor procedure (section 7.7): one range for the set, all-intra at QP 37
     out["v21-mpeg_anchor-qp37"] = code(feats, "mpeg_anchor", MPEG_ANCHOR_PARAMS, version=(2, 1), **small)
     return out

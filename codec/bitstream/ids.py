@@ -49,6 +49,7 @@ class ModeId(enum.IntEnum):
     VVC_MSFF = 3  # multi-scale feature fusion + VVC (codec/modes/vvc_msff.py)
     LEARNED_E2E = 4  # learned end-to-end feature codec (codec/modes/learned_e2e.py)
     MPEG_ANCHOR = 5  # the MPEG FCM feature anchor procedure: one range per set, no filler, all-intra VVC
+    LEARNED_PS = 6  # per-scale variable-rate learned codec, a quality index per scale (codec/modes/learned_ps.py)
 
 
 # mode_id values for modes registered outside this specification (codec.modes.register_mode:
@@ -113,6 +114,9 @@ class CodecModelId(enum.IntEnum):
     FENET_NANODET_NECK_G4 = 5  # learned_e2e, 4th generation: the g3 model trained on (fenet_nanodet_neck_g4.pt)
     # 6 is reserved (another model)
     FENET_YOLOV5S_SEG_NECK = 7  # learned_e2e: FENet/DRNet for YOLOv5s-seg "neck" (fenet_yolov5s_seg_neck.pt)
+    FENET_PS_NANODET_NECK = (
+        8  # learned_ps: one hyperprior codec per scale for NanoDet "neck" (fenet_ps_nanodet_neck.pt)
+    )
 
 
 class SampleFormat(enum.IntEnum):

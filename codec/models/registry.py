@@ -72,6 +72,12 @@ CODEC_MODELS: dict[CodecModelId, CodecModelEntry] = {
         "codec.models.fenet:model_from_file",
         "fenet_drnet",
     ),
+    CodecModelId.FENET_PS_NANODET_NECK: CodecModelEntry(
+        CodecModelId.FENET_PS_NANODET_NECK,
+        "fenet_ps_nanodet_neck",
+        "codec.models.fenet_ps:model_from_file",
+        "fenet_ps",
+    ),
     CodecModelId.MSFF_NANODET_NECK: CodecModelEntry(
         CodecModelId.MSFF_NANODET_NECK, "msff_nanodet_neck", "codec.models.msff:model_from_file", "msff_msfr"
     ),

@@ -40,9 +40,28 @@ from codec.errors import EncodeError, MalformedError
 from codec.files import REPO_ROOT
 
 if TYPE_CHECKING:
-    from codec.vision.base import Features, SplitPoint
+    from codec.vision.base import Features, Preprocessing, SplitNetwork, SplitPoint
 
 Weights = str | Path | None  # a codec-model weights file; None: the shipped one
+
+
+@dataclass(frozen=True)
+class EncodeContext:
+    """What an encoder that allocates bits for the task or to a target rate needs beyond the
+    features (a mode declares `uses_context`): the split network (its NN part 2 judges what
+    a scale's bits are worth), the preprocessing (the original image's pixels, which bpp is
+    counted over) and `container_bits(header, units)`, the size in bits of the container
+    the pipeline builds around a mode header and payload units (so that a rate target
+    counts the header and optional units exactly)."""
+
+    network: SplitNetwork
+    split: str
+    prep: Preprocessing
+    container_bits: Callable[[ModeHeader, list[PayloadUnit]], int]
+
+    @property
+    def image_pixels(self) -> int:
+        return int(self.prep.orig_w) * int(self.prep.orig_h)
 
 
 def option(
@@ -91,7 +110,8 @@ class ParamSpec:
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        # a field named after a Python keyword ends in "_" (lambda_): its flag drops it (--lambda)
+        return "--" + self.name.rstrip("_").replace("_", "-")
 
     def domain(self) -> str:
         """The allowed values in words: "0..63", "faster|fast", "an integer"."""
@@ -165,6 +185,9 @@ class CodingMode:
     header_syntax: ModeHeaderSyntax | None = None
     sources: tuple[str, ...] = ()
     description: str = ""
+    # the encoder takes a fourth argument, the EncodeContext (network, preprocessing, container
+    # size): modes that allocate bits through NN part 2 or to a target bpp
+    uses_context: bool = False
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.params):

@@ -35,6 +35,8 @@ EXPECTED_GOLDEN = {
     "v21-learned_e2e-g4-phi3",
     # the MPEG feature anchor procedure (mode mpeg_anchor)
     "v21-mpeg_anchor-qp37",
+    # learned_ps: a quality index per scale (mode 6, a mixed allocation)
+    "v21-learned_ps-phis523",
 }  # fmt: skip
 EXPECTED_INVALID = {
     "invalid-bad-magic", "invalid-version-major", "invalid-unknown-mode", "invalid-header-crc",

@@ -196,7 +196,14 @@ def test_registry():
     from codec.modes import all_modes
 
     names = available_modes()
-    assert set(names) == {"anchor", "bypass", "vvc_msff", "learned_e2e", "mpeg_anchor"} and names == sorted(names)
+    assert set(names) == {
+        "anchor",
+        "bypass",
+        "vvc_msff",
+        "learned_e2e",
+        "mpeg_anchor",
+        "learned_ps",
+    } and names == sorted(names)
     assert mode_by_id(ModeId.ANCHOR) is anchor.MODE and mode_by_name("bypass") is bypass.MODE
     # every built-in mode's id is the spec's ModeId of its name, and every ModeId has its mode
     spec_names = {m.name.lower() for m in ModeId}
@@ -217,6 +224,7 @@ def test_every_mode_declares_its_rate_parameter_with_a_valid_default():
         "vvc_msff": "qp",
         "learned_e2e": "phi",
         "mpeg_anchor": "qp",
+        "learned_ps": "phi",
     }
     for m in all_modes():
         defaults = m.make_params()  # the defaults pass the mode's own checks
