@@ -183,6 +183,8 @@ class CodingMode:
     # its part of the container 2.0 header: mode_header( ), selected by mode_id (None: the
     # mode can only be carried in container 1.0)
     header_syntax: ModeHeaderSyntax | None = None
+    # the parameters as the apps echo them, for a mode whose unset options have an effective value
+    describe_params: Callable[[Any], str] | None = None
     sources: tuple[str, ...] = ()
     description: str = ""
     # the encoder takes a fourth argument, the EncodeContext (network, preprocessing, container
@@ -242,6 +244,8 @@ class CodingMode:
     def describe(self, params: Any) -> str:
         """The parameters as the apps echo them ("qp 32, preset faster"): the rate
         parameter first, unset options left out."""
+        if self.describe_params is not None:
+            return self.describe_params(params)
         specs = sorted(self.param_specs(), key=lambda s: not s.rate)
         return ", ".join(f"{s.name} {getattr(params, s.name)}" for s in specs if getattr(params, s.name) is not None)
 

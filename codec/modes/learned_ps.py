@@ -417,6 +417,22 @@ SCALE_RULES = {
     "quant_max": is_(0.0),
 }
 
+
+def describe_params(params: Params) -> str:
+    """The parameters as the apps echo them: the effective allocation first (phi 4 when none
+    is given), the allocation options only when an allocation searches."""
+    how = requested_allocation(params)
+    if how == "phi":
+        parts = [f"phi {params.phi if params.phi is not None else DEFAULT_PHI}"]
+    elif how == "phis":
+        parts = [f"phis {params.phis}"]
+    else:
+        value = params.target_bpp if how == "target_bpp" else params.lambda_
+        parts = [f"{how} {value}", f"allocation {params.allocation}", f"mfip_levels {params.mfip_levels}"]
+    model = params.codec_weights or params.codec_model
+    return ", ".join(parts + ([f"codec_model {model}"] if model else []))
+
+
 MODE = CodingMode(
     mode_id=MODE_ID,
     name=NAME,
@@ -438,5 +454,6 @@ MODE = CodingMode(
     ),
     description="per-scale variable-rate learned codec (a phi per scale; MFIBA allocation, rate control)",
     uses_context=True,
+    describe_params=describe_params,
 )
 decode = MODE.decode
