@@ -43,7 +43,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -947,17 +947,24 @@ def count_parameters(model: nn.Module) -> int:
 def save_fenet(model: FenetCodec, path: str | Path) -> str:
     """Write {"config", "state_dict"} (float32 weights + CDF tables) and its record
     (NAME.json: weights_sha256, kept fields of an existing record); returns the sha256."""
+    return save_weights(model, path, "fenet_drnet")
+
+
+def save_weights(model: nn.Module, path: str | Path, kind: str) -> str:
+    """save_fenet for any learned model with a `cfg.to_json()`: the weights file and its record
+    (model `kind`, config, weights_sha256; other fields of an existing record kept)."""
+    cfg = cast(Any, model).cfg
     sd = {k: (v.float() if v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": model.cfg.to_json(), "state_dict": sd}, path)
+    torch.save({"config": cfg.to_json(), "state_dict": sd}, path)
     digest = file_sha256(path)
     js = path.with_suffix(".json")
     try:
         record = json.loads(js.read_text()) if js.is_file() else {}
     except ValueError:
         record = {}
-    record.update(model="fenet_drnet", config=model.cfg.to_json(), weights_sha256=digest)
+    record.update(model=kind, config=cfg.to_json(), weights_sha256=digest)
     js.write_text(json.dumps(record, indent=2) + "\n")
     return digest
 

@@ -23,14 +23,12 @@ independently (tools/train_fenet_ps.py), so mixed allocations are in distributio
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from codec.files import file_sha256
 from codec.vision.base import Features, ScaleInfo, SplitPoint
 
 from .fenet import CompressedLatents, DecodedLatents, FenetCodec, FenetConfig, FenetConfigError, load_fenet_state
@@ -199,19 +197,9 @@ class PerScaleCodec(nn.Module):
 
 def save_fenet_ps(model: PerScaleCodec, path: str | Path) -> str:
     """{"config", "state_dict"} and the record NAME.json (weights_sha256, kept fields); -> sha256."""
-    sd = {k: (v.float() if v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": model.cfg.to_json(), "state_dict": sd}, path)
-    digest = file_sha256(path)
-    js = path.with_suffix(".json")
-    try:
-        record = json.loads(js.read_text()) if js.is_file() else {}
-    except ValueError:
-        record = {}
-    record.update(model=MODEL_KIND, config=model.cfg.to_json(), weights_sha256=digest)
-    js.write_text(json.dumps(record, indent=2) + "\n")
-    return digest
+    from .fenet import save_weights
+
+    return save_weights(model, path, MODEL_KIND)
 
 
 def load_state(model: PerScaleCodec, state_dict: dict) -> None:
