@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codec.models.fenet import FenetCodec, FenetConfig, count_parameters, load_fenet, save_fenet
+from codec.models.fenet import FenetCodec, FenetConfig, count_parameters, load_fenet, load_fenet_state, save_fenet
 from codec.training import common
 from codec.training import data as tdata
 from codec.training import dev as tdev
@@ -324,7 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     aux_opt = torch.optim.Adam(aux_params, lr=args.aux_lr)
     sched = common.cosine_schedule(opt, args.steps, args.lr_floor)
     rng = np.random.default_rng(args.seed + 2)
-    checkpoint = Checkpoint(ckpt_path, {"model": model, "opt": opt, "aux_opt": aux_opt, "sched": sched}, rng)
+    checkpoint = Checkpoint(
+        ckpt_path,
+        {"model": model, "opt": opt, "aux_opt": aux_opt, "sched": sched},
+        rng,
+        loaders={"model": lambda sd: load_fenet_state(model, sd)},  # the CDF buffers' sizes are the checkpoint's
+    )
     state = RunState(extra={"pca_record": pca_record, "init": init_record, "channel_importance": importance_record})
     state, this_command = common.start_run(args, argv, "train_fenet", checkpoint, state, init_record, device)
     log = MinuteLog(out.with_suffix(".log"))

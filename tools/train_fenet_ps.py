@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from codec.models.fenet import count_parameters
-from codec.models.fenet_ps import PerScaleCodec, PerScaleConfig, load_fenet_ps, save_fenet_ps
+from codec.models.fenet_ps import PerScaleCodec, PerScaleConfig, load_fenet_ps, load_state, save_fenet_ps
 from codec.training import common
 from codec.training import data as tdata
 from codec.training import dev as tdev
@@ -198,7 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     aux_opt = torch.optim.Adam(aux_params, lr=args.aux_lr)
     sched = common.cosine_schedule(opt, args.steps, args.lr_floor)
     rng = np.random.default_rng(args.seed + 2)
-    checkpoint = Checkpoint(ckpt_path, {"model": model, "opt": opt, "aux_opt": aux_opt, "sched": sched}, rng)
+    checkpoint = Checkpoint(
+        ckpt_path,
+        {"model": model, "opt": opt, "aux_opt": aux_opt, "sched": sched},
+        rng,
+        loaders={"model": lambda sd: load_state(model, sd)},  # the CDF buffers' sizes are the checkpoint's
+    )
     state = RunState(extra={"init": init_record, "pca_record": pca_record})
     state, this_command = common.start_run(args, argv, "train_fenet_ps", checkpoint, state, init_record, device)
     log = MinuteLog(out.with_suffix(".log"))

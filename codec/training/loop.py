@@ -33,10 +33,22 @@ class RunState:
 
 
 class Checkpoint:
-    """`<out>.ckpt`: modules (anything with state_dict/load_state_dict) + RunState + RNGs."""
+    """`<out>.ckpt`: modules (anything with state_dict/load_state_dict) + RunState + RNGs.
+    `loaders` name a module's own state loader where load_state_dict cannot restore it
+    (a model whose entropy models hold variable-size CDF buffers: fenet.load_fenet_state)."""
 
-    def __init__(self, path: Path, modules: dict[str, Any], rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        path: Path,
+        modules: dict[str, Any],
+        rng: np.random.Generator,
+        loaders: dict[str, Callable[[dict], None]] | None = None,
+    ) -> None:
         self.path, self.modules, self.rng = Path(path), modules, rng
+        self.loaders = dict(loaders or {})
+        unknown = set(self.loaders) - set(self.modules)
+        if unknown:
+            raise ValueError(f"loaders for modules the checkpoint does not hold: {sorted(unknown)}")
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -53,7 +65,7 @@ class Checkpoint:
     def load(self, map_location: str | torch.device = "cpu") -> RunState:
         blob = torch.load(self.path, map_location=map_location, weights_only=False)
         for name, m in self.modules.items():
-            m.load_state_dict(blob[name])
+            self.loaders.get(name, m.load_state_dict)(blob[name])
         self.rng.bit_generator.state = blob["rng"]
         torch.set_rng_state(blob["torch_rng"])
         return RunState(**blob["run_state"])

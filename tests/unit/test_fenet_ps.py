@@ -92,3 +92,29 @@ def test_weights_file_round_trip_through_the_verifying_loader(tmp_path):
     pt.write_bytes(pt.read_bytes() + b"x")
     with pytest.raises(CodecModelError, match="corrupt or replaced"):
         load_fenet_ps(pt)
+
+
+def test_a_training_checkpoint_restores_into_a_fresh_model(tmp_path):
+    """A run resumed without --init builds a fresh model (empty CDF buffers) and restores the
+    checkpoint's, whose entropy models were updated by a dev evaluation or an export: plain
+    load_state_dict refuses the sizes, the checkpoint's loader takes them."""
+    import numpy as np
+
+    from codec.models.fenet_ps import load_state
+    from codec.training.loop import Checkpoint, RunState
+
+    trained = tiny()  # update()d: CDF buffers of their own size
+    Checkpoint(tmp_path / "r.ckpt", {"model": trained}, np.random.default_rng(0)).save(RunState(step=7))
+    torch.manual_seed(1)
+    fresh = PerScaleCodec(trained.cfg)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        Checkpoint(tmp_path / "r.ckpt", {"model": fresh}, np.random.default_rng(0)).load()
+    fresh = PerScaleCodec(trained.cfg)
+    ck = Checkpoint(tmp_path / "r.ckpt", {"model": fresh}, np.random.default_rng(0),
+                    loaders={"model": lambda sd: load_state(fresh, sd)})  # fmt: skip
+    assert ck.load().step == 7
+    f = features(5)
+    fresh.eval()
+    assert [x.y_string for x in fresh.compress(f, [2, 0, 1])] == [x.y_string for x in trained.compress(f, [2, 0, 1])]
+    with pytest.raises(ValueError, match="does not hold"):
+        Checkpoint(tmp_path / "r.ckpt", {"model": fresh}, np.random.default_rng(0), loaders={"opt": print})
