@@ -26,7 +26,8 @@ area ratio, k^i for strides two apart):
   refined among its neighbours (every phi_i +-1) to the lowest model distortion within
   `RATE_TOLERANCE` of the target (the closest to it if none is), its rates measured, and
   the search repeated until the chosen allocation's rates are all measured, so the
-  latents' size is known exactly, not predicted.
+  latents' size is known exactly, not predicted. A target below the lowest allocation's
+  rate (the header alone, even) gives the closest reachable one: every scale at phi 0.
 * The fine-tuned variant (mfiba_ft) calibrates each w_i by a line search in steps of
   0.01 (coordinate after coordinate, +-`FT_SPAN`): the weights whose allocation gives the
   lowest measured task loss (at the target: without spending more bits; with lambda':
@@ -480,9 +481,17 @@ def allocate(
     names = [n for n, _ in arrays]
     if tuple(names) != fitted.scales or fitted.num_qualities != model.cfg.num_qualities:
         raise EncodeError(f"the fitted MFIBA models are for scales {list(fitted.scales)}, not {names}")
-    if target_bits is not None and target_bits <= 0:
-        raise EncodeError(f"the target rate leaves no bits for the latents ({target_bits:.0f} bits after the header)")
+    if allocation not in ("uniform", "mfiba", "mfiba_ft"):
+        raise EncodeError(f"unknown allocation {allocation!r}")
     xs = [torch.from_numpy(a).unsqueeze(0) for _, a in arrays]
+    if target_bits is not None and target_bits <= 0:
+        # a target below the container's header alone: like any target below the lowest
+        # allocation, the closest reachable rate is every scale at phi 0
+        probe = ImageProbe(model, xs, lambda feats: 0.0, store)
+        phis = [0] * len(xs)
+        bits = sum(probe.bits(i, 0) for i in range(len(xs)))
+        return Plan(phis, None, [1.0 / len(xs)] * len(xs), int(bits),
+                    {"compress_calls": probe.compress_calls, "unreachable_target": True})  # fmt: skip
     if task_loss is None:
         task_loss = task_loss_function(context.network, context.split, xs)
     probe = ImageProbe(model, xs, task_loss, store)
@@ -496,8 +505,6 @@ def allocate(
         phis = alloc.uniform_for_target(target_bits)
         return Plan(phis, None, [1.0 / len(xs)] * len(xs), int(alloc.bits_of(phis)),
                     {"compress_calls": probe.compress_calls})  # fmt: skip
-    if allocation not in ("mfiba", "mfiba_ft"):
-        raise EncodeError(f"unknown allocation {allocation!r}")
     w, d = mfip(probe, levels)
 
     def choose(weights: np.ndarray) -> tuple[float | None, list[int]]:

@@ -132,6 +132,19 @@ def test_a_target_search_lands_close_and_its_bits_are_measured(target):
         assert abs(exact / target - 1) <= 0.1
 
 
+@pytest.mark.parametrize("allocation", ["mfiba", "mfiba_ft", "uniform"])
+@pytest.mark.parametrize("target", [-760.0, 0.0, 10.0])
+def test_a_target_below_the_lowest_rate_gives_the_lowest_allocation(allocation, target):
+    """Below phi 0 of every scale (even below the header alone: target_bits <= 0), the
+    closest reachable rate is the lowest allocation, whatever the allocation."""
+    probe, xs, task = probe_for()
+    arrays = [(n, x[0].numpy()) for n, x in zip(("p3", "p4", "p5"), xs)]
+    plan = mfiba.allocate(probe.model, fitted(), arrays, None, target_bits=target, lam=None,
+                          allocation=allocation, levels=[2, 4, 6], task_loss=task)  # fmt: skip
+    assert plan.phis == [0, 0, 0]
+    assert plan.latent_bits == sum(8 * len(probe.model.compress_scale(i, xs[i], 0).y_string) for i in range(3))
+
+
 def test_uniform_allocation_for_a_target_is_the_closest_single_phi():
     probe, xs, task = probe_for()
     arrays = [(n, x[0].numpy()) for n, x in zip(("p3", "p4", "p5"), xs)]
@@ -173,8 +186,8 @@ def test_allocate_refuses_what_it_cannot_do():
     with pytest.raises(EncodeError, match="exactly one"):
         mfiba.allocate(probe.model, fitted(), arrays, None, target_bits=1.0, lam=1.0, allocation="mfiba",
                        levels=[2], task_loss=task)  # fmt: skip
-    with pytest.raises(EncodeError, match="no bits"):
-        mfiba.allocate(probe.model, fitted(), arrays, None, target_bits=-5.0, lam=None, allocation="mfiba",
+    with pytest.raises(EncodeError, match="unknown allocation"):
+        mfiba.allocate(probe.model, fitted(), arrays, None, target_bits=-5.0, lam=None, allocation="mfibaa",
                        levels=[2], task_loss=task)  # fmt: skip
     with pytest.raises(EncodeError, match="needs --target-bpp"):
         mfiba.allocate(probe.model, fitted(), arrays, None, target_bits=None, lam=1.0, allocation="uniform",
