@@ -1,0 +1,251 @@
+"""MFIBA against uniform allocation, and the rate control of ``--target-bpp``, on a
+labelled COCO set (learned_ps; codec/allocation/mfiba.py; issue 10, item 6).
+
+For every image of the set, NN part 1 runs once and every allocation is computed with the
+allocation code the encoder runs (``mfiba.allocate``, the same probe sharing a
+``ProbeStore`` between targets, as its docstring allows: the result is the one a fresh
+encoder gives):
+
+* ``uniform-phi``: one phi for every scale, phi = 0 .. Q-1 (the codec's own rate points);
+* per target bpp T and allocation A in ``--allocations`` (uniform, mfiba, mfiba_ft): the
+  allocation ``fcm_enc --mode learned_ps --target-bpp T --allocation A`` chooses.
+
+The bits of a point are the container's exact size (the header the mode writes, through
+the pipeline's container builder, plus the rANS strings' bytes), the features NN part 2
+sees are the decoder's fixed-point reconstruction. ``--check N`` runs the real
+``encode_image`` / ``decode_bitstream`` for every configuration of the first N images
+and fails unless the container sizes and the decoded features are identical to those
+used here (so the shortcut cannot drift from the real path).
+
+Printed and written (``--json``): mAP@0.5 and mAP@[.5:.95] of every point, BD-rate
+(pchip, rate-accuracy front and MPEG's monotone fit) of each target-driven allocation
+against uniform phi, and the rate-control error per target (mean and max of
+|bpp_image / T - 1| over images, and the set's bpp against T).
+
+    python -m tools.bench_mfiba --dataset val2017-103 --json docs/mfiba/val2017-103.json
+    python -m tools.bench_mfiba --dataset coco128 --limit 32 --allocations uniform,mfiba
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEFAULT_TARGETS = "0.02,0.03,0.045,0.07,0.12,0.2,0.33,0.5"  # spans uniform phi 1..7 of the shipped model
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from tools.train_fenet import DEV_SETS
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", default="val2017-103", choices=sorted(DEV_SETS))
+    ap.add_argument("--limit", type=int, default=None, help="first N images (by id) only")
+    ap.add_argument("--codec-weights", default=None, help="learned_ps weights (default: the shipped model)")
+    ap.add_argument("--targets", default=DEFAULT_TARGETS, help="target bpp values (comma-separated)")
+    ap.add_argument("--allocations", default="uniform,mfiba,mfiba_ft", help="allocations driven by the targets")
+    ap.add_argument("--levels", default="2,4,6", help="MFIP's precoding levels (--mfip-levels)")
+    ap.add_argument("--check", type=int, default=1, help="images checked against the real encoder and decoder")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    return ap.parse_args(argv)
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"error: {what} must be comma-separated numbers, got {text!r}") from None
+    if not values or any(not v > 0 for v in values):
+        raise SystemExit(f"error: {what} must be positive numbers, got {text!r}")
+    return values
+
+
+def bd_against(anchor: list[dict], test: list[dict], metric: str) -> dict:
+    """BD-rate (pchip) of `test` against `anchor` on both of the CTC's monotone curve kinds."""
+    from ctc.bd_rate import BDError, bd_rate_result, monotone_fit
+
+    out: dict = {}
+    for kind in ("front", "monotone"):
+
+        def curve(points: list[dict], kind: str = kind) -> tuple[list[float], list[float]]:
+            pts = sorted({p["bpp"]: p for p in points}.values(), key=lambda p: p["bpp"])  # a repeated point once
+            if kind == "monotone":
+                return [p["bpp"] for p in pts], [
+                    float(v) for v in monotone_fit([p["bpp"] for p in pts], [p[metric] for p in pts], 0.0, 1.0)
+                ]
+            front: list[dict] = []
+            for p in pts:
+                if not front or p[metric] > front[-1][metric]:
+                    front.append(p)
+            return [p["bpp"] for p in front], [p[metric] for p in front]
+
+        try:
+            r = bd_rate_result(*curve(anchor), *curve(test), "pchip")
+            out[kind] = {"bd_rate": round(r.value, 2), "overlap": round(r.overlap, 3)}
+        except BDError as e:
+            out[kind] = {"bd_rate": None, "error": str(e)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from codec.allocation import mfiba
+    from codec.modes import learned_ps
+    from codec.modes.base import EncodeContext
+    from codec.pipeline import build_bitstream, decode_bitstream, encode_image, load_image, resolve_mode
+    from codec.training import data as tdata
+    from codec.training import dev as tdev
+    from codec.vision import get_network
+    from ctc.coco_eval import evaluate_detections
+    from tools.train_fenet import DEV_SETS
+
+    torch.set_num_threads(args.threads)
+    targets = _floats(args.targets, "--targets")
+    allocations = [a.strip() for a in args.allocations.split(",") if a.strip()]
+    for a in allocations:
+        if a not in ("uniform", "mfiba", "mfiba_ft"):
+            print(f"error: unknown allocation {a!r} (uniform, mfiba, mfiba_ft)", file=sys.stderr)
+            return 2
+    levels = [int(v) for v in args.levels.split(",")]
+    root = tdata.assets_dir()
+    imgs_rel, ann_rel = DEV_SETS[args.dataset]
+    if not (root / ann_rel).is_file():
+        print(f"error: {args.dataset} not found under {root} (set FCM_ASSETS)", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    net = get_network("nanodet")
+    sp = net.split_points["neck"]
+    params0 = resolve_mode("learned_ps", {"codec_weights": args.codec_weights})[1]
+    model, model_id, digest = learned_ps._model_of(sp, params0)
+    fitted = mfiba.load_fitted(args.codec_weights, model_id, digest)
+    q = model.cfg.num_qualities
+    dev = tdev.coco_dev_set(net, "neck", root / imgs_rel, root / ann_rel, args.limit, args.dataset)
+    meta = {i["id"]: i for i in json.loads((root / ann_rel).read_text())["images"]}
+    print(f"{args.dataset}: {len(dev)} images, features in {time.time() - t0:.0f} s", flush=True)
+
+    configs = [("uniform-phi", None, phi) for phi in range(q)]
+    configs += [(a, t, None) for a in allocations for t in targets]
+    results: dict[str, list[dict]] = {f"{a}|{t}|{p}": [] for a, t, p in configs}  # COCO detections
+    per_image: dict[str, list[dict]] = {f"{a}|{t}|{p}": [] for a, t, p in configs}
+    checked = 0
+    t_alloc = {a: 0.0 for a in allocations}
+    for n, img in enumerate(dev.images):
+        arrays = learned_ps._checked_arrays(img.features, sp)
+        xs = [torch.from_numpy(a).unsqueeze(0) for _, a in arrays]
+        task_loss = mfiba.task_loss_function(net, "neck", xs)
+        store = mfiba.ProbeStore()
+        probe = mfiba.ImageProbe(model, xs, task_loss, store)
+
+        def container_bits(header, units, img=img) -> int:
+            return 8 * len(build_bitstream(net, sp, img.prep, learned_ps.MODE_ID, header, units))
+
+        context = EncodeContext(net, "neck", img.prep, container_bits)
+        empty = learned_ps.header_and_units(arrays, [0] * len(arrays), model_id, digest, None)
+        overhead = container_bits(*empty)
+        for a, t, p in configs:
+            key = f"{a}|{t}|{p}"
+            if t is None:
+                phis = [p] * len(arrays)
+            else:
+                t1 = time.time()
+                plan = mfiba.allocate(model, fitted, arrays, context, target_bits=t * img.pixels - overhead, lam=None,
+                                      allocation=a, levels=levels, store=store, task_loss=task_loss)  # fmt: skip
+                t_alloc[a] += time.time() - t1
+                phis = plan.phis
+            bits = overhead + sum(probe.bits(i, ph) for i, ph in enumerate(phis))
+            feats = {name: probe.rec(i, ph) for i, ((name, _), ph) in enumerate(zip(arrays, phis))}
+            with torch.inference_mode():
+                dets = net.part2(feats, "neck", img.prep)
+            results[key] += dets.to_coco(img.image_id)
+            per_image[key].append({"image_id": img.image_id, "phis": list(phis), "bits": bits,
+                                   "bpp": bits / img.pixels})  # fmt: skip
+            if n < args.check:  # the real encoder and decoder give the same container size and features
+                p_real = {"phi": p} if t is None else {"target_bpp": t, "allocation": a, "mfip_levels": args.levels}
+                mode, params = resolve_mode("learned_ps", {**p_real, "codec_weights": args.codec_weights})
+                image = load_image(root / imgs_rel / meta[img.image_id]["file_name"])
+                enc = encode_image(image, net, "neck", mode, params)
+                dec = decode_bitstream(enc.bitstream, net, args.codec_weights)
+                same = 8 * len(enc.bitstream) == bits and all(
+                    torch.equal(torch.as_tensor(dec.features[name]).reshape(feats[name].shape), feats[name])
+                    for name in feats
+                )
+                if not same:
+                    print(f"error: image {img.image_id} {key}: the real encoder/decoder differ "
+                          f"({8 * len(enc.bitstream)} bits against {bits})", file=sys.stderr)  # fmt: skip
+                    return 1
+                checked += 1
+        if (n + 1) % 10 == 0 or n + 1 == len(dev):
+            print(f"{n + 1}/{len(dev)} images, {time.time() - t0:.0f} s", flush=True)
+
+    ids = [i.image_id for i in dev.images]
+    pixels = sum(i.pixels for i in dev.images)
+    ref = tdev.evaluate_uncompressed(dev, net, "neck")
+    points: dict[str, list[dict]] = {}
+    for a, t, p in configs:
+        key = f"{a}|{t}|{p}"
+        m = evaluate_detections(results[key], dev.annotation_file, ids)
+        bpp = sum(r["bits"] for r in per_image[key]) / pixels
+        point = {"bpp": round(bpp, 6), "map50": round(m["map50"], 5), "map": round(m["map"], 5)}
+        if t is None:
+            point["phi"] = p
+        else:
+            err = np.array([r["bpp"] / t - 1 for r in per_image[key]])
+            phis_mean = np.mean([r["phis"] for r in per_image[key]], axis=0)
+            point.update(target_bpp=t, mean_abs_error=round(float(np.abs(err).mean()), 4),
+                         max_abs_error=round(float(np.abs(err).max()), 4), set_error=round(bpp / t - 1, 4),
+                         phis_mean=[round(float(v), 3) for v in phis_mean])  # fmt: skip
+        points.setdefault(a, []).append(point)
+    out: dict = {
+        "command": "python -m tools.bench_mfiba " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "dataset": args.dataset,
+        "images": len(dev),
+        "codec_model": str(args.codec_weights or "fenet_ps_nanodet_neck"),
+        "codec_weights_sha256": digest.hex(),
+        "levels": levels,
+        "uncompressed": {"map50": round(ref["map50"], 5), "map": round(ref["map"], 5)},
+        "checked_configurations": checked,
+        "allocation_seconds_per_image": {a: round(v / len(dev), 3) for a, v in t_alloc.items()},
+        "points": points,
+        "bd_rate_vs_uniform_phi": {},
+        "rate_control": {},
+    }
+    print(f"uncompressed mAP@0.5 {ref['map50']:.4f}  mAP {ref['map']:.4f}; {checked} configurations checked "
+          f"against the real encoder/decoder")  # fmt: skip
+    print(f"{'allocation':<12} {'target':>7} {'bpp':>8} {'mAP@0.5':>8} {'mAP':>7}  {'mean |err|':>10} {'max |err|':>9}")
+    for a, pts in points.items():
+        for pt in pts:
+            tgt = f"{pt['target_bpp']:.3f}" if "target_bpp" in pt else f"phi {pt['phi']}"
+            errs = (f"{100 * pt['mean_abs_error']:9.1f} % {100 * pt['max_abs_error']:8.1f} %"
+                    if "target_bpp" in pt else "")  # fmt: skip
+            print(f"{a:<12} {tgt:>7} {pt['bpp']:8.4f} {pt['map50']:8.4f} {pt['map']:7.4f}  {errs}")
+    for a in allocations:
+        uniform = points["uniform-phi"]
+        out["bd_rate_vs_uniform_phi"][a] = {m: bd_against(uniform, points[a], m) for m in ("map50", "map")}
+        errs = [pt["mean_abs_error"] for pt in points[a]]
+        worst = max(pt["max_abs_error"] for pt in points[a])
+        out["rate_control"][a] = {"mean_abs_error": round(float(np.mean(errs)), 4), "max_abs_error": worst}
+        bd = out["bd_rate_vs_uniform_phi"][a]
+        cells = "  ".join(
+            f"{m} {bd[m][k]['bd_rate']:+.1f} % ({k}, overlap {bd[m][k]['overlap']:.0%})"
+            if bd[m][k]["bd_rate"] is not None else f"{m} n/a ({k}: {bd[m][k]['error']})"
+            for m in ("map50", "map") for k in ("front", "monotone")
+        )  # fmt: skip
+        print(f"BD-rate of {a} (target-driven) against uniform phi: {cells}")
+        print(f"rate control of {a}: mean |bpp/target - 1| {100 * out['rate_control'][a]['mean_abs_error']:.1f} % "
+              f"(max {100 * out['rate_control'][a]['max_abs_error']:.1f} %)")  # fmt: skip
+    out["seconds"] = round(time.time() - t0, 1)
+    print(f"({out['seconds']:.0f} s)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
