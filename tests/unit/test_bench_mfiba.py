@@ -1,0 +1,46 @@
+"""tools/bench_mfiba: MFIBA against uniform phi on a labelled set, every point checked
+against the real encoder and decoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from codec.files import assets_path
+
+pytestmark = pytest.mark.needs_assets
+
+
+def test_one_image_every_point_checked_against_the_real_path(tmp_path: Path, capsys) -> None:
+    if not (assets_path() / "coco" / "val2017-103").is_dir():
+        pytest.skip("val2017-103 not found")
+    from tools import bench_mfiba
+
+    out = tmp_path / "m.json"
+    argv = ["--limit", "1", "--targets", "0.04,0.08,0.16,0.32", "--allocations", "mfiba", "--check", "1",
+            "--json", str(out)]  # fmt: skip
+    assert bench_mfiba.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["images"] == 1 and res["checked_configurations"] == 8 + 4  # uniform phi 0..7 + the targets
+    uniform = res["points"]["uniform-phi"]
+    assert [p["phi"] for p in uniform] == list(range(8))
+    bpp = [p["bpp"] for p in uniform]
+    assert bpp == sorted(bpp) and bpp[0] < bpp[-1]  # a higher phi spends more bits
+    for p in res["points"]["mfiba"]:
+        assert abs(p["bpp"] / p["target_bpp"] - 1) == pytest.approx(p["mean_abs_error"], abs=1e-4)
+        assert len(p["phis_mean"]) == 3
+    bd = res["bd_rate_vs_uniform_phi"]["mfiba"]["map50"]
+    assert set(bd) == {"front", "monotone"}
+    assert "rate control of mfiba" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--targets", "0,0.1"], ["--targets", "a"], ["--allocations", "greedy"]])
+def test_bad_arguments_are_refused(argv: list[str]) -> None:
+    from tools import bench_mfiba
+
+    with pytest.raises(SystemExit) as e:
+        rc = bench_mfiba.main(argv)
+        raise SystemExit(rc)
+    assert e.value.code not in (0, None)
