@@ -194,11 +194,12 @@ def fitted_key(network: str, split: str) -> str:
     return f"{network}/{split}"
 
 
-def load_fitted(network: Any, split: str, path: Path = FITTED_FILE) -> Any:
+def load_fitted(network: Any, split: str, path: Path | None = None) -> Any:
     """The fitted models of network/split (mfiba.FittedModels), checked against the sha256 of
     the network weights in use (EncodeError when none fits)."""
     from codec.allocation import mfiba
 
+    path = FITTED_FILE if path is None else path
     name = getattr(network, "name", str(network))
     try:
         table = json.loads(path.read_text(encoding="utf-8"))
