@@ -31,6 +31,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     meta = {i["id"]: i for i in json.loads((root / ann_rel).read_text())["images"]}
     print(f"{args.dataset}: {len(dev)} images, features in {time.time() - t0:.0f} s", flush=True)
 
-    configs = [("uniform-qp", None, qp) for qp in uniform_qps]
+    configs: list[tuple[str, float | None, int | None]] = [("uniform-qp", None, qp) for qp in uniform_qps]
     configs += [(a, t, None) for a in allocations for t in targets]
     keys = [f"{a}|{t}|{qp}" for a, t, qp in configs]
     results: dict[str, list[dict]] = {k: [] for k in keys}
-    per_image: dict[str, list[dict]] = {k: [] for k in keys}
+    per_image: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
     t_alloc = {a: 0.0 for a in allocations}
     checked, encodes = 0, 0
     mid = targets[len(targets) // 2]
@@ -138,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         empty = mpeg_anchor_ps.header_and_units(arrays, [0] * len(arrays), pid, lo32, hi32, None)
         overhead = container_bits(*empty)
         for (a, t, qp), key in zip(configs, keys):
+            qps: list[int]
             if t is None:
-                qps = [qp] * len(arrays)
+                qps = [int(qp or 0)] * len(arrays)
             else:
                 params = mpeg_anchor_ps.Params(target_bpp=t, allocation=a, mfip_levels=args.levels, preset=args.preset)
                 t1 = time.time()
@@ -212,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     for a in allocations:
         bd = out["bd_rate_vs_uniform_qp"][a] = {m: bd_against(points["uniform-qp"], points[a], m)
                                                 for m in ("map50", "map")}  # fmt: skip
-        errs = [pt["mean_abs_error"] for pt in points[a]]
-        out["rate_control"][a] = {"mean_abs_error": round(float(np.mean(errs)), 4),
+        mean_errs = [float(pt["mean_abs_error"]) for pt in points[a]]
+        out["rate_control"][a] = {"mean_abs_error": round(float(np.mean(mean_errs)), 4),
                                   "max_abs_error": max(pt["max_abs_error"] for pt in points[a])}  # fmt: skip
         cells = "  ".join(
             f"{m} {bd[m][k]['bd_rate']:+.1f} % ({k}, overlap {bd[m][k]['overlap']:.0%})"
