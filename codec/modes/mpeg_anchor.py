@@ -322,7 +322,6 @@ def set_range_of(header: ContainerHeader, mode: str = NAME) -> tuple[np.float32,
         raise MalformedError(f"{mode}: {e}") from None
 
 
-
 def check_vvc_header(header: ContainerHeader, mode: str = NAME) -> None:
     """The header fields the feature anchor's modes share: VVC_VVENC at 10 bits, sample
     format NONE, sane scale sizes, one finite range."""
