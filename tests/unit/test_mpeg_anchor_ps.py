@@ -117,3 +117,22 @@ def test_target_bpp_lands_near_its_target_through_the_shared_allocator(net, imag
     assert abs(bpp / target - 1) < 0.1
     qps = [s.phi_index for s in parse_container(r.bitstream).header.scales]
     assert all(27 <= q <= 52 for q in qps)
+
+
+def test_fit_reports_the_log_linear_rate_qp_model_against_a_linear_one():
+    from tools.fit_mfiba import fit_rate_qp
+
+    qp = np.array([22, 27, 32, 37, 42, 47, 52], dtype=np.float64)
+    r = np.exp(0.16 * (63 - qp) - 3.3)
+    f = fit_rate_qp(qp, r)
+    assert f["a"] == pytest.approx(0.16) and f["b"] == pytest.approx(-3.3)
+    assert f["log_linear"]["pearson"] == pytest.approx(1.0) and f["log_linear"]["rmse"] < 1e-9
+    assert f["linear_qp"]["pearson"] < 0.95 and f["linear_qp"]["rmse"] > 0
+
+
+def test_the_shipped_fit_is_for_nanodet_neck_and_log_linear(net):
+    fitted = mpeg_anchor_ps.load_fitted(net, "neck")
+    assert fitted.rate_model == "log_linear" and fitted.scales == ("p3", "p4", "p5")
+    assert all(ln.a > 0 for ln in fitted.rate_phi) and fitted.beta > 0
+    with pytest.raises(EncodeError, match="no models fitted for nanodet/backbone"):
+        mpeg_anchor_ps.load_fitted(net, "backbone")
