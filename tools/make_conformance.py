@@ -197,6 +197,10 @@ def golden_vectors() -> dict[str, bytes]:
     out["v21-learned_ps-phis523"] = learned_ps_vector()
     # the MPEG feature anchor procedure (section 7.7): one range for the set, all-intra at QP 37
     out["v21-mpeg_anchor-qp37"] = code(feats, "mpeg_anchor", MPEG_ANCHOR_PARAMS, version=(2, 1), **small)
+    # the same procedure with one frame and one QP per scale (section 7.9): p3 32, p4 42, p5 47
+    out["v21-mpeg_anchor_ps-qps324247"] = code(
+        feats, "mpeg_anchor_ps", {**MPEG_ANCHOR_PARAMS, "qp": None, "qps": "32,42,47"}, version=(2, 1), **small
+    )
     return out
 
 

@@ -1,6 +1,9 @@
 """MFIBA: multiscale feature importance-based bit allocation, and rate control to a
-target rate, for a codec that codes every scale i at its own quality index phi_i
-(learned_ps, codec/models/fenet_ps.py).
+target rate, for a codec that codes every scale i at its own quality index phi_i: the
+learned per-scale codec (learned_ps, codec/models/fenet_ps.py; phi is its gain-unit row)
+or VVC with one QP per scale (mpeg_anchor_ps; its quality index is QP_MAX - QP, so that a
+higher index spends more bits there too). The allocator sees a codec only through a
+`ScaleCoder` (bits and the decoder's reconstruction of scale i at index q).
 
 Notation (scale 0 the finest; A_i = H_i x W_i positions of scale i, k_i = A_0 / A_i its
 area ratio, k^i for strides two apart):
@@ -19,7 +22,10 @@ area ratio, k^i for strides two apart):
   R~_i = (w_i alpha beta k_i / lambda')^(1 / (beta + 1)).
 * The rate-phi model per scale: R_i(phi) = a_i phi + b_i (fitted offline, and refitted
   on the image through the rates MFIP's precoding measured); phi_i = (R~_i - b_i) / a_i
-  rounded to the model's grid.
+  rounded to the model's grid. For VVC the rate-QP model is log-linear (`rate_model`
+  "log_linear": ln R_i = a_i q + b_i, q = QP_MAX - QP, what a hybrid codec's rate does
+  over QP), q_i = (ln R~_i - b_i) / a_i, and the measured rates are interpolated
+  geometrically.
 * A target rate: lambda' by bisection (the allocation is monotone in lambda'), the
   allocation's bits predicted from the rates measured so far (interpolated between
   measured levels, along the image's line outside them); the allocation chosen is then
@@ -45,7 +51,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -64,18 +70,33 @@ FT_SPAN = 0.1  # ... and how far it searches on either side
 LAMBDA_RANGE = (1e-9, 1e9)
 
 
+RATE_MODELS = ("linear", "log_linear")
+
+
 @dataclass(frozen=True)
 class RatePhiLine:
-    """R(phi) = a phi + b, bits per position of the scale."""
+    """R(phi) = a phi + b, bits per position of the scale; with `log`: ln R(phi) = a phi + b
+    (the rate-QP model of VVC, phi = QP_MAX - QP)."""
 
     a: float
     b: float
+    log: bool = False
 
     def rate(self, phi: float) -> float:
+        if self.log:
+            return math.exp(min(self.a * phi + self.b, 700.0))
         return self.a * phi + self.b
 
     def phi(self, rate: float) -> float:
-        return (rate - self.b) / self.a if self.a > 0 else 0.0
+        if self.a <= 0:
+            return 0.0
+        if self.log:
+            return (math.log(rate) - self.b) / self.a if rate > 0 else -math.inf
+        return (rate - self.b) / self.a
+
+    def step(self, bits: float, dphi: float) -> float:
+        """Bits `dphi` indices away from a measured point of `bits` along a log line's slope."""
+        return bits * math.exp(min(self.a * dphi, 700.0))
 
 
 @dataclass(frozen=True)
@@ -87,14 +108,16 @@ class FittedModels:
     rate_phi: tuple[RatePhiLine, ...]
     scales: tuple[str, ...]
     num_qualities: int
-    codec_weights_sha256: str
+    codec_weights_sha256: str  # the weights the fit holds for (learned_ps: the codec's; VVC: the network's)
     record: dict = field(default_factory=dict, compare=False)  # how they were fitted, their fit
+    rate_model: str = "linear"  # "linear" (R = a phi + b) or "log_linear" (ln R = a phi + b)
 
     def to_json(self) -> dict:
         return {
             "codec_weights_sha256": self.codec_weights_sha256,
             "scales": list(self.scales),
             "num_qualities": self.num_qualities,
+            **({"rate_model": self.rate_model} if self.rate_model != "linear" else {}),
             "task_rate": {"alpha": self.alpha, "beta": self.beta},
             "rate_phi": [{"scale": s, "a": ln.a, "b": ln.b} for s, ln in zip(self.scales, self.rate_phi)],
             **self.record,
@@ -103,8 +126,12 @@ class FittedModels:
     @classmethod
     def from_json(cls, d: dict) -> FittedModels:
         try:
-            lines = tuple(RatePhiLine(float(r["a"]), float(r["b"])) for r in d["rate_phi"])
-            known = {"codec_weights_sha256", "scales", "num_qualities", "task_rate", "rate_phi"}
+            rate_model = str(d.get("rate_model", "linear"))
+            if rate_model not in RATE_MODELS:
+                raise ValueError(f"rate_model {rate_model!r} is not one of {', '.join(RATE_MODELS)}")
+            log = rate_model == "log_linear"
+            lines = tuple(RatePhiLine(float(r["a"]), float(r["b"]), log) for r in d["rate_phi"])
+            known = {"codec_weights_sha256", "scales", "num_qualities", "task_rate", "rate_phi", "rate_model"}
             return cls(
                 alpha=float(d["task_rate"]["alpha"]),
                 beta=float(d["task_rate"]["beta"]),
@@ -113,6 +140,7 @@ class FittedModels:
                 num_qualities=int(d["num_qualities"]),
                 codec_weights_sha256=str(d["codec_weights_sha256"]),
                 record={k: v for k, v in d.items() if k not in known},
+                rate_model=rate_model,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise EncodeError(f"not a file of fitted MFIBA models: {type(e).__name__} {e}") from None
@@ -145,6 +173,42 @@ def load_fitted(codec_weights: str | Path | None, model_id: Any, digest: bytes) 
 # -- one image's precoding -------------------------------------------------------------------
 
 
+class ScaleCoder(Protocol):
+    """What the allocator needs of a codec: scale i of an image coded alone at quality
+    index q (0 the lowest rate): its exact bits and the reconstruction the decoder gives."""
+
+    num_qualities: int
+
+    def scale_bits(self, i: int, x: torch.Tensor, q: int) -> int: ...
+
+    def scale_rec(self, i: int, x: torch.Tensor, q: int) -> torch.Tensor: ...
+
+
+class LearnedScaleCoder:
+    """The ScaleCoder of a per-scale learned codec (learned_ps): q is phi, the bits are the
+    rANS strings' bytes, the reconstruction the fixed-point decoder's."""
+
+    def __init__(self, model: PerScaleCodec) -> None:
+        self.model = model
+        self.num_qualities = int(model.cfg.num_qualities)
+
+    def scale_bits(self, i: int, x: torch.Tensor, q: int) -> int:
+        c = self.model.compress_scale(i, x, q)
+        return 8 * (len(c.z_string) + len(c.y_string))
+
+    def scale_rec(self, i: int, x: torch.Tensor, q: int) -> torch.Tensor:
+        return self.model.forward_quantised_scale(i, x, q)
+
+
+def as_scale_coder(coder: Any) -> ScaleCoder:
+    """A ScaleCoder as is; a per-scale learned codec (compress_scale) wrapped."""
+    if hasattr(coder, "scale_bits") and hasattr(coder, "scale_rec"):
+        return coder
+    if hasattr(coder, "compress_scale"):
+        return LearnedScaleCoder(coder)
+    raise TypeError(f"{type(coder).__name__} is neither a ScaleCoder nor a per-scale learned codec")
+
+
 class ProbeStore:
     """What coding an image's scales computed, shared by probes of the same image: bits and
     reconstruction per (scale, phi), task losses per combination (an evaluation that tries
@@ -158,20 +222,21 @@ class ProbeStore:
 
 
 class ImageProbe:
-    """An image's scales, coded on demand at any (scale, phi): the exact latent bits (rANS
-    strings) and the exact reconstruction the decoder gives (fixed point); the task loss of
+    """An image's scales, coded on demand at any (scale, phi) by a ScaleCoder (or a per-scale
+    learned codec): the exact bits and the exact reconstruction the decoder gives; the task loss of
     any combination against NN part 2's output on the uncompressed features. What the probe
     has measured (`measured`) is its own, so an allocation depends only on what it asked for;
     the computation behind it may come from a shared `store`."""
 
     def __init__(
         self,
-        model: PerScaleCodec,
+        model: PerScaleCodec | ScaleCoder,
         xs: list[torch.Tensor],
         task_loss: Callable[[list], float],
         store: ProbeStore | None = None,
     ) -> None:
         self.model, self.xs, self._task = model, xs, task_loss
+        self.coder = as_scale_coder(model)
         self.areas = [int(x.shape[-2] * x.shape[-1]) for x in xs]
         self.store = store if store is not None else ProbeStore()
         self._measured: set[tuple[int, int]] = set()
@@ -184,8 +249,7 @@ class ImageProbe:
     def bits(self, i: int, phi: int) -> int:
         key = (int(i), int(phi))
         if key not in self.store.bits:
-            c = self.model.compress_scale(i, self.xs[i], phi)
-            self.store.bits[key] = 8 * (len(c.z_string) + len(c.y_string))
+            self.store.bits[key] = int(self.coder.scale_bits(i, self.xs[i], phi))
             self.store.compress_calls += 1
         if key not in self._measured:
             self._measured.add(key)
@@ -203,7 +267,7 @@ class ImageProbe:
     def rec(self, i: int, phi: int) -> torch.Tensor:
         key = (int(i), int(phi))
         if key not in self.store.recs:
-            self.store.recs[key] = self.model.forward_quantised_scale(i, self.xs[i], phi)
+            self.store.recs[key] = self.coder.scale_rec(i, self.xs[i], phi)
         return self.store.recs[key]
 
     def loss(self, phis: Sequence[int | None]) -> float:
@@ -291,21 +355,25 @@ def phis_for_rates(rates: np.ndarray, lines: Sequence[RatePhiLine], num_qualitie
 
 
 def fit_line(phis: Sequence[float], rates: Sequence[float], prior: RatePhiLine) -> RatePhiLine:
-    """Least-squares line through measured (phi, R) points; with one distinct phi, the prior's
-    slope through that point (with none, the prior)."""
+    """Least-squares line through measured (phi, R) points (through (phi, ln R) for a log
+    prior); with one distinct phi, the prior's slope through that point (with none, the prior)."""
     x, y = np.asarray(phis, dtype=np.float64), np.asarray(rates, dtype=np.float64)
+    if prior.log:
+        keep = y > 0
+        x, y = x[keep], np.log(y[keep])
     if len(set(x.tolist())) >= 2:
         a, b = np.polyfit(x, y, 1)
         if a > 0:
-            return RatePhiLine(float(a), float(b))
+            return RatePhiLine(float(a), float(b), prior.log)
     if len(x):
-        return RatePhiLine(prior.a, float(np.mean(y - prior.a * x)))
+        return RatePhiLine(prior.a, float(np.mean(y - prior.a * x)), prior.log)
     return prior
 
 
 def predicted_bits(probe: ImageProbe, i: int, phi: int, line: RatePhiLine) -> float:
-    """Bits of scale i at phi: measured, else interpolated linearly between the nearest
-    measured levels on either side, else along `line` from the nearest measured level."""
+    """Bits of scale i at phi: measured, else interpolated between the nearest measured levels
+    on either side (linearly; geometrically for a log line), else along `line` from the
+    nearest measured level."""
     m = probe.measured(i)
     if phi in m:
         return float(m[phi])
@@ -315,9 +383,13 @@ def predicted_bits(probe: ImageProbe, i: int, phi: int, line: RatePhiLine) -> fl
     if below and above:
         lo, hi = max(below), min(above)
         t = (phi - lo) / (hi - lo)
+        if line.log and m[lo] > 0 and m[hi] > 0:
+            return float(m[lo] ** (1 - t) * m[hi] ** t)
         return (1 - t) * m[lo] + t * m[hi]
     if below or above:
         ref = max(below) if below else min(above)
+        if line.log:
+            return max(line.step(m[ref], phi - ref), 0.0)
         return max(m[ref] + line.a * (phi - ref) * area, 0.0)
     return max(line.rate(phi) * area, 0.0)
 
@@ -458,7 +530,7 @@ def fine_tune(
 
 
 def allocate(
-    model: PerScaleCodec,
+    model: PerScaleCodec | ScaleCoder,
     fitted: FittedModels,
     arrays: list[tuple[str, np.ndarray]],
     context: EncodeContext,
@@ -470,7 +542,8 @@ def allocate(
     store: ProbeStore | None = None,
     task_loss: Callable[[list], float] | None = None,
 ) -> Plan:
-    """The quality index of every scale of one image: MFIBA (allocation "mfiba"), its
+    """The quality index of every scale of one image (`model`: a ScaleCoder or a per-scale
+    learned codec): MFIBA (allocation "mfiba"), its
     fine-tuned variant ("mfiba_ft") or one phi for every scale ("uniform", a target only),
     at a target of latent bits or at a lambda'. `store` and `task_loss` (of the same image)
     let an evaluation share the computation between targets; the result is the same."""
@@ -479,7 +552,8 @@ def allocate(
     if (target_bits is None) == (lam is None):
         raise EncodeError("MFIBA needs exactly one of a target rate and a lambda'")
     names = [n for n, _ in arrays]
-    if tuple(names) != fitted.scales or fitted.num_qualities != model.cfg.num_qualities:
+    coder = as_scale_coder(model)
+    if tuple(names) != fitted.scales or fitted.num_qualities != coder.num_qualities:
         raise EncodeError(f"the fitted MFIBA models are for scales {list(fitted.scales)}, not {names}")
     if allocation not in ("uniform", "mfiba", "mfiba_ft"):
         raise EncodeError(f"unknown allocation {allocation!r}")
@@ -487,14 +561,14 @@ def allocate(
     if target_bits is not None and target_bits <= 0:
         # a target below the container's header alone: like any target below the lowest
         # allocation, the closest reachable rate is every scale at phi 0
-        probe = ImageProbe(model, xs, lambda feats: 0.0, store)
+        probe = ImageProbe(coder, xs, lambda feats: 0.0, store)
         phis = [0] * len(xs)
         bits = sum(probe.bits(i, 0) for i in range(len(xs)))
         return Plan(phis, None, [1.0 / len(xs)] * len(xs), int(bits),
                     {"compress_calls": probe.compress_calls, "unreachable_target": True})  # fmt: skip
     if task_loss is None:
         task_loss = task_loss_function(context.network, context.split, xs)
-    probe = ImageProbe(model, xs, task_loss, store)
+    probe = ImageProbe(coder, xs, task_loss, store)
     for i in range(len(xs)):  # MFIP's precoding also measures the rates at its levels
         for p in levels:
             probe.bits(i, p)
@@ -539,11 +613,15 @@ __all__ = [
     "Allocator",
     "FittedModels",
     "ImageProbe",
+    "LearnedScaleCoder",
     "Plan",
     "ProbeStore",
+    "RATE_MODELS",
     "RatePhiLine",
+    "ScaleCoder",
     "allocate",
     "area_ratios",
+    "as_scale_coder",
     "closed_form_rates",
     "fine_tune",
     "fit_line",

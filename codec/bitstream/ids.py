@@ -50,6 +50,7 @@ class ModeId(enum.IntEnum):
     LEARNED_E2E = 4  # learned end-to-end feature codec (codec/modes/learned_e2e.py)
     MPEG_ANCHOR = 5  # the MPEG FCM feature anchor procedure: one range per set, no filler, all-intra VVC
     LEARNED_PS = 6  # per-scale variable-rate learned codec, a quality index per scale (codec/modes/learned_ps.py)
+    MPEG_ANCHOR_PS = 7  # the MPEG feature anchor procedure with one frame and one QP per scale (mpeg_anchor_ps.py)
 
 
 # mode_id values for modes registered outside this specification (codec.modes.register_mode:

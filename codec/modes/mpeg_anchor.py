@@ -230,33 +230,67 @@ def default_range(split_point: SplitPoint) -> tuple[float, float]:
     return float(hits[0][1]["min"]), float(hits[0][1]["max"])
 
 
-def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple[ModeHeader, list[PayloadUnit]]:
-    if isinstance(params.qp, bool) or not isinstance(params.qp, int) or not QP_RANGE[0] <= params.qp <= QP_RANGE[1]:
-        raise EncodeError(f"qp must be an integer in {QP_RANGE[0]}..{QP_RANGE[1]}, got {params.qp!r}")
+def check_qp(qp: object) -> int:
+    """An encoder's QP: an int in QP_RANGE (EncodeError otherwise)."""
+    if isinstance(qp, bool) or not isinstance(qp, int) or not QP_RANGE[0] <= qp <= QP_RANGE[1]:
+        raise EncodeError(f"qp must be an integer in {QP_RANGE[0]}..{QP_RANGE[1]}, got {qp!r}")
+    return qp
+
+
+def encoder_preset(preset: str) -> PresetId:
     try:
-        pid = preset_id(params.preset)
+        return preset_id(preset)
     except ValueError as e:
         raise EncodeError(str(e)) from None
-    if (params.range_min is None) != (params.range_max is None):
+
+
+def encoder_range(
+    split_point: SplitPoint, range_min: float | None, range_max: float | None
+) -> tuple[np.float32, np.float32]:
+    """The set's range an encoder uses: the one given, else the split point's recorded one."""
+    if (range_min is None) != (range_max is None):
         raise EncodeError("give both range_min and range_max, or neither")
-    if params.range_min is None:
+    if range_min is None or range_max is None:
         lo, hi = default_range(split_point)
     else:
-        lo, hi = float(params.range_min), float(params.range_max)  # type: ignore[arg-type]
+        lo, hi = float(range_min), float(range_max)
     try:
-        lo32, hi32 = check_range(lo, hi)
+        return check_range(lo, hi)
     except ValueError as e:
         raise EncodeError(str(e)) from None
-    arrays = scale_arrays(features, split_point)
-    codes = [quantise(a, lo32, hi32) for _, a in arrays]
-    layout = frame_layout([(a.shape[0], a.shape[1], a.shape[2]) for _, a in arrays])
+
+
+def encode_frame(codes: list[np.ndarray], lo32: np.float32, hi32: np.float32, qp: int, preset: str) -> bytes:
+    """Scales' 10-bit codes (C, H, W) tiled into one frame (frame_layout) and coded as one
+    all-intra VVC picture at `qp`, chroma and uncovered samples at the mid level."""
+    layout = frame_layout([(q.shape[0], q.shape[1], q.shape[2]) for q in codes])
     try:
         check_frame_size(layout)
     except SizeLimitError as e:
         raise EncodeError(str(e)) from None
     fill = mid_level(lo32, hi32)
-    frame = tile(codes, layout, fill)
-    bitstream = vvc.encode_luma10(frame, params.qp, params.preset, all_intra=True, chroma_value=fill)
+    return vvc.encode_luma10(tile(codes, layout, fill), qp, preset, all_intra=True, chroma_value=fill)
+
+
+def decode_frame(data: bytes, layout: FrameLayout) -> np.ndarray:
+    """One VVC picture -> its (FrameHeight, FrameWidth) 10-bit luma (InnerCodecError)."""
+    try:
+        frame = vvc.decode_luma10(data, layout.width, layout.height)
+    except vvc.FfmpegToolError:
+        raise
+    except (vvc.FfmpegError, ValueError) as e:
+        raise InnerCodecError(f"VVC payload could not be decoded: {str(e).splitlines()[0]}") from None
+    if frame.shape != (layout.height, layout.width) or int(frame.max(initial=0)) > MAX_CODE:
+        raise InnerCodecError(f"VVC picture is not a {layout.width}x{layout.height} 10-bit picture")
+    return frame.astype(np.uint16)
+
+
+def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple[ModeHeader, list[PayloadUnit]]:
+    qp = check_qp(params.qp)
+    pid = encoder_preset(params.preset)
+    lo32, hi32 = encoder_range(split_point, params.range_min, params.range_max)
+    arrays = scale_arrays(features, split_point)
+    bitstream = encode_frame([quantise(a, lo32, hi32) for _, a in arrays], lo32, hi32, qp, params.preset)
     scales = tuple(
         ScaleHeader(
             name=name,
@@ -272,32 +306,39 @@ def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple
     header = ModeHeader(
         scales=scales,
         sample_format=SampleFormat.NONE,
-        inner=InnerCodecParams(InnerCodecId.VVC_VVENC, params.qp, pid, BIT_DEPTH),
+        inner=InnerCodecParams(InnerCodecId.VVC_VVENC, qp, pid, BIT_DEPTH),
     )
     return header, [PayloadUnit(UnitType.VVC_NAL_STREAM, bitstream, scale_index=ALL_SCALES)]
 
 
-def _range_of(header: ContainerHeader) -> tuple[np.float32, np.float32]:
+def set_range_of(header: ContainerHeader, mode: str = NAME) -> tuple[np.float32, np.float32]:
+    """The one range of the set (quant_min, quant_max of every scale), checked."""
     lo, hi = header.scales[0].quant_min, header.scales[0].quant_max
     if any(s.quant_min != lo or s.quant_max != hi for s in header.scales):
-        raise MalformedError("mpeg_anchor needs the same quant_min and quant_max in every scale")
+        raise MalformedError(f"{mode} needs the same quant_min and quant_max in every scale")
     try:
         return check_range(lo, hi)
     except ValueError as e:
-        raise MalformedError(f"mpeg_anchor: {e}") from None
+        raise MalformedError(f"{mode}: {e}") from None
+
+
+def check_vvc_header(header: ContainerHeader, mode: str = NAME) -> None:
+    """The header fields the feature anchor's modes share: VVC_VVENC at 10 bits, sample
+    format NONE, sane scale sizes, one finite range."""
+    inner = header.mode.inner
+    if inner.codec_id != InnerCodecId.VVC_VVENC:
+        raise MalformedError(f"{mode} mode needs inner_codec_id VVC_VVENC, got {inner.codec_id.name}")
+    if inner.bit_depth != BIT_DEPTH:
+        raise MalformedError(f"{mode} mode needs inner_bit_depth {BIT_DEPTH}, got {inner.bit_depth}")
+    if header.mode.sample_format != SampleFormat.NONE:
+        raise MalformedError(f"{mode} mode needs sample_format NONE")
+    for i, s in enumerate(header.scales):
+        check_scale(s, i)
+    set_range_of(header, mode)
 
 
 def _layout_of(header: ContainerHeader) -> FrameLayout:
-    inner = header.mode.inner
-    if inner.codec_id != InnerCodecId.VVC_VVENC:
-        raise MalformedError(f"mpeg_anchor mode needs inner_codec_id VVC_VVENC, got {inner.codec_id.name}")
-    if inner.bit_depth != BIT_DEPTH:
-        raise MalformedError(f"mpeg_anchor mode needs inner_bit_depth {BIT_DEPTH}, got {inner.bit_depth}")
-    if header.mode.sample_format != SampleFormat.NONE:
-        raise MalformedError("mpeg_anchor mode needs sample_format NONE")
-    for i, s in enumerate(header.scales):
-        check_scale(s, i)
-    _range_of(header)
+    check_vvc_header(header)
     layout = frame_layout([s.shape for s in header.scales])
     check_frame_size(layout)
     return layout
@@ -312,20 +353,12 @@ def decode_symbols(header: ContainerHeader, units: list[PayloadUnit], weights: W
     """{"frame": the decoded (FrameHeight, FrameWidth) uint16 10-bit frame}."""
     layout = _layout_of(header)
     stream = anchor._stream_of(units)
-    try:
-        frame = vvc.decode_luma10(stream.data, layout.width, layout.height)
-    except vvc.FfmpegToolError:
-        raise
-    except (vvc.FfmpegError, ValueError) as e:
-        raise InnerCodecError(f"VVC payload could not be decoded: {str(e).splitlines()[0]}") from None
-    if frame.shape != (layout.height, layout.width) or int(frame.max(initial=0)) > MAX_CODE:
-        raise InnerCodecError(f"VVC picture is not a {layout.width}x{layout.height} 10-bit picture")
-    return {"frame": frame.astype(np.uint16)}
+    return {"frame": decode_frame(stream.data, layout)}
 
 
 def reconstruct(header: ContainerHeader, symbols: dict[str, np.ndarray], weights: Weights = None) -> Features:
     layout = _layout_of(header)
-    lo, hi = _range_of(header)
+    lo, hi = set_range_of(header)
     codes = untile(symbols["frame"], [s.shape for s in header.scales], layout)
     return to_features(header, [dequantise(q, lo, hi) for q in codes])
 

@@ -37,6 +37,8 @@ EXPECTED_GOLDEN = {
     "v21-mpeg_anchor-qp37",
     # learned_ps: a quality index per scale (mode 6, a mixed allocation)
     "v21-learned_ps-phis523",
+    # mpeg_anchor_ps: one frame and one QP per scale (mode 7)
+    "v21-mpeg_anchor_ps-qps324247",
 }  # fmt: skip
 EXPECTED_INVALID = {
     "invalid-bad-magic", "invalid-version-major", "invalid-unknown-mode", "invalid-header-crc",

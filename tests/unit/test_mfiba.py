@@ -211,3 +211,27 @@ def test_fitted_models_json_and_the_weights_check(tmp_path):
     mfiba.fitted_path(pt).write_text("{}")
     with pytest.raises(EncodeError, match="not a file of fitted"):
         mfiba.load_fitted(pt, None, bytes(32))
+
+
+def test_log_linear_rate_model_for_vvc():
+    line = mfiba.RatePhiLine(0.15, -3.0, log=True)
+    assert line.rate(20) == pytest.approx(np.exp(0.15 * 20 - 3.0))
+    assert line.phi(line.rate(26)) == pytest.approx(26)
+    prior = mfiba.RatePhiLine(0.1, 0.0, log=True)
+    fit = mfiba.fit_line([10, 20, 30], [np.exp(0.2 * q - 1) for q in (10, 20, 30)], prior)
+    assert fit.log and fit.a == pytest.approx(0.2) and fit.b == pytest.approx(-1)
+    one = mfiba.fit_line([10], [np.exp(2.0)], prior)  # the prior's slope through the one point
+    assert one.a == 0.1 and one.b == pytest.approx(1.0)
+    f = fitted()
+    back = mfiba.FittedModels.from_json(json.loads(json.dumps({**f.to_json(), "rate_model": "log_linear"})))
+    assert back.rate_model == "log_linear" and all(ln.log for ln in back.rate_phi)
+    with pytest.raises(EncodeError, match="rate_model"):
+        mfiba.FittedModels.from_json({**f.to_json(), "rate_model": "cubic"})
+
+
+def test_log_lines_interpolate_measured_bits_geometrically():
+    probe, _, _ = probe_for()
+    b2, b6 = probe.bits(0, 2), probe.bits(0, 6)
+    line = mfiba.RatePhiLine(0.3, 0.0, log=True)
+    assert mfiba.predicted_bits(probe, 0, 4, line) == pytest.approx(np.sqrt(b2 * b6))
+    assert mfiba.predicted_bits(probe, 0, 7, line) == pytest.approx(b6 * np.exp(0.3))

@@ -203,6 +203,7 @@ def test_registry():
         "learned_e2e",
         "mpeg_anchor",
         "learned_ps",
+        "mpeg_anchor_ps",
     } and names == sorted(names)
     assert mode_by_id(ModeId.ANCHOR) is anchor.MODE and mode_by_name("bypass") is bypass.MODE
     # every built-in mode's id is the spec's ModeId of its name, and every ModeId has its mode
@@ -225,6 +226,7 @@ def test_every_mode_declares_its_rate_parameter_with_a_valid_default():
         "learned_e2e": "phi",
         "mpeg_anchor": "qp",
         "learned_ps": "phi",
+        "mpeg_anchor_ps": "qp",
     }
     for m in all_modes():
         defaults = m.make_params()  # the defaults pass the mode's own checks

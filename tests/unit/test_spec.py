@@ -12,14 +12,14 @@ import pytest
 
 from codec.bitstream import ids, syntax
 from codec.bitstream.syntax import SYNTAX_STRUCTURES as CONTAINER_STRUCTURES
-from codec.modes import anchor, bypass, learned_e2e, learned_ps, mpeg_anchor, vvc_msff
+from codec.modes import anchor, bypass, learned_e2e, learned_ps, mpeg_anchor, mpeg_anchor_ps, vvc_msff
 
 # every syntax table of the spec: the container's and the built-in modes' mode_header( )s
 SYNTAX_STRUCTURES = {
     **CONTAINER_STRUCTURES,
     **{
         name: st
-        for m in (bypass, anchor, vvc_msff, learned_e2e, mpeg_anchor, learned_ps)
+        for m in (bypass, anchor, vvc_msff, learned_e2e, mpeg_anchor, learned_ps, mpeg_anchor_ps)
         for name, st in m.SYNTAX_STRUCTURES.items()
     },
 }
