@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tools.bench_mfiba import bd_against  # one BD computation for both benches
+
 DEFAULT_TARGETS = "0.015,0.025,0.04,0.065,0.1,0.16,0.25"
 DEFAULT_QPS = "22,27,32,37,42,47,52"
 
@@ -55,32 +57,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     return ap.parse_args(argv)
-
-
-def bd_against(anchor: list[dict], test: list[dict], metric: str) -> dict:
-    """BD-rate (pchip) of `test` against `anchor` on the CTC's two monotone curve kinds."""
-    from ctc.bd_rate import BDError, bd_rate_result, monotone_fit
-
-    out: dict = {}
-    for kind in ("front", "monotone"):
-
-        def curve(points: list[dict], kind: str = kind) -> tuple[list[float], list[float]]:
-            pts = sorted({p["bpp"]: p for p in points}.values(), key=lambda p: p["bpp"])
-            if kind == "monotone":
-                xs = [p["bpp"] for p in pts]
-                return xs, [float(v) for v in monotone_fit(xs, [p[metric] for p in pts], 0.0, 1.0)]
-            front: list[dict] = []
-            for p in pts:
-                if not front or p[metric] > front[-1][metric]:
-                    front.append(p)
-            return [p["bpp"] for p in front], [p[metric] for p in front]
-
-        try:
-            r = bd_rate_result(*curve(anchor), *curve(test), "pchip")
-            out[kind] = {"bd_rate": round(r.value, 2), "overlap": round(r.overlap, 3)}
-        except BDError as e:
-            out[kind] = {"bd_rate": None, "error": str(e)}
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
