@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tools.bench_mfiba import bd_against  # one BD computation for both benches
+from tools.bench_mfiba import summarise  # one BD and rate-control summary for both benches
 
 DEFAULT_TARGETS = "0.015,0.025,0.04,0.065,0.1,0.16,0.25"
 DEFAULT_QPS = "22,27,32,37,42,47,52"
@@ -187,20 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             errs = (f"{100 * pt['mean_abs_error']:9.1f} % {100 * pt['max_abs_error']:8.1f} %"
                     if "target_bpp" in pt else "")  # fmt: skip
             print(f"{a:<12} {tgt:>7} {pt['bpp']:8.4f} {pt['map50']:8.4f} {pt['map']:7.4f}  {errs}")
-    for a in allocations:
-        bd = out["bd_rate_vs_uniform_qp"][a] = {m: bd_against(points["uniform-qp"], points[a], m)
-                                                for m in ("map50", "map")}  # fmt: skip
-        mean_errs = [float(pt["mean_abs_error"]) for pt in points[a]]
-        out["rate_control"][a] = {"mean_abs_error": round(float(np.mean(mean_errs)), 4),
-                                  "max_abs_error": max(pt["max_abs_error"] for pt in points[a])}  # fmt: skip
-        cells = "  ".join(
-            f"{m} {bd[m][k]['bd_rate']:+.1f} % ({k}, overlap {bd[m][k]['overlap']:.0%})"
-            if bd[m][k]["bd_rate"] is not None else f"{m} n/a ({k}: {bd[m][k]['error']})"
-            for m in ("map50", "map") for k in ("front", "monotone")
-        )  # fmt: skip
-        print(f"BD-rate of {a} (target-driven) against uniform QP: {cells}")
-        print(f"rate control of {a}: mean |bpp/target - 1| {100 * out['rate_control'][a]['mean_abs_error']:.1f} % "
-              f"(max {100 * out['rate_control'][a]['max_abs_error']:.1f} %)")  # fmt: skip
+    out["bd_rate_vs_uniform_qp"], out["rate_control"] = summarise(points, allocations, "uniform-qp", "uniform QP")
     out["seconds"] = round(time.time() - t0, 1)
     print(f"({out['seconds']:.0f} s)")
     if args.json:
