@@ -56,13 +56,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _floats(text: str, what: str) -> list[float]:
+def positive_floats(text: str, what: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise SystemExit(f"error: {what} must be comma-separated numbers, got {text!r}") from None
+        values = []
     if not values or any(not v > 0 for v in values):
-        raise SystemExit(f"error: {what} must be positive numbers, got {text!r}")
+        print(f"error: {what} must be comma-separated positive numbers, got {text!r}", file=sys.stderr)
+        raise SystemExit(2)  # a usage error, as argparse's
     return values
 
 
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     from tools.train_fenet import DEV_SETS
 
     torch.set_num_threads(args.threads)
-    targets = _floats(args.targets, "--targets")
+    targets = positive_floats(args.targets, "--targets")
     allocations = [a.strip() for a in args.allocations.split(",") if a.strip()]
     for a in allocations:
         if a not in ("uniform", "mfiba", "mfiba_ft"):

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tools.bench_mfiba import summarise  # one BD and rate-control summary for both benches
+from codec.errors import EncodeError
+from tools.bench_mfiba import positive_floats, summarise  # one argument check and summary for both benches
 
 DEFAULT_TARGETS = "0.015,0.025,0.04,0.065,0.1,0.16,0.25"
 DEFAULT_QPS = "22,27,32,37,42,47,52"
@@ -72,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     from tools.train_fenet import DEV_SETS
 
     torch.set_num_threads(args.threads)
-    targets = [float(v) for v in args.targets.split(",")]
-    uniform_qps = mpeg_anchor_ps.parse_qps(args.qps, "--qps")
+    targets = positive_floats(args.targets, "--targets")
+    try:
+        uniform_qps = mpeg_anchor_ps.parse_qps(args.qps, "--qps")
+    except EncodeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     allocations = [a.strip() for a in args.allocations.split(",") if a.strip()]
     if any(a not in mpeg_anchor_ps.ALLOCATIONS for a in allocations):
         print(f"error: allocations are {', '.join(mpeg_anchor_ps.ALLOCATIONS)}", file=sys.stderr)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.needs_assets
 
 def test_one_image_every_point_checked_against_the_real_path(tmp_path: Path, capsys) -> None:
     if not (assets_path() / "coco" / "val2017-103").is_dir():
-        pytest.skip("val2017-103 not found")
+        pytest.skip(f"val2017-103 not found under {assets_path()} (set FCM_ASSETS)")
     from tools import bench_mfiba
 
     out = tmp_path / "m.json"
