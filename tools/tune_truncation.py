@@ -19,6 +19,11 @@ weights (the no-SLS ablation), and print BD-rates against both anchors.
     python -m tools.tune_truncation eval --dataset val2017-103 --limit 16 --lines feature_anchor,image_anchor \\
         --out anchors.json
     python -m tools.tune_truncation report anchors.json msff.json
+    python -m tools.tune_truncation compare tune_shipped.json tune_other.json
+
+``compare``: two ``tune`` outputs of the same images (e.g. two weights files), the second
+against the first: BD-rate (pchip, rate-accuracy front) on the points each one's chosen
+table codes, and on each QP's best kept count (the most a table could get at those QPs).
 """
 
 from __future__ import annotations
@@ -321,6 +326,41 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def tune_curves(tuned: dict) -> dict[str, list[dict]]:
+    """The curves of a ``tune`` output: "table" (each QP at its chosen kept count) and
+    "best_per_qp" (each QP at the kept count of its highest mAP@0.5, the fewer channels on a tie)."""
+    rows, table = tuned["rows"], {int(q): k for q, k in tuned["table"].items()}
+    chosen = [r for r in rows if table.get(r["qp"]) == r["kept"]]
+    best = []
+    for q in sorted({r["qp"] for r in rows}):
+        at_q = sorted((r for r in rows if r["qp"] == q), key=lambda r: (-r["map50"], r["kept"]))
+        best.append(at_q[0])
+    return {"table": chosen, "best_per_qp": best}
+
+
+def compare(args: argparse.Namespace) -> int:
+    """BD-rate of the second tune output against the first, on the same images."""
+    from tools.bench_mfiba import bd_against
+
+    ref, test = (json.loads(Path(p).read_text()) for p in args.inputs)
+    if ref["images"] != test["images"]:
+        print("error: the tune files cover different images", file=sys.stderr)
+        return 2
+    out: dict = {"reference": args.inputs[0], "test": args.inputs[1], "images": len(ref["images"]), "bd_rate": {}}
+    curves_ref, curves_test = tune_curves(ref), tune_curves(test)
+    for kind in ("table", "best_per_qp"):
+        for name, c in ((ref["weights"], curves_ref[kind]), (test["weights"], curves_test[kind])):
+            pts = ", ".join(f"QP{r['qp']}/{r['kept']} {r['bpp']:.4f} {r['map50']:.3f}" for r in c)
+            print(f"{kind:11s} {name}: {pts}")
+        bd = bd_against(curves_ref[kind], curves_test[kind], "map50")["front"]
+        out["bd_rate"][kind] = bd
+        cell = f"{bd['bd_rate']:+.1f} % (overlap {bd['overlap']:.0%})" if bd["bd_rate"] is not None else bd["error"]
+        print(f"BD-rate mAP@0.5 ({kind}) of {test['weights']} against {ref['weights']}: {cell}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -341,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="merge eval JSONs and print BD-rates")
     r.add_argument("inputs", nargs="+")
     r.add_argument("--out", default=None)
+    c = sub.add_parser("compare", help="BD-rate of one tune output against another (same images)")
+    c.add_argument("inputs", nargs=2)
+    c.add_argument("--out", default=None)
     for p in (t, e):
         p.add_argument("--split", default="neck")
         p.add_argument("--weights", default=None, help="MSFF weights (default: shipped)")
@@ -349,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "report":
         return report(args)
+    if args.cmd == "compare":
+        return compare(args)
     torch.set_num_threads(args.threads)
     return tune(args) if args.cmd == "tune" else evaluate(args)
 

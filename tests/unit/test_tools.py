@@ -62,3 +62,36 @@ def test_bench_fenet_bd_takes_one_run_as_anchors_and_tests(tmp_path: Path, capsy
     _summary(other, [*t, ("uncompressed", 50.0, 0.39)])
     assert bench_fenet.main(["bd", "--anchors", str(run), "--tests", str(run), str(other)]) == 0
     assert "test_y of" in capsys.readouterr().err
+
+
+def _tune_file(path: Path, weights: str, rows: list[tuple[int, int, float, float]], table: dict[int, int]) -> str:
+    import json
+
+    data = dict(images=["train-images/a.jpg"], weights=weights, table={str(q): k for q, k in table.items()},
+                rows=[dict(qp=q, kept=k, bpp=b, map50=m, map=m / 2) for q, k, b, m in rows])  # fmt: skip
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_tune_truncation_compare_measures_the_second_tune_against_the_first(tmp_path: Path, capsys):
+    from tools import tune_truncation
+
+    qps = (27, 32, 37, 42)
+    base = [(q, k, 0.4 / 2 ** (i + (k == 64)), 0.95 - 0.15 * i - 0.05 * (k == 64)) for i, q in enumerate(qps)
+            for k in (64, 128)]  # fmt: skip
+    half = [(q, k, b / 2, m) for q, k, b, m in base]  # same accuracy at half the bits: -50 %
+    a = _tune_file(tmp_path / "a.json", "ref", base, {q: 128 for q in qps})
+    b = _tune_file(tmp_path / "b.json", "test", half, {q: 128 for q in qps})
+    out = tmp_path / "cmp.json"
+    assert tune_truncation.main(["compare", a, b, "--out", str(out)]) == 0
+    import json
+
+    bd = json.loads(out.read_text())["bd_rate"]
+    assert bd["table"]["bd_rate"] == pytest.approx(-50.0, abs=0.01)
+    assert bd["best_per_qp"]["bd_rate"] == pytest.approx(-50.0, abs=0.01)
+    assert "of test against ref: -50.0 %" in capsys.readouterr().out
+    other = _tune_file(tmp_path / "c.json", "x", base, {q: 128 for q in qps})
+    json_c = json.loads(Path(other).read_text())
+    json_c["images"] = ["train-images/b.jpg"]
+    Path(other).write_text(json.dumps(json_c))
+    assert tune_truncation.main(["compare", a, other]) == 2
