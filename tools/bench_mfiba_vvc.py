@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from codec.allocation.options import ALLOCATIONS
 from codec.errors import EncodeError
 from tools.bench_mfiba import positive_floats, summarise  # one argument check and summary for both benches
 
@@ -80,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     allocations = [a.strip() for a in args.allocations.split(",") if a.strip()]
-    if any(a not in mpeg_anchor_ps.ALLOCATIONS for a in allocations):
-        print(f"error: allocations are {', '.join(mpeg_anchor_ps.ALLOCATIONS)}", file=sys.stderr)
+    if any(a not in ALLOCATIONS for a in allocations):
+        print(f"error: allocations are {', '.join(ALLOCATIONS)}", file=sys.stderr)
         return 2
     root = tdata.assets_dir()
     imgs_rel, ann_rel = DEV_SETS[args.dataset]

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from construct import Array, Bytes, ConstructError, Int8ub, Int16ub, Struct, this
 
+from codec.allocation.options import allocation_option, lambda_option, target_bpp_option
 from codec.bitstream import (
     CodecModelId,
     ContainerHeader,
@@ -73,7 +74,6 @@ NAME = "learned_ps"
 ENTROPY_PRECISION = 16  # CompressAI's rANS, as learned_e2e
 NUM_QUALITIES = 8  # phi 0..7 per scale: the gain-unit rows of the shipped model (checked against the model)
 DEFAULT_PHI = 4
-ALLOCATIONS = ("mfiba", "mfiba_ft", "uniform")
 
 
 @dataclass(frozen=True)
@@ -90,20 +90,9 @@ class Params:
         None, "a quality index per scale, comma-separated, finest first (e.g. 3,5,2)", kind=str,
         what="comma-separated indices, one per scale",
     )  # fmt: skip
-    target_bpp: float | None = option(
-        None,
-        "allocate to this rate: bits of the container per original-image pixel (lambda' by bisection)",
-        kind=float,
-    )
-    lambda_: float | None = option(
-        None, "allocate with this Lagrange multiplier lambda' (MFIBA's rate weight)", kind=float
-    )
-    allocation: str = option(
-        "mfiba",
-        "the allocation of --target-bpp / --lambda: mfiba (importance predicted by precoding), mfiba_ft "
-        "(that importance fine-tuned by line search), uniform (one phi for every scale)",
-        choices=ALLOCATIONS,
-    )
+    target_bpp: float | None = target_bpp_option()
+    lambda_: float | None = lambda_option()
+    allocation: str = allocation_option("phi")
     mfip_levels: str = option(
         "2,4,6", "quality indices MFIP precodes every scale at (comma-separated)", kind=str,
         what="comma-separated indices",

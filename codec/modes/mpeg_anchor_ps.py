@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from construct import Array, Float32b, Int8ub, Struct, this
 
+from codec.allocation.options import allocation_option, lambda_option, target_bpp_option
 from codec.bitstream import (
     ContainerHeader,
     InnerCodecId,
@@ -74,7 +75,6 @@ QP_RANGE = mpeg_anchor.QP_RANGE  # 0..63
 QP_MAX = QP_RANGE[1]
 NUM_QUALITIES = QP_RANGE[1] - QP_RANGE[0] + 1  # quality index q = QP_MAX - QP
 DEFAULT_QP = 32
-ALLOCATIONS = ("mfiba", "mfiba_ft", "uniform")
 
 # MFIBA's offline fits per network/split (alpha, beta of the task loss-rate model and the
 # rate-QP lines), with the sha256 of the network weights they were fitted with
@@ -94,20 +94,9 @@ class Params:
         None, "a VVC QP per scale, comma-separated, finest first (e.g. 32,37,42)", kind=str,
         what="comma-separated QPs, one per scale",
     )  # fmt: skip
-    target_bpp: float | None = option(
-        None,
-        "allocate to this rate: bits of the container per original-image pixel (lambda' by bisection)",
-        kind=float,
-    )
-    lambda_: float | None = option(
-        None, "allocate with this Lagrange multiplier lambda' (MFIBA's rate weight)", kind=float
-    )
-    allocation: str = option(
-        "mfiba",
-        "the allocation of --target-bpp / --lambda: mfiba (importance predicted by precoding), mfiba_ft "
-        "(that importance fine-tuned by line search), uniform (one QP for every scale)",
-        choices=ALLOCATIONS,
-    )
+    target_bpp: float | None = target_bpp_option()
+    lambda_: float | None = lambda_option()
+    allocation: str = allocation_option("QP")
     mfip_levels: str = option(
         "27,37,47", "QPs MFIP precodes every scale at (comma-separated)", kind=str, what="comma-separated QPs"
     )
