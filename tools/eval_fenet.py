@@ -4,6 +4,10 @@ index through the real container path (bpp = container bits / original pixels).
 
     python -m tools.eval_fenet --weights codec/models/weights/fenet_nanodet_neck.pt --dataset val2017-103
     python -m tools.eval_fenet --weights runs/fenet/f.pt --dataset val2017-103 --phis 0,3,5 --json out.json
+    python -m tools.eval_fenet --weights codec/models/weights/fenet_yolov5s_seg_neck.pt --dataset coco128
+
+The network is the one the weights were trained for (their record's "network" and "split");
+for a network with instance masks (YOLOv5s-seg) the mask mAPs are measured beside the box mAPs.
 
 The figures of the issue's ceiling criterion (>= 99.5 % of the uncompressed mAP@0.5) come from here.
 """
@@ -24,6 +28,17 @@ from codec.training import dev as tdev
 from codec.vision import get_network
 from tools.train_fenet import DEV_SETS, ceiling_eval, container_eval
 
+LABELS = {"map50": "mAP@0.5", "map": "mAP", "segm_map50": "mask mAP@0.5", "segm_map": "mask mAP"}
+
+
+def _figures(m: dict, keys: list[str], ref: dict | None = None) -> str:
+    """'mAP@0.5 0.3512 (98.10 %)  mAP ...': each figure, relative to `ref` where given."""
+    cells = []
+    for k in keys:
+        rel = f" ({100 * m[k] / ref[k]:.2f} %)" if ref is not None and ref[k] > 0 else ""
+        cells.append(f"{LABELS[k]} {m[k]:.4f}{rel}")
+    return "  ".join(cells)
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -36,40 +51,40 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, digest = load_fenet(args.weights)
-    net = get_network("nanodet")
-    sp = net.split_points["neck"]
+    record = json.loads(Path(args.weights).with_suffix(".json").read_text())
+    split = record.get("split", "neck")
+    net = get_network(record.get("network", "nanodet"))
+    sp = net.split_points[split]
     root = tdata.assets_dir()
     imgs, ann = DEV_SETS[args.dataset]
     if not (root / ann).is_file():
         print(f"error: {args.dataset} not found under {root} (set FCM_ASSETS)", file=sys.stderr)
         return 2
     t0 = time.time()
-    dev = tdev.coco_dev_set(net, "neck", root / imgs, root / ann, args.limit, args.dataset)
-    ref = tdev.evaluate_uncompressed(dev, net, "neck")
+    dev = tdev.coco_dev_set(net, split, root / imgs, root / ann, args.limit, args.dataset)
+    ref = tdev.evaluate_uncompressed(dev, net, split)
+    keys = [k for k in ("map50", "map", "segm_map50", "segm_map") if k in ref]
     out = {
         "weights": str(args.weights),
         "sha256": digest,
+        "network": net.name,
+        "split": split,
         "dataset": args.dataset,
         "images": len(dev),
-        "uncompressed": {"map50": round(ref["map50"], 5), "map": round(ref["map"], 5)},
+        "uncompressed": {k: round(ref[k], 5) for k in keys},
     }
     # the ceiling at the top quality index: y through its gain and inverse gain, unrounded
     top = model.cfg.num_qualities - 1
     out["ceiling"] = {"phi": top, **ceiling_eval(model, dev, net, sp, top)}
-    out["ceiling"]["relative_map50"] = round(out["ceiling"]["map50"] / ref["map50"], 5)
-    print(f"{args.dataset} ({len(dev)} images): uncompressed mAP@0.5 {ref['map50']:.4f}  mAP {ref['map']:.4f}")
-    print(
-        f"ceiling (no quantisation, gains of phi {top}): mAP@0.5 {out['ceiling']['map50']:.4f} "
-        f"({100 * out['ceiling']['relative_map50']:.2f} %)  mAP {out['ceiling']['map']:.4f}"
-    )
+    for k in keys:
+        out["ceiling"][f"relative_{k}"] = round(out["ceiling"][k] / ref[k], 5) if ref[k] > 0 else None
+    print(f"{args.dataset} ({len(dev)} images), {net.name}: uncompressed " + _figures(ref, keys))
+    print(f"ceiling (no quantisation, gains of phi {top}): " + _figures(out["ceiling"], keys, ref))
     if args.phis != "none":
         phis = [int(v) for v in args.phis.split(",")] if args.phis else list(range(model.cfg.num_qualities))
         out["per_phi"] = container_eval(model, dev, net, sp, phis)
         for phi, r in out["per_phi"].items():
-            print(
-                f"phi {phi}: bpp {r['bpp']:.4f}  mAP@0.5 {r['map50']:.4f} ({100 * r['map50'] / ref['map50']:.2f} %)"
-                f"  mAP {r['map']:.4f}"
-            )
+            print(f"phi {phi}: bpp {r['bpp']:.4f}  " + _figures(r, keys, ref))
     print(f"({time.time() - t0:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
