@@ -68,7 +68,8 @@ def _features(net, split: str, image: np.ndarray) -> tuple[Features, Preprocessi
 def coco_dev_set(
     net, split: str, images_dir: Path, annotation_file: Path, limit: int | None = None, name: str = "coco"
 ) -> DevSet:
-    """A labelled COCO set (images sorted by id; the first `limit`)."""
+    """A labelled COCO set (images sorted by id; the first `limit`). For a network that returns
+    instance masks, on annotations that have them, evaluate() adds the mask mAP."""
     from codec.pipeline import load_image
 
     meta = json.loads(Path(annotation_file).read_text())
@@ -78,7 +79,8 @@ def coco_dev_set(
         image = load_image(Path(images_dir) / info["file_name"])
         feats, prep = _features(net, split, image)
         images.append(DevImage(int(info["id"]), feats, prep, int(image.shape[0] * image.shape[1])))
-    return DevSet(name, Path(annotation_file), images)
+    masks = "segm" in getattr(net, "tasks", ()) and any("segmentation" in a for a in meta.get("annotations", []))
+    return DevSet(name, Path(annotation_file), images, masks=masks)
 
 
 def heldout_dev_set(net, split: str, root: Path, files: list[str], pseudo_score: float = 0.3) -> DevSet:

@@ -360,3 +360,32 @@ def test_dev_compare_reads_logs_and_records(tmp_path, capsys):
     assert "BD-rate +100.0 %" in out[1] and "BD-rate -50.0 %" in out[2]  # twice and half the bits
     with pytest.raises(SystemExit, match="no dev evaluation at step 7"):
         dev_compare.main([str(log), f"{rec}@7"])
+
+
+def test_a_coco_dev_set_measures_masks_only_for_a_network_with_masks_on_annotations_with_masks(tmp_path):
+    from PIL import Image
+
+    from codec.training import dev as tdev
+
+    Image.new("RGB", (16, 12), (90, 120, 30)).save(tmp_path / "a.jpg")
+
+    class Net:
+        def __init__(self, tasks):
+            self.tasks = tasks
+
+        def preprocess(self, image):
+            return torch.zeros(1, 3, 8, 8), None
+
+        def part1(self, x, split):
+            return {"p3": torch.ones(1, 2, 1, 1)}
+
+    box = {"id": 1, "image_id": 7, "category_id": 1, "bbox": [1, 1, 4, 4], "area": 16, "iscrowd": 0}
+    for with_masks in (False, True):
+        ann = dict(box, segmentation=[[1, 1, 5, 1, 5, 5]]) if with_masks else box
+        path = tmp_path / f"ann{with_masks}.json"
+        images = [{"id": 7, "file_name": "a.jpg", "width": 16, "height": 12}]
+        path.write_text(json.dumps({"images": images, "annotations": [ann], "categories": [{"id": 1, "name": "x"}]}))
+        for tasks in (("bbox",), ("bbox", "segm")):
+            dev = tdev.coco_dev_set(Net(tasks), "neck", tmp_path, path)
+            assert (len(dev), dev.images[0].pixels) == (1, 16 * 12)
+            assert dev.masks == (with_masks and "segm" in tasks), (with_masks, tasks)
