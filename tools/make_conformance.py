@@ -84,12 +84,11 @@ class ConformanceNetwork:
     one split point. Golden vectors go through codec.pipeline.encode_features, the data
     path of the apps and the CTC, from synthetic features (no network runs)."""
 
-    name = "nanodet"
-    network_id = NetworkId.NANODET
     default_split = "neck"
 
-    def __init__(self, split: SplitPoint = SPLIT) -> None:
+    def __init__(self, split: SplitPoint = SPLIT, name: str = "nanodet", network_id: NetworkId = NetworkId.NANODET):
         self.split_points = {split.name: split}
+        self.name, self.network_id = name, network_id
 
     def weights_sha256(self) -> str:
         return WEIGHTS_HASH.hex()
@@ -102,11 +101,12 @@ def code(
     split: SplitPoint = SPLIT,
     version: tuple[int, int] = (1, 0),
     prep: Preprocessing = PREP,
+    network: ConformanceNetwork | None = None,
 ) -> bytes:
     """One vector through the data path, in container `version`: the vectors named without a
     version are 1.0, v2-NAME 2.0, v21-NAME 2.1."""
     return encode_features(
-        feats, ConformanceNetwork(split), split.name, prep, mode, params, version_major=version[0],
+        feats, network or ConformanceNetwork(split), split.name, prep, mode, params, version_major=version[0],
         version_minor=version[1],
     )  # fmt: skip
 
@@ -125,33 +125,52 @@ def _header(mode, mode_header: ModeHeader, prep: Preprocessing = PREP_SMALL, ver
     )
 
 
-def learned_e2e_vector(version: tuple[int, int] = (1, 0), codec_model: str = "fenet_nanodet_neck") -> bytes:
-    """learned_e2e at quality index 3 with a shipped model (codec/models/weights/<codec_model>.pt):
-    smooth 128-channel features with NanoDet-neck-like magnitudes (the channels the model was trained for)."""
-    split = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32)))
-    rng = np.random.default_rng(2026)
-    feats = {}
+def _waves(split: SplitPoint, rng: np.random.Generator, amp: tuple[float, float], scale: float):
+    """Per scale of `split` (for an INPUT x INPUT input): (scale, channels of smooth waves,
+    scale * a * sin(2 pi (x + p)) * cos(2 pi f y) with a, p, f drawn per channel)."""
     for s in split.scales:
         n = INPUT // s.stride
         yy, xx = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n), indexing="ij")
-        f = rng.uniform(0.3, 1.5, (s.channels, 1, 1)) * np.sin(2 * np.pi * (xx + rng.uniform(0, 1, (s.channels, 1, 1))))
-        f = 0.15 * f * np.cos(2 * np.pi * yy * rng.uniform(0.2, 1.2, (s.channels, 1, 1)))
-        feats[s.name] = torch.from_numpy(f[None].astype(np.float32))
+        f = rng.uniform(*amp, (s.channels, 1, 1)) * np.sin(2 * np.pi * (xx + rng.uniform(0, 1, (s.channels, 1, 1))))
+        yield s, scale * f * np.cos(2 * np.pi * yy * rng.uniform(0.2, 1.2, (s.channels, 1, 1)))
+
+
+def nanodet_like_features(seed: int) -> tuple[SplitPoint, dict[str, torch.Tensor]]:
+    """Smooth 128-channel features with NanoDet-neck-like magnitudes (the channels its models were trained for)."""
+    split = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32)))
+    rng = np.random.default_rng(seed)
+    return split, {
+        s.name: torch.from_numpy(f[None].astype(np.float32)) for s, f in _waves(split, rng, (0.3, 1.5), 0.15)
+    }
+
+
+def learned_e2e_vector(version: tuple[int, int] = (1, 0), codec_model: str = "fenet_nanodet_neck") -> bytes:
+    """learned_e2e at quality index 3 with a shipped model (codec/models/weights/<codec_model>.pt)."""
+    split, feats = nanodet_like_features(2026)
     return code(feats, "learned_e2e", {"phi": 3, "codec_model": codec_model}, split, version)
 
 
-def learned_ps_vector() -> bytes:
-    """learned_ps with its shipped model, one quality index per scale (5, 2, 3): the smooth
-    NanoDet-neck-like features of learned_e2e_vector."""
-    split = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 128, 16), ScaleInfo("p5", 128, 32)))
-    rng = np.random.default_rng(2027)
+# YOLOv5s-seg "neck" (table 8.2): 128, 256 and 512 channels at strides 8, 16 and 32
+SEG_SPLIT = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 256, 16), ScaleInfo("p5", 512, 32)))
+
+
+def learned_e2e_seg_vector() -> bytes:
+    """learned_e2e with YOLOv5s-seg's model (fenet_yolov5s_seg_neck) at quality index 3, in
+    container 2.1: smooth features through a SiLU, as YOLOv5s-seg's neck outputs are (min -0.278)."""
+    rng = np.random.default_rng(2028)
     feats = {}
-    for s in split.scales:
-        n = INPUT // s.stride
-        yy, xx = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n), indexing="ij")
-        f = rng.uniform(0.3, 1.5, (s.channels, 1, 1)) * np.sin(2 * np.pi * (xx + rng.uniform(0, 1, (s.channels, 1, 1))))
-        f = 0.15 * f * np.cos(2 * np.pi * yy * rng.uniform(0.2, 1.2, (s.channels, 1, 1)))
-        feats[s.name] = torch.from_numpy(f[None].astype(np.float32))
+    for s, g in _waves(SEG_SPLIT, rng, (0.5, 3.0), 1.0):
+        g = g - rng.uniform(0, 2, (s.channels, 1, 1))
+        feats[s.name] = torch.from_numpy((g / (1 + np.exp(-g)))[None].astype(np.float32))  # SiLU
+    network = ConformanceNetwork(SEG_SPLIT, "yolov5s_seg", NetworkId.YOLOV5S_SEG)
+    params = {"phi": 3, "codec_model": "fenet_yolov5s_seg_neck"}
+    return code(feats, "learned_e2e", params, SEG_SPLIT, (2, 1), network=network)
+
+
+def learned_ps_vector() -> bytes:
+    """learned_ps with its shipped model, one quality index per scale (5, 2, 3): smooth
+    NanoDet-neck-like features as learned_e2e_vector's (another seed)."""
+    split, feats = nanodet_like_features(2027)
     return code(feats, "learned_ps", {"phis": "5,2,3"}, split, (2, 1))
 
 
@@ -193,6 +212,8 @@ def golden_vectors() -> dict[str, bytes]:
     out["v21-learned_e2e-g3-phi3"] = learned_e2e_vector((2, 1), "fenet_nanodet_neck_g3")
     # the fourth-generation model (the encoder's default since codec_model_id 5)
     out["v21-learned_e2e-g4-phi3"] = learned_e2e_vector((2, 1), "fenet_nanodet_neck_g4")
+    # the YOLOv5s-seg model (codec_model_id FENET_YOLOV5S_SEG_NECK): another network, other channels
+    out["v21-learned_e2e-yolov5s_seg-phi3"] = learned_e2e_seg_vector()
     # learned_ps (section 7.8): a quality index per scale, here a mixed allocation (p3 5, p4 2, p5 3)
     out["v21-learned_ps-phis523"] = learned_ps_vector()
     # the MPEG feature anchor procedure (section 7.7): one range for the set, all-intra at QP 37

@@ -39,6 +39,8 @@ EXPECTED_GOLDEN = {
     "v21-learned_ps-phis523",
     # mpeg_anchor_ps: one frame and one QP per scale (mode 7)
     "v21-mpeg_anchor_ps-qps324247",
+    # learned_e2e with the YOLOv5s-seg model (codec_model_id FENET_YOLOV5S_SEG_NECK)
+    "v21-learned_e2e-yolov5s_seg-phi3",
 }  # fmt: skip
 EXPECTED_INVALID = {
     "invalid-bad-magic", "invalid-version-major", "invalid-unknown-mode", "invalid-header-crc",

@@ -38,6 +38,8 @@ def _one_image_config(tmp_path: Path, name: str) -> tuple[Path, dict]:
         if c["name"] in ("image_anchor", "feature_anchor"):
             c["values"] = c["values"][:4]  # the 4 lowest rates: a BD curve, the fewest encodes
             c["options"]["preset"] = "faster"
+        if c["type"] == "learned_e2e":
+            c["values"] = c["values"][:4]
     cfg = tmp_path / f"{name}-1.yaml"
     cfg.write_text(yaml.safe_dump(data))
     return cfg, data
@@ -48,12 +50,14 @@ def _check_task_run(tmp_path: Path, capsys, name: str, network, task: str, label
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "1 images, 11 jobs: 0 cached, 11 computed" in printed
+    learned = [c["name"] for c in data["codecs"] if c["type"] == "learned_e2e"]
+    n_jobs = 11 + 4 * len(learned)  # 4 + 4 anchor points, 2 bypass, uncompressed, 4 per learned codec
+    assert f"1 images, {n_jobs} jobs: 0 cached, {n_jobs} computed" in printed
     primary = data["metric"]["primary"]
     assert f"BD-rate vs anchors, {label}" in printed
 
     rows = {(r["codec"], r["point"]): r for r in csv.DictReader((out / "summary.csv").open())}
-    assert len(rows) == 11
+    assert len(rows) == n_jobs
     for r in rows.values():
         for m in (f"{task}_map50", f"{task}_map", "map50", "map"):
             assert 0.0 <= float(r[m]) <= 1.0, (m, r)
@@ -84,7 +88,11 @@ def _check_task_run(tmp_path: Path, capsys, name: str, network, task: str, label
     assert {(r["codec"], r["anchor"]) for r in bd if r["metric"] == primary} == {
         ("feature_anchor", "image_anchor"),
         ("image_anchor", "feature_anchor"),
+        *((c, a) for c in learned for a in ("image_anchor", "feature_anchor")),
     }
+    for c in learned:  # the learned codec's rate grows with its quality index
+        bpps = [float(rows[(c, f"phi{phi}")]["bpp"]) for phi in range(4)]
+        assert bpps == sorted(bpps) and bpps[0] > 0, bpps
     for r in bd:  # a figure, or the reason there is none
         assert r["bd_rate_pchip"] not in ("", "nan") or r["note"]
     nl = list(csv.DictReader((out / "near_lossless.csv").open()))
@@ -102,7 +110,7 @@ def _check_task_run(tmp_path: Path, capsys, name: str, network, task: str, label
     point_dets = json.loads((out / "detections" / "feature_anchor" / "qp35.json").read_text())
 
     assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
-    assert "11 jobs: 11 cached, 0 computed" in capsys.readouterr().out
+    assert f"{n_jobs} jobs: {n_jobs} cached, 0 computed" in capsys.readouterr().out
     return {"rows": rows, "detections": point_dets}
 
 

@@ -639,3 +639,36 @@ def test_channel_importance_ranks_a_channel_the_task_needs():
     assert order[0] == 5 and imp[5] > 0
     assert np.allclose(np.delete(imp, 5), 0.0)
     assert group_shares(imp[order], [(0, 1), (1, 16)]) == [1.0, 0.0]
+
+
+# -- the YOLOv5s-seg model (codec_model_id FENET_YOLOV5S_SEG_NECK) ----------------------------
+
+SEG_NECK = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 256, 16), ScaleInfo("p5", 512, 32)))
+
+
+def test_yolov5s_seg_neck_has_its_own_shipped_model_chosen_by_default():
+    import json
+
+    from codec.models.registry import entry
+
+    e = entry(CodecModelId.FENET_YOLOV5S_SEG_NECK)
+    record = json.loads(e.weights.with_suffix(".json").read_text())
+    assert (record["network"], record["split"]) == ("yolov5s_seg", "neck")
+    assert record["config"]["scales"] == [{"name": s.name, "channels": s.channels, "stride": s.stride}
+                                          for s in SEG_NECK.scales]  # fmt: skip
+    # NanoDet's default name on YOLOv5s-seg's split point stands for the model of that split point
+    assert learned_e2e.model_id_for(SEG_NECK) == CodecModelId.FENET_YOLOV5S_SEG_NECK
+    assert learned_e2e.model_id_for(SEG_NECK, "fenet_yolov5s_seg_neck") == CodecModelId.FENET_YOLOV5S_SEG_NECK
+    with pytest.raises(EncodeError, match="not for split point"):
+        learned_e2e.model_id_for(NECK, "fenet_yolov5s_seg_neck")
+    feats = {k: torch.nn.functional.silu(v * 3 - 1) for k, v in smooth_features(SEG_NECK, 128, seed=5).items()}
+    bits, err = [], []
+    for phi in (0, 5):
+        mh, units = learned_e2e.encode(feats, SEG_NECK, learned_e2e.Params(phi=phi))
+        assert mh.codec_model_id == CodecModelId.FENET_YOLOV5S_SEG_NECK
+        bits.append(sum(len(u.data) for u in units))
+        model, _ = learned_e2e.model_for(CodecModelId.FENET_YOLOV5S_SEG_NECK)
+        rec = model.decompress(model.compress(feats, phi))
+        assert {k: tuple(v.shape) for k, v in rec.items()} == {k: tuple(v.shape) for k, v in feats.items()}
+        err.append(sum(float(((rec[k] - feats[k]) ** 2).mean()) for k in feats))
+    assert bits[0] < bits[1] and err[1] < err[0], (bits, err)
