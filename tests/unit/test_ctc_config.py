@@ -236,7 +236,14 @@ def test_shipped_configs_are_valid(name: str, tmp_path: Path) -> None:
         # box AP beside the task's; the anchors at vvenc medium, as the full NanoDet configs
         assert {"map50", "map"} <= set(cfg.report_metrics) and len(cfg.report_metrics) == 4
         assert all(cfg.codec(a).points[0].params["preset"] == "medium" for a in cfg.anchors)
-        assert {c.type for c in cfg.codecs} == {"image_anchor", "feature_anchor", "bypass", "uncompressed"}
+        # the segmentation neck has its own shipped learned_e2e model (codec_model_id 7), the pose neck none
+        own = {"coco128-seg": {"learned_e2e"}}.get(name, set())
+        assert {c.type for c in cfg.codecs} == {"image_anchor", "feature_anchor", "bypass", "uncompressed", *own}
+        for c in cfg.codecs:
+            if c.type == "learned_e2e":
+                assert len(c.points) >= 4 and {p.params.get("codec_model") for p in c.points} == {
+                    "fenet_yolov5s_seg_neck"
+                }
     assert str(cfg.dataset.annotations).startswith(str(tmp_path))  # every path through ${assets}
     assert "/" not in (cfg.source.split("images:")[1].split("${assets}")[0])  # no absolute paths
     if name == "quick":
