@@ -296,9 +296,18 @@ class _Encoder:
         times["write"] = time.perf_counter() - t0
         return result, times
 
+    def effective_params(self) -> Any:
+        """The parameters as the encoder used them on the split point (learned_e2e's default
+        codec model is the one trained for the split point): what the echo and the JSON say."""
+        if self.args.engine == "onnx":  # its encoder takes the model by name, and resolving needs torch
+            return self.params
+        network = self.network()
+        return self.mode.resolve(self.params, network.split_points[self.args.split or network.default_split])
+
     def record(self, path: Path, out: Path, image: Any, result: Any, times: dict[str, float]) -> dict[str, Any]:
         h, w = image.shape[:2]
         rate = self.mode.rate_param
+        params = self.effective_params()
         info = result.image_info
         return {
             "input": os.fspath(path),
@@ -313,7 +322,7 @@ class _Encoder:
             "mode": self.mode.name,
             "rate_parameter": rate,
             "rate": getattr(self.params, rate) if rate else None,
-            "params": {s.name: getattr(self.params, s.name) for s in self.mode.param_specs()},
+            "params": {s.name: getattr(params, s.name) for s in self.mode.param_specs()},
             "image_id": info.image_id if info is not None else None,
             "image_info_bytes": len(info.to_unit().data) + 11 if info is not None else 0,
             "times": _batch.json_times(times),
@@ -337,7 +346,7 @@ def _encode_one(args: argparse.Namespace, mode: CodingMode, params: Any, path: P
     print(f"{args.output}: {nbytes} bytes, {8 * nbytes / (w * h):.5f} bpp ({w}x{h} input{extra})")
     print(
         f"network {args.network}{' (NN part 1: ONNX)' if args.engine == 'onnx' else ''}, split {record['split']}, "
-        f"mode {mode.name}" + (f", {summary}" if (summary := mode.describe(params)) else "")
+        f"mode {mode.name}" + (f", {summary}" if (summary := mode.describe(enc.effective_params())) else "")
     )
     print("time: " + _batch.times_text(times))
     return _cli.EXIT_OK

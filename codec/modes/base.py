@@ -185,6 +185,9 @@ class CodingMode:
     header_syntax: ModeHeaderSyntax | None = None
     # the parameters as the apps echo them, for a mode whose unset options have an effective value
     describe_params: Callable[[Any], str] | None = None
+    # the parameters as the encoder uses them on a split point, for a mode whose defaults depend
+    # on it (learned_e2e: the codec model trained for the split point); None: as given
+    resolve_params: Callable[[Any, SplitPoint], Any] | None = None
     sources: tuple[str, ...] = ()
     description: str = ""
     # the encoder takes a fourth argument, the EncodeContext (network, preprocessing, container
@@ -240,6 +243,10 @@ class CodingMode:
             )
         checked = {name: spec.check(given.get(name, spec.default), self.name) for name, spec in specs.items()}
         return self.params(**checked)
+
+    def resolve(self, params: Any, split_point: SplitPoint) -> Any:
+        """The parameters as the encoder uses them on `split_point` (what the apps echo)."""
+        return params if self.resolve_params is None else self.resolve_params(params, split_point)
 
     def describe(self, params: Any) -> str:
         """The parameters as the apps echo them ("qp 32, preset faster"): the rate

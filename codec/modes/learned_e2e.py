@@ -13,6 +13,7 @@ entropy parameters reports it instead of returning garbage.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -206,6 +207,14 @@ def _header_and_units(
     return header, units
 
 
+def resolve_params(params: Params, split_point: SplitPoint) -> Params:
+    """`params` with the codec model the encoder uses on `split_point` named (the default name
+    stands for the model trained for the split point); errors as the encoder's."""
+    model_id = model_id_for(split_point, params.codec_model)
+    name = next(n for n, mid in MODEL_NAMES.items() if mid == model_id)
+    return dataclasses.replace(params, codec_model=name)
+
+
 def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple[ModeHeader, list[PayloadUnit]]:
     model_id = model_id_for(split_point, params.codec_model)
     model, digest = model_for(model_id, params.codec_weights)
@@ -384,6 +393,7 @@ MODE = CodingMode(
     decode_symbols=decode_symbols,
     reconstruct=reconstruct,
     validate=validate,
+    resolve_params=resolve_params,
     sources=(
         "codec/models/fenet.py",
         "codec/models/fixed_point.py",
@@ -392,6 +402,7 @@ MODE = CodingMode(
         "codec/models/weights/fenet_nanodet_neck_p4.pt",
         "codec/models/weights/fenet_nanodet_neck_g3.pt",
         "codec/models/weights/fenet_nanodet_neck_g4.pt",
+        "codec/models/weights/fenet_yolov5s_seg_neck.pt",
     ),
     description="end-to-end learned codec (FENet/DRNet, CompressAI rANS)",
 )

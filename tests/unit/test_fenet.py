@@ -661,6 +661,11 @@ def test_yolov5s_seg_neck_has_its_own_shipped_model_chosen_by_default():
     assert learned_e2e.model_id_for(SEG_NECK, "fenet_yolov5s_seg_neck") == CodecModelId.FENET_YOLOV5S_SEG_NECK
     with pytest.raises(EncodeError, match="not for split point"):
         learned_e2e.model_id_for(NECK, "fenet_yolov5s_seg_neck")
+    # what the apps echo and write into their JSON: the model the encoder uses, by name
+    assert learned_e2e.MODE.resolve(learned_e2e.Params(), SEG_NECK).codec_model == "fenet_yolov5s_seg_neck"
+    assert learned_e2e.MODE.describe(learned_e2e.MODE.resolve(learned_e2e.Params(), NECK)) == (
+        "phi 3, codec_model fenet_nanodet_neck_g4"
+    )
     feats = {k: torch.nn.functional.silu(v * 3 - 1) for k, v in smooth_features(SEG_NECK, 128, seed=5).items()}
     bits, err = [], []
     for phi in (0, 5):
