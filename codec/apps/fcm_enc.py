@@ -299,8 +299,6 @@ class _Encoder:
     def effective_params(self) -> Any:
         """The parameters as the encoder used them on the split point (learned_e2e's default
         codec model is the one trained for the split point): what the echo and the JSON say."""
-        if self.args.engine == "onnx":  # its encoder takes the model by name, and resolving needs torch
-            return self.params
         network = self.network()
         return self.mode.resolve(self.params, network.split_points[self.args.split or network.default_split])
 

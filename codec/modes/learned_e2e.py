@@ -129,22 +129,33 @@ def model_for(model_id: CodecModelId, weights: Weights = None) -> tuple[FenetCod
     return load_codec_model(model_id, weights)
 
 
+def trained_scales(model_id: CodecModelId) -> tuple[tuple[str, int, int], ...]:
+    """(name, channels, stride) of the split point a shipped model was trained for, from its
+    weights' record: no torch and no weights loaded (the loader verifies the weights against
+    the same record, and the encoder checks the loaded model's scales again)."""
+    import json
+
+    from codec.models.registry import entry, record_path
+
+    record = json.loads(record_path(entry(model_id).weights).read_text())
+    return tuple((s["name"], int(s["channels"]), int(s["stride"])) for s in record["config"]["scales"])
+
+
 def model_id_for(split_point: SplitPoint, name: str | None = None) -> CodecModelId:
     """The codec model trained for a split point (matched on scale names, channels, strides):
     the named one, or the first of MODEL_IDS that fits. The default name (NanoDet's model) on
     another split point is the first that fits: the model is chosen by the split point unless
     the user names one."""
+    scales = tuple((s.name, s.channels, s.stride) for s in split_point.scales)
     if name is not None:
         if name not in MODEL_NAMES:
             raise EncodeError(f"unknown learned_e2e codec model {name!r}; choose {', '.join(MODEL_NAMES)}")
-        model, _ = model_for(MODEL_NAMES[name])
-        if tuple(model.cfg.scales) == tuple(split_point.scales):
+        if trained_scales(MODEL_NAMES[name]) == scales:
             return MODEL_NAMES[name]
         if name != Params.codec_model:
             raise EncodeError(f"codec model {name} is not for split point {split_point.name!r}")
     for mid in MODEL_IDS:
-        model, _ = model_for(mid)
-        if tuple(model.cfg.scales) == tuple(split_point.scales):
+        if trained_scales(mid) == scales:
             return mid
     raise EncodeError(f"no learned_e2e model for split point {split_point.name!r} ({split_point.scale_names()})")
 
@@ -232,9 +243,7 @@ def encode_onnx(features: Features, split_point: SplitPoint, params: Params) -> 
     header carries the export's record of the PyTorch weights, which the decoder checks."""
     from codec.models import fenet_onnx
 
-    name = params.codec_model
-    if name not in MODEL_NAMES:
-        raise EncodeError(f"unknown learned_e2e codec model {name!r}; choose {', '.join(MODEL_NAMES)}")
+    name = resolve_params(params, split_point).codec_model  # the default: the model of the split point
     enc = fenet_onnx.load_encoder(params.codec_weights or fenet_onnx.default_codec_model_path(name))
     if enc.codec_model_id != int(MODEL_NAMES[name]):
         raise EncodeError(f"{enc.path} is the encoder of codec model {enc.codec_model}, not {name} (--codec-model)")

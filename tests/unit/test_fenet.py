@@ -646,6 +646,19 @@ def test_channel_importance_ranks_a_channel_the_task_needs():
 SEG_NECK = SplitPoint("neck", 1, (ScaleInfo("p3", 128, 8), ScaleInfo("p4", 256, 16), ScaleInfo("p5", 512, 32)))
 
 
+def test_the_split_point_of_every_shipped_model_read_from_its_record_is_the_models():
+    # model_id_for matches split points on the records (no weights loaded, no torch needed
+    # by the ONNX engine): the record must say what the loaded model is
+    for mid in learned_e2e.MODEL_IDS:
+        model, _ = learned_e2e.model_for(mid)
+        assert learned_e2e.trained_scales(mid) == tuple((s.name, s.channels, s.stride) for s in model.cfg.scales)
+    assert learned_e2e.model_id_for(NECK) == learned_e2e.MODEL_IDS[0]
+    assert learned_e2e.model_id_for(NECK, "fenet_nanodet_neck_g3") == CodecModelId.FENET_NANODET_NECK_G3
+    other = SplitPoint("neck", 1, (ScaleInfo("p3", 64, 8), ScaleInfo("p4", 64, 16)))
+    with pytest.raises(EncodeError, match="no learned_e2e model for split point"):
+        learned_e2e.model_id_for(other)
+
+
 def test_yolov5s_seg_neck_has_its_own_shipped_model_chosen_by_default():
     import json
 
