@@ -117,6 +117,24 @@ def verify_weights(pt: str | Path) -> tuple[dict[str, Any], str]:
     return record, digest
 
 
+def verified_record(pt: str | Path) -> dict[str, Any]:
+    """The record of a weights file, verified against the file (cached per version of both):
+    what a model was trained for (its config's scales), without building it or importing torch."""
+    pt = Path(pt)
+    note_input(pt)  # what chose the model is an input of the result, as a loaded model's file is
+    note_input(record_path(pt))
+    try:
+        st, js = pt.stat(), record_path(pt).stat()
+    except OSError:
+        return verify_weights(pt)[0]  # its one-line error for a missing file or record
+    return _verified_record(str(pt.resolve()), st.st_mtime_ns, st.st_size, js.st_mtime_ns, js.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _verified_record(path: str, mtime_ns: int, size: int, record_mtime_ns: int, record_size: int) -> dict[str, Any]:
+    return verify_weights(path)[0]
+
+
 def load_weights(
     pt: str | Path, build: Callable[[Path, dict[str, Any]], Any], kind: str | None = None
 ) -> tuple[Any, dict[str, Any], str]:

@@ -131,13 +131,12 @@ def model_for(model_id: CodecModelId, weights: Weights = None) -> tuple[FenetCod
 
 def trained_scales(model_id: CodecModelId) -> tuple[tuple[str, int, int], ...]:
     """(name, channels, stride) of the split point a shipped model was trained for, from its
-    weights' record: no torch and no weights loaded (the loader verifies the weights against
-    the same record, and the encoder checks the loaded model's scales again)."""
-    import json
+    weights' record verified against the weights (a missing or damaged file is the loader's
+    one-line CodecModelError): no torch, no model built (the encoder checks the loaded
+    model's scales again)."""
+    from codec.models.registry import entry, verified_record
 
-    from codec.models.registry import entry, record_path
-
-    record = json.loads(record_path(entry(model_id).weights).read_text())
+    record = verified_record(entry(model_id).weights)
     return tuple((s["name"], int(s["channels"]), int(s["stride"])) for s in record["config"]["scales"])
 
 
