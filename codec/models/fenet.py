@@ -73,6 +73,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MEAN_BITS = 6  # means of the GaussianConditional lie on a 2^-MEAN_BITS grid
 SCALE_TABLE = (0.11, 64.0, 48)  # 48 log-spaced scales in [0.11, 64] (CompressAI uses 64 in [0.11, 256]; smaller tables)
 ENTROPY_PRECISION = 16  # CompressAI's rANS: 16-bit CDF precision
+REFINE_LR = 0.003  # refine_latents' first Adam step size (y_g, z_g in units of their quantisation step); larger drifts the rate up
 
 
 class FenetConfigError(ValueError):
@@ -610,20 +611,39 @@ class FenetCodec(nn.Module):
         """Returns reconstructions (de-normalised), normalised targets and likelihoods.
         `phi`: (B,) int64 quality index per sample."""
         xs = self._normalised(features)
-        y = self.fenet(xs)
-        y_g = y * self._gains(phi, "gain")
-        z = self.h_a(y_g) * self._gains(phi, "hyper_gain")
-        _, z_lik = self.entropy_bottleneck(z)
+        y_g, z_g = self.analyse(xs, phi)
+        out = self.synthesise_soft(y_g, z_g, phi, [tuple(x.shape[-2:]) for x in xs])
+        return {**out, "target_norm": xs}
+
+    def analyse(self, xs: list[torch.Tensor], phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised scales -> (y_g, z_g): the latent and the hyper-latent in the gained domain
+        of quality index `phi` ((B,) int64), what the entropy coder quantises."""
+        y_g = self.fenet(xs) * self._gains(phi, "gain")
+        return y_g, self.h_a(y_g) * self._gains(phi, "hyper_gain")
+
+    def synthesise_soft(
+        self,
+        y_g: torch.Tensor,
+        z_g: torch.Tensor,
+        phi: torch.Tensor,
+        sizes: list[tuple[int, int]],
+        noise: bool | None = None,
+    ) -> dict:
+        """The differentiable decoder side of (y_g, z_g): straight-through rounding where the
+        codec rounds, likelihoods with additive uniform noise (`noise`: the entropy models'
+        training flag by default). -> {"rec_norm": normalised reconstruction per scale,
+        "likelihoods": {"y", "z"}}."""
+        _, z_lik = self.entropy_bottleneck(z_g, training=noise)
         med = self.entropy_bottleneck._get_medians()
-        z_hat = (_ste_round(z - med) + med) * self._gains(phi, "hyper_inv_gain")
-        hy, wy = y.shape[-2:]
+        z_hat = (_ste_round(z_g - med) + med) * self._gains(phi, "hyper_inv_gain")
+        hy, wy = y_g.shape[-2:]
         hp = self._h_s(z_hat, hy, wy)
         # the coding passes of the integer path (coding_passes), in float: each pass's entropy
         # parameters from the hyperprior and the context of what the passes before it decoded
         known = torch.zeros_like(y_g)
         scales = torch.zeros_like(y_g)
         means = torch.zeros_like(y_g)
-        for p, sel in enumerate(coding_passes(self.cfg.groups, hy, wy, y.device)):
+        for p, sel in enumerate(coding_passes(self.cfg.groups, hy, wy, y_g.device)):
             ctx = (
                 torch.zeros_like(y_g)
                 if p == 0
@@ -633,10 +653,71 @@ class FenetCodec(nn.Module):
             scales = torch.where(sel, s_p, scales)
             means = torch.where(sel, mu_p, means)
             known = known + (_ste_round(y_g - mu_p) + mu_p) * sel
-        _, y_lik = self.gaussian_conditional(y_g, scales, means)
+        _, y_lik = self.gaussian_conditional(y_g, scales, means, training=noise)
         y_hat = (_ste_round(y_g - means) + means) * self._gains(phi, "inv_gain")
-        rec = self.drnet(y_hat, [tuple(x.shape[-2:]) for x in xs])
-        return {"rec_norm": rec, "target_norm": xs, "likelihoods": {"y": y_lik, "z": z_lik}}
+        rec = self.drnet(y_hat, sizes)
+        return {"rec_norm": rec, "likelihoods": {"y": y_lik, "z": z_lik}}
+
+    def denormalise(self, rec_norm: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Normalised scales -> feature scales (the inverse of the encoder's normalisation)."""
+        return [r * self.feature_scale[i] + self._mean(i) for i, r in enumerate(rec_norm)]
+
+    def refine_latents(
+        self,
+        features: Features | list[torch.Tensor],
+        phi: int,
+        distortion: Callable[[list[torch.Tensor], list[torch.Tensor]], torch.Tensor],
+        lam: float,
+        steps: int,
+        lr: float = REFINE_LR,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder-side latent refinement: (y_g, z_g) of one image optimised for that image,
+        starting at the analysis transform's, by `steps` Adam steps on the training objective
+
+            bits(y, z) / covered input pixels + lam * distortion(rec_norm, target_norm)
+
+        through the differentiable decoder side (synthesise_soft, likelihoods with noise), the
+        model's parameters fixed. The decoder is unchanged: the result goes to compress_latents
+        like the analysis's own. The step size decays by cosine to 0; the latents of the step
+        with the lowest objective at hard quantisation (the analysis's included) are returned,
+        so refinement never returns worse latents by the objective it measures."""
+        self._check_phi(phi)
+        xs = [x.detach() for x in self._normalised(features)]
+        sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in xs]
+        pixels = float(sizes[0][0] * self.cfg.scales[0].stride * sizes[0][1] * self.cfg.scales[0].stride)
+        phi_t = torch.tensor([phi], device=xs[0].device)
+        with torch.no_grad():
+            y0, z0 = self.analyse(xs, phi_t)
+        y_g = y0.clone().requires_grad_(True)
+        z_g = z0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([y_g, z_g], lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+        requires = [p.requires_grad for p in self.parameters()]
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+        def objective(noise: bool) -> torch.Tensor:
+            out = self.synthesise_soft(y_g, z_g, phi_t, sizes, noise=noise)
+            bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
+            return bits / pixels + lam * distortion(out["rec_norm"], xs).sum()
+
+        best = (float("inf"), y0, z0)
+        try:
+            for step in range(steps + 1):
+                with torch.no_grad():  # the objective at hard quantisation, as the codec codes it
+                    hard = float(objective(noise=False))
+                if hard < best[0]:
+                    best = (hard, y_g.detach().clone(), z_g.detach().clone())
+                if step == steps:
+                    break
+                opt.zero_grad(set_to_none=True)
+                objective(noise=True).backward()
+                opt.step()
+                sched.step()
+        finally:
+            for p, r in zip(self.parameters(), requires):
+                p.requires_grad_(r)
+        return best[1], best[2]
 
     def aux_loss(self) -> torch.Tensor:
         return self.entropy_bottleneck.loss()
@@ -764,13 +845,23 @@ class FenetCodec(nn.Module):
             raise ValueError("compress() takes one image (batch size 1)")
         sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in xs]
         self.check_symbol_counts(sizes)  # a stream no decoder would accept is not written
-        y = self.fenet(xs)
-        phi_t = torch.tensor([phi], device=y.device)
-        y_g = y * self._gains(phi_t, "gain")
-        z_g = self.h_a(y_g) * self._gains(phi_t, "hyper_gain")
+        y_g, z_g = self.analyse(xs, torch.tensor([phi], device=xs[0].device))
+        return self.compress_latents(y_g, z_g, phi, sizes)
+
+    @torch.no_grad()
+    def compress_latents(
+        self, y_g: torch.Tensor, z_g: torch.Tensor, phi: int, sizes: list[tuple[int, int]]
+    ) -> CompressedLatents:
+        """(y_g, z_g) of one image (analyse's, or refine_latents') -> rANS strings of z and y."""
+        self._check_phi(phi)
+        self.check_symbol_counts(sizes)
+        (hy, wy), (hz, wz) = self.latent_sizes(sizes)
+        if tuple(y_g.shape) != (1, self.cfg.latent_channels, hy, wy) or tuple(z_g.shape) != (
+            1, self.cfg.hyper_channels, hz, wz
+        ):
+            raise ValueError(f"latents of shape {tuple(y_g.shape)} / {tuple(z_g.shape)} do not fit scales {sizes}")
         eb = self.entropy_bottleneck
         z_string = eb.compress(z_g)[0]
-        (hy, wy), (hz, wz) = self.latent_sizes(sizes)
         z_hat, z_sym = self._z_hat(z_string, (hz, wz), phi)
         hp = self.hyper_params_fixed(z_hat, hy, wy)
         sym, idx, _, passes = self.coded_passes(hp, _quantiser(y_g))

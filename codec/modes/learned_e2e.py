@@ -44,6 +44,7 @@ from .base import (
     UNIFORM,
     ZERO_HASH,
     CodingMode,
+    EncodeContext,
     Shapes,
     Weights,
     enum_rule,
@@ -63,6 +64,7 @@ MODE_ID = ModeId.LEARNED_E2E
 NAME = "learned_e2e"
 ENTROPY_PRECISION = 16  # CompressAI's rANS; equal to codec.models.fenet.ENTROPY_PRECISION (tested)
 NUM_QUALITIES = 6  # phi 0..5: the gain-unit rows of the shipped model (checked against the model)
+REFINE_MAX_STEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,13 @@ class Params:
         "codec-model weights file instead of the shipped one (the decoder needs the same)",
         kind=str,
         what="a weights file (.pt beside its .json record)",
+    )
+    refine: int = option(
+        0,
+        "encoder-side latent refinement: Adam steps per image on the codec model's own training "
+        "objective (rate + lambda[phi] x (feature + task distortion through NN part 2's heads)); "
+        "0: off. The stream and the decoder are unchanged; encoding takes longer",
+        range=(0, REFINE_MAX_STEPS),
     )
 
 
@@ -225,23 +234,106 @@ def resolve_params(params: Params, split_point: SplitPoint) -> Params:
     return dataclasses.replace(params, codec_model=name)
 
 
-def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple[ModeHeader, list[PayloadUnit]]:
+def encode(
+    features: Features, split_point: SplitPoint, params: Params, context: EncodeContext | None = None
+) -> tuple[ModeHeader, list[PayloadUnit]]:
     model_id = model_id_for(split_point, params.codec_model)
     model, digest = model_for(model_id, params.codec_weights)
     if tuple(model.cfg.scales) != tuple(split_point.scales):
         raise EncodeError(f"codec model {params.codec_weights} is not for split point {split_point.name!r}")
-    return encode_with_model(
-        features, split_point, quality_index(params, model.cfg.num_qualities), model, model_id, digest
-    )
+    phi = quality_index(params, model.cfg.num_qualities)
+    if not params.refine:
+        return encode_with_model(features, split_point, phi, model, model_id, digest)
+    if context is None:
+        raise EncodeError("learned_e2e --refine needs the network (the pipeline's context)")
+    record = _record(model_id, params.codec_weights)
+    return encode_refined(features, split_point, phi, model, model_id, digest, record, context.network,
+                          context.split, params.refine)  # fmt: skip
 
 
-def encode_onnx(features: Features, split_point: SplitPoint, params: Params) -> tuple[ModeHeader, list[PayloadUnit]]:
+def _record(model_id: CodecModelId, weights: Weights) -> dict:
+    from codec.models.registry import entry, verified_record
+
+    return verified_record(weights if weights is not None else entry(model_id).weights)
+
+
+def refinement_objective(record: dict, network, split: str, model: FenetCodec):
+    """The distortion of a codec model's training, from its weights' record: feature_weight x
+    the per-scale MSE of the normalised features + task_weight x the task loss through the
+    network's frozen heads (codec/training/task.py). -> a function (features) -> distortion
+    (rec_norm, target_norm) -> (1,) for that image."""
+    from codec.training.task import TaskLossConfig, TaskLossError, task_loss_for
+
+    loss = record.get("loss")
+    if not isinstance(loss, dict) or record.get("network") is None:
+        raise EncodeError("learned_e2e --refine needs the codec model's training record (network and loss)")
+    if record["network"] != getattr(network, "name", None) or record.get("split") != split:
+        raise EncodeError(
+            f"learned_e2e --refine: the codec model was trained on {record['network']}/{record.get('split')}, "
+            f"the features come from {getattr(network, 'name', None)}/{split}"
+        )
+    fw, tw = float(loss.get("feature_weight", 1.0)), float(loss.get("task_weight", 0.0))
+    task = None
+    if tw > 0:
+        try:
+            task = task_loss_for(network, split, TaskLossConfig(box_weight=float(loss.get("task_box_weight", 1.0))))
+        except TaskLossError as e:
+            raise EncodeError(f"learned_e2e --refine: {e}") from None
+
+    def for_features(xs: list) -> object:
+        teacher = task.teacher(xs) if task is not None else None
+
+        def distortion(rec_norm: list, target_norm: list):
+            d = fw * sum(((r - t) ** 2).flatten(1).mean(dim=1) for r, t in zip(rec_norm, target_norm))
+            if task is not None:
+                d = d + tw * task(model.denormalise(rec_norm), teacher)[0]
+            return d
+
+        return distortion
+
+    return for_features
+
+
+def encode_refined(
+    features: Features,
+    split_point: SplitPoint,
+    phi: int,
+    model: FenetCodec,
+    model_id: CodecModelId,
+    digest: bytes,
+    record: dict,
+    network,
+    split: str,
+    steps: int,
+) -> tuple[ModeHeader, list[PayloadUnit]]:
+    """encode_with_model with the latents refined for this image (FenetCodec.refine_latents, on
+    the objective the model was trained with at quality index phi)."""
+    arrays = _checked_arrays(features, split_point)
+    import torch
+
+    objective = refinement_objective(record, network, split, model)
+    sizes = [(a.shape[1], a.shape[2]) for _, a in arrays]
+    model.check_symbol_counts(sizes)  # before any work: a stream no decoder would accept is not written
+    # the pipeline encodes in inference mode; autograd runs through the decoder side here, on
+    # tensors made outside it
+    with torch.inference_mode(False), torch.enable_grad():
+        xs = [torch.from_numpy(a).unsqueeze(0) for _, a in arrays]
+        y_g, z_g = model.refine_latents(xs, phi, objective(xs), float(model.cfg.lambdas[phi]), steps)
+    c = model.compress_latents(y_g, z_g, phi, sizes)
+    return _header_and_units(arrays, phi, model_id, digest, c.z_string, c.y_string, c.z_crc32, c.y_crc32)
+
+
+def encode_onnx(
+    features: Features, split_point: SplitPoint, params: Params, context: EncodeContext | None = None
+) -> tuple[ModeHeader, list[PayloadUnit]]:
     """The encoder of the ONNX engine, without torch: the codec model's exported encoder
     (codec/models/fenet_onnx.py; `codec_weights` names the .onnx file, by default the cache's
     onnx/CODEC_MODEL.onnx that ``python -m tools.export_onnx --codec learned_e2e`` writes). The
     header carries the export's record of the PyTorch weights, which the decoder checks."""
     from codec.models import fenet_onnx
 
+    if params.refine:
+        raise EncodeError("learned_e2e --refine needs the PyTorch encoder (it differentiates through the decoder)")
     name = resolve_params(params, split_point).codec_model  # the default: the model of the split point
     enc = fenet_onnx.load_encoder(params.codec_weights or fenet_onnx.default_codec_model_path(name))
     if enc.codec_model_id != int(MODEL_NAMES[name]):
@@ -402,10 +494,12 @@ MODE = CodingMode(
     reconstruct=reconstruct,
     validate=validate,
     resolve_params=resolve_params,
+    uses_context=True,
     sources=(
         "codec/models/fenet.py",
         "codec/models/fixed_point.py",
         "codec/models/linear_path.py",
+        "codec/training/task.py",
         "codec/models/weights/fenet_nanodet_neck.pt",
         "codec/models/weights/fenet_nanodet_neck_p4.pt",
         "codec/models/weights/fenet_nanodet_neck_g3.pt",

@@ -1,0 +1,144 @@
+"""Encoder-side latent refinement of learned_e2e (``--refine N``): rate and accuracy against
+the same codec model without it, on the held-out training images (the dev set of the
+training programme: images no model was trained on, the uncompressed detections as
+pseudo-labels; never the evaluation sets) or on a labelled set.
+
+Every point goes through the real container path (``pipeline.encode_features`` with the
+mode's parameters, ``pipeline.decode_bitstream``, NN part 2); bits are the containers'
+sizes. Prints per refinement setting and phi: bpp, mAP@0.5, mAP@[.5:.95] and the encoding
+time per image, then the BD-rate (mAP@0.5, pchip on the rate-accuracy front) of each
+setting against ``--refine 0``; ``--json`` writes all of it.
+
+    python -m tools.bench_refine --steps 0,20 --limit 64 --json docs/refine/heldout64.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", default="0,20", help="refinement steps to compare, comma-separated (first: reference)")
+    ap.add_argument("--phis", default="0,1,2,3,4,5", help="quality indices")
+    ap.add_argument("--dataset", default="heldout", help="heldout (default), or a labelled set: val2017-103, coco128")
+    ap.add_argument("--limit", type=int, default=64, help="images (the first of the set)")
+    ap.add_argument("--network", default="nanodet")
+    ap.add_argument("--codec-model", default=None, help="learned_e2e codec model (default: the split point's)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None, help="write the measurements here")
+    args = ap.parse_args(argv)
+    try:
+        args.steps_list = [int(v) for v in args.steps.split(",")]
+        args.phi_list = [int(v) for v in args.phis.split(",")]
+    except ValueError:
+        ap.error("--steps and --phis take comma-separated integers")
+    if len(args.steps_list) < 2 or min(args.steps_list) < 0:
+        ap.error("--steps needs a reference and at least one other setting, each >= 0")
+    if args.limit < 1:
+        ap.error("--limit must be at least 1")
+    return args
+
+
+def front(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """The rate-accuracy front (points no lower-rate point matches or beats), as ctc.metrics does."""
+    out: list[tuple[float, float]] = []
+    for bpp, m in sorted(points):
+        if not out or m > out[-1][1]:
+            out.append((bpp, m))
+    return [p[0] for p in out], [p[1] for p in out]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from codec import pipeline
+    from codec.training import common
+    from codec.training import data as tdata
+    from codec.training import dev as tdev
+    from codec.vision import get_network
+    from ctc.bd_rate import BDError, bd_rate
+
+    torch.set_num_threads(args.threads)
+    net = get_network(args.network)
+    split = net.default_split
+    root = tdata.assets_dir()
+    t0 = time.time()
+    if args.dataset == "heldout":
+        images_root = root / "train-images"
+        _, held = tdata.split_train_images(tdata.list_images(images_root), 64, 0)  # the training programme's
+        dev_set = tdev.heldout_dev_set(net, split, images_root, held[: args.limit])
+    elif args.dataset in common.DEV_SETS:
+        imgs, ann = common.DEV_SETS[args.dataset]
+        dev_set = tdev.coco_dev_set(net, split, root / imgs, root / ann, args.limit, args.dataset)
+    else:
+        print(f"error: unknown --dataset {args.dataset!r}", file=sys.stderr)
+        return 2
+    ref = tdev.evaluate_uncompressed(dev_set, net, split)
+    print(f"{args.dataset}: {len(dev_set)} images, uncompressed mAP@0.5 {100 * ref['map50']:.2f} "
+          f"({time.time() - t0:.0f} s)", flush=True)  # fmt: skip
+    results: dict[str, dict] = {}
+    for steps in args.steps_list:
+        per_phi = {}
+        for phi in args.phi_list:
+            params = {"phi": phi, "refine": steps}
+            if args.codec_model:
+                params["codec_model"] = args.codec_model
+            enc_s: list[float] = []
+
+            def encode(img, params=params, enc_s=enc_s) -> bytes:
+                t = time.perf_counter()
+                data = pipeline.encode_features(img.features, net, split, img.prep, "learned_e2e", params)
+                enc_s.append(time.perf_counter() - t)
+                return data
+
+            r = tdev.evaluate_container(
+                dev_set, net, split, encode, lambda data: pipeline.decode_bitstream(data, net).features
+            )
+            per_phi[str(phi)] = {
+                "bpp": round(r["bpp"], 6),
+                "map50": round(r["map50"], 5),
+                "map": round(r["map"], 5),
+                "encode_s_per_image": round(sum(enc_s) / len(enc_s), 3),
+            }
+            v = per_phi[str(phi)]
+            print(f"refine {steps:4d} phi {phi}: {v['bpp']:.4f} bpp  mAP@0.5 {100 * v['map50']:6.2f}  "
+                  f"mAP {100 * v['map']:6.2f}  encode {v['encode_s_per_image']:.2f} s/image", flush=True)  # fmt: skip
+        results[str(steps)] = per_phi
+    base = args.steps_list[0]
+    r_x, r_y = front([(v["bpp"], 100 * v["map50"]) for v in results[str(base)].values()])
+    bd: dict[str, float | None] = {}
+    for steps in args.steps_list[1:]:
+        t_x, t_y = front([(v["bpp"], 100 * v["map50"]) for v in results[str(steps)].values()])
+        try:
+            bd[str(steps)] = round(bd_rate(r_x, r_y, t_x, t_y), 2)
+            print(f"BD-rate (mAP@0.5, pchip) of refine {steps} against refine {base}: {bd[str(steps)]:+.2f} %")
+        except BDError as e:
+            bd[str(steps)] = None
+            print(f"BD-rate of refine {steps} against refine {base}: not defined ({e})")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps(
+                {
+                    "command": "python -m tools.bench_refine " + " ".join(argv if argv is not None else sys.argv[1:]),
+                    "dataset": args.dataset,
+                    "images": len(dev_set),
+                    "uncompressed": {k: round(v, 5) for k, v in ref.items()},
+                    "results": results,
+                    "bd_rate_map50_vs_refine_" + str(base): bd,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
