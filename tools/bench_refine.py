@@ -31,6 +31,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--codec-model", default=None, help="learned_e2e codec model (default: the split point's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None, help="write the measurements here")
+    ap.add_argument(
+        "--results", type=Path, default=None, help="report a --json file of an earlier run (nothing is measured)"
+    )
+    ap.add_argument(
+        "--versus",
+        action="append",
+        default=[],
+        metavar="NAME=BPP:MAP50,...",
+        help="another codec's rate points on the same images (mAP@0.5 in %%, e.g. from an fcm_ctc table): "
+        "every setting's BD-rate against it too; repeatable",
+    )
     args = ap.parse_args(argv)
     try:
         args.steps_list = [int(v) for v in args.steps.split(",")]
@@ -41,6 +52,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--steps needs a reference and at least one other setting, each >= 0")
     if args.limit < 1:
         ap.error("--limit must be at least 1")
+    args.versus_points = {}
+    for v in args.versus:
+        name, _, pts = v.partition("=")
+        try:
+            args.versus_points[name] = [tuple(float(x) for x in p.split(":")) for p in pts.split(",")]
+        except ValueError:
+            ap.error(f"--versus {v!r}: give NAME=BPP:MAP50,BPP:MAP50,...")
+        if not name or any(len(p) != 2 for p in args.versus_points[name]):
+            ap.error(f"--versus {v!r}: give NAME=BPP:MAP50,BPP:MAP50,...")
     return args
 
 
@@ -53,8 +73,8 @@ def front(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
     return [p[0] for p in out], [p[1] for p in out]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def measure(args: argparse.Namespace) -> tuple[dict[str, dict], int, dict] | None:
+    """Every setting and phi through the container path: (results, images, uncompressed figures)."""
     import torch
 
     from codec import pipeline
@@ -62,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     from codec.training import data as tdata
     from codec.training import dev as tdev
     from codec.vision import get_network
-    from ctc.bd_rate import BDError, bd_rate
 
     torch.set_num_threads(args.threads)
     net = get_network(args.network)
@@ -78,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         dev_set = tdev.coco_dev_set(net, split, root / imgs, root / ann, args.limit, args.dataset)
     else:
         print(f"error: unknown --dataset {args.dataset!r}", file=sys.stderr)
-        return 2
+        return None
     ref = tdev.evaluate_uncompressed(dev_set, net, split)
     print(f"{args.dataset}: {len(dev_set)} images, uncompressed mAP@0.5 {100 * ref['map50']:.2f} "
           f"({time.time() - t0:.0f} s)", flush=True)  # fmt: skip
@@ -86,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     for steps in args.steps_list:
         per_phi = {}
         for phi in args.phi_list:
-            params = {"phi": phi, "refine": steps}
+            params = {"phi": phi, "refine": steps or None}
             if args.codec_model:
                 params["codec_model"] = args.codec_model
             enc_s: list[float] = []
@@ -110,6 +129,30 @@ def main(argv: list[str] | None = None) -> int:
             print(f"refine {steps:4d} phi {phi}: {v['bpp']:.4f} bpp  mAP@0.5 {100 * v['map50']:6.2f}  "
                   f"mAP {100 * v['map']:6.2f}  encode {v['encode_s_per_image']:.2f} s/image", flush=True)  # fmt: skip
         results[str(steps)] = per_phi
+    return results, len(dev_set), ref
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from ctc.bd_rate import BDError, bd_rate
+
+    if args.results is not None:
+        try:
+            earlier = json.loads(args.results.read_text())
+            results, n_images, ref = earlier["results"], earlier["images"], earlier["uncompressed"]
+            args.dataset = earlier["dataset"]
+        except (OSError, ValueError, KeyError) as e:
+            print(f"error: --results {args.results}: {e}", file=sys.stderr)
+            return 2
+        missing = [str(n) for n in args.steps_list if str(n) not in results]
+        if missing:
+            print(f"error: --results {args.results} has no refine {', '.join(missing)}", file=sys.stderr)
+            return 2
+    else:
+        measured = measure(args)
+        if measured is None:
+            return 2
+        results, n_images, ref = measured
     base = args.steps_list[0]
     r_x, r_y = front([(v["bpp"], 100 * v["map50"]) for v in results[str(base)].values()])
     bd: dict[str, float | None] = {}
@@ -121,6 +164,18 @@ def main(argv: list[str] | None = None) -> int:
         except BDError as e:
             bd[str(steps)] = None
             print(f"BD-rate of refine {steps} against refine {base}: not defined ({e})")
+    versus: dict[str, dict[str, float | None]] = {}
+    for name, pts in args.versus_points.items():
+        a_x, a_y = front(pts)
+        versus[name] = {}
+        for steps in args.steps_list:
+            t_x, t_y = front([(v["bpp"], 100 * v["map50"]) for v in results[str(steps)].values()])
+            try:
+                versus[name][str(steps)] = round(bd_rate(a_x, a_y, t_x, t_y), 2)
+                print(f"BD-rate (mAP@0.5, pchip) of refine {steps} against {name}: {versus[name][str(steps)]:+.2f} %")
+            except BDError as e:
+                versus[name][str(steps)] = None
+                print(f"BD-rate of refine {steps} against {name}: not defined ({e})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
@@ -128,10 +183,11 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "command": "python -m tools.bench_refine " + " ".join(argv if argv is not None else sys.argv[1:]),
                     "dataset": args.dataset,
-                    "images": len(dev_set),
+                    "images": n_images,
                     "uncompressed": {k: round(v, 5) for k, v in ref.items()},
                     "results": results,
                     "bd_rate_map50_vs_refine_" + str(base): bd,
+                    "versus": {n: {"points": args.versus_points[n], "bd_rate_map50": b} for n, b in versus.items()},
                 },
                 indent=1,
             )

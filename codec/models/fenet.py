@@ -73,7 +73,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MEAN_BITS = 6  # means of the GaussianConditional lie on a 2^-MEAN_BITS grid
 SCALE_TABLE = (0.11, 64.0, 48)  # 48 log-spaced scales in [0.11, 64] (CompressAI uses 64 in [0.11, 256]; smaller tables)
 ENTROPY_PRECISION = 16  # CompressAI's rANS: 16-bit CDF precision
-REFINE_LR = 0.003  # refine_latents' first Adam step size (y_g, z_g in units of their quantisation step); larger drifts the rate up
+REFINE_SEED = 0  # refine_latents' noise generator seed
+REFINE_LR = 0.003  # refine_latents' first Adam step (y_g, z_g in quantisation steps); larger drifts the rate up
 
 
 class FenetConfigError(ValueError):
@@ -692,9 +693,6 @@ class FenetCodec(nn.Module):
         z_g = z0.clone().requires_grad_(True)
         opt = torch.optim.Adam([y_g, z_g], lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
-        requires = [p.requires_grad for p in self.parameters()]
-        for p in self.parameters():
-            p.requires_grad_(False)
 
         def objective(noise: bool) -> torch.Tensor:
             out = self.synthesise_soft(y_g, z_g, phi_t, sizes, noise=noise)
@@ -702,18 +700,26 @@ class FenetCodec(nn.Module):
             return bits / pixels + lam * distortion(out["rec_norm"], xs).sum()
 
         best = (float("inf"), y0, z0)
+        dev = xs[0].device
+        requires = [p.requires_grad for p in self.parameters()]
+        for p in self.parameters():
+            p.requires_grad_(False)
+        # the noise of the rate term from a generator seeded here: the same image gives the same
+        # stream on every run, and the caller's random state is left as it was
         try:
-            for step in range(steps + 1):
-                with torch.no_grad():  # the objective at hard quantisation, as the codec codes it
-                    hard = float(objective(noise=False))
-                if hard < best[0]:
-                    best = (hard, y_g.detach().clone(), z_g.detach().clone())
-                if step == steps:
-                    break
-                opt.zero_grad(set_to_none=True)
-                objective(noise=True).backward()
-                opt.step()
-                sched.step()
+            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+                torch.manual_seed(REFINE_SEED)
+                for step in range(steps + 1):
+                    with torch.no_grad():  # the objective at hard quantisation, as the codec codes it
+                        hard = float(objective(noise=False))
+                    if hard < best[0]:
+                        best = (hard, y_g.detach().clone(), z_g.detach().clone())
+                    if step == steps:
+                        break
+                    opt.zero_grad(set_to_none=True)
+                    objective(noise=True).backward()
+                    opt.step()
+                    sched.step()
         finally:
             for p, r in zip(self.parameters(), requires):
                 p.requires_grad_(r)
@@ -856,9 +862,8 @@ class FenetCodec(nn.Module):
         self._check_phi(phi)
         self.check_symbol_counts(sizes)
         (hy, wy), (hz, wz) = self.latent_sizes(sizes)
-        if tuple(y_g.shape) != (1, self.cfg.latent_channels, hy, wy) or tuple(z_g.shape) != (
-            1, self.cfg.hyper_channels, hz, wz
-        ):
+        want_y, want_z = (1, self.cfg.latent_channels, hy, wy), (1, self.cfg.hyper_channels, hz, wz)
+        if tuple(y_g.shape) != want_y or tuple(z_g.shape) != want_z:
             raise ValueError(f"latents of shape {tuple(y_g.shape)} / {tuple(z_g.shape)} do not fit scales {sizes}")
         eb = self.entropy_bottleneck
         z_string = eb.compress(z_g)[0]

@@ -90,12 +90,14 @@ class Params:
         kind=str,
         what="a weights file (.pt beside its .json record)",
     )
-    refine: int = option(
-        0,
+    refine: int | None = option(
+        None,
         "encoder-side latent refinement: Adam steps per image on the codec model's own training "
         "objective (rate + lambda[phi] x (feature + task distortion through NN part 2's heads)); "
-        "0: off. The stream and the decoder are unchanged; encoding takes longer",
-        range=(0, REFINE_MAX_STEPS),
+        "unset: none. The stream and the decoder are unchanged; each step costs about a decoder pass "
+        "and its gradient",
+        kind=int,
+        range=(1, REFINE_MAX_STEPS),
     )
 
 
@@ -242,7 +244,7 @@ def encode(
     if tuple(model.cfg.scales) != tuple(split_point.scales):
         raise EncodeError(f"codec model {params.codec_weights} is not for split point {split_point.name!r}")
     phi = quality_index(params, model.cfg.num_qualities)
-    if not params.refine:
+    if params.refine is None:
         return encode_with_model(features, split_point, phi, model, model_id, digest)
     if context is None:
         raise EncodeError("learned_e2e --refine needs the network (the pipeline's context)")

@@ -690,3 +690,86 @@ def test_yolov5s_seg_neck_has_its_own_shipped_model_chosen_by_default():
         assert {k: tuple(v.shape) for k, v in rec.items()} == {k: tuple(v.shape) for k, v in feats.items()}
         err.append(sum(float(((rec[k] - feats[k]) ** 2).mean()) for k in feats))
     assert bits[0] < bits[1] and err[1] < err[0], (bits, err)
+
+
+def _hard_objective(model: FenetCodec, feats, y_g, z_g, phi: int, lam: float) -> float:
+    xs = model._normalised(feats)
+    sizes = [tuple(x.shape[-2:]) for x in xs]
+    with torch.no_grad():
+        out = model.synthesise_soft(y_g, z_g, torch.tensor([phi]), sizes, noise=False)
+        bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
+        mse = sum(((r - t) ** 2).mean() for r, t in zip(out["rec_norm"], xs))
+    return float(bits / (sizes[0][0] * 8 * sizes[0][1] * 8) + lam * mse)
+
+
+def test_refined_latents_lower_the_objective_and_decode_with_the_unchanged_decoder():
+    model = tiny_model()
+    feats = smooth_features(NECK, 96, seed=3)
+
+    def mse(rec_norm, target_norm):
+        return sum(((r - t) ** 2).flatten(1).mean(dim=1) for r, t in zip(rec_norm, target_norm))
+
+    phi, lam = 1, 5.0
+    xs = model._normalised(feats)
+    y0, z0 = model.analyse(xs, torch.tensor([phi]))
+    state = torch.random.get_rng_state()
+    y1, z1 = model.refine_latents(feats, phi, mse, lam, steps=30, lr=0.02)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is kept
+    y2, z2 = model.refine_latents(feats, phi, mse, lam, steps=30, lr=0.02)
+    assert torch.equal(y1, y2) and torch.equal(z1, z2)  # its own seeded noise: the same image, the same latents
+    before, after = (_hard_objective(model, feats, y, z, phi, lam) for y, z in ((y0, z0), (y1, z1)))
+    assert after < before, (before, after)
+    assert not torch.equal(y0, y1)
+    assert all(not p.requires_grad or p.grad is None for p in model.parameters())  # the model is left as it was
+    # the refined latents go through the same coder: the decoder reconstructs exactly what the
+    # encoder's own quantised path gives for them
+    sizes = [tuple(x.shape[-2:]) for x in xs]
+    c = model.compress_latents(y1, z1, phi, sizes)
+    rec = model.decompress(c)
+    ref = model.compress_latents(y0, z0, phi, sizes)
+    assert (c.y_string, c.z_string) != (ref.y_string, ref.z_string)
+    assert {k: tuple(v.shape) for k, v in rec.items()} == {k: tuple(v.shape) for k, v in feats.items()}
+    assert model.compress(feats, phi).y_string == ref.y_string  # compress() is analyse + compress_latents
+    with pytest.raises(ValueError, match="do not fit"):
+        model.compress_latents(y1[..., :-1], z1, phi, sizes)
+
+
+def test_refinement_with_zero_steps_returns_the_analysis_latents():
+    model = tiny_model()
+    feats = smooth_features(NECK, 64, seed=4)
+    y0, z0 = model.analyse(model._normalised(feats), torch.tensor([2]))
+    y1, z1 = model.refine_latents(feats, 2, lambda r, t: sum(((a - b) ** 2).mean() for a, b in zip(r, t)), 1.0, 0)
+    assert torch.equal(y0, y1) and torch.equal(z0, z1)
+
+
+@pytest.mark.needs_assets
+def test_refine_option_codes_a_stream_the_decoder_reads_and_refuses_what_it_cannot_do():
+    sample = sorted((REPO / "samples").glob("*.jpg"))
+    if not sample:
+        pytest.skip("no sample image in samples/")
+    from codec import pipeline
+    from codec.models.registry import entry, verified_record
+    from codec.vision import get_network
+
+    net = get_network("nanodet")
+    image = pipeline.load_image(sample[0])
+    plain = pipeline.encode_image(image, net, None, "learned_e2e", {"phi": 1})
+    refined = pipeline.encode_image(image, net, None, "learned_e2e", {"phi": 1, "refine": 3})
+    assert refined.bitstream != plain.bitstream
+    dec = pipeline.decode_bitstream(refined.bitstream, net)
+    assert {k: tuple(v.shape) for k, v in dec.features.items()} == {
+        k: tuple(v.shape) for k, v in plain.features.items()
+    }
+    params = learned_e2e.MODE.make_params({"phi": 1, "refine": 3})
+    with pytest.raises(EncodeError, match="needs the network"):
+        learned_e2e.encode(plain.features, NECK, params)
+    with pytest.raises(EncodeError, match="PyTorch encoder"):
+        learned_e2e.encode_onnx(plain.features, NECK, params)
+    with pytest.raises(EncodeError, match="must be"):
+        learned_e2e.MODE.make_params({"refine": 0})
+    model, _ = learned_e2e.model_for(CodecModelId.FENET_NANODET_NECK_G4)
+    seg_record = verified_record(entry(CodecModelId.FENET_YOLOV5S_SEG_NECK).weights)
+    with pytest.raises(EncodeError, match="trained on yolov5s_seg/neck"):
+        learned_e2e.refinement_objective(seg_record, net, "neck", model)
+    with pytest.raises(EncodeError, match="training record"):
+        learned_e2e.refinement_objective({"weights_sha256": "0" * 64}, net, "neck", model)
