@@ -613,7 +613,7 @@ class FenetCodec(nn.Module):
         `phi`: (B,) int64 quality index per sample."""
         xs = self._normalised(features)
         y_g, z_g = self.analyse(xs, phi)
-        out = self.synthesise_soft(y_g, z_g, phi, [tuple(x.shape[-2:]) for x in xs])
+        out = self.synthesise_soft(y_g, z_g, phi, [(int(x.shape[-2]), int(x.shape[-1])) for x in xs])
         return {**out, "target_norm": xs}
 
     def analyse(self, xs: list[torch.Tensor], phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

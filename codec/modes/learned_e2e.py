@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from construct import Bytes, ConstructError, Int8ub, Int16ub, Struct
@@ -275,7 +275,7 @@ def refinement_objective(record: dict, network, split: str, model: FenetCodec):
             f"the features come from {getattr(network, 'name', None)}/{split}"
         )
     fw, tw = float(loss.get("feature_weight", 1.0)), float(loss.get("task_weight", 0.0))
-    task = None
+    task: Any = None
     if tw > 0:
         try:
             task = task_loss_for(network, split, TaskLossConfig(box_weight=float(loss.get("task_box_weight", 1.0))))
