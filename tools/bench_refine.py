@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from tools.bd_points import front
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -62,15 +64,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if not name or any(len(p) != 2 for p in args.versus_points[name]):
             ap.error(f"--versus {v!r}: give NAME=BPP:MAP50,BPP:MAP50,...")
     return args
-
-
-def front(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
-    """The rate-accuracy front (points no lower-rate point matches or beats), as ctc.metrics does."""
-    out: list[tuple[float, float]] = []
-    for bpp, m in sorted(points):
-        if not out or m > out[-1][1]:
-            out.append((bpp, m))
-    return [p[0] for p in out], [p[1] for p in out]
 
 
 def measure(args: argparse.Namespace) -> tuple[dict[str, dict], int, dict] | None:
