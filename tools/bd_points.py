@@ -24,17 +24,22 @@ from ctc.bd_rate import BDError, bd_rate_result
 METRICS = ("map50", "map")
 
 
+def parse_points(spec: str) -> tuple[str, list[tuple[float, float]]]:
+    """``NAME=BPP:ACC,BPP:ACC,...`` -> (name, [(bpp, accuracy)]); ValueError."""
+    name, _, pts = spec.partition("=")
+    try:
+        points = [tuple(float(x) for x in p.split(":")) for p in pts.split(",")]
+    except ValueError:
+        raise ValueError(f"{spec!r}: give NAME=BPP:ACC,BPP:ACC,...") from None
+    if not name or any(len(p) != 2 for p in points):
+        raise ValueError(f"{spec!r}: give NAME=BPP:ACC,BPP:ACC,...")
+    return name, [(p[0], p[1]) for p in points]
+
+
 def read_curve(spec: str, metric: str) -> tuple[str, list[tuple[float, float]]]:
     """``NAME=BPP:ACC,...`` or ``NAME@RUN_DIR`` -> (name, [(bpp, accuracy in %)]); ValueError."""
     if "=" in spec:
-        name, _, pts = spec.partition("=")
-        try:
-            points = [tuple(float(x) for x in p.split(":")) for p in pts.split(",")]
-        except ValueError:
-            raise ValueError(f"{spec!r}: give NAME=BPP:ACC,BPP:ACC,...") from None
-        if not name or any(len(p) != 2 for p in points):
-            raise ValueError(f"{spec!r}: give NAME=BPP:ACC,BPP:ACC,...")
-        return name, [(p[0], p[1]) for p in points]
+        return parse_points(spec)
     if "@" in spec:
         name, _, run = spec.partition("@")
         path = Path(run) / "summary.csv"
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         except OSError as e:
             print(f"error: --json {args.json}: {e.strerror}", file=sys.stderr)
-            return 1
+            return 2
     return 0
 
 

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from tools.bd_points import front
+from tools.bd_points import front, parse_points
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,13 +56,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--limit must be at least 1")
     args.versus_points = {}
     for v in args.versus:
-        name, _, pts = v.partition("=")
         try:
-            args.versus_points[name] = [tuple(float(x) for x in p.split(":")) for p in pts.split(",")]
-        except ValueError:
-            ap.error(f"--versus {v!r}: give NAME=BPP:MAP50,BPP:MAP50,...")
-        if not name or any(len(p) != 2 for p in args.versus_points[name]):
-            ap.error(f"--versus {v!r}: give NAME=BPP:MAP50,BPP:MAP50,...")
+            name, points = parse_points(v)
+        except ValueError as e:
+            ap.error(f"--versus {e}")
+        args.versus_points[name] = points
+    if args.json is not None:  # before hours of measuring, not after
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            ap.error(f"--json {args.json}: {e.strerror}")
+        if not args.json.parent.is_dir():
+            ap.error(f"--json {args.json}: {args.json.parent} is not a directory")
     return args
 
 
