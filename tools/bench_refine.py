@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from codec.modes.learned_e2e import REFINE_LR, REFINE_MAX_LR
 from tools.bd_points import front, parse_points
 
 
@@ -31,6 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--limit", type=int, default=64, help="images (the first of the set)")
     ap.add_argument("--network", default="nanodet")
     ap.add_argument("--codec-model", default=None, help="learned_e2e codec model (default: the split point's)")
+    ap.add_argument("--lr", type=float, default=None,
+                    help=f"the refinement's first step size (fcm_enc --refine-lr; default {REFINE_LR})")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None, help="write the measurements here")
     ap.add_argument(
@@ -54,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--steps needs a reference and at least one other setting, each >= 0")
     if args.limit < 1:
         ap.error("--limit must be at least 1")
+    if args.lr is not None and not 0 < args.lr <= REFINE_MAX_LR:
+        ap.error(f"--lr must be in (0, {REFINE_MAX_LR}]")
     args.versus_points = {}
     for v in args.versus:
         try:
@@ -104,6 +109,8 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, dict], int, dict] | Non
         per_phi = {}
         for phi in args.phi_list:
             params = {"phi": phi, "refine": steps or None}
+            if steps and args.lr is not None:
+                params["refine_lr"] = args.lr
             if args.codec_model:
                 params["codec_model"] = args.codec_model
             enc_s: list[float] = []
@@ -139,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             earlier = json.loads(args.results.read_text())
             results, n_images, ref = earlier["results"], earlier["images"], earlier["uncompressed"]
             args.dataset = earlier["dataset"]
+            if args.lr is None:  # files before --lr were all measured at the default
+                args.lr = float(earlier.get("refine_lr", REFINE_LR))
         except (OSError, ValueError, KeyError) as e:
             print(f"error: --results {args.results}: {e}", file=sys.stderr)
             return 2
@@ -182,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                     "command": "python -m tools.bench_refine " + " ".join(argv if argv is not None else sys.argv[1:]),
                     "dataset": args.dataset,
                     "images": n_images,
+                    "refine_lr": REFINE_LR if args.lr is None else args.lr,
                     "uncompressed": {k: round(v, 5) for k, v in ref.items()},
                     "results": results,
                     "bd_rate_map50_vs_refine_" + str(base): bd,

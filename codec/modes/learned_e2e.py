@@ -65,6 +65,8 @@ NAME = "learned_e2e"
 ENTROPY_PRECISION = 16  # CompressAI's rANS; equal to codec.models.fenet.ENTROPY_PRECISION (tested)
 NUM_QUALITIES = 6  # phi 0..5: the gain-unit rows of the shipped model (checked against the model)
 REFINE_MAX_STEPS = 1000
+REFINE_LR = 0.01  # --refine-lr's default: equal to codec.models.fenet.REFINE_LR (tested; no torch import here)
+REFINE_MAX_LR = 1.0  # --refine-lr: a step of a whole quantisation step and more only diverges
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,12 @@ class Params:
         "and its gradient",
         kind=int,
         range=(1, REFINE_MAX_STEPS),
+    )
+    refine_lr: float | None = option(
+        None,
+        "the first Adam step size of --refine (the latents in quantisation steps; cosine decay to 0); "
+        f"unset: {REFINE_LR}. Only with --refine",
+        kind=float,
     )
 
 
@@ -244,13 +252,19 @@ def encode(
     if tuple(model.cfg.scales) != tuple(split_point.scales):
         raise EncodeError(f"codec model {params.codec_weights} is not for split point {split_point.name!r}")
     phi = quality_index(params, model.cfg.num_qualities)
+    if params.refine_lr is not None:
+        if params.refine is None:
+            raise EncodeError("learned_e2e --refine-lr needs --refine")
+        if not 0 < params.refine_lr <= REFINE_MAX_LR:
+            raise EncodeError(f"learned_e2e --refine-lr must be in (0, {REFINE_MAX_LR}], got {params.refine_lr}")
     if params.refine is None:
         return encode_with_model(features, split_point, phi, model, model_id, digest)
     if context is None:
         raise EncodeError("learned_e2e --refine needs the network (the pipeline's context)")
     record = _record(model_id, params.codec_weights)
     return encode_refined(features, split_point, phi, model, model_id, digest, record, context.network,
-                          context.split, params.refine)  # fmt: skip
+                          context.split, params.refine,
+                          REFINE_LR if params.refine_lr is None else params.refine_lr)  # fmt: skip
 
 
 def _record(model_id: CodecModelId, weights: Weights) -> dict:
@@ -307,6 +321,7 @@ def encode_refined(
     network,
     split: str,
     steps: int,
+    lr: float = REFINE_LR,
 ) -> tuple[ModeHeader, list[PayloadUnit]]:
     """encode_with_model with the latents refined for this image (FenetCodec.refine_latents, on
     the objective the model was trained with at quality index phi)."""
@@ -320,7 +335,7 @@ def encode_refined(
     # tensors made outside it
     with torch.inference_mode(False), torch.enable_grad():
         xs = [torch.from_numpy(a).unsqueeze(0) for _, a in arrays]
-        y_g, z_g = model.refine_latents(xs, phi, objective(xs), float(model.cfg.lambdas[phi]), steps)
+        y_g, z_g = model.refine_latents(xs, phi, objective(xs), float(model.cfg.lambdas[phi]), steps, lr)
     c = model.compress_latents(y_g, z_g, phi, sizes)
     return _header_and_units(arrays, phi, model_id, digest, c.z_string, c.y_string, c.z_crc32, c.y_crc32)
 

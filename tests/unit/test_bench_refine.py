@@ -16,7 +16,8 @@ def _results(bpps, maps):
 
 
 def test_bad_arguments_are_one_line_errors(capsys):
-    for argv in (["--steps", "0"], ["--steps", "0,x"], ["--limit", "0"], ["--versus", "a=1:2:3"], ["--versus", "=1:2"]):
+    for argv in (["--steps", "0"], ["--steps", "0,x"], ["--limit", "0"], ["--versus", "a=1:2:3"], ["--versus", "=1:2"],
+                 ["--lr", "0"], ["--lr", "5"], ["--lr", "nan"]):  # fmt: skip
         with pytest.raises(SystemExit) as e:
             bench_refine.parse_args(argv)
         assert e.value.code == 2
@@ -42,6 +43,7 @@ def test_report_of_an_earlier_run_gives_the_bd_rates(tmp_path, capsys):
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["bd_rate_map50_vs_refine_0"]["20"] == pytest.approx(-10.0, abs=0.01)
+    assert report["refine_lr"] == bench_refine.REFINE_LR  # the earlier file has none: the default
     assert report["versus"]["anchor"]["bd_rate_map50"]["0"] == pytest.approx(-50.0, abs=0.01)
     assert report["versus"]["anchor"]["bd_rate_map50"]["20"] == pytest.approx(-55.0, abs=0.01)
     assert "-10.00 %" in capsys.readouterr().out
@@ -51,9 +53,10 @@ def test_report_of_an_earlier_run_gives_the_bd_rates(tmp_path, capsys):
 @pytest.mark.needs_assets
 def test_one_refined_point_through_the_container_path(tmp_path):
     out = tmp_path / "r.json"
-    assert bench_refine.main(["--steps", "0,2", "--phis", "1", "--limit", "1", "--json", str(out)]) == 0
+    assert bench_refine.main(["--steps", "0,2", "--phis", "1", "--limit", "1", "--lr", "0.02", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     plain, refined = r["results"]["0"]["1"], r["results"]["2"]["1"]
+    assert r["refine_lr"] == 0.02
     assert r["images"] == 1 and 0 < plain["bpp"] < 0.2 and 0 < refined["bpp"] < 0.2
     assert refined["bpp"] != plain["bpp"] or refined["map50"] != plain["map50"]
     assert r["bd_rate_map50_vs_refine_0"] == {"2": None}  # one point: no BD-rate

@@ -767,6 +767,17 @@ def test_refine_option_codes_a_stream_the_decoder_reads_and_refuses_what_it_cann
         learned_e2e.encode_onnx(plain.features, NECK, params)
     with pytest.raises(EncodeError, match="must be"):
         learned_e2e.MODE.make_params({"refine": 0})
+    # the step size is the encoder's choice: another one gives another stream, the same decoder
+    faster = pipeline.encode_image(image, net, None, "learned_e2e", {"phi": 1, "refine": 3, "refine_lr": 0.03})
+    assert faster.bitstream not in (plain.bitstream, refined.bitstream)
+    pipeline.decode_bitstream(faster.bitstream, net)
+    default_lr = {"phi": 1, "refine": 3, "refine_lr": learned_e2e.REFINE_LR}
+    assert pipeline.encode_image(image, net, None, "learned_e2e", default_lr).bitstream == refined.bitstream
+    for bad, match in (({"refine_lr": 0.01}, "needs --refine"), ({"refine": 3, "refine_lr": 0.0}, "must be in"),
+                       ({"refine": 3, "refine_lr": float("nan")}, "must be in"),
+                       ({"refine": 3, "refine_lr": 2.0}, "must be in")):  # fmt: skip
+        with pytest.raises(EncodeError, match=match):
+            learned_e2e.encode(plain.features, NECK, learned_e2e.MODE.make_params({"phi": 1, **bad}))
     model, _ = learned_e2e.model_for(CodecModelId.FENET_NANODET_NECK_G4)
     seg_record = verified_record(entry(CodecModelId.FENET_YOLOV5S_SEG_NECK).weights)
     with pytest.raises(EncodeError, match="trained on yolov5s_seg/neck"):

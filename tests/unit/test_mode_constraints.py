@@ -168,3 +168,10 @@ def test_entropy_precision_of_the_table_is_the_model_s():
     from codec.modes import learned_e2e
 
     assert learned_e2e.ENTROPY_PRECISION == ENTROPY_PRECISION
+
+
+def test_refine_step_size_of_the_mode_is_the_model_s():
+    from codec.models.fenet import REFINE_LR
+    from codec.modes import learned_e2e
+
+    assert learned_e2e.REFINE_LR == REFINE_LR
