@@ -7,7 +7,7 @@ allocation code the encoder runs (``mfiba.allocate``, the same probe sharing a
 encoder gives):
 
 * ``uniform-phi``: one phi for every scale, phi = 0 .. Q-1 (the codec's own rate points);
-* per target bpp T and allocation A in ``--allocations`` (uniform, mfiba, mfiba_ft): the
+* per target bpp T and allocation A in ``--allocations`` (uniform, mfiba, mfiba_ft, exhaustive): the
   allocation ``fcm_enc --mode learned_ps --target-bpp T --allocation A`` chooses.
 
 The bits of a point are the container's exact size (the header the mode writes, through
@@ -119,6 +119,7 @@ def summarise(points: dict[str, list[dict]], allocations: list[str], anchor: str
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from codec.allocation import mfiba
+    from codec.allocation.options import ALLOCATIONS
     from codec.modes import learned_ps
     from codec.modes.base import EncodeContext
     from codec.pipeline import build_bitstream, decode_bitstream, encode_image, load_image, resolve_mode
@@ -132,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = positive_floats(args.targets, "--targets")
     allocations = [a.strip() for a in args.allocations.split(",") if a.strip()]
     for a in allocations:
-        if a not in ("uniform", "mfiba", "mfiba_ft"):
-            print(f"error: unknown allocation {a!r} (uniform, mfiba, mfiba_ft)", file=sys.stderr)
+        if a not in ALLOCATIONS:
+            print(f"error: unknown allocation {a!r} ({', '.join(ALLOCATIONS)})", file=sys.stderr)
             return 2
     levels = [int(v) for v in args.levels.split(",")]
     root = tdata.assets_dir()

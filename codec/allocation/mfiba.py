@@ -39,6 +39,14 @@ area ratio, k^i for strides two apart):
   lowest measured task loss (at the target: without spending more bits; with lambda':
   task loss + lambda' sum_i R_i / k_i).
 
+* The exhaustive variant (exhaustive) measures instead of modelling: every scale precoded
+  at every quality index (Q x scales codings, for codecs of at most `EXHAUSTIVE_MAX_Q`
+  indices), d_i(phi) measured at each, and the combination minimising sum_i d_i(phi_i)
+  chosen outright among all Q^scales (at a target: within the target's bits, exact sizes;
+  none fits: the smallest; with lambda': + lambda' sum_i R_i / k_i). The sum is MFIP's own
+  separable model with measured terms; it is the exact task loss of the combination when
+  each task head sees one scale (NanoDet's heads; tools/bench_mfiba_oracle.py checks it).
+
 The fitted models of a codec model live beside its weights (NAME.mfiba.json, with the
 sha256 of the weights they were fitted for).
 """
@@ -68,6 +76,7 @@ MAX_PASSES = 6  # measurement rounds of a target search
 FT_STEP = 0.01  # the fine-tuned variant's line-search step on w_i
 FT_SPAN = 0.1  # ... and how far it searches on either side
 LAMBDA_RANGE = (1e-9, 1e9)
+EXHAUSTIVE_MAX_Q = 16  # the exhaustive variant codes every scale at every index: a small grid only
 
 
 RATE_MODELS = ("linear", "log_linear")
@@ -529,6 +538,41 @@ def fine_tune(
     return best_w, tried
 
 
+def exhaustive_grid_check(num_qualities: int) -> None:
+    if num_qualities > EXHAUSTIVE_MAX_Q:
+        raise EncodeError(
+            f"--allocation exhaustive codes every scale at every quality index: at most {EXHAUSTIVE_MAX_Q} "
+            f"indices, this codec has {num_qualities} (use mfiba or mfiba_ft)"
+        )
+
+
+def exhaustive(probe: ImageProbe, target_bits: float | None, lam: float | None, k: np.ndarray) -> Plan:
+    """The exhaustive variant (module docstring): every scale measured at every quality index,
+    the best combination by the measured separable loss, at a target of latent bits or a lambda'."""
+    q, n = probe.coder.num_qualities, probe.num_scales
+    exhaustive_grid_check(q)
+    d = np.array([[probe.scale_loss(i, p) for p in range(q)] for i in range(n)])
+    bits = np.array([[probe.bits(i, p) for p in range(q)] for i in range(n)], dtype=np.float64)
+    combos = np.array(list(itertools.product(range(q), repeat=n)))  # (q^n, n)
+    rows = np.arange(n)
+    loss = d[rows, combos].sum(axis=1)
+    total = bits[rows, combos].sum(axis=1)
+    if target_bits is not None:
+        fits = np.flatnonzero(total <= target_bits)
+        if fits.size == 0:
+            best = int(np.argmin(total))
+        else:
+            best = int(fits[np.lexsort((total[fits], loss[fits]))[0]])  # the lowest loss, then the fewest bits
+    else:
+        rates = bits / np.array(probe.areas, dtype=np.float64)[:, None]
+        cost = loss + float(lam) * (rates[rows, combos] / np.asarray(k)).sum(axis=1)  # type: ignore[arg-type]
+        best = int(np.lexsort((total, cost))[0])
+    phis = [int(p) for p in combos[best]]
+    w = normalised_importance(d)
+    details = {"measured_losses": d.round(6).tolist(), "compress_calls": probe.compress_calls}
+    return Plan(phis, lam, w.tolist(), int(total[best]), details)
+
+
 def allocate(
     model: PerScaleCodec | ScaleCoder,
     fitted: FittedModels,
@@ -544,7 +588,8 @@ def allocate(
 ) -> Plan:
     """The quality index of every scale of one image (`model`: a ScaleCoder or a per-scale
     learned codec): MFIBA (allocation "mfiba"), its
-    fine-tuned variant ("mfiba_ft") or one phi for every scale ("uniform", a target only),
+    fine-tuned variant ("mfiba_ft"), the exhaustive search on measured losses ("exhaustive")
+    or one phi for every scale ("uniform", a target only),
     at a target of latent bits or at a lambda'. `store` and `task_loss` (of the same image)
     let an evaluation share the computation between targets; the result is the same."""
     import torch
@@ -555,8 +600,10 @@ def allocate(
     coder = as_scale_coder(model)
     if tuple(names) != fitted.scales or fitted.num_qualities != coder.num_qualities:
         raise EncodeError(f"the fitted MFIBA models are for scales {list(fitted.scales)}, not {names}")
-    if allocation not in ("uniform", "mfiba", "mfiba_ft"):
+    if allocation not in ("uniform", "mfiba", "mfiba_ft", "exhaustive"):
         raise EncodeError(f"unknown allocation {allocation!r}")
+    if allocation == "exhaustive" and coder.num_qualities > EXHAUSTIVE_MAX_Q:  # before any precoding
+        exhaustive_grid_check(coder.num_qualities)
     xs = [torch.from_numpy(a).unsqueeze(0) for _, a in arrays]
     if target_bits is not None and target_bits <= 0:
         # a target below the container's header alone: like any target below the lowest
@@ -579,6 +626,8 @@ def allocate(
         phis = alloc.uniform_for_target(target_bits)
         return Plan(phis, None, [1.0 / len(xs)] * len(xs), int(alloc.bits_of(phis)),
                     {"compress_calls": probe.compress_calls})  # fmt: skip
+    if allocation == "exhaustive":
+        return exhaustive(probe, target_bits, lam, alloc.k)
     w, d = mfip(probe, levels)
 
     def choose(weights: np.ndarray) -> tuple[float | None, list[int]]:
@@ -623,6 +672,7 @@ __all__ = [
     "area_ratios",
     "as_scale_coder",
     "closed_form_rates",
+    "exhaustive",
     "fine_tune",
     "fit_line",
     "fitted_path",

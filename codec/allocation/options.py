@@ -8,7 +8,7 @@ from typing import Any
 
 from codec.modes.base import option
 
-ALLOCATIONS = ("mfiba", "mfiba_ft", "uniform")
+ALLOCATIONS = ("mfiba", "mfiba_ft", "exhaustive", "uniform")
 
 
 def target_bpp_option() -> Any:
@@ -28,6 +28,8 @@ def allocation_option(step: str) -> Any:
     return option(
         "mfiba",
         "the allocation of --target-bpp / --lambda: mfiba (importance predicted by precoding), mfiba_ft "
-        f"(that importance fine-tuned by line search), uniform (one {step} for every scale)",
+        f"(that importance fine-tuned by line search), exhaustive (every scale precoded at every {step}, "
+        f"the best combination by the measured task loss; small {step} grids only), uniform (one {step} "
+        "for every scale)",
         choices=ALLOCATIONS,
     )

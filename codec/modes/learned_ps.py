@@ -16,8 +16,9 @@ The allocation is the encoder's choice (the decoder only reads the phi_index val
   task predicted by precoding (MFIP), the closed-form rate of every scale, phi from the
   rate-phi model; with ``--target-bpp`` lambda' is found by bisection so that the
   container lands at B bits per original-image pixel. ``--allocation`` chooses the
-  predicted importance (mfiba), the importance fine-tuned by line search (mfiba_ft) or
-  one phi for every scale (uniform, rate control alone).
+  predicted importance (mfiba), the importance fine-tuned by line search (mfiba_ft), the
+  exhaustive search on losses measured at every phi of every scale (exhaustive) or one phi
+  for every scale (uniform, rate control alone).
 """
 
 from __future__ import annotations

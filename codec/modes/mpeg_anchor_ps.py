@@ -16,7 +16,8 @@ The allocation is the encoder's choice (the decoder only reads the QPs):
   with a log-linear rate-QP model ln R_i = a_i q + b_i per scale in place of the rate-phi
   line, and the task loss-rate model fitted offline (mpeg_anchor_ps.mfiba.json, written
   by ``python -m tools.fit_mfiba --codec mpeg_anchor_ps``). ``--mfip-levels`` are the QPs
-  MFIP precodes every scale at, ``--allocation`` mfiba, mfiba_ft or uniform.
+  MFIP precodes every scale at, ``--allocation`` mfiba, mfiba_ft or uniform (exhaustive
+  is refused: it would code every scale at all 64 QPs).
 """
 
 from __future__ import annotations

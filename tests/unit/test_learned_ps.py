@@ -89,7 +89,7 @@ def test_lambda_flag_name_drops_the_keyword_underscore():
     assert spec.flag == "--lambda"
 
 
-@pytest.mark.parametrize("allocation", ["mfiba", "uniform"])
+@pytest.mark.parametrize("allocation", ["mfiba", "exhaustive", "uniform"])
 def test_target_bpp_counts_the_whole_container(net, image, weights, allocation):
     pixels = image.shape[0] * image.shape[1]
     low = 8 * len(encode(net, image, weights, phi=1).bitstream) / pixels
@@ -98,6 +98,8 @@ def test_target_bpp_counts_the_whole_container(net, image, weights, allocation):
     r = encode(net, image, weights, target_bpp=target, allocation=allocation)
     bpp = 8 * len(r.bitstream) / pixels
     assert abs(bpp / target - 1) < 0.25
+    if allocation == "exhaustive":  # the best combination within the target: never above it
+        assert bpp <= target
     phis = [s.phi_index for s in parse_container(r.bitstream).header.scales]
     if allocation == "uniform":
         assert len(set(phis)) == 1

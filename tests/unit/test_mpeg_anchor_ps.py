@@ -136,3 +136,17 @@ def test_the_shipped_fit_is_for_nanodet_neck_and_log_linear(net):
     assert all(ln.a > 0 for ln in fitted.rate_phi) and fitted.beta > 0
     with pytest.raises(EncodeError, match="no models fitted for nanodet/backbone"):
         mpeg_anchor_ps.load_fitted(net, "backbone")
+
+
+def test_exhaustive_allocation_is_refused_before_any_vvc_coding(net, image, monkeypatch):
+    coded = []
+    real = mpeg_anchor_ps.VvcScaleCoder.scale_bits
+
+    def spy(self, *args, **kwargs):
+        coded.append(args)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(mpeg_anchor_ps.VvcScaleCoder, "scale_bits", spy)
+    with pytest.raises(EncodeError, match="at most 16"):
+        encode(net, image, target_bpp=0.1, allocation="exhaustive")
+    assert coded == []
