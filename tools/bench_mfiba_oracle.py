@@ -41,7 +41,7 @@ from tools.bench_mfiba import DEFAULT_TARGETS, bd_against, positive_floats
 
 CHECKED_COMBINATIONS = 4
 ADDITIVE_TOLERANCE = 1e-4
-DEFAULT_LAMBDAS = "0.01,0.03,0.1,0.3,1,3,10,30,100"  # lambda' on loss + lambda' x bpp: spans phi 7 .. 0 (shipped model)
+DEFAULT_LAMBDAS = "0.01,0.03,0.1,0.3,1,3,10,30"  # lambda' on loss + lambda' x bpp: spans phi 7 .. 0 (shipped model)
 
 
 def choose_within_budget(losses: np.ndarray, bits: np.ndarray, budget: float) -> int:
@@ -80,6 +80,41 @@ def combination_losses(
     return np.array([probe.loss(c) for c in combos])
 
 
+def bd_rates(points: dict[str, list[dict]]) -> dict[str, dict]:
+    """BD-rates (pchip, both curve kinds, both metrics) of the oracles against uniform phi, printed."""
+    bd: dict[str, dict] = {}
+    for kind in ("oracle-target", "oracle-lambda"):
+        bd[kind] = {m: bd_against(points["uniform-phi"], points[kind], m) for m in ("map50", "map")}
+        cells = "  ".join(
+            f"{m} {bd[kind][m][k]['bd_rate']:+.1f} % ({k}, overlap {bd[kind][m][k]['overlap']:.0%})"
+            if bd[kind][m][k]["bd_rate"] is not None else f"{m} n/a ({k}: {bd[kind][m][k]['error']})"
+            for m in ("map50", "map") for k in ("front", "monotone")
+        )  # fmt: skip
+        print(f"BD-rate of {kind} against uniform phi: {cells}")
+    return bd
+
+
+def report(args: argparse.Namespace, targets: list[float], lambdas: list[float]) -> int:
+    """--results: the BD-rates of an earlier run's points again, on the --targets and --lambdas
+    given (each point is chosen per image on its own, so a subset is what a run of that subset
+    measures); nothing is measured."""
+    try:
+        earlier = json.loads(args.results.read_text())
+        points = earlier["points"]
+        keep = {"oracle-target": ("target_bpp", targets), "oracle-lambda": ("lambda", lambdas)}
+        for kind, (field, values) in keep.items():
+            points[kind] = [p for p in points[kind] if any(abs(p[field] - v) <= 1e-12 * v for v in values)]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"error: --results {args.results}: {e}", file=sys.stderr)
+        return 2
+    earlier["points"] = points
+    earlier["bd_rate_vs_uniform_phi"] = bd_rates(points)
+    earlier["report_command"] = "python -m tools.bench_mfiba_oracle " + " ".join(args.argv)
+    if args.json:
+        args.json.write_text(json.dumps(earlier, indent=2) + "\n")
+    return 0
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from tools.train_fenet import DEV_SETS
 
@@ -92,7 +127,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--phis", default=None, help="the quality indices combined (default: all of the model's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="report an earlier --json on the --targets / --lambdas given (nothing measured)")  # fmt: skip
     args = ap.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
     if args.limit is not None and args.limit < 1:
         ap.error("--limit must be at least 1")
     if args.phis is not None:
@@ -111,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     targets = positive_floats(args.targets, "--targets")
     lambdas = positive_floats(args.lambdas, "--lambdas")
+    if args.results is not None:
+        return report(args, targets, lambdas)
     import torch
 
     from codec.allocation import mfiba
@@ -193,15 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         for pt in pts:
             setting = pt.get("phi", pt.get("target_bpp", pt.get("lambda")))
             print(f"{kind:<14} {setting:>9} {pt['bpp']:8.4f} {pt['map50']:8.4f} {pt['map']:7.4f}  {pt['phis_mean']}")
-    bd: dict[str, dict] = {}
-    for kind in ("oracle-target", "oracle-lambda"):
-        bd[kind] = {m: bd_against(points["uniform-phi"], points[kind], m) for m in ("map50", "map")}
-        cells = "  ".join(
-            f"{m} {bd[kind][m][k]['bd_rate']:+.1f} % ({k}, overlap {bd[kind][m][k]['overlap']:.0%})"
-            if bd[kind][m][k]["bd_rate"] is not None else f"{m} n/a ({k})"
-            for m in ("map50", "map") for k in ("front", "monotone")
-        )  # fmt: skip
-        print(f"BD-rate of {kind} against uniform phi: {cells}")
+    bd = bd_rates(points)
     out = {
         "command": "python -m tools.bench_mfiba_oracle " + " ".join(argv if argv is not None else sys.argv[1:]),
         "dataset": args.dataset,

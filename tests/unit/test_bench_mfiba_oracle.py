@@ -91,3 +91,21 @@ def test_combination_losses_use_the_sum_only_where_it_holds():
         got = oracle.combination_losses(probe, combos, [0, 1, 2], np.random.default_rng(0), deviation)
         assert got == pytest.approx([_lossf(additive)(c) for c in combos])
         assert (deviation[0] < 1e-12) == additive
+
+
+def test_results_report_again_on_a_subset_of_the_points(tmp_path):
+    uniform = [{"phi": p, "bpp": 0.02 * 2**p, "map50": 0.1 * (p + 1), "map": 0.05 * (p + 1)} for p in range(5)]
+    lam = [{"lambda": v, "bpp": 0.9 * u["bpp"], "map50": u["map50"], "map": u["map"]}
+           for v, u in zip([100.0, 10.0, 1.0, 0.1, 0.01], uniform)]  # fmt: skip
+    tgt = [{"target_bpp": u["bpp"], "bpp": u["bpp"], "map50": u["map50"], "map": u["map"]} for u in uniform]
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps({"points": {"uniform-phi": uniform, "oracle-lambda": lam, "oracle-target": tgt}}))
+    out = tmp_path / "again.json"
+    targets = ",".join(str(u["bpp"]) for u in uniform)
+    assert oracle.main(["--results", str(path), "--lambdas", "10,1,0.1,0.01", "--targets", targets,
+                        "--json", str(out)]) == 0  # fmt: skip
+    r = json.loads(out.read_text())
+    assert [p["lambda"] for p in r["points"]["oracle-lambda"]] == [10.0, 1.0, 0.1, 0.01]
+    assert r["bd_rate_vs_uniform_phi"]["oracle-lambda"]["map50"]["front"]["bd_rate"] == pytest.approx(-10.0, abs=0.01)
+    assert r["bd_rate_vs_uniform_phi"]["oracle-target"]["map50"]["front"]["bd_rate"] == pytest.approx(0.0, abs=0.01)
+    assert oracle.main(["--results", str(tmp_path / "missing.json")]) == 2
