@@ -67,6 +67,29 @@ def positive_floats(text: str, what: str) -> list[float]:
     return values
 
 
+def labelled_set(dataset: str) -> tuple[Path, str, str] | None:
+    """(assets root, images folder, annotation file) of a DEV_SETS entry; None, with the error
+    printed, where the assets do not hold it (the caller exits 2)."""
+    from codec.training import data as tdata
+    from tools.train_fenet import DEV_SETS
+
+    root = tdata.assets_dir()
+    imgs_rel, ann_rel = DEV_SETS[dataset]
+    if not (root / ann_rel).is_file():
+        print(f"error: {dataset} not found under {root} (set FCM_ASSETS)", file=sys.stderr)
+        return None
+    return root, imgs_rel, ann_rel
+
+
+def learned_ps_model(sp, codec_weights: str | None):
+    """The learned_ps codec model the encoder would use: (model, model_id, weights digest)."""
+    from codec.modes import learned_ps
+    from codec.pipeline import resolve_mode
+
+    params = resolve_mode("learned_ps", {"codec_weights": codec_weights})[1]
+    return learned_ps._model_of(sp, params)
+
+
 def bd_against(anchor: list[dict], test: list[dict], metric: str) -> dict:
     """BD-rate (pchip) of `test` against `anchor` on both of the CTC's monotone curve kinds."""
     from ctc.bd_rate import BDError, bd_rate_result, monotone_fit
@@ -123,11 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     from codec.modes import learned_ps
     from codec.modes.base import EncodeContext
     from codec.pipeline import build_bitstream, decode_bitstream, encode_image, load_image, resolve_mode
-    from codec.training import data as tdata
     from codec.training import dev as tdev
     from codec.vision import get_network
     from ctc.coco_eval import evaluate_detections
-    from tools.train_fenet import DEV_SETS
 
     torch.set_num_threads(args.threads)
     targets = positive_floats(args.targets, "--targets")
@@ -137,16 +158,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: unknown allocation {a!r} ({', '.join(ALLOCATIONS)})", file=sys.stderr)
             return 2
     levels = [int(v) for v in args.levels.split(",")]
-    root = tdata.assets_dir()
-    imgs_rel, ann_rel = DEV_SETS[args.dataset]
-    if not (root / ann_rel).is_file():
-        print(f"error: {args.dataset} not found under {root} (set FCM_ASSETS)", file=sys.stderr)
+    found = labelled_set(args.dataset)
+    if found is None:
         return 2
+    root, imgs_rel, ann_rel = found
     t0 = time.time()
     net = get_network("nanodet")
     sp = net.split_points["neck"]
-    params0 = resolve_mode("learned_ps", {"codec_weights": args.codec_weights})[1]
-    model, model_id, digest = learned_ps._model_of(sp, params0)
+    model, model_id, digest = learned_ps_model(sp, args.codec_weights)
     fitted = mfiba.load_fitted(args.codec_weights, model_id, digest)
     q = model.cfg.num_qualities
     dev = tdev.coco_dev_set(net, "neck", root / imgs_rel, root / ann_rel, args.limit, args.dataset)

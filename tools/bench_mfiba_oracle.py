@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.bench_mfiba import DEFAULT_TARGETS, bd_against, positive_floats
+from tools.bench_mfiba import DEFAULT_TARGETS, bd_against, labelled_set, learned_ps_model, positive_floats
 
 CHECKED_COMBINATIONS = 4
 ADDITIVE_TOLERANCE = 1e-4
@@ -155,24 +155,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from codec.allocation import mfiba
     from codec.modes import learned_ps
-    from codec.pipeline import build_bitstream, resolve_mode
-    from codec.training import data as tdata
+    from codec.pipeline import build_bitstream
     from codec.training import dev as tdev
     from codec.vision import get_network
     from ctc.coco_eval import evaluate_detections
-    from tools.train_fenet import DEV_SETS
 
     torch.set_num_threads(args.threads)
-    root = tdata.assets_dir()
-    imgs_rel, ann_rel = DEV_SETS[args.dataset]
-    if not (root / ann_rel).is_file():
-        print(f"error: {args.dataset} not found under {root} (set FCM_ASSETS)", file=sys.stderr)
+    found = labelled_set(args.dataset)
+    if found is None:
         return 2
+    root, imgs_rel, ann_rel = found
     t0 = time.time()
     net = get_network("nanodet")
     sp = net.split_points["neck"]
-    params0 = resolve_mode("learned_ps", {"codec_weights": args.codec_weights})[1]
-    model, model_id, digest = learned_ps._model_of(sp, params0)
+    model, model_id, digest = learned_ps_model(sp, args.codec_weights)
     q = model.cfg.num_qualities
     phis = args.phi_list if args.phi_list is not None else list(range(q))
     if min(phis) < 0 or max(phis) >= q:

@@ -38,7 +38,7 @@ import torch
 
 from codec.allocation.options import ALLOCATIONS
 from codec.errors import EncodeError
-from tools.bench_mfiba import positive_floats, summarise  # one argument check and summary for both benches
+from tools.bench_mfiba import labelled_set, positive_floats, summarise  # one set-up, argument check and summary
 
 DEFAULT_TARGETS = "0.015,0.025,0.04,0.065,0.1,0.16,0.25"
 DEFAULT_QPS = "22,27,32,37,42,47,52"
@@ -67,11 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     from codec.modes import mpeg_anchor, mpeg_anchor_ps
     from codec.modes.base import EncodeContext, scale_arrays
     from codec.pipeline import build_bitstream, decode_bitstream, encode_image, load_image, resolve_mode
-    from codec.training import data as tdata
     from codec.training import dev as tdev
     from codec.vision import get_network
     from ctc.coco_eval import evaluate_detections
-    from tools.train_fenet import DEV_SETS
 
     torch.set_num_threads(args.threads)
     targets = positive_floats(args.targets, "--targets")
@@ -84,11 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(a not in ALLOCATIONS for a in allocations):
         print(f"error: allocations are {', '.join(ALLOCATIONS)}", file=sys.stderr)
         return 2
-    root = tdata.assets_dir()
-    imgs_rel, ann_rel = DEV_SETS[args.dataset]
-    if not (root / ann_rel).is_file():
-        print(f"error: {args.dataset} not found under {root} (set FCM_ASSETS)", file=sys.stderr)
+    found = labelled_set(args.dataset)
+    if found is None:
         return 2
+    root, imgs_rel, ann_rel = found
     t0 = time.time()
     net = get_network("nanodet")
     sp = net.split_points["neck"]

@@ -602,7 +602,7 @@ def allocate(
         raise EncodeError(f"the fitted MFIBA models are for scales {list(fitted.scales)}, not {names}")
     if allocation not in ("uniform", "mfiba", "mfiba_ft", "exhaustive"):
         raise EncodeError(f"unknown allocation {allocation!r}")
-    if allocation == "exhaustive" and coder.num_qualities > EXHAUSTIVE_MAX_Q:  # before any precoding
+    if allocation == "exhaustive":  # before any precoding
         exhaustive_grid_check(coder.num_qualities)
     xs = [torch.from_numpy(a).unsqueeze(0) for _, a in arrays]
     if target_bits is not None and target_bits <= 0:
