@@ -18,6 +18,15 @@ Loss per sample (VVC does the rate, so there is no rate term):
   relative to the fused tensor's range (``--noise``) stands in for 10-bit quantisation
   and VVC coding error.
 
+``--vvc-qps`` puts the real inner codec in the loop instead of the noise: every
+``--vvc-every``-th step the batch's fused tensors (each sample's kept channels, min-max
+quantised to 10 bits as the encoder does, tiled one sample under the other into one
+picture) are coded by vvenc at a QP drawn from the list and decoded by FFmpeg; the
+decoded tensor replaces the fused one in the forward pass and the gradient passes
+straight through (d z_hat / d z = 1). MSFR so learns the artefacts of the QPs it will be
+used at, which additive white noise does not model (VVC removes detail rather than adding
+noise; at QP 42-47 its error is several times the noise's).
+
 ``--ceiling`` trains and evaluates the pair without truncation or noise: its dev
 figure (mAP@0.5 of MSFF -> MSFR unquantised) is the accuracy no QP can exceed.
 
@@ -104,6 +113,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     common.add_loss_args(ap)
     ap.add_argument("--noise", type=float, default=0.01, help="max noise std relative to the fused range")
     ap.add_argument("--no-sls", action="store_true", help="ablation: keep all fused channels in training")
+    ap.add_argument("--vvc-qps", default="", help="VVC-code the fused tensor at these QPs in training")
+    ap.add_argument("--vvc-every", type=int, default=1, help="with --vvc-qps: every N-th step (the others: --noise)")
+    ap.add_argument("--vvc-preset", default="faster", help="with --vvc-qps: the vvenc preset")
     common.add_loop_args(ap, steps=3000, lr=1e-3)
     ap.add_argument("--dev-qps", default="32,37,42", help="VVC QPs of the dev evaluation")
     ap.add_argument("--cache-only", action="store_true", help="build the feature cache and stop")
@@ -120,6 +132,44 @@ def export(model: MsffCodecModel, path: Path) -> str:
 
 def _write_record(path: Path, model: MsffCodecModel, digest: str) -> None:
     path.with_suffix(".json").write_text(json.dumps({"config": model.cfg.to_json(), "weights_sha256": digest}))
+
+
+def parse_qps(text: str) -> list[int]:
+    """--vvc-qps: comma-separated VVC QPs in vvc_msff's range; ValueError otherwise."""
+    from codec.modes import vvc_msff
+
+    try:
+        qps = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--vvc-qps must be comma-separated integers, got {text!r}") from None
+    lo, hi = vvc_msff.QP_RANGE
+    if not qps or any(not lo <= q <= hi for q in qps):
+        raise ValueError(f"--vvc-qps must be QPs in {lo}..{hi}, got {text!r}")
+    return qps
+
+
+def vvc_round_trip(z: torch.Tensor, kept: list[int], qp: int, preset: str) -> tuple[torch.Tensor, int]:
+    """The fused batch `z` (B, C, h, w) as vvc_msff's encoder and decoder see it: per sample
+    its first kept[b] channels min-max quantised to 10 bits, all samples tiled into one
+    picture (one under the other), VVC-coded at `qp`, decoded, dequantised; the other channels
+    zero. Returns (z_hat, bits of the VVC stream)."""
+    from codec.inner import vvc
+    from codec.modes import anchor
+
+    zs = z.detach().float().cpu().numpy()
+    codes, ranges = [], []
+    for b, n in enumerate(kept):
+        q, lo, hi = anchor.quantise(zs[b, :n])
+        codes.append(q)
+        ranges.append((lo, hi))
+    shapes = [q.shape for q in codes]
+    layout = anchor.frame_layout(shapes)
+    stream = vvc.encode_luma10(anchor.tile(codes, layout), qp, preset)
+    frame = vvc.decode_luma10(stream, layout.width, layout.height)
+    out = np.zeros_like(zs)
+    for b, (q, (lo, hi)) in enumerate(zip(anchor.untile(frame, shapes, layout), ranges)):
+        out[b, : q.shape[0]] = anchor.dequantise(q, lo, hi)
+    return torch.from_numpy(out).to(z.device, z.dtype), 8 * len(stream)
 
 
 def ceiling_eval(model: MsffCodecModel, dev_set: tdev.DevSet, net, sp) -> dict:
@@ -173,6 +223,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.cache_only:
         return 0
+    try:
+        vvc_qps = parse_qps(args.vvc_qps) if args.vvc_qps.strip() else []
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if vvc_qps and args.vvc_every < 1:
+        print("error: --vvc-every must be at least 1", file=sys.stderr)
+        return 2
     net, sp, names, strides = data.net, data.split_point, data.names, data.strides
     device = torch.device(args.device)
     out = Path(args.out)
@@ -248,16 +306,22 @@ def main(argv: list[str] | None = None) -> int:
         teacher = task.teacher(xs) if task is not None else None
         z = model.msff(feats)
         b = z.shape[0]
+        metrics = {}
         if not args.ceiling:
+            kept = rng.integers(1, c + 1, b) if not args.no_sls else np.full(b, c)
             if not args.no_sls:
-                z = sls_mask(z, torch.from_numpy(rng.integers(1, c + 1, b)).to(device))
-            if args.noise > 0:
+                z = sls_mask(z, torch.from_numpy(kept).to(device))
+            if vvc_qps and step % args.vvc_every == 0:
+                qp = int(rng.choice(vvc_qps))
+                z_hat, bits = vvc_round_trip(z, [int(n) for n in kept], qp, args.vvc_preset)
+                z = z + (z_hat - z).detach()  # straight-through: VVC's error, the identity's gradient
+                metrics.update(vvc_qp=float(qp), vvc_bits_per_sample=bits / b)
+            elif args.noise > 0:
                 span = (z.amax(dim=(1, 2, 3), keepdim=True) - z.amin(dim=(1, 2, 3), keepdim=True)).detach()
                 z = z + torch.randn_like(z) * torch.rand(b, 1, 1, 1, device=device) * args.noise * span
         rec = model.msfr(z, {n: tuple(f.shape[-2:]) for n, f in feats.items()})
         mse = torch.stack([((rec[n] - feats[n]) / scale[i]).pow(2).flatten(1).mean(1) for i, n in enumerate(names)])
         dist = args.feature_weight * (mse * weights.view(-1, 1)).sum(0) / weights.sum()
-        metrics = {}
         if task is not None:
             t_loss, t_cls, t_box = task([rec[n] for n in names], teacher)
             dist = dist + args.task_weight * t_loss
@@ -307,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
             "task_weight": args.task_weight,
             "task_box_weight": args.task_box_weight,
             "noise": 0.0 if args.ceiling else args.noise,
+            "vvc_qps": vvc_qps,
+            "vvc_every": args.vvc_every if vvc_qps else None,
+            "vvc_preset": args.vvc_preset if vvc_qps else None,
             "ceiling": args.ceiling,
         },
         "steps": state.step,

@@ -89,8 +89,8 @@ class MinuteLog:
     def add(self, state: RunState, metrics: dict[str, float], lr: float) -> None:
         self.rows.append(metrics)
         if time.time() - self.last >= self.every_s:
-            keys = self.rows[0].keys()
-            avg = {k: float(np.mean([r[k] for r in self.rows])) for k in keys}
+            keys = dict.fromkeys(k for r in self.rows for k in r)  # a metric some steps lack: over the others
+            avg = {k: float(np.mean([r[k] for r in self.rows if k in r])) for k in keys}
             parts = " ".join(f"{k} {v:.4g}" for k, v in avg.items())
             self.write(f"step {state.step} {parts} lr {lr:.2e} train {state.train_seconds / 60:.1f} min")
             self.rows, self.last = [], time.time()

@@ -36,7 +36,29 @@ def test_one_image_every_point_checked_against_the_real_path(tmp_path: Path, cap
     assert "rate control of mfiba" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [["--targets", "0,0.1"], ["--targets", "a"], ["--allocations", "greedy"]])
+def test_lambda_driven_points_are_checked_and_spend_fewer_bits_at_a_higher_lambda(tmp_path: Path) -> None:
+    if not (assets_path() / "coco" / "val2017-103").is_dir():
+        pytest.skip(f"val2017-103 not found under {assets_path()} (set FCM_ASSETS)")
+    from tools import bench_mfiba
+
+    out = tmp_path / "l.json"
+    argv = ["--limit", "1", "--allocations", "", "--lambdas", "0.0003,0.003,0.03,0.3",
+            "--lambda-allocations", "exhaustive", "--check", "1", "--json", str(out)]  # fmt: skip
+    assert bench_mfiba.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["checked_configurations"] == 8 + 4  # every lambda' point through the real encoder and decoder
+    pts = res["points"]["exhaustive-lambda"]
+    assert [p["lambda_"] for p in pts] == [0.0003, 0.003, 0.03, 0.3]
+    bpp = [p["bpp"] for p in pts]
+    assert bpp == sorted(bpp, reverse=True) and bpp[0] > bpp[-1]
+    assert set(res["bd_rate_vs_uniform_phi"]) == {"exhaustive-lambda"} and res["rate_control"] == {}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--targets", "0,0.1"], ["--targets", "a"], ["--allocations", "greedy"],
+     ["--lambdas", "0.01", "--lambda-allocations", "uniform"], ["--lambdas", "-1"]],
+)  # fmt: skip
 def test_bad_arguments_are_refused(argv: list[str]) -> None:
     from tools import bench_mfiba
 

@@ -339,6 +339,68 @@ def test_train_msff_end_to_end_ceiling_and_resume(tmp_path, assets):
     assert rec3["loss"]["ceiling"] and "map50" in rec3["dev"]["history"][0] and rec3["init"]["sha256"]
 
 
+def test_vvc_round_trip_is_the_encoders_frame_per_sample():
+    """train_msff --vvc-qps: each sample's kept channels coded as vvc_msff's encoder codes
+    them (10-bit min-max quantisation, VVC, dequantisation), the rest zero; a higher QP
+    costs fewer bits and loses more; the QP list is checked."""
+    from codec.inner import vvc
+    from tools import train_msff
+
+    if not vvc.ffmpeg_supports_vvc():
+        pytest.skip("ffmpeg without libvvenc / VVC decoder")
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 6, 8, 8, generator=g).cumsum(-1)  # smooth along x, as fused features are
+    kept = [6, 3]
+    errs, bits = [], []
+    for qp in (22, 47):
+        z_hat, b = train_msff.vvc_round_trip(z, kept, qp, "faster")
+        assert z_hat.shape == z.shape and b > 0
+        assert torch.count_nonzero(z_hat[1, 3:]) == 0  # channels beyond the kept ones are zero
+        errs.append(float((z_hat[0] - z[0]).pow(2).mean()))
+        bits.append(b)
+    span = float(z[0].max() - z[0].min())
+    assert errs[0] < (span / 1023) ** 2 * 50 < errs[1]  # QP 22: near the 10-bit step; QP 47: far from it
+    assert bits[1] < bits[0]
+    assert train_msff.parse_qps("37, 42") == [37, 42]
+    for bad in ("", "a", "37,99"):
+        with pytest.raises(ValueError, match="--vvc-qps"):
+            train_msff.parse_qps(bad)
+
+
+def test_minute_log_averages_a_metric_over_the_steps_that_have_it(tmp_path):
+    log = MinuteLog(tmp_path / "l.log", every_s=1e9)
+    state = RunState()
+    log.add(state, {"loss": 1.0}, 0.1)
+    log.add(state, {"loss": 3.0, "vvc_bits": 10.0}, 0.1)
+    log.every_s = 0.0
+    log.add(state, {"loss": 5.0}, 0.1)
+    line = (tmp_path / "l.log").read_text()
+    assert "loss 3 " in line and "vvc_bits 10 " in line
+
+
+def test_train_msff_with_vvc_in_the_loop(tmp_path, assets):
+    """--vvc-qps trains through the real inner codec (2 steps) and records it; a bad list exits 2."""
+    from codec.inner import vvc
+    from tools import train_msff
+
+    if not vvc.ffmpeg_supports_vvc():
+        pytest.skip("ffmpeg without libvvenc / VVC decoder")
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((assets / "train-images").rglob("*.jpg"))[:4]:
+        shutil.copy(p, images / p.name)
+    out = tmp_path / "run" / "m.pt"
+    args = [
+        "--images", str(images), "--cache-dir", str(tmp_path / "cache"), "--views", "1", "--holdout", "1",
+        "--fused-channels", "8", "--width", "8", "--linear-path", "--pca-views", "3", "--batch", "2",
+        "--dev", "none", "--steps", "2", "--vvc-qps", "32,42", "--out", str(out),
+    ]  # fmt: skip
+    assert train_msff.main(args) == 0
+    rec = json.loads(out.with_suffix(".json").read_text())
+    assert rec["steps"] == 2 and rec["loss"]["vvc_qps"] == [32, 42] and rec["loss"]["vvc_every"] == 1
+    assert train_msff.main([*args[:-4], "--vvc-qps", "99", "--out", str(out)]) == 2
+
+
 def test_dev_compare_reads_logs_and_records(tmp_path, capsys):
     from tools import dev_compare
 
