@@ -43,7 +43,7 @@ def test_lambda_driven_points_are_checked_and_spend_fewer_bits_at_a_higher_lambd
 
     out = tmp_path / "l.json"
     argv = ["--limit", "1", "--allocations", "", "--lambdas", "0.0003,0.003,0.03,0.3",
-            "--lambda-allocations", "exhaustive", "--check", "1", "--json", str(out)]  # fmt: skip
+            "--lambda-allocations", "exhaustive", "--check", "1", "--times", "1", "--json", str(out)]  # fmt: skip
     assert bench_mfiba.main(argv) == 0
     res = json.loads(out.read_text())
     assert res["checked_configurations"] == 8 + 4  # every lambda' point through the real encoder and decoder
@@ -52,6 +52,12 @@ def test_lambda_driven_points_are_checked_and_spend_fewer_bits_at_a_higher_lambd
     bpp = [p["bpp"] for p in pts]
     assert bpp == sorted(bpp, reverse=True) and bpp[0] > bpp[-1]
     assert set(res["bd_rate_vs_uniform_phi"]) == {"exhaustive-lambda"} and res["rate_control"] == {}
+    med = res["times"]["median_seconds"]
+    assert res["times"]["images"] == 1 and med["nn_part1"] > 0 and med["nn_part2"] > 0
+    for a in ("uniform", "mfiba", "mfiba_ft", "exhaustive"):
+        assert med[f"{a}:precoding"] > 0 and med[f"{a}:final_coding"] > 0 and med[f"{a}:decoding"] > 0
+        assert med[f"{a}:allocation"] >= 0
+    assert med["exhaustive:precoding"] > med["mfiba:precoding"]  # 24 codings and losses against 9
 
 
 @pytest.mark.parametrize(

@@ -399,6 +399,15 @@ def test_train_msff_with_vvc_in_the_loop(tmp_path, assets):
     rec = json.loads(out.with_suffix(".json").read_text())
     assert rec["steps"] == 2 and rec["loss"]["vvc_qps"] == [32, 42] and rec["loss"]["vvc_every"] == 1
     assert train_msff.main([*args[:-4], "--vvc-qps", "99", "--out", str(out)]) == 2
+    frozen = tmp_path / "run" / "f.pt"
+    argv = [*args[:-2], "--steps", "1", "--freeze-msff", "--init", str(out), "--out", str(frozen)]
+    assert train_msff.main(argv) == 0
+    a_sd, b_sd = torch.load(out), torch.load(frozen)
+    assert any(k.startswith("msff.") for k in a_sd)
+    assert all(torch.equal(a_sd[k], b_sd[k]) for k in a_sd if k.startswith("msff."))  # the encoder kept
+    assert any(not torch.equal(a_sd[k], b_sd[k]) for k in a_sd if k.startswith("msfr."))  # the decoder trained
+    assert json.loads(frozen.with_suffix(".json").read_text())["loss"]["freeze_msff"] is True
+    assert train_msff.main([*args[:-2], "--freeze-msff", "--out", str(frozen)]) == 2  # needs --init
 
 
 def test_dev_compare_reads_logs_and_records(tmp_path, capsys):
