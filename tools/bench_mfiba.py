@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="exhaustive",
         help="allocations driven by --lambdas: mfiba, mfiba_ft, exhaustive",
     )
+    ap.add_argument(
+        "--fitted", type=Path, default=None, help="MFIBA's fitted models from this file (tools/fit_mfiba --out; needs --check 0)"
+    )
     ap.add_argument("--levels", default="2,4,6", help="MFIP's precoding levels (--mfip-levels)")
     ap.add_argument("--check", type=int, default=1, help="images checked against the real encoder and decoder")
     ap.add_argument("--threads", type=int, default=1)
@@ -237,7 +240,21 @@ def main(argv: list[str] | None = None) -> int:
     net = get_network("nanodet")
     sp = net.split_points["neck"]
     model, model_id, digest = learned_ps_model(sp, args.codec_weights)
-    fitted = mfiba.load_fitted(args.codec_weights, model_id, digest)
+    if args.fitted is not None:  # an alternative fit: the encoder would not use it, so nothing to check against
+        if args.check or args.times:
+            print("error: --fitted needs --check 0 and no --times (the encoder uses the weights' own fit)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        try:
+            fitted = mfiba.FittedModels.from_json(json.loads(args.fitted.read_text()))
+        except (OSError, ValueError, mfiba.EncodeError) as e:
+            print(f"error: --fitted {args.fitted}: {e}", file=sys.stderr)
+            return 2
+        if fitted.codec_weights_sha256 != digest.hex():
+            print(f"error: --fitted {args.fitted} is for other codec weights", file=sys.stderr)
+            return 2
+    else:
+        fitted = mfiba.load_fitted(args.codec_weights, model_id, digest)
     q = model.cfg.num_qualities
     dev = tdev.coco_dev_set(net, "neck", root / imgs_rel, root / ann_rel, args.limit, args.dataset)
     meta = {i["id"]: i for i in json.loads((root / ann_rel).read_text())["images"]}
@@ -339,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         "codec_model": str(args.codec_weights or "fenet_ps_nanodet_neck"),
         "codec_weights_sha256": digest.hex(),
         "levels": levels,
+        "fitted": str(args.fitted) if args.fitted else "the weights' own (NAME.mfiba.json)",
+        "rate_model": fitted.rate_model,
         "uncompressed": {"map50": round(ref["map50"], 5), "map": round(ref["map"], 5)},
         "checked_configurations": checked,
         "allocation_seconds_per_image": {a: round(v / len(dev), 3) for a, v in t_alloc.items()},

@@ -46,6 +46,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--count", type=int, default=40, help="images of the fitting set")
     ap.add_argument("--holdout", type=int, default=64, help="the training programme's held-out images (not used)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--rate-model",
+        default=None,
+        choices=("linear", "log_linear"),
+        help="learned_ps: R = a phi + b (the paper's, the default) or ln R = a phi + b; mpeg_anchor_ps: log_linear",
+    )
     ap.add_argument("--levels", default=None, help="MFIP's precoding levels (default 2,4,6; QPs 27,37,47 for VVC)")
     ap.add_argument("--network", default="nanodet")
     ap.add_argument("--split", default="neck")
@@ -101,6 +107,21 @@ def fit_rate_phi(phi: np.ndarray, r: np.ndarray) -> dict:
             "mean_rate": float(r.mean()), "points": int(len(r))}  # fmt: skip
 
 
+def fit_rate_phi_log(phi: np.ndarray, r: np.ndarray) -> dict:
+    """ln R = a phi + b (learned_ps --rate-model log_linear) against the linear R = a phi + b;
+    both measured on R (Pearson r, RMSE in bits per position)."""
+    keep = r > 0  # a scale coded to no bits has no logarithm (it has not happened)
+    phi, r = phi[keep], r[keep]
+    a, b = np.polyfit(phi, np.log(r), 1)
+    pred_log = np.exp(a * phi + b)
+    lin = fit_rate_phi(phi, r)
+    return {"a": float(a), "b": float(b),
+            "log_linear": {"pearson": pearson(r, pred_log), "rmse": rmse(r, pred_log),
+                           "pearson_log": pearson(np.log(r), a * phi + b)},
+            "linear_phi": {"a": lin["a"], "b": lin["b"], "pearson": lin["pearson"], "rmse": lin["rmse"]},
+            "mean_rate": float(r.mean()), "points": int(len(r))}  # fmt: skip
+
+
 def fit_rate_qp(qp: np.ndarray, r: np.ndarray) -> dict:
     """ln R = a q + b over q = 63 - QP (the model mpeg_anchor_ps uses) against a linear
     R = c QP + d; both fits measured on R (Pearson r, RMSE in bits per position)."""
@@ -127,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     net = get_network(args.network)
     sp = net.split_points[args.split]
     vvc_mode = args.codec == "mpeg_anchor_ps"
+    if vvc_mode and args.rate_model == "linear":
+        print("error: mpeg_anchor_ps's rate-QP model is log_linear", file=sys.stderr)
+        return 2
+    log_phi = not vvc_mode and args.rate_model == "log_linear"
     if vvc_mode:
         from codec.modes import mpeg_anchor
         from codec.modes import mpeg_anchor_ps as ps
@@ -174,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     task_fit = fit_task_rate(d, w, rate)
     if vvc_mode:
         rate_fits = [fit_rate_qp(63 - phi[scale_idx == i], rate[scale_idx == i]) for i in range(k)]
+    elif log_phi:
+        rate_fits = [fit_rate_phi_log(phi[scale_idx == i], rate[scale_idx == i]) for i in range(k)]
     else:
         rate_fits = [fit_rate_phi(phi[scale_idx == i], rate[scale_idx == i]) for i in range(k)]
     names = [s.name for s in sp.scales]
@@ -195,6 +222,13 @@ def main(argv: list[str] | None = None) -> int:
             ll, li = f["log_linear"], f["linear_qp"]
             print(f"  {name:<6} {f['a']:>8.4f} {f['b']:>8.3f} {ll['pearson']:>10.4f} {ll['rmse']:>8.4f} "
                   f"{li['pearson']:>9.4f} {li['rmse']:>8.4f} {f['mean_rate']:>8.4f}")  # fmt: skip
+    elif log_phi:
+        print("\nTable 2: rate-phi model ln R_i = a_i phi + b_i against a linear R_i = c_i phi + d_i")
+        print(f"  {'scale':<6} {'a_i':>8} {'b_i':>8} {'r log-lin':>10} {'RMSE':>8} {'r linear':>9} {'RMSE':>8}")
+        for name, f in zip(names, rate_fits):
+            ll, li = f["log_linear"], f["linear_phi"]
+            print(f"  {name:<6} {f['a']:>8.4f} {f['b']:>8.3f} {ll['pearson']:>10.4f} {ll['rmse']:>8.4f} "
+                  f"{li['pearson']:>9.4f} {li['rmse']:>8.4f}")  # fmt: skip
     else:
         print("\nTable 2: rate-phi model R_i(phi) = a_i phi + b_i (bits per position of the scale)")
         print(f"  {'scale':<6} {'a_i':>9} {'b_i':>9} {'Pearson r':>10} {'RMSE':>9} {'mean R':>9}")
@@ -205,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     fitted = mfiba.FittedModels(
         alpha=task_fit["alpha"],
         beta=task_fit["beta"],
-        rate_phi=tuple(mfiba.RatePhiLine(f["a"], f["b"], vvc_mode) for f in rate_fits),
+        rate_phi=tuple(mfiba.RatePhiLine(f["a"], f["b"], vvc_mode or log_phi) for f in rate_fits),
         scales=tuple(names),
         num_qualities=q,
         codec_weights_sha256=digest,
@@ -237,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             ("table2_rate_qp" if vvc_mode else "table2_rate_phi"): dict(zip(names, rate_fits)),
             "seconds": round(time.time() - t0, 1),
         },  # fmt: skip
-        rate_model="log_linear" if vvc_mode else "linear",
+        rate_model="log_linear" if vvc_mode or log_phi else "linear",
     )
     if vvc_mode:
         out = Path(args.out) if args.out else ps.FITTED_FILE
