@@ -70,7 +70,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="allocations driven by --lambdas: mfiba, mfiba_ft, exhaustive",
     )
     ap.add_argument(
-        "--fitted", type=Path, default=None, help="MFIBA's fitted models from this file (tools/fit_mfiba --out; needs --check 0)"
+        "--fitted",
+        type=Path,
+        default=None,
+        help="MFIBA's fitted models from this file (tools/fit_mfiba --out; needs --check 0)",
     )
     ap.add_argument("--levels", default="2,4,6", help="MFIP's precoding levels (--mfip-levels)")
     ap.add_argument("--check", type=int, default=1, help="images checked against the real encoder and decoder")

@@ -60,6 +60,34 @@ def test_lambda_driven_points_are_checked_and_spend_fewer_bits_at_a_higher_lambd
     assert med["exhaustive:precoding"] > med["mfiba:precoding"]  # 24 codings and losses against 9
 
 
+def test_another_fit_is_used_unchecked_and_refused_with_a_check(tmp_path: Path) -> None:
+    """--fitted: the allocation with another file of fitted models (the encoder uses the weights'
+    own, so there is nothing to check against: --check must be 0); a file for other weights or
+    not a fit is refused."""
+    if not (assets_path() / "coco" / "val2017-103").is_dir():
+        pytest.skip(f"val2017-103 not found under {assets_path()} (set FCM_ASSETS)")
+    from codec import models
+    from codec.allocation import mfiba
+    from tools import bench_mfiba
+
+    own = json.loads((Path(models.__file__).parent / "weights" / "fenet_ps_nanodet_neck.mfiba.json").read_text())
+    log = {**own, "rate_model": "log_linear", "rate_phi": [{"scale": r["scale"], "a": 0.6, "b": -0.5}
+                                                           for r in own["rate_phi"]]}  # fmt: skip
+    f = tmp_path / "log.json"
+    f.write_text(json.dumps(log))
+    assert mfiba.FittedModels.from_json(log).rate_model == "log_linear"
+    out = tmp_path / "o.json"
+    argv = ["--limit", "1", "--targets", "0.05,0.1", "--allocations", "mfiba", "--fitted", str(f), "--json", str(out)]
+    assert bench_mfiba.main([*argv, "--check", "1"]) == 2
+    assert bench_mfiba.main([*argv, "--check", "0"]) == 0
+    res = json.loads(out.read_text())
+    assert res["rate_model"] == "log_linear" and res["checked_configurations"] == 0
+    f.write_text(json.dumps({**own, "codec_weights_sha256": "0" * 64}))
+    assert bench_mfiba.main([*argv, "--check", "0"]) == 2
+    f.write_text("{}")
+    assert bench_mfiba.main([*argv, "--check", "0"]) == 2
+
+
 @pytest.mark.parametrize(
     "argv",
     [["--targets", "0,0.1"], ["--targets", "a"], ["--allocations", "greedy"],

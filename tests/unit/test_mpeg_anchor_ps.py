@@ -150,3 +150,16 @@ def test_exhaustive_allocation_is_refused_before_any_vvc_coding(net, image, monk
     with pytest.raises(EncodeError, match="at most 16"):
         encode(net, image, target_bpp=0.1, allocation="exhaustive")
     assert coded == []
+
+
+def test_fit_reports_a_log_linear_rate_phi_model_against_the_linear_one():
+    """tools/fit_mfiba --rate-model log_linear (learned_ps): ln R = a phi + b, with the paper's
+    linear R = a phi + b beside it for comparison."""
+    from tools.fit_mfiba import fit_rate_phi_log
+
+    phi = np.arange(8, dtype=np.float64)
+    r = np.exp(0.6 * phi - 0.7)
+    f = fit_rate_phi_log(phi, r)
+    assert f["a"] == pytest.approx(0.6) and f["b"] == pytest.approx(-0.7)
+    assert f["log_linear"]["pearson"] == pytest.approx(1.0) and f["log_linear"]["rmse"] < 1e-9
+    assert f["linear_phi"]["pearson"] < 0.97 and f["linear_phi"]["rmse"] > 0
