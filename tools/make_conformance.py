@@ -193,12 +193,13 @@ def golden_vectors() -> dict[str, bytes]:
         out[f"anchor-qp{qp}"] = code(feats, "anchor", {"qp": qp, "preset": "faster"}, **small)
     # vvc_msff needs the channel counts its shipped MSFF/MSFR model was trained for (128)
     msff_feats = {k: v * 0.1 for k, v in synthetic_features(2025, MSFF_SPLIT).items()}
-    out["vvc_msff-qp37"] = code(msff_feats, "vvc_msff", {"qp": 37, "preset": "faster"}, MSFF_SPLIT)
+    msff_g1 = {"qp": 37, "preset": "faster", "codec_model": "msff_nanodet_neck"}  # the first generation
+    out["vvc_msff-qp37"] = code(msff_feats, "vvc_msff", msff_g1, MSFF_SPLIT)
     out["learned_e2e-phi3"] = learned_e2e_vector()
     # container 2.0: the same content, each mode's header part in its own syntax
     out["v2-bypass-f16"] = code(feats, "bypass", {"bypass_dtype": "float16"}, version=(2, 0), **small)
     out["v2-anchor-qp37"] = code(feats, "anchor", {"qp": 37, "preset": "faster"}, version=(2, 0), **small)
-    out["v2-vvc_msff-qp37"] = code(msff_feats, "vvc_msff", {"qp": 37, "preset": "faster"}, MSFF_SPLIT, (2, 0))
+    out["v2-vvc_msff-qp37"] = code(msff_feats, "vvc_msff", msff_g1, MSFF_SPLIT, (2, 0))
     out["v2-learned_e2e-phi3"] = learned_e2e_vector((2, 0))
     # the second-generation model (latent at p4, task-aware), the encoder's default
     out["learned_e2e-p4-phi3"] = learned_e2e_vector((1, 0), "fenet_nanodet_neck_p4")
@@ -212,6 +213,9 @@ def golden_vectors() -> dict[str, bytes]:
     out["v21-learned_e2e-g3-phi3"] = learned_e2e_vector((2, 1), "fenet_nanodet_neck_g3")
     # the fourth-generation model (the encoder's default since codec_model_id 5)
     out["v21-learned_e2e-g4-phi3"] = learned_e2e_vector((2, 1), "fenet_nanodet_neck_g4")
+    # vvc_msff's second generation (codec_model_id MSFF_NANODET_NECK_G2, the encoder's default)
+    msff_g2 = {**msff_g1, "codec_model": "msff_nanodet_neck_g2"}
+    out["v21-vvc_msff-g2-qp37"] = code(msff_feats, "vvc_msff", msff_g2, MSFF_SPLIT, (2, 1))
     # the YOLOv5s-seg model (codec_model_id FENET_YOLOV5S_SEG_NECK): another network, other channels
     out["v21-learned_e2e-yolov5s_seg-phi3"] = learned_e2e_seg_vector()
     # learned_ps (section 7.8): a quality index per scale, here a mixed allocation (p3 5, p4 2, p5 3)

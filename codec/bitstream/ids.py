@@ -118,6 +118,7 @@ class CodecModelId(enum.IntEnum):
     FENET_PS_NANODET_NECK = (
         8  # learned_ps: one hyperprior codec per scale for NanoDet "neck" (fenet_ps_nanodet_neck.pt)
     )
+    MSFF_NANODET_NECK_G2 = 9  # vvc_msff, 2nd generation: the same MSFF, MSFR trained on VVC (msff_nanodet_neck_g2.pt)
 
 
 class SampleFormat(enum.IntEnum):

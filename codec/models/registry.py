@@ -81,6 +81,9 @@ CODEC_MODELS: dict[CodecModelId, CodecModelEntry] = {
     CodecModelId.MSFF_NANODET_NECK: CodecModelEntry(
         CodecModelId.MSFF_NANODET_NECK, "msff_nanodet_neck", "codec.models.msff:model_from_file", "msff_msfr"
     ),
+    CodecModelId.MSFF_NANODET_NECK_G2: CodecModelEntry(
+        CodecModelId.MSFF_NANODET_NECK_G2, "msff_nanodet_neck_g2", "codec.models.msff:model_from_file", "msff_msfr"
+    ),
 }
 
 

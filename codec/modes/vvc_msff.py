@@ -80,12 +80,22 @@ NAME = "vvc_msff"
 BIT_DEPTH = anchor.BIT_DEPTH
 QP_RANGE = anchor.QP_RANGE
 
-MODEL_IDS: tuple[CodecModelId, ...] = (CodecModelId.MSFF_NANODET_NECK,)  # its models in codec.models.registry
+# its models in codec.models.registry, the encoder's default first; every one stays decodable
+MODEL_IDS: tuple[CodecModelId, ...] = (CodecModelId.MSFF_NANODET_NECK_G2, CodecModelId.MSFF_NANODET_NECK)
+MODEL_NAMES: dict[str, CodecModelId] = {
+    "msff_nanodet_neck_g2": CodecModelId.MSFF_NANODET_NECK_G2,
+    "msff_nanodet_neck": CodecModelId.MSFF_NANODET_NECK,
+}
 
-# QP -> kept fused channels, chosen from measurement by tools/tune_truncation.py
+# QP -> kept fused channels per model, chosen from measurement by tools/tune_truncation.py
 # (held-out train-images, see docs/results_msff.md). A QP between two entries uses
-# the entry of the next lower table QP; below the first, all channels.
-TRUNCATION_TABLE: dict[int, int] = {22: 192, 27: 192, 32: 192, 37: 192, 42: 96, 47: 96}
+# the entry of the next lower table QP; below the first, all channels. The decoder does
+# not need it (the header carries the kept count).
+TRUNCATION_TABLES: dict[CodecModelId, dict[int, int]] = {
+    CodecModelId.MSFF_NANODET_NECK_G2: {22: 192, 27: 128, 32: 128, 37: 128, 42: 96, 47: 96},
+    CodecModelId.MSFF_NANODET_NECK: {22: 192, 27: 192, 32: 192, 37: 192, 42: 96, 47: 96},
+}
+TRUNCATION_TABLE: dict[int, int] = TRUNCATION_TABLES[MODEL_IDS[0]]  # the default model's
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,12 @@ class Params:
     preset: str = option("faster", "VVenC preset (informative for the decoder)", choices=vvc.VVENC_PRESETS)
     kept_channels: int | None = option(
         None, "fused channels to code (default: from the QP by the truncation table)", kind=int, range=(1, 4096)
+    )
+    codec_model: str = option(
+        "msff_nanodet_neck_g2",
+        "codec model (codec_model_id): msff_nanodet_neck_g2 (2nd generation: MSFR trained on VVC-coded "
+        "tensors) or msff_nanodet_neck (1st generation, the same MSFF), each still decodable",
+        choices=tuple(MODEL_NAMES),
     )
     codec_weights: str | None = option(
         None,
@@ -130,8 +146,17 @@ def model_for(model_id: CodecModelId, weights: Weights = None) -> tuple[MsffCode
     return model, _exact(model), digest
 
 
-def model_id_for(split_point: SplitPoint) -> CodecModelId:
-    """The MSFF/MSFR model trained for a split point (matched on scale names, channels, strides)."""
+def model_id_for(split_point: SplitPoint, name: str | None = None) -> CodecModelId:
+    """The MSFF/MSFR model trained for a split point (matched on scale names, channels, strides):
+    the named one (EncodeError if it is not for this split point), or the first of MODEL_IDS that fits."""
+    if name is not None:
+        if name not in MODEL_NAMES:
+            raise EncodeError(f"unknown vvc_msff codec model {name!r}; choose {', '.join(MODEL_NAMES)}")
+        model, _, _ = model_for(MODEL_NAMES[name])
+        if tuple(model.cfg.scales) == tuple(split_point.scales):
+            return MODEL_NAMES[name]
+        if name != Params.codec_model:  # the default name stands for the split point's own model
+            raise EncodeError(f"codec model {name} is not for split point {split_point.name!r}")
     for mid in MODEL_IDS:
         model, _, _ = model_for(mid)
         if tuple(model.cfg.scales) == tuple(split_point.scales):
@@ -203,12 +228,13 @@ def encode_with_model(
 
 
 def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple[ModeHeader, list[PayloadUnit]]:
-    model_id = model_id_for(split_point)
+    model_id = model_id_for(split_point, params.codec_model)
     model, _, digest = model_for(model_id, params.codec_weights)
     if tuple(model.cfg.scales) != tuple(split_point.scales):
         raise EncodeError(f"codec model {params.codec_weights} is not for split point {split_point.name!r}")
     c = model.cfg.fused_channels
-    kept = kept_channels_for_qp(params.qp, c) if params.kept_channels is None else params.kept_channels
+    table = TRUNCATION_TABLES[model_id]
+    kept = kept_channels_for_qp(params.qp, c, table) if params.kept_channels is None else params.kept_channels
     if kept > c:
         raise EncodeError(f"vvc_msff parameter kept_channels must be at most the model's {c} channels, got {kept}")
     return encode_with_model(features, split_point, params.qp, params.preset, kept, model, model_id, digest)
@@ -349,7 +375,7 @@ HEADER_SYNTAX = ModeHeaderSyntax(vvc_msff_header, _to_header_value, _from_header
 # header constraints (bitstream_spec.md, section 7.4)
 HEADER_RULES = {
     **anchor.VVC_HEADER_RULES,
-    "codec_model_id": enum_rule(*MODEL_IDS),
+    "codec_model_id": enum_rule(*sorted(MODEL_IDS)),
     "codec_model_hash": other_than(ZERO_HASH, "32 zero bytes"),
     **NO_ENTROPY_CODER,
 }
@@ -376,6 +402,7 @@ MODE = CodingMode(
         "codec/models/msff.py",
         "codec/models/linear_path.py",
         "codec/models/weights/msff_nanodet_neck.pt",
+        "codec/models/weights/msff_nanodet_neck_g2.pt",
     ),
     description="multi-scale feature fusion + QP-adaptive channel truncation + VVC",
 )
@@ -385,7 +412,9 @@ __all__ = [
     "MODE",
     "Params",
     "MODEL_IDS",
+    "MODEL_NAMES",
     "TRUNCATION_TABLE",
+    "TRUNCATION_TABLES",
     "encode_with_model",
     "fused_tensor",
     "kept_channels_for_qp",

@@ -41,6 +41,8 @@ EXPECTED_GOLDEN = {
     "v21-mpeg_anchor_ps-qps324247",
     # learned_e2e with the YOLOv5s-seg model (codec_model_id FENET_YOLOV5S_SEG_NECK)
     "v21-learned_e2e-yolov5s_seg-phi3",
+    # vvc_msff's second generation (codec_model_id MSFF_NANODET_NECK_G2)
+    "v21-vvc_msff-g2-qp37",
 }  # fmt: skip
 EXPECTED_INVALID = {
     "invalid-bad-magic", "invalid-version-major", "invalid-unknown-mode", "invalid-header-crc",

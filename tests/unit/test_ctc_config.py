@@ -286,7 +286,13 @@ def test_a_mode_without_param_uses_its_own_rate_parameter(tmp_path: Path) -> Non
     cfg = _parse(data, tmp_path)
     msff = cfg.codec("msff")
     assert [p.name for p in msff.points] == ["qp42", "qp37"] and msff.points[1].params["qp"] == 37
-    assert msff.points[0].params == {"qp": 42, "preset": "faster", "kept_channels": None, "codec_weights": None}
+    assert msff.points[0].params == {
+        "qp": 42,
+        "preset": "faster",
+        "kept_channels": None,
+        "codec_model": "msff_nanodet_neck_g2",
+        "codec_weights": None,
+    }
     assert [p.params["phi"] for p in cfg.codec("e2e").points] == [0, 5]
     assert cfg.codec("ablation").points[0].params["kept_channels"] == 96
     for bad, message in (

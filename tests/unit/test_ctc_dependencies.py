@@ -275,7 +275,17 @@ def test_learned_modes_record_their_models_and_weights(nanodet, tmp_path: Path) 
     records = {}
     for codec, mode, params in (
         ("e2e", "learned_e2e", {"phi": 3, "codec_model": "fenet_nanodet_neck_p4", "codec_weights": None}),
-        ("msff", "vvc_msff", {"qp": 37, "preset": "faster", "kept_channels": None, "codec_weights": None}),
+        (
+            "msff",
+            "vvc_msff",
+            {
+                "qp": 37,
+                "preset": "faster",
+                "kept_channels": None,
+                "codec_model": "msff_nanodet_neck_g2",
+                "codec_weights": None,
+            },
+        ),
     ):
         job = Job("k", codec, "container", mode, "p", params, image, net, "neck")
         records[codec] = {n for n, _ in execute_job(job)["deps"]}
@@ -285,6 +295,7 @@ def test_learned_modes_record_their_models_and_weights(nanodet, tmp_path: Path) 
     assert {"codec/modes/learned_e2e.py", "codec/models/fenet.py", "codec/models/fixed_point.py"} <= e2e
     assert {"codec/models/weights/fenet_nanodet_neck_p4.pt", "codec/models/weights/fenet_nanodet_neck_p4.json"} <= e2e
     assert "codec/models/weights/fenet_nanodet_neck.pt" not in e2e  # the other generation's weights
-    assert {"codec/modes/vvc_msff.py", "codec/models/msff.py", "codec/models/weights/msff_nanodet_neck.pt"} <= msff
+    assert {"codec/modes/vvc_msff.py", "codec/models/msff.py", "codec/models/weights/msff_nanodet_neck_g2.pt"} <= msff
+    assert "codec/models/weights/msff_nanodet_neck.pt" not in msff  # the first generation's weights
     assert "codec/models/msff.py" not in e2e and "codec/models/fenet.py" not in msff
     assert "codec/modes/vvc_msff.py" not in e2e and "codec/modes/learned_e2e.py" not in msff

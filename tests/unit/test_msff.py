@@ -336,7 +336,27 @@ def test_shipped_weights_match_their_record():
     from codec.models.registry import entry
 
     assert entry(CodecModelId.MSFF_NANODET_NECK).weights == pt
-    assert vvc_msff.MODEL_IDS == (CodecModelId.MSFF_NANODET_NECK,)
+    assert vvc_msff.MODEL_IDS == (CodecModelId.MSFF_NANODET_NECK_G2, CodecModelId.MSFF_NANODET_NECK)
+    assert set(vvc_msff.TRUNCATION_TABLES) == set(vvc_msff.MODEL_IDS)
+
+
+def test_second_generation_weights_keep_the_first_generations_msff():
+    """msff_nanodet_neck_g2: its record matches the file, it was trained on the real VVC round trip
+    with MSFF frozen, and its MSFF is bit for bit the first generation's (a stream's size depends on the QP
+    and the kept count alone)."""
+    pt, js = shipped_weights_paths("msff_nanodet_neck_g2")
+    record = json.loads(js.read_text())
+    assert file_sha256(pt) == record["weights_sha256"] and pt.stat().st_size < 5_000_000
+    assert record["loss"]["freeze_msff"] is True and record["loss"]["vvc_qps"] == [27, 32, 37, 42, 47]
+    assert record["data"]["folder"] == "${assets}/train-images" and record["init"]["weights"] == "msff_nanodet_neck.pt"
+    from codec.models.registry import entry
+
+    assert entry(CodecModelId.MSFF_NANODET_NECK_G2).weights == pt
+    g1 = torch.load(shipped_weights_paths()[0], weights_only=True)
+    g2 = torch.load(pt, weights_only=True)
+    assert g1.keys() == g2.keys()
+    assert all(torch.equal(g1[k], g2[k]) for k in g1 if k.startswith("msff."))
+    assert any(not torch.equal(g1[k], g2[k]) for k in g1 if k.startswith("msfr."))
 
 
 def test_tampered_weights_are_refused(tmp_path):
@@ -375,9 +395,9 @@ def test_round_trip_through_the_container_with_shipped_weights(tmp_path):
     data = _container(mh, units, 128, 128)
     parsed = parse_container(data)
     h = parsed.header
-    model, _, digest = vvc_msff.model_for(CodecModelId.MSFF_NANODET_NECK)
+    model, _, digest = vvc_msff.model_for(CodecModelId.MSFF_NANODET_NECK_G2)  # the encoder's default
     kept = vvc_msff.kept_channels_for_qp(qp, model.cfg.fused_channels)
-    assert h.mode.codec_model_id == CodecModelId.MSFF_NANODET_NECK
+    assert h.mode.codec_model_id == CodecModelId.MSFF_NANODET_NECK_G2
     assert bytes(h.mode.codec_model_hash) == digest
     assert [s.kept_channels for s in h.scales] == vvc_msff.split_kept(kept, [128, 128, 128])
     sym = vvc_msff.decode_symbols(h, parsed.units)
@@ -450,10 +470,20 @@ def test_inconsistent_kept_fields_are_malformed():
         vvc_msff.validate(parsed.header, parsed.units)
 
 
+# relative feature MSE at QP 27 on samples/baseball.jpg, measured, with a margin (1.0 = all zeros):
+# the first generation p3 0.19, p4 0.096, p5 0.041; the second (trained on the task loss with a
+# 0.1 feature weight, so its features drift more while the detections improve) p3 0.25, p4 0.12, p5 0.056
+ROUND_TRIP_BOUNDS = {
+    "msff_nanodet_neck": {"p3": 0.25, "p4": 0.13, "p5": 0.06},
+    "msff_nanodet_neck_g2": {"p3": 0.33, "p4": 0.17, "p5": 0.085},
+}
+
+
 @pytest.mark.needs_ffmpeg
 @pytest.mark.needs_assets
 @needs_vvc
-def test_nanodet_pipeline_round_trip_keeps_detections():
+@pytest.mark.parametrize("codec_model", sorted(ROUND_TRIP_BOUNDS))
+def test_nanodet_pipeline_round_trip_keeps_detections(codec_model):
     assets = assets_path()
     if not (assets / "models").is_dir():
         pytest.skip(f"assets not found at {assets}")
@@ -462,12 +492,12 @@ def test_nanodet_pipeline_round_trip_keeps_detections():
 
     net = get_network("nanodet")
     image = load_image(REPO / "samples" / "baseball.jpg")
-    enc = encode_image(image, net, "neck", "vvc_msff", {"qp": 27})
+    enc = encode_image(image, net, "neck", "vvc_msff", {"qp": 27, "codec_model": codec_model})
     dec = decode_bitstream(enc.bitstream, net)
+    assert dec.header.mode.codec_model_id == vvc_msff.MODEL_NAMES[codec_model]
     for k, f in enc.features.items():
         rel = float((dec.features[k] - f).pow(2).mean() / f.pow(2).mean())
-        # measured with the shipped weights at QP 27: p3 0.19, p4 0.096, p5 0.041 (1.0 = all zeros)
-        assert rel < {"p3": 0.25, "p4": 0.13, "p5": 0.06}[k], (k, rel)
+        assert rel < ROUND_TRIP_BOUNDS[codec_model][k], (k, rel)
     ref = net.part2(enc.features, "neck", enc.preprocessing)
     got, _ = run_part2(net, dec)
     assert len(ref) > 0 and len(got) > 0
