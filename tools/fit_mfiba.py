@@ -107,17 +107,22 @@ def fit_rate_phi(phi: np.ndarray, r: np.ndarray) -> dict:
             "mean_rate": float(r.mean()), "points": int(len(r))}  # fmt: skip
 
 
+def fit_log_linear(x: np.ndarray, r: np.ndarray) -> tuple[float, float, dict]:
+    """ln R = a x + b by least squares: (a, b, its fit measured on R and on ln R)."""
+    a, b = np.polyfit(x, np.log(r), 1)
+    pred = np.exp(a * x + b)
+    return float(a), float(b), {"pearson": pearson(r, pred), "rmse": rmse(r, pred),
+                                "pearson_log": pearson(np.log(r), a * x + b)}  # fmt: skip
+
+
 def fit_rate_phi_log(phi: np.ndarray, r: np.ndarray) -> dict:
     """ln R = a phi + b (learned_ps --rate-model log_linear) against the linear R = a phi + b;
     both measured on R (Pearson r, RMSE in bits per position)."""
     keep = r > 0  # a scale coded to no bits has no logarithm (it has not happened)
     phi, r = phi[keep], r[keep]
-    a, b = np.polyfit(phi, np.log(r), 1)
-    pred_log = np.exp(a * phi + b)
+    a, b, fit = fit_log_linear(phi, r)
     lin = fit_rate_phi(phi, r)
-    return {"a": float(a), "b": float(b),
-            "log_linear": {"pearson": pearson(r, pred_log), "rmse": rmse(r, pred_log),
-                           "pearson_log": pearson(np.log(r), a * phi + b)},
+    return {"a": a, "b": b, "log_linear": fit,
             "linear_phi": {"a": lin["a"], "b": lin["b"], "pearson": lin["pearson"], "rmse": lin["rmse"]},
             "mean_rate": float(r.mean()), "points": int(len(r))}  # fmt: skip
 
@@ -125,14 +130,10 @@ def fit_rate_phi_log(phi: np.ndarray, r: np.ndarray) -> dict:
 def fit_rate_qp(qp: np.ndarray, r: np.ndarray) -> dict:
     """ln R = a q + b over q = 63 - QP (the model mpeg_anchor_ps uses) against a linear
     R = c QP + d; both fits measured on R (Pearson r, RMSE in bits per position)."""
-    q = 63 - qp
-    a, b = np.polyfit(q, np.log(r), 1)
-    pred_log = np.exp(a * q + b)
+    a, b, fit = fit_log_linear(63 - qp, r)
     c, d = np.polyfit(qp, r, 1)
     pred_lin = c * qp + d
-    return {"a": float(a), "b": float(b),
-            "log_linear": {"pearson": pearson(r, pred_log), "rmse": rmse(r, pred_log),
-                           "pearson_log": pearson(np.log(r), a * q + b)},
+    return {"a": a, "b": b, "log_linear": fit,
             "linear_qp": {"c": float(c), "d": float(d), "pearson": pearson(r, pred_lin), "rmse": rmse(r, pred_lin)},
             "mean_rate": float(r.mean()), "points": int(len(r))}  # fmt: skip
 

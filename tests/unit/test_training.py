@@ -116,6 +116,15 @@ def test_yolov5_seg_task_loss_is_per_sample(yolov5_seg, seg_features):
     assert two.shape == (2,) and torch.allclose(two, one.expand(2), rtol=1e-4)
 
 
+def train_image_folder(tmp_path, assets, count: int):
+    """A folder of the first `count` training images (a small training set for the trainers)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((assets / "train-images").rglob("*.jpg"))[:count]:
+        shutil.copy(p, images / p.name)
+    return images
+
+
 def test_split_is_deterministic_and_disjoint():
     files = [f"img{i:03d}.jpg" for i in range(50)]
     train_a, held_a = tdata.split_train_images(files, 8, 0)
@@ -179,10 +188,7 @@ def test_train_fenet_end_to_end_and_resume(tmp_path, assets, monkeypatch):
     then --resume continues the same run."""
     from tools import train_fenet
 
-    images = tmp_path / "images"
-    images.mkdir()
-    for p in sorted((assets / "train-images").rglob("*.jpg"))[:6]:
-        shutil.copy(p, images / p.name)
+    images = train_image_folder(tmp_path, assets, 6)
     out = tmp_path / "run" / "f.pt"
     args = [
         "--images",
@@ -308,10 +314,7 @@ def test_train_msff_end_to_end_ceiling_and_resume(tmp_path, assets):
 
     if not vvc.ffmpeg_supports_vvc():
         pytest.skip("ffmpeg without libvvenc / VVC decoder")
-    images = tmp_path / "images"
-    images.mkdir()
-    for p in sorted((assets / "train-images").rglob("*.jpg"))[:6]:
-        shutil.copy(p, images / p.name)
+    images = train_image_folder(tmp_path, assets, 6)
     out = tmp_path / "run" / "m.pt"
     args = [
         "--images", str(images), "--cache-dir", str(tmp_path / "cache"), "--views", "1", "--holdout", "2",
@@ -385,10 +388,7 @@ def test_train_msff_with_vvc_in_the_loop(tmp_path, assets):
 
     if not vvc.ffmpeg_supports_vvc():
         pytest.skip("ffmpeg without libvvenc / VVC decoder")
-    images = tmp_path / "images"
-    images.mkdir()
-    for p in sorted((assets / "train-images").rglob("*.jpg"))[:4]:
-        shutil.copy(p, images / p.name)
+    images = train_image_folder(tmp_path, assets, 4)
     out = tmp_path / "run" / "m.pt"
     args = [
         "--images", str(images), "--cache-dir", str(tmp_path / "cache"), "--views", "1", "--holdout", "1",
