@@ -1,4 +1,5 @@
-"""Encoder-side latent refinement of learned_e2e (``--refine N``): rate and accuracy against
+"""Encoder-side refinement (``--refine N``) of learned_e2e (its latents) or of vvc_msff (its
+fused tensor, through the real VVC round trip; ``--mode vvc_msff``): rate and accuracy against
 the same codec model without it, on the held-out training images (the dev set of the
 training programme: images no model was trained on, the uncompressed detections as
 pseudo-labels; never the evaluation sets) or on a labelled set.
@@ -10,6 +11,7 @@ time per image, then the BD-rate (mAP@0.5, pchip on the rate-accuracy front) of 
 setting against ``--refine 0``; ``--json`` writes all of it.
 
     python -m tools.bench_refine --steps 0,20 --limit 64 --json docs/refine/heldout64.json
+    python -m tools.bench_refine --mode vvc_msff --steps 0,10 --qps 32,37,42,47 --limit 32
 """
 
 from __future__ import annotations
@@ -20,20 +22,26 @@ import sys
 import time
 from pathlib import Path
 
-from codec.modes.learned_e2e import REFINE_LR, REFINE_MAX_LR
+from codec.modes import learned_e2e, vvc_msff
 from tools.bd_points import front, parse_points
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", default="0,20", help="refinement steps to compare, comma-separated (first: reference)")
-    ap.add_argument("--phis", default="0,1,2,3,4,5", help="quality indices")
+    ap.add_argument("--mode", default="learned_e2e", choices=("learned_e2e", "vvc_msff"))
+    ap.add_argument("--phis", default="0,1,2,3,4,5", help="learned_e2e: quality indices")
+    ap.add_argument("--qps", default="22,27,32,37,42,47", help="vvc_msff: QPs")
+    ap.add_argument("--preset", default=None, help="vvc_msff: VVenC preset (default: the mode's)")
     ap.add_argument("--dataset", default="heldout", help="heldout (default), or a labelled set: val2017-103, coco128")
     ap.add_argument("--limit", type=int, default=64, help="images (the first of the set)")
     ap.add_argument("--network", default="nanodet")
-    ap.add_argument("--codec-model", default=None, help="learned_e2e codec model (default: the split point's)")
+    ap.add_argument("--codec-model", default=None, help="the mode's codec model (default: the split point's)")
     ap.add_argument("--lr", type=float, default=None,
-                    help=f"the refinement's first step size (fcm_enc --refine-lr; default {REFINE_LR})")  # fmt: skip
+                    help=f"the refinement's first step size (fcm_enc --refine-lr; default learned_e2e "
+                         f"{learned_e2e.REFINE_LR}, vvc_msff {vvc_msff.REFINE_LR})")  # fmt: skip
+    ap.add_argument("--rate-weight", type=float, default=None,
+                    help="vvc_msff: --refine-rate-weight (default: the mode's)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None, help="write the measurements here")
     ap.add_argument(
@@ -50,15 +58,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     try:
         args.steps_list = [int(v) for v in args.steps.split(",")]
-        args.phi_list = [int(v) for v in args.phis.split(",")]
+        args.phi_list = [int(v) for v in (args.phis if args.mode == "learned_e2e" else args.qps).split(",")]
     except ValueError:
-        ap.error("--steps and --phis take comma-separated integers")
+        ap.error("--steps, --phis and --qps take comma-separated integers")
+    mode = learned_e2e if args.mode == "learned_e2e" else vvc_msff
+    args.rate_param = "phi" if args.mode == "learned_e2e" else "qp"
+    args.default_lr, args.max_lr = mode.REFINE_LR, mode.REFINE_MAX_LR
+    if args.rate_weight is not None and args.mode != "vvc_msff":
+        ap.error("--rate-weight is vvc_msff's (learned_e2e's objective has its own rate term)")
     if len(args.steps_list) < 2 or min(args.steps_list) < 0:
         ap.error("--steps needs a reference and at least one other setting, each >= 0")
     if args.limit < 1:
         ap.error("--limit must be at least 1")
-    if args.lr is not None and not 0 < args.lr <= REFINE_MAX_LR:
-        ap.error(f"--lr must be in (0, {REFINE_MAX_LR}]")
+    if args.lr is not None and not 0 < args.lr <= args.max_lr:
+        ap.error(f"--lr must be in (0, {args.max_lr}]")
     args.versus_points = {}
     for v in args.versus:
         try:
@@ -108,7 +121,11 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, dict], int, dict] | Non
     for steps in args.steps_list:
         per_phi = {}
         for phi in args.phi_list:
-            params = {"phi": phi, "refine": steps or None}
+            params = {args.rate_param: phi, "refine": steps or None}
+            if args.preset:
+                params["preset"] = args.preset
+            if steps and args.rate_weight is not None:
+                params["refine_rate_weight"] = args.rate_weight
             if steps and args.lr is not None:
                 params["refine_lr"] = args.lr
             if args.codec_model:
@@ -117,7 +134,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, dict], int, dict] | Non
 
             def encode(img, params=params, enc_s=enc_s) -> bytes:
                 t = time.perf_counter()
-                data = pipeline.encode_features(img.features, net, split, img.prep, "learned_e2e", params)
+                data = pipeline.encode_features(img.features, net, split, img.prep, args.mode, params)
                 enc_s.append(time.perf_counter() - t)
                 return data
 
@@ -131,7 +148,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, dict], int, dict] | Non
                 "encode_s_per_image": round(sum(enc_s) / len(enc_s), 3),
             }
             v = per_phi[str(phi)]
-            print(f"refine {steps:4d} phi {phi}: {v['bpp']:.4f} bpp  mAP@0.5 {100 * v['map50']:6.2f}  "
+            print(f"refine {steps:4d} {args.rate_param} {phi}: {v['bpp']:.4f} bpp  mAP@0.5 {100 * v['map50']:6.2f}  "
                   f"mAP {100 * v['map']:6.2f}  encode {v['encode_s_per_image']:.2f} s/image", flush=True)  # fmt: skip
         results[str(steps)] = per_phi
     return results, len(dev_set), ref
@@ -146,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             earlier = json.loads(args.results.read_text())
             results, n_images, ref = earlier["results"], earlier["images"], earlier["uncompressed"]
             args.dataset = earlier["dataset"]
+            if earlier.get("mode", "learned_e2e") != args.mode:
+                raise ValueError(f"it measured mode {earlier.get('mode', 'learned_e2e')}, not {args.mode} (--mode)")
             if args.lr is None:  # files before --lr were all measured at the default
-                args.lr = float(earlier.get("refine_lr", REFINE_LR))
+                args.lr = float(earlier.get("refine_lr", args.default_lr))
         except (OSError, ValueError, KeyError) as e:
             print(f"error: --results {args.results}: {e}", file=sys.stderr)
             return 2
@@ -189,9 +208,11 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "command": "python -m tools.bench_refine " + " ".join(argv if argv is not None else sys.argv[1:]),
+                    "mode": args.mode,
                     "dataset": args.dataset,
                     "images": n_images,
-                    "refine_lr": REFINE_LR if args.lr is None else args.lr,
+                    "refine_lr": args.default_lr if args.lr is None else args.lr,
+                    "refine_rate_weight": args.rate_weight,
                     "uncompressed": {k: round(v, 5) for k, v in ref.items()},
                     "results": results,
                     "bd_rate_map50_vs_refine_" + str(base): bd,

@@ -156,7 +156,8 @@ def _flag_type(specs: list[ParamSpec]) -> Any:
 
 def add_mode_options(p: argparse.ArgumentParser, modes: list[CodingMode]) -> None:
     """One flag per parameter name of the modes; its help says, per mode, the domain
-    and default. The default is None, so that a flag not given takes the mode's default."""
+    and default, and each mode's own text where the modes' texts differ (e.g. --refine). The
+    default is None, so that a flag not given takes the mode's default."""
     by_name: dict[str, list[tuple[CodingMode, ParamSpec]]] = {}
     for m in modes:
         for s in m.param_specs():
@@ -164,6 +165,8 @@ def add_mode_options(p: argparse.ArgumentParser, modes: list[CodingMode]) -> Non
     group = p.add_argument_group("mode options (generated from each mode's parameters)")
     for name, uses in by_name.items():
         spec = uses[0][1]
+        texts = list(dict.fromkeys(s.help for _, s in uses))
+        text = texts[0] if len(texts) == 1 else " | ".join(f"{m.name}: {s.help}" for m, s in uses)
         per_mode = "; ".join(
             f"{m.name}{' rate parameter' if s.rate else ''}: {s.domain()}, default {s.default}" for m, s in uses
         )
@@ -173,7 +176,7 @@ def add_mode_options(p: argparse.ArgumentParser, modes: list[CodingMode]) -> Non
             type=_flag_type([s for _, s in uses]),
             default=None,
             metavar=name.upper(),
-            help=f"{spec.help} ({per_mode})",
+            help=f"{text} ({per_mode})",
         )
 
 

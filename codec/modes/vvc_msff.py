@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from construct import Bytes, Float32b, Int8ub, Int16ub, Struct
@@ -57,6 +57,7 @@ from .base import (
     UNIFORM,
     ZERO_HASH,
     CodingMode,
+    EncodeContext,
     Rule,
     Shapes,
     Weights,
@@ -97,6 +98,13 @@ TRUNCATION_TABLES: dict[CodecModelId, dict[int, int]] = {
 }
 TRUNCATION_TABLE: dict[int, int] = TRUNCATION_TABLES[MODEL_IDS[0]]  # the default model's
 
+REFINE_MAX_STEPS = 200
+# --refine-lr's and --refine-rate-weight's defaults (refine_fused), chosen on 16 held-out training
+# images, never on the evaluation sets (docs/results_msff.md, 'Encoder-side refinement')
+REFINE_LR = 0.15  # in VVC quantiser steps of the QP
+REFINE_MAX_LR = 1.0
+REFINE_RATE_WEIGHT = 0.7
+
 
 @dataclass(frozen=True)
 class Params:
@@ -116,6 +124,28 @@ class Params:
         "codec-model weights file instead of the shipped one (the decoder needs the same)",
         kind=str,
         what="a weights file (.pt beside its .json record)",
+    )
+    refine: int | None = option(
+        None,
+        "encoder-side refinement of the fused tensor: steps per image, each a real VVC round trip of "
+        "it and a gradient of the MSFR's training distortion (feature MSE + task loss through NN part "
+        "2's frozen heads) through it, straight-through; the step with the lowest log(distortion) + "
+        "W x log(bits) (W: --refine-rate-weight) is coded. Unset: none. The stream and the decoder are unchanged",
+        kind=int,
+        range=(1, REFINE_MAX_STEPS),
+    )
+    refine_lr: float | None = option(
+        None,
+        f"the first Adam step size of --refine, in VVC quantiser steps of the QP (cosine decay to 0); "
+        f"unset: {REFINE_LR}. Only with --refine",
+        kind=float,
+    )
+    refine_rate_weight: float | None = option(
+        None,
+        "--refine's exchange rate of bits for distortion: it minimises log(distortion) + W x log(bits) "
+        f"(a differentiable stand-in for VVC's bits in the gradient, the stream's real bits in the choice "
+        f"of the step); unset: {REFINE_RATE_WEIGHT}. Only with --refine",
+        kind=float,
     )
 
 
@@ -175,18 +205,8 @@ def split_kept(kept: int, channels: list[int]) -> list[int]:
     return out
 
 
-def encode_with_model(
-    features: Features,
-    split_point: SplitPoint,
-    qp: int,
-    preset: str,
-    kept: int,
-    model: MsffCodecModel,
-    model_id: CodecModelId,
-    digest: bytes,
-) -> tuple[ModeHeader, list[PayloadUnit]]:
-    import torch
-
+def _checked(features: Features, split_point: SplitPoint, qp: int, preset: str, kept: int, model: MsffCodecModel):
+    """The encoder's checks before any work -> (preset id, the scales' arrays)."""
     if isinstance(qp, bool) or not isinstance(qp, int) or not QP_RANGE[0] <= qp <= QP_RANGE[1]:
         raise EncodeError(f"qp must be an integer in {QP_RANGE[0]}..{QP_RANGE[1]}, got {qp!r}")
     try:
@@ -200,15 +220,20 @@ def encode_with_model(
     for name, a in arrays:
         if not np.isfinite(a).all():
             raise EncodeError(f"scale {name}: features contain NaN or infinite values")
-    with torch.no_grad():
-        z = model.msff({n: torch.from_numpy(a).unsqueeze(0) for n, a in arrays})[0, :kept].numpy()
-    q, lo, hi = anchor.quantise(z)
+    return pid, arrays
+
+
+def _coded(q: np.ndarray, qp: int, preset: str) -> tuple[anchor.FrameLayout, bytes]:
     layout = anchor.frame_layout([(q.shape[0], q.shape[1], q.shape[2])])
     try:
         anchor.check_frame_size(layout)
     except SizeLimitError as e:
         raise EncodeError(str(e)) from None
-    bitstream = vvc.encode_luma10(anchor.tile([q], layout), qp, preset)
+    return layout, vvc.encode_luma10(anchor.tile([q], layout), qp, preset)
+
+
+def _header_and_units(arrays, qp: int, pid, kept: int, lo, hi, model_id: CodecModelId, digest: bytes,
+                      bitstream: bytes) -> tuple[ModeHeader, list[PayloadUnit]]:  # fmt: skip
     per_scale = split_kept(kept, [a.shape[0] for _, a in arrays])
     scales = tuple(
         ScaleHeader(name=n, channels=a.shape[0], height=a.shape[1], width=a.shape[2], kept_channels=k,
@@ -227,7 +252,196 @@ def encode_with_model(
     return header, [PayloadUnit(UnitType.VVC_NAL_STREAM, bitstream, scale_index=ALL_SCALES)]
 
 
-def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple[ModeHeader, list[PayloadUnit]]:
+def encode_with_model(
+    features: Features,
+    split_point: SplitPoint,
+    qp: int,
+    preset: str,
+    kept: int,
+    model: MsffCodecModel,
+    model_id: CodecModelId,
+    digest: bytes,
+) -> tuple[ModeHeader, list[PayloadUnit]]:
+    import torch
+
+    pid, arrays = _checked(features, split_point, qp, preset, kept, model)
+    with torch.no_grad():
+        z = model.msff({n: torch.from_numpy(a).unsqueeze(0) for n, a in arrays})[0, :kept].numpy()
+    q, lo, hi = anchor.quantise(z)
+    _, bitstream = _coded(q, qp, preset)
+    return _header_and_units(arrays, qp, pid, kept, lo, hi, model_id, digest, bitstream)
+
+
+def quantiser_step(qp: int) -> float:
+    """VVC's quantiser step at `qp` for 8-bit samples, 2^((QP - 4) / 6): the unit of
+    --refine-lr, so that one step size moves the codes by a similar share of what VVC's
+    quantisation removes at every QP."""
+    return float(2.0 ** ((qp - 4) / 6))
+
+
+def refinement_distortion(record: dict, network, split: str, model: MsffCodecModel):
+    """The distortion the MSFR was trained on, from its weights' record: feature_weight x the
+    mean over scales of the MSE in units of the model's feature scale + task_weight x the task
+    loss through the network's frozen heads (codec/training/task.py). -> a function
+    (features dict) -> (reconstruction dict -> scalar distortion)."""
+    from codec.training.task import TaskLossConfig, TaskLossError, task_loss_for
+
+    loss = record.get("loss")
+    if not isinstance(loss, dict) or record.get("network") is None:
+        raise EncodeError("vvc_msff --refine needs the codec model's training record (network and loss)")
+    if record["network"] != getattr(network, "name", None) or record.get("split") != split:
+        raise EncodeError(
+            f"vvc_msff --refine: the codec model was trained on {record['network']}/{record.get('split')}, "
+            f"the features come from {getattr(network, 'name', None)}/{split}"
+        )
+    fw, tw = float(loss.get("feature_weight", 1.0)), float(loss.get("task_weight", 0.0))
+    task: Any = None
+    if tw > 0:
+        try:
+            task = task_loss_for(network, split, TaskLossConfig(box_weight=float(loss.get("task_box_weight", 1.0))))
+        except TaskLossError as e:
+            raise EncodeError(f"vvc_msff --refine: {e}") from None
+    names = [s.name for s in model.cfg.scales]
+    scale = model.msff.feature_scale.detach().clone()
+
+    def for_features(feats: dict):
+        xs = [feats[n] for n in names]
+        teacher = task.teacher(xs) if task is not None else None
+
+        def distortion(rec: dict):
+            d = fw * sum(((rec[n] - x) / scale[i]).pow(2).mean() for i, (n, x) in enumerate(zip(names, xs))) / len(xs)
+            if task is not None:
+                d = d + tw * task([rec[n] for n in names], teacher)[0].mean()
+            return d
+
+        return distortion
+
+    return for_features
+
+
+def rate_proxy(t, qp: int):
+    """A differentiable stand-in for VVC's intra bits of the code-unit tensor `t` (1, C, h, w):
+    the sum over horizontal and vertical neighbours inside each channel's tile of
+    log2(1 + |difference| / step), with step VVC's quantiser step for 10-bit samples (four
+    times the 8-bit one). It only steers the refinement's gradient; what is kept is judged
+    on the real stream's bits."""
+    import torch
+
+    step = 4.0 * quantiser_step(qp)
+    dx = (t[..., :, 1:] - t[..., :, :-1]).abs()
+    dy = (t[..., 1:, :] - t[..., :-1, :]).abs()
+    return torch.log2(1 + dx / step).sum() + torch.log2(1 + dy / step).sum() + 1.0
+
+
+def refine_fused(z0: np.ndarray, qp: int, preset: str, decoder, distortion, steps: int, lr: float,
+                 rate_weight: float = 0.0):  # fmt: skip
+    """Encoder-side refinement of one image's kept fused channels `z0` (kept, h, w).
+
+    The variable is the tensor in 10-bit code units over z0's own range (lo, hi fixed, so the
+    header's quant_min / quant_max stay z0's). Each step codes the rounded codes with VVC at
+    `qp` and decodes them (the real round trip, as the decoder will see it), reconstructs with
+    `decoder` (codes in, features out, differentiable: the float MSFR) and takes one Adam step
+    on `distortion` through the round trip by the straight-through estimator (VVC's error in
+    the forward pass, the identity's gradient). The objective is log(distortion) +
+    rate_weight x log(rate_proxy): rate_weight is the exchange rate of the two, the share of
+    distortion one share of bits is worth (0: distortion alone). Step 0 is the analysis
+    itself; the step with the lowest log(decoded distortion) + rate_weight x log(stream bits)
+    is kept, so refinement never makes that figure of the coded stream worse.
+    -> (codes uint16, lo, hi, VVC stream, [(bits, distortion) per step])."""
+    import math
+
+    import torch
+
+    q0, lo, hi = anchor.quantise(z0)
+    layout, stream0 = _coded(q0, qp, preset)
+    if float(hi) == float(lo):
+        return q0, lo, hi, stream0, [(8 * len(stream0), float("nan"))]
+    t = torch.from_numpy(
+        ((z0.astype(np.float64) - float(lo)) * (anchor.MAX_CODE / (float(hi) - float(lo)))).astype(np.float32)
+    )
+    t = t.unsqueeze(0).requires_grad_(True)
+    opt = torch.optim.Adam([t], lr=lr * quantiser_step(qp))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    best = None
+    history = []
+    codes, stream = q0, stream0
+    for step in range(steps + 1):
+        if step:
+            codes = np.clip(np.floor(t.detach()[0].numpy() + np.float32(0.5)), 0, anchor.MAX_CODE).astype(np.uint16)
+            stream = _coded(codes, qp, preset)[1]
+        shape = (codes.shape[0], codes.shape[1], codes.shape[2])
+        decoded = anchor.untile(vvc.decode_luma10(stream, layout.width, layout.height), [shape], layout)[0]
+        t_hat = torch.from_numpy(decoded.astype(np.float32)).unsqueeze(0)
+        d = distortion(decoder(t + (t_hat - t).detach()))
+        d_value = float(d.detach())
+        history.append((8 * len(stream), d_value))
+        figure = math.log(max(d_value, 1e-30)) + rate_weight * math.log(8 * len(stream))
+        if best is None or figure < best[0]:
+            best = (figure, codes, stream)
+        if step == steps:
+            break
+        objective = torch.log(d.clamp_min(1e-30))
+        if rate_weight:
+            objective = objective + rate_weight * torch.log(rate_proxy(t, qp))
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            t.clamp_(0, anchor.MAX_CODE)
+    assert best is not None  # step 0 always runs
+    return best[1], lo, hi, best[2], history
+
+
+def encode_refined(
+    features: Features,
+    split_point: SplitPoint,
+    qp: int,
+    preset: str,
+    kept: int,
+    model: MsffCodecModel,
+    model_id: CodecModelId,
+    digest: bytes,
+    record: dict,
+    network,
+    split: str,
+    steps: int,
+    lr: float = REFINE_LR,
+    rate_weight: float = REFINE_RATE_WEIGHT,
+) -> tuple[ModeHeader, list[PayloadUnit]]:
+    """encode_with_model with the fused tensor refined for this image (refine_fused)."""
+    import torch
+
+    pid, arrays = _checked(features, split_point, qp, preset, kept, model)
+    objective = refinement_distortion(record, network, split, model)
+    c = model.cfg.fused_channels
+    # the pipeline encodes in inference mode; autograd runs through the MSFR here, on tensors made outside it
+    with torch.inference_mode(False), torch.enable_grad():
+        feats = {n: torch.from_numpy(a).unsqueeze(0) for n, a in arrays}
+        sizes = {n: tuple(f.shape[-2:]) for n, f in feats.items()}
+        with torch.no_grad():
+            z0 = model.msff(feats)[0, :kept].numpy()
+        lo, hi = float(z0.min()), float(z0.max())
+        pad = torch.zeros(1, c - kept, *z0.shape[-2:])
+
+        def decoder(codes: torch.Tensor):
+            z = codes * float(np.float32((hi - lo) / anchor.MAX_CODE)) + float(np.float32(lo))
+            return model.msfr(torch.cat([z, pad], 1), sizes)
+
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        for p, _ in flags:
+            p.requires_grad_(False)
+        try:
+            _, qlo, qhi, stream, _ = refine_fused(z0, qp, preset, decoder, objective(feats), steps, lr, rate_weight)
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+    return _header_and_units(arrays, qp, pid, kept, qlo, qhi, model_id, digest, stream)
+
+
+def encode(
+    features: Features, split_point: SplitPoint, params: Params, context: EncodeContext | None = None
+) -> tuple[ModeHeader, list[PayloadUnit]]:
     model_id = model_id_for(split_point, params.codec_model)
     model, _, digest = model_for(model_id, params.codec_weights)
     if tuple(model.cfg.scales) != tuple(split_point.scales):
@@ -237,7 +451,29 @@ def encode(features: Features, split_point: SplitPoint, params: Params) -> tuple
     kept = kept_channels_for_qp(params.qp, c, table) if params.kept_channels is None else params.kept_channels
     if kept > c:
         raise EncodeError(f"vvc_msff parameter kept_channels must be at most the model's {c} channels, got {kept}")
-    return encode_with_model(features, split_point, params.qp, params.preset, kept, model, model_id, digest)
+    if params.refine_lr is not None:
+        if params.refine is None:
+            raise EncodeError("vvc_msff --refine-lr needs --refine")
+        if not 0 < params.refine_lr <= REFINE_MAX_LR:
+            raise EncodeError(f"vvc_msff --refine-lr must be in (0, {REFINE_MAX_LR}], got {params.refine_lr}")
+    if params.refine_rate_weight is not None:
+        if params.refine is None:
+            raise EncodeError("vvc_msff --refine-rate-weight needs --refine")
+        if not 0 <= params.refine_rate_weight <= 10:
+            raise EncodeError(f"vvc_msff --refine-rate-weight must be in [0, 10], got {params.refine_rate_weight}")
+    if params.refine is None:
+        return encode_with_model(features, split_point, params.qp, params.preset, kept, model, model_id, digest)
+    if context is None:
+        raise EncodeError("vvc_msff --refine needs the network (the pipeline's context)")
+    if getattr(context.network, "engine", "torch") != "torch":
+        raise EncodeError("vvc_msff --refine needs the PyTorch network (it differentiates through NN part 2's heads)")
+    from codec.models.registry import entry, verified_record
+
+    record = verified_record(params.codec_weights if params.codec_weights is not None else entry(model_id).weights)
+    lr = REFINE_LR if params.refine_lr is None else params.refine_lr
+    w = REFINE_RATE_WEIGHT if params.refine_rate_weight is None else params.refine_rate_weight
+    return encode_refined(features, split_point, params.qp, params.preset, kept, model, model_id, digest, record,
+                          context.network, context.split, params.refine, lr, w)  # fmt: skip
 
 
 def _check_header(header: ContainerHeader, model: MsffCodecModel, digest: bytes) -> tuple[int, anchor.FrameLayout]:
@@ -397,8 +633,10 @@ MODE = CodingMode(
     decode_symbols=decode_symbols,
     reconstruct=reconstruct,
     validate=validate,
+    uses_context=True,
     sources=(
         "codec/modes/anchor.py",
+        "codec/training/task.py",
         "codec/models/msff.py",
         "codec/models/linear_path.py",
         "codec/models/weights/msff_nanodet_neck.pt",

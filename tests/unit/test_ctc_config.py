@@ -292,6 +292,9 @@ def test_a_mode_without_param_uses_its_own_rate_parameter(tmp_path: Path) -> Non
         "kept_channels": None,
         "codec_model": "msff_nanodet_neck_g2",
         "codec_weights": None,
+        "refine": None,
+        "refine_lr": None,
+        "refine_rate_weight": None,
     }
     assert [p.params["phi"] for p in cfg.codec("e2e").points] == [0, 5]
     assert cfg.codec("ablation").points[0].params["kept_channels"] == 96
