@@ -290,6 +290,31 @@ class CodingMode:
         return sorted(files)
 
 
+def refinement_loss(record: dict, network, split: str, mode: str) -> tuple[float, float, Any]:
+    """The distortion weights a codec model was trained with, from its weights' record, for
+    an encoder that refines against them (--refine): (feature_weight, task_weight, the task
+    loss through the network's frozen heads or None). EncodeError, naming `mode`, if the
+    record has no loss or is for another network / split point."""
+    loss = record.get("loss")
+    if not isinstance(loss, dict) or record.get("network") is None:
+        raise EncodeError(f"{mode} --refine needs the codec model's training record (network and loss)")
+    if record["network"] != getattr(network, "name", None) or record.get("split") != split:
+        raise EncodeError(
+            f"{mode} --refine: the codec model was trained on {record['network']}/{record.get('split')}, "
+            f"the features come from {getattr(network, 'name', None)}/{split}"
+        )
+    fw, tw = float(loss.get("feature_weight", 1.0)), float(loss.get("task_weight", 0.0))
+    task: Any = None
+    if tw > 0:
+        from codec.training.task import TaskLossConfig, TaskLossError, task_loss_for
+
+        try:
+            task = task_loss_for(network, split, TaskLossConfig(box_weight=float(loss.get("task_box_weight", 1.0))))
+        except TaskLossError as e:
+            raise EncodeError(f"{mode} --refine: {e}") from None
+    return fw, tw, task
+
+
 # --- header constraints (bitstream_spec.md, the "header constraints" table of each mode) ----------
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from construct import Bytes, ConstructError, Int8ub, Int16ub, Struct
@@ -51,6 +51,7 @@ from .base import (
     is_,
     option,
     other_than,
+    refinement_loss,
     scale_arrays,
     shaped_scales,
     units_of_type,
@@ -278,23 +279,7 @@ def refinement_objective(record: dict, network, split: str, model: FenetCodec):
     the per-scale MSE of the normalised features + task_weight x the task loss through the
     network's frozen heads (codec/training/task.py). -> a function (features) -> distortion
     (rec_norm, target_norm) -> (1,) for that image."""
-    from codec.training.task import TaskLossConfig, TaskLossError, task_loss_for
-
-    loss = record.get("loss")
-    if not isinstance(loss, dict) or record.get("network") is None:
-        raise EncodeError("learned_e2e --refine needs the codec model's training record (network and loss)")
-    if record["network"] != getattr(network, "name", None) or record.get("split") != split:
-        raise EncodeError(
-            f"learned_e2e --refine: the codec model was trained on {record['network']}/{record.get('split')}, "
-            f"the features come from {getattr(network, 'name', None)}/{split}"
-        )
-    fw, tw = float(loss.get("feature_weight", 1.0)), float(loss.get("task_weight", 0.0))
-    task: Any = None
-    if tw > 0:
-        try:
-            task = task_loss_for(network, split, TaskLossConfig(box_weight=float(loss.get("task_box_weight", 1.0))))
-        except TaskLossError as e:
-            raise EncodeError(f"learned_e2e --refine: {e}") from None
+    fw, tw, task = refinement_loss(record, network, split, NAME)
 
     def for_features(xs: list) -> object:
         teacher = task.teacher(xs) if task is not None else None

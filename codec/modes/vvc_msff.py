@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from construct import Bytes, Float32b, Int8ub, Int16ub, Struct
@@ -65,6 +65,7 @@ from .base import (
     is_,
     option,
     other_than,
+    refinement_loss,
     scale_arrays,
     shaped_scales,
     units_of_type,
@@ -284,23 +285,7 @@ def refinement_distortion(record: dict, network, split: str, model: MsffCodecMod
     mean over scales of the MSE in units of the model's feature scale + task_weight x the task
     loss through the network's frozen heads (codec/training/task.py). -> a function
     (features dict) -> (reconstruction dict -> scalar distortion)."""
-    from codec.training.task import TaskLossConfig, TaskLossError, task_loss_for
-
-    loss = record.get("loss")
-    if not isinstance(loss, dict) or record.get("network") is None:
-        raise EncodeError("vvc_msff --refine needs the codec model's training record (network and loss)")
-    if record["network"] != getattr(network, "name", None) or record.get("split") != split:
-        raise EncodeError(
-            f"vvc_msff --refine: the codec model was trained on {record['network']}/{record.get('split')}, "
-            f"the features come from {getattr(network, 'name', None)}/{split}"
-        )
-    fw, tw = float(loss.get("feature_weight", 1.0)), float(loss.get("task_weight", 0.0))
-    task: Any = None
-    if tw > 0:
-        try:
-            task = task_loss_for(network, split, TaskLossConfig(box_weight=float(loss.get("task_box_weight", 1.0))))
-        except TaskLossError as e:
-            raise EncodeError(f"vvc_msff --refine: {e}") from None
+    fw, tw, task = refinement_loss(record, network, split, NAME)
     names = [s.name for s in model.cfg.scales]
     scale = model.msff.feature_scale.detach().clone()
 
